@@ -1,0 +1,175 @@
+"""The V-net of Chen, Qin & Li (sect. 3.1, fig. 5): extinction cube -> dust density cube.
+
+Input ``(batch, nx, ny, nz, 1)`` normalised extinction E_hat (eq. 1), output the same shape of
+normalised density rho_hat (eq. 2), non-negative through the final ReLU. Layout NDHWC (channels
+last), the layout cuDNN runs 3D convolutions fastest in on recent GPUs and the one XLA keeps on TPU.
+
+Architecture, for ``features = (f1, ..., fL)`` (paper: ``(128, 256, 512, 1024)``, L = 4):
+
+- encoder level i: two [3^3 conv (stride 1, reflect padding) -> batch norm -> ReLU] with f_i
+  kernels, then 2^3 max pooling with stride 2 (no pooling after the deepest level);
+- decoder, for i = L-1 .. 1: 3^3 transposed conv with stride 2 and f_i kernels -> batch norm ->
+  ReLU, concatenated with the encoder features of level i (2 f_i channels), then two
+  [conv -> BN -> ReLU] with f_i kernels, except at the shallowest level (i = 1), which keeps the
+  2 f_1 channels of the concatenation (paper step vi: "(32, 32, 32, 256)");
+- head: two [conv -> BN -> ReLU] with f_1 kernels, then a 3^3 conv with one kernel and a ReLU.
+
+Spatial sizes must be divisible by ``2**(L-1)`` (32^3, 64^3 and 128^3 all work with L = 4).
+Convolutions carry a bias, as in the Keras layers of the paper. The transposed convolutions use
+zero ("SAME") padding: reflect padding is not defined for them.
+
+`compute_dtype` sets the dtype of the activations and the convolutions (bfloat16 on accelerators);
+parameters stay float32 (`param_dtype`) and batch-norm statistics are reduced in float32.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+PAPER_FEATURES = (128, 256, 512, 1024)
+
+
+def max_pool_2x(x):
+    """2^3 max pooling with stride 2 on NDHWC, as a reshape + max.
+
+    Same values as ``nn.max_pool(x, (2, 2, 2), (2, 2, 2))``; its gradient is an elementwise
+    comparison that XLA fuses, instead of the select-and-scatter that reduce_window's gradient
+    lowers to (slow on GPUs).
+    """
+    b, nx, ny, nz, c = x.shape
+    x = x.reshape(b, nx // 2, 2, ny // 2, 2, nz // 2, 2, c)
+    return jnp.max(x, axis=(2, 4, 6))
+
+
+class ConvBNReLU(nn.Module):
+    """3^3 conv (stride 1) -> batch norm -> ReLU."""
+
+    features: int
+    padding: str = "REFLECT"
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+    bn_momentum: float = 0.99
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        x = nn.Conv(
+            self.features,
+            (3, 3, 3),
+            padding=self.padding,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )(x)
+        x = nn.BatchNorm(
+            use_running_average=not train,
+            momentum=self.bn_momentum,
+            epsilon=1e-3,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )(x)
+        return nn.relu(x)
+
+
+class UpBNReLU(nn.Module):
+    """3^3 transposed conv with stride 2 (doubles each spatial size) -> batch norm -> ReLU."""
+
+    features: int
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+    bn_momentum: float = 0.99
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        x = nn.ConvTranspose(
+            self.features,
+            (3, 3, 3),
+            strides=(2, 2, 2),
+            padding="SAME",
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )(x)
+        x = nn.BatchNorm(
+            use_running_average=not train,
+            momentum=self.bn_momentum,
+            epsilon=1e-3,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )(x)
+        return nn.relu(x)
+
+
+class VNet(nn.Module):
+    """The paper's V-net for any feature widths (see the module docstring).
+
+    Attributes:
+      features: kernels per encoder level, shallowest first (paper: (128, 256, 512, 1024)).
+      padding: "REFLECT" (paper) or "SAME" (zeros; a speed reference in the benchmark).
+      dtype: compute dtype of activations and convolutions.
+      param_dtype: dtype of the parameters (float32).
+      remat: recompute each conv block in the backward pass instead of storing its activations.
+      bn_momentum: running-average momentum of the batch-norm statistics (Keras default 0.99).
+    """
+
+    features: Sequence[int] = PAPER_FEATURES
+    padding: str = "REFLECT"
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+    remat: bool = False
+    bn_momentum: float = 0.99
+
+    @nn.compact
+    def __call__(self, extinction_hat, train: bool = False):
+        """Map normalised extinction ``(B, nx, ny, nz, 1)`` to normalised density, same shape."""
+        levels = len(self.features)
+        if extinction_hat.ndim != 5 or extinction_hat.shape[-1] != 1:
+            raise ValueError(
+                "VNet expects normalised extinction of shape (batch, nx, ny, nz, 1), got "
+                f"{tuple(extinction_hat.shape)}"
+            )
+        factor = 2 ** (levels - 1)
+        if any(n % factor for n in extinction_hat.shape[1:4]):
+            raise ValueError(
+                f"VNet with {levels} levels needs spatial sizes divisible by {factor}, got "
+                f"{tuple(extinction_hat.shape[1:4])}"
+            )
+        conv_cls = nn.remat(ConvBNReLU, static_argnums=(2,)) if self.remat else ConvBNReLU
+        up_cls = nn.remat(UpBNReLU, static_argnums=(2,)) if self.remat else UpBNReLU
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, bn_momentum=self.bn_momentum)
+        conv = functools.partial(conv_cls, padding=self.padding, **kw)
+        up = functools.partial(up_cls, **kw)
+
+        x = extinction_hat.astype(self.dtype)
+        skips = []
+        for i, width in enumerate(self.features):
+            x = conv(width, name=f"enc{i}_conv0")(x, train)
+            x = conv(width, name=f"enc{i}_conv1")(x, train)
+            if i < levels - 1:
+                skips.append(x)
+                x = max_pool_2x(x)
+        for i in reversed(range(levels - 1)):
+            width = self.features[i]
+            x = up(width, name=f"dec{i}_up")(x, train)
+            x = jnp.concatenate([x, skips[i]], axis=-1)
+            if i > 0:
+                x = conv(width, name=f"dec{i}_conv0")(x, train)
+                x = conv(width, name=f"dec{i}_conv1")(x, train)
+        x = conv(self.features[0], name="head_conv0")(x, train)
+        x = conv(self.features[0], name="head_conv1")(x, train)
+        x = nn.Conv(
+            1,
+            (3, 3, 3),
+            padding=self.padding,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="head_out",
+        )(x)
+        # Densities are non-negative (sect. 3.1 vii); the output is returned in float32 so that
+        # the loss and the denormalisation never run in bfloat16.
+        return nn.relu(x).astype(jnp.float32)
+
+
+VNetPaper = functools.partial(VNet, features=PAPER_FEATURES)
