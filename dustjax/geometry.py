@@ -97,7 +97,8 @@ class Region:
     @property
     def cell_size_pc(self) -> tuple[float, float, float]:
         return tuple(
-            (hi - lo) / n for lo, hi, n in zip(self.lower_pc, self.upper_pc, self.shape, strict=True)
+            (hi - lo) / n
+            for lo, hi, n in zip(self.lower_pc, self.upper_pc, self.shape, strict=True)
         )
 
     @property

@@ -42,10 +42,17 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tmp)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
@@ -78,3 +85,250 @@ def write_fits(path: str | os.PathLike, hdus, overwrite: bool = True) -> None:
     hdul = hdus if isinstance(hdus, fits.HDUList) else fits.HDUList(list(hdus))
     with atomic_path(path) as tmp:
         hdul.writeto(tmp, overwrite=True)
+
+
+# ---- TFRecord datasets --------------------------------------------------------------------------
+# Layout of a dataset directory:
+#   <split>-<i>-of-<n>.tfrecord   shards, each written to a temporary name and renamed when whole
+#   .partial.json                 the request of a run in progress (what a resume must match)
+#   dataset_info.json             written last: its presence is what makes a dataset complete
+# Every feature is a float32 array stored as raw little-endian bytes; shapes live in the info file.
+
+DATASET_INFO = "dataset_info.json"
+PARTIAL_INFO = ".partial.json"
+FORMAT_VERSION = 1
+
+
+class DatasetError(RuntimeError):
+    """A dataset directory that is missing, incomplete, mismatched or corrupt."""
+
+
+def shard_plan(splits: dict[str, int], examples_per_shard: int) -> list[dict[str, Any]]:
+    """Shards in writing order: split, file name, first global example index and count.
+
+    Splits occupy consecutive ranges of example indices in the order given; the examples are
+    independent draws, so a contiguous split is as random as a shuffled one.
+    """
+    if examples_per_shard < 1:
+        raise ValueError(f"examples_per_shard must be positive, got {examples_per_shard}")
+    plan, offset = [], 0
+    for split, count in splits.items():
+        if count < 0:
+            raise ValueError(f"split {split!r} has a negative count {count}")
+        num_shards = max(1, -(-count // examples_per_shard)) if count else 0
+        for i in range(num_shards):
+            start = i * examples_per_shard
+            n = min(examples_per_shard, count - start)
+            plan.append(
+                dict(
+                    split=split,
+                    file=f"{split}-{i:05d}-of-{num_shards:05d}.tfrecord",
+                    start=offset + start,
+                    count=n,
+                )
+            )
+        offset += count
+    return plan
+
+
+def write_sharded_dataset(
+    out_dir: str | os.PathLike,
+    *,
+    splits: dict[str, int],
+    features: dict[str, tuple[int, ...]],
+    make_examples,
+    metadata: dict[str, Any],
+    examples_per_shard: int = 256,
+    chunk: int = 16,
+    overwrite: bool = False,
+    desc: str = "examples",
+    progress: bool = True,
+) -> Path:
+    """Write a sharded TFRecord dataset, resumably and atomically.
+
+    Args:
+      out_dir: the dataset directory.
+      splits: example count per split, e.g. ``{"train": 7200, "validation": 1800, "test": 1000}``.
+      features: name -> shape of each float32 feature of one example.
+      make_examples: ``f(start, count) -> {name: float32 array (count, *shape)}`` for the global
+        example indices ``start .. start + count - 1``; it must be a pure function of the indices
+        (so a resumed run writes the same bytes as an uninterrupted one).
+      metadata: stored in ``dataset_info.json`` (region, simulator, seed, ...); a resumed run must
+        ask for the same metadata, splits and features, or it is refused.
+      examples_per_shard: shard size; chunk: examples generated per call of `make_examples`.
+      overwrite: replace a complete (or partial) dataset already in `out_dir`.
+
+    Returns the dataset directory. ``dataset_info.json`` is written last; a directory without it
+    never reads as a dataset.
+    """
+    import hashlib
+
+    from tqdm.auto import tqdm
+
+    out_dir = ensure_writable_dir(out_dir)
+    request = dict(
+        format_version=FORMAT_VERSION,
+        splits=dict(splits),
+        features={k: list(v) for k, v in features.items()},
+        examples_per_shard=examples_per_shard,
+        metadata=metadata,
+    )
+    request = json.loads(json.dumps(request, default=_json_default))
+    info_path, partial_path = out_dir / DATASET_INFO, out_dir / PARTIAL_INFO
+    if overwrite:
+        _remove_dataset_files(out_dir)
+    elif info_path.exists():
+        raise DatasetError(
+            f"{out_dir} already holds a complete dataset; pass --overwrite to replace it"
+        )
+    elif partial_path.exists():
+        previous = read_json(partial_path)
+        if previous != request:
+            raise DatasetError(
+                f"{out_dir} holds an interrupted dataset made with other settings "
+                f"({_diff_keys(previous, request)}); rerun with the same settings to resume, "
+                "or pass --overwrite to start again"
+            )
+    write_json(partial_path, request)
+
+    plan = shard_plan(splits, examples_per_shard)
+    total = sum(s["count"] for s in plan)
+    done = sum(s["count"] for s in plan if (out_dir / s["file"]).exists())
+    bar = tqdm(total=total, initial=done, desc=desc, unit="ex", disable=not progress)
+    shards_info = []
+    for shard in plan:
+        path = out_dir / shard["file"]
+        if not path.exists():
+            _write_shard(path, shard, features, make_examples, chunk, bar)
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        shards_info.append(dict(shard, bytes=path.stat().st_size, sha256=digest))
+    bar.close()
+    info = dict(request, shards=shards_info, num_examples=total)
+    write_json(info_path, info)
+    partial_path.unlink()
+    return out_dir
+
+
+def _write_shard(path: Path, shard, features, make_examples, chunk, bar) -> None:
+    import numpy as np
+    import tensorflow as tf
+
+    starts = list(range(shard["start"], shard["start"] + shard["count"], chunk))
+    counts = [min(chunk, shard["start"] + shard["count"] - s) for s in starts]
+    with atomic_path(path) as tmp:
+        with tf.io.TFRecordWriter(str(tmp)) as writer:
+            # Ask for the next chunk before serialising this one: JAX computes asynchronously,
+            # so simulation and TFRecord writing overlap.
+            pending = make_examples(starts[0], counts[0])
+            for i, n in enumerate(counts):
+                arrays = pending
+                if i + 1 < len(starts):
+                    pending = make_examples(starts[i + 1], counts[i + 1])
+                for name, shape in features.items():
+                    got = tuple(np.shape(arrays[name]))
+                    if got != (n, *shape):
+                        raise DatasetError(
+                            f"make_examples gave {name} of shape {got}, expected {(n, *shape)}"
+                        )
+                arrays = {k: np.asarray(arrays[k], dtype="<f4") for k in features}
+                for j in range(n):
+                    feats = {
+                        k: tf.train.Feature(bytes_list=tf.train.BytesList(value=[a[j].tobytes()]))
+                        for k, a in arrays.items()
+                    }
+                    example = tf.train.Example(features=tf.train.Features(feature=feats))
+                    writer.write(example.SerializeToString())
+                bar.update(n)
+
+
+def _remove_dataset_files(out_dir: Path) -> None:
+    # The completeness marker goes first, so an interrupted removal never looks complete.
+    for name in (DATASET_INFO, PARTIAL_INFO):
+        (out_dir / name).unlink(missing_ok=True)
+    for shard in out_dir.glob("*.tfrecord"):
+        shard.unlink()
+
+
+def _diff_keys(a: dict, b: dict) -> str:
+    keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    return "differs in " + ", ".join(keys)
+
+
+def read_dataset_info(data_dir: str | os.PathLike) -> dict[str, Any]:
+    """The metadata of a complete dataset; a clear `DatasetError` otherwise."""
+    data_dir = Path(data_dir)
+    info_path = data_dir / DATASET_INFO
+    if not info_path.exists():
+        if (data_dir / PARTIAL_INFO).exists():
+            raise DatasetError(
+                f"{data_dir} holds an interrupted dataset (no {DATASET_INFO}); rerun the same "
+                "make_dataset command to finish it"
+            )
+        raise DatasetError(f"no dataset in {data_dir} (no {DATASET_INFO})")
+    info = read_json(info_path)
+    if info.get("format_version") != FORMAT_VERSION:
+        raise DatasetError(
+            f"{info_path} has format version {info.get('format_version')}, "
+            f"this dustjax reads {FORMAT_VERSION}"
+        )
+    return info
+
+
+def verify_dataset(data_dir: str | os.PathLike, checksums: bool = False) -> dict[str, Any]:
+    """Check that every shard is present with its recorded size (and sha256 if asked)."""
+    import hashlib
+
+    data_dir = Path(data_dir)
+    info = read_dataset_info(data_dir)
+    for shard in info["shards"]:
+        path = data_dir / shard["file"]
+        if not path.exists():
+            raise DatasetError(f"corrupt dataset {data_dir}: shard {shard['file']} is missing")
+        if path.stat().st_size != shard["bytes"]:
+            raise DatasetError(
+                f"corrupt shard {path}: {path.stat().st_size} bytes, expected {shard['bytes']}"
+            )
+        if checksums and hashlib.sha256(path.read_bytes()).hexdigest() != shard["sha256"]:
+            raise DatasetError(f"corrupt shard {path}: sha256 does not match dataset_info.json")
+    return info
+
+
+def tfrecord_dataset(
+    data_dir: str | os.PathLike,
+    split: str,
+    *,
+    process_index: int = 0,
+    process_count: int = 1,
+):
+    """A tf.data.Dataset of ``{name: float32 tensor}`` for one split (physical units).
+
+    With several processes (multi-host), each reads a disjoint part: whole shards when there are
+    at least as many shards as processes, else every `process_count`-th example.
+    """
+    import tensorflow as tf
+
+    data_dir = Path(data_dir)
+    info = verify_dataset(data_dir)
+    files = [str(data_dir / s["file"]) for s in info["shards"] if s["split"] == split]
+    if not files:
+        raise DatasetError(
+            f"split {split!r} not in {data_dir}; splits there: {sorted(info['splits'])}"
+        )
+    shapes = {k: tuple(v) for k, v in info["features"].items()}
+    spec = {k: tf.io.FixedLenFeature([], tf.string) for k in shapes}
+
+    def parse(record):
+        parsed = tf.io.parse_single_example(record, spec)
+        return {
+            k: tf.reshape(tf.io.decode_raw(parsed[k], tf.float32, little_endian=True), shapes[k])
+            for k in shapes
+        }
+
+    if process_count > 1 and len(files) >= process_count:
+        files = files[process_index::process_count]
+        ds = tf.data.TFRecordDataset(files)
+    else:
+        ds = tf.data.TFRecordDataset(files)
+        if process_count > 1:
+            ds = ds.shard(process_count, process_index)
+    return ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE)

@@ -74,7 +74,9 @@ class LOSOperator:
         n = int(np.prod(self.shape))
         mat = np.zeros((n, n))
         rows = np.repeat(np.arange(n), self.indices.shape[1])
-        np.add.at(mat, (rows, np.asarray(self.indices).ravel()), np.asarray(self.lengths_pc).ravel())
+        np.add.at(
+            mat, (rows, np.asarray(self.indices).ravel()), np.asarray(self.lengths_pc).ravel()
+        )
         return mat
 
     def _check(self, shape):

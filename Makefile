@@ -1,0 +1,77 @@
+# dustjax: every target depends on `setup`, so any of them works as the first command typed on a
+# fresh machine. `make help` lists them.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+REGION ?= SR
+N ?= 10000
+SEED ?= 0
+DATA ?= data/$(REGION)
+MODEL ?= vnet
+CONFIG ?=
+WORKDIR ?=
+CATALOG ?=
+PYTEST_ARGS ?=
+
+.PHONY: help setup test test-slow lint format data preview train evaluate gp apply bench clean
+
+help:
+	@echo "make setup                  create .venv and install dustjax with its test tools"
+	@echo "make test                   run the fast test tier (what CI runs)"
+	@echo "make lint                   ruff check + format check"
+	@echo "make data REGION=SR N=10000 simulate a TFRecord dataset into data/REGION"
+	@echo "make train REGION=LR        make the data if missing, then train the region's V-net"
+	@echo "make train MODEL=unet       train the POLARIS U-Net (CONFIG= picks another config)"
+	@echo "make gp CONFIG=gp_test      fit the latent log-density GP"
+	@echo "make apply REGION=SR CATALOG=stars.fits MODEL=workdirs/vnet_sr   catalogue -> 3D map"
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+test: setup
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-slow: setup
+	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+data: setup
+	$(PY) -m data_gen.make_dataset --region=$(REGION) --num=$(N) --seed=$(SEED) --out=$(DATA)
+
+preview: setup
+	$(PY) -m data_gen.preview --data=$(DATA) --out=$(DATA)/preview.png
+
+train: setup
+	$(PY) -m experiments.train --region=$(REGION) --model=$(MODEL) \
+	  $(if $(CONFIG),--config=experiments/configs/$(CONFIG).py) \
+	  $(if $(WORKDIR),--workdir=$(WORKDIR)) --data_dir=$(DATA) --make_data_if_missing
+
+evaluate: setup
+	$(PY) -m experiments.evaluate --workdir=$(WORKDIR)
+
+gp: setup
+	$(PY) -m experiments.fit_gp --config=experiments/configs/$(or $(CONFIG),gp_test).py \
+	  $(if $(WORKDIR),--workdir=$(WORKDIR))
+
+apply: setup
+	$(PY) -m experiments.apply --region=$(REGION) --catalog=$(CATALOG) --model=$(MODEL) \
+	  $(if $(WORKDIR),--workdir=$(WORKDIR))
+
+bench: setup
+	$(PY) -m benchmarks.simulate
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Entry points that turn the simulators into TFRecord datasets."""
