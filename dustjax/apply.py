@@ -1,0 +1,745 @@
+"""From data to maps: a trained V-net applied to star catalogues and literature cubes.
+
+Chen, Qin & Li sect. 4 and appendix A, as one library (the CLI `experiments/apply.py`, the
+notebook `colab/vnet_apply.ipynb` and `benchmarks/apply.py` all call these functions):
+
+1. **Catalogue -> extinction cube** (sect. 4.2): each cell is the eq.-5 weighted mean of its k
+   nearest stars (`dustjax.catalog.knn_weights`). Negative gridded extinctions (noisy catalogues)
+   are clipped to 0 before eq. 1, which needs E > -1 and a physical E >= 0.
+2. **Literature cube -> extinction cube** (sect. 4.1): a Cartesian density cube (Vergely et al.
+   2022 format or a WCS) regridded onto the region by nearest neighbour, smoothed first with a
+   Gaussian of FWHM sqrt(cell^2 - step^2) where the region's cells are coarser than the cube's
+   (the paper's 10 pc -> 60 pc for LR), then integrated by the exact LOS operator.
+3. **Prediction**: E -> eq. 1 -> V-net -> inverse of eq. 2 -> density (mag/pc).
+4. **Monte Carlo uncertainties** (fig. A6): ``num_redraws`` catalogues with E ~ N(E, sigma_E),
+   gridded with the same neighbours and weights, predicted in batches on the device; per cell
+   the mean and dispersion of the density, and the dispersion of the integrated extinction at
+   every cell centre (the LOS operator applied to each redraw's density).
+5. **Sub-regions** (appendix A, fig. A8): only the cells inside a sub-box hold data; every other
+   cell gets an independent uniform random value in [min, max] of the data inside the sub-box
+   (a new draw for every Monte Carlo redraw); the prediction is kept inside the sub-box.
+6. **Consistency** (fig. 11): the predicted density integrated back to every star,
+   E_rho = `dustjax.maps.integrate_cartesian` (exact path lengths through the cells, the LOS
+   operator's construction evaluated at the star instead of a cell centre; dust outside the
+   region counts as zero), against the catalogue's E.
+7. **Outputs**: FITS cubes with a Cartesian WCS and the Sun's position (`dustjax.maps`), a JSON
+   summary, XY/XZ slices (figs. A1-A4, A6), a face-on map of |Z| < 400 pc (fig. A5).
+
+Nothing here imports tensorflow; astropy and matplotlib are imported only to write files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dustjax import catalog as cat
+from dustjax import maps
+from dustjax.geometry import Region
+from dustjax.los import los_operator
+from dustjax.transforms import denormalise_density, normalise_extinction
+
+log = logging.getLogger(__name__)
+
+Predictor = Callable[[jax.Array], jax.Array]
+"""``predict(extinction (B, nx, ny, nz) mag) -> density (B, nx, ny, nz) mag/pc``, jit-able."""
+
+
+class ApplyError(ValueError):
+    """Inputs the apply pipeline cannot use (model/region mismatch, cube not covering, ...)."""
+
+
+# ==== the model ===================================================================================
+def density_predictor(model, variables) -> Predictor:
+    """Wrap a flax V-net: extinction (mag) -> eq. 1 -> model -> inverse eq. 2 -> mag/pc."""
+
+    def predict(extinction):
+        extinction_hat = normalise_extinction(jnp.maximum(extinction, 0.0))[..., None]
+        density_hat = model.apply(variables, extinction_hat, train=False)
+        return denormalise_density(density_hat[..., 0].astype(jnp.float32))
+
+    return predict
+
+
+def load_predictor(workdir: str | os.PathLike, region: Region | None = None, which="best"):
+    """``(predictor, region, config)`` of a trained run in `workdir` (via `dustjax.train`).
+
+    With ``region`` given, the run must have been trained on the same box and cube size:
+    otherwise `ApplyError` names both (a V-net trained for SR has no meaning on LR data).
+    """
+    from dustjax import train
+
+    workdir = Path(workdir)
+    if not (workdir / train.CONFIG_FILE).exists():
+        raise ApplyError(f"{workdir} is not a training workdir (no {train.CONFIG_FILE})")
+    config = train.load_config(workdir)
+    trained = train.region_of(config)
+    if region is not None:
+        check_model_region(trained, region, workdir)
+    model, variables, config = train.load_trained(workdir, which=which)
+    return density_predictor(model, variables), trained, config
+
+
+def check_model_region(trained: Region, region: Region, workdir="the model") -> None:
+    """`ApplyError` unless a model trained on `trained` may be applied to `region`."""
+    same_box = np.allclose(trained.lower_pc, region.lower_pc) and np.allclose(
+        trained.upper_pc, region.upper_pc
+    )
+    if tuple(trained.shape) != tuple(region.shape):
+        raise ApplyError(
+            f"{workdir} was trained on cubes of {trained.shape} cells ({trained}) but the data "
+            f"are gridded on {region.shape} ({region}); retrain or grid the data on the model's "
+            "region"
+        )
+    if not same_box:
+        raise ApplyError(
+            f"{workdir} was trained for {trained}, not for {region}: the LOS geometry differs, "
+            "so the model does not apply; train one for this region"
+        )
+
+
+# ==== literature cubes (sect. 4.1) ================================================================
+def regrid_nearest(dustmap: maps.DustMap, region: Region, smooth: bool | None = None) -> np.ndarray:
+    """A Cartesian map's density on `region`'s cells: nearest cell, smoothed first if coarser.
+
+    ``smooth=None`` smooths exactly when the region's cells are larger than the map's along some
+    axis, with a Gaussian of FWHM sqrt(cell^2 - step^2) on that axis (so the result has the
+    region's resolution, as the paper does for LR). Raises `ApplyError` if the map does not
+    cover every cell centre of the region.
+    """
+    if dustmap.grid != "cartesian":
+        raise ApplyError("literature cubes must be Cartesian (X, Y, Z) grids")
+    centres = [region.centres_pc(a) for a in range(3)]
+    steps = np.array([np.mean(np.diff(e)) for e in dustmap.edges])
+    for a, name in enumerate("XYZ"):
+        lo, hi = dustmap.edges[a][0], dustmap.edges[a][-1]
+        if centres[a][0] < lo or centres[a][-1] > hi:
+            raise ApplyError(
+                f"the cube covers {name} in [{lo:g}, {hi:g}] pc but the region's cell centres "
+                f"span [{centres[a][0]:g}, {centres[a][-1]:g}] pc: it does not cover {region}"
+            )
+    # Index of the cube cell holding each region cell centre, per axis.
+    index = [
+        np.clip(np.searchsorted(dustmap.edges[a], centres[a], side="right") - 1, 0, None)
+        for a in range(3)
+    ]
+    index = [np.minimum(i, dustmap.shape[a] - 1) for a, i in enumerate(index)]
+    cell = np.asarray(region.cell_size_pc)
+    sigma_pix = np.sqrt(np.clip(cell**2 - steps**2, 0.0, None)) / (2 * math.sqrt(2 * math.log(2)))
+    sigma_pix = sigma_pix / steps
+    do_smooth = bool(np.any(sigma_pix > 0)) if smooth is None else bool(smooth)
+    if not do_smooth:
+        return dustmap.density[np.ix_(*index)].astype(np.float32)
+    from scipy.ndimage import gaussian_filter
+
+    # Smooth only a crop around the region (padded by 4 sigma): the 2022 cubes are large.
+    pad = np.ceil(4 * sigma_pix).astype(int) + 1
+    lo = [max(int(i.min()) - p, 0) for i, p in zip(index, pad, strict=True)]
+    hi = [min(int(i.max()) + p + 1, n) for i, p, n in zip(index, pad, dustmap.shape, strict=True)]
+    crop = dustmap.density[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]].astype(np.float64)
+    smoothed = gaussian_filter(crop, sigma=sigma_pix, mode="nearest")
+    local = [i - o for i, o in zip(index, lo, strict=True)]
+    return smoothed[np.ix_(*local)].astype(np.float32)
+
+
+# ==== sub-regions (appendix A) ====================================================================
+def subregion_mask(region: Region, bounds_pc) -> np.ndarray:
+    """Cells whose centres lie in the box ``((x0, x1), (y0, y1), (z0, z1))`` (pc)."""
+    b = np.asarray(bounds_pc, np.float64).reshape(3, 2)
+    if np.any(b[:, 1] <= b[:, 0]):
+        raise ApplyError(f"sub-region bounds must be (lower, upper) per axis, got {b.tolist()}")
+    c = region.cell_centres_pc()
+    mask = np.all((c >= b[:, 0]) & (c <= b[:, 1]), axis=-1)
+    if not mask.any():
+        raise ApplyError(f"the sub-region {b.tolist()} holds no cell centre of {region}")
+    return mask
+
+
+def fill_outside(extinction, inside_mask, key) -> jax.Array:
+    """Appendix A: cells outside the mask <- uniform random in [min, max] of the cells inside.
+
+    ``extinction`` ``(..., nx, ny, nz)``; each cube of the batch gets its own range and draws.
+    """
+    extinction = jnp.asarray(extinction)
+    inside = jnp.asarray(inside_mask)
+    axes = (-3, -2, -1)
+    lo = jnp.min(jnp.where(inside, extinction, jnp.inf), axis=axes, keepdims=True)
+    hi = jnp.max(jnp.where(inside, extinction, -jnp.inf), axis=axes, keepdims=True)
+    noise = jax.random.uniform(key, extinction.shape, extinction.dtype)
+    return jnp.where(inside, extinction, lo + (hi - lo) * noise)
+
+
+def edge_profile(prediction, reference, inside_mask, cell_pc) -> dict[str, list[float]]:
+    """RMS of prediction - reference inside the sub-region, by distance (in cells) to its edge.
+
+    Shows the edge effect of fig. A8: the error grows towards the sub-region's boundary.
+    """
+    from scipy.ndimage import distance_transform_edt
+
+    depth = distance_transform_edt(np.asarray(inside_mask))  # 1 on the boundary layer
+    diff = np.asarray(prediction) - np.asarray(reference)
+    rows = dict(depth_cells=[], depth_pc=[], rms=[], count=[])
+    for d in np.unique(np.floor(depth[depth > 0])):
+        sel = np.floor(depth) == d
+        rows["depth_cells"].append(float(d))
+        rows["depth_pc"].append(float(d * np.mean(cell_pc)))
+        rows["rms"].append(float(np.sqrt(np.mean(diff[sel] ** 2))))
+        rows["count"].append(int(sel.sum()))
+    return rows
+
+
+# ==== catalogue -> map ============================================================================
+@dataclasses.dataclass
+class MapResult:
+    """Everything a run produces (numpy arrays on the host; cubes ``(nx, ny, nz)``).
+
+    ``density`` is the prediction from the nominal extinction cube; ``density_mean`` and
+    ``density_std`` come from the Monte Carlo redraws (None without redraws);
+    ``extinction_std`` is the Monte Carlo dispersion of the integrated extinction at every cell
+    centre. ``truth`` is the reference density when one is known (literature cube, demo).
+    """
+
+    region: Region
+    extinction: np.ndarray
+    density: np.ndarray
+    density_mean: np.ndarray | None = None
+    density_std: np.ndarray | None = None
+    extinction_std: np.ndarray | None = None
+    truth: np.ndarray | None = None
+    inside_mask: np.ndarray | None = None
+    star_extinction: np.ndarray | None = None
+    star_e_rho: np.ndarray | None = None
+    summary: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def predict_one(predictor: Predictor, extinction) -> np.ndarray:
+    """The density of one extinction cube ``(nx, ny, nz)``."""
+    return np.asarray(jax.jit(predictor)(jnp.asarray(extinction, jnp.float32)[None])[0])
+
+
+def monte_carlo(
+    predictor: Predictor,
+    knn: cat.KNNWeights,
+    catalog: cat.StarCatalog,
+    region: Region,
+    *,
+    num_redraws: int = 300,
+    batch_size: int = 16,
+    seed: int = 0,
+    inside_mask=None,
+    reference=None,
+    progress: bool = True,
+) -> dict[str, np.ndarray]:
+    """Redraw E ~ N(E, sigma_E) ``num_redraws`` times, grid, predict; per-cell moments.
+
+    Only the stars that are a neighbour of some cell are drawn (`KNNWeights.compact`). Moments
+    are accumulated on the device around ``reference`` (the nominal prediction) for accuracy:
+    ``sum(x - ref)`` and ``sum((x - ref)^2)``. Every batch has the same shape (the last one is
+    padded and its padding masked), so one program is compiled.
+    """
+    if num_redraws < 2:
+        raise ApplyError(f"num_redraws must be >= 2 for a dispersion, got {num_redraws}")
+    used, small = knn.compact()
+    ext = jnp.asarray(catalog.extinction[used], jnp.float32)
+    sig = jnp.asarray(catalog.sigma_extinction[used], jnp.float32)
+    idx = jnp.asarray(small.indices)
+    w = jnp.asarray(small.weights, jnp.float32)
+    op = los_operator(region)
+    ref = jnp.zeros(region.shape, jnp.float32) if reference is None else jnp.asarray(reference)
+    ref_ext = op(ref)
+    mask = None if inside_mask is None else jnp.asarray(inside_mask)
+    batch_size = int(max(1, min(batch_size, num_redraws)))
+    shape = tuple(region.shape)
+
+    @jax.jit
+    def step(carry, key, valid):
+        draw_key, fill_key = jax.random.split(key)
+        draws = ext + sig * jax.random.normal(draw_key, (batch_size, ext.shape[0]), ext.dtype)
+        cubes = jnp.sum(jnp.take(draws, idx, axis=1) * w, axis=-1).reshape(batch_size, *shape)
+        cubes = jnp.maximum(cubes, 0.0)
+        if mask is not None:
+            cubes = fill_outside(cubes, mask, fill_key)
+        density = predictor(cubes)
+        extinction = op(density)
+        v = valid[:, None, None, None]
+        dd = (density - ref) * v
+        de = (extinction - ref_ext) * v
+        s1, s2, e1, e2 = carry
+        return (s1 + dd.sum(0), s2 + (dd**2).sum(0), e1 + de.sum(0), e2 + (de**2).sum(0))
+
+    zeros = jnp.zeros(shape, jnp.float32)
+    carry = (zeros, zeros, zeros, zeros)
+    base = jax.random.key(seed)
+    num_batches = -(-num_redraws // batch_size)
+    batches = range(num_batches)
+    if progress:
+        from tqdm.auto import tqdm
+
+        batches = tqdm(batches, desc=f"Monte Carlo ({num_redraws} redraws)", unit="batch")
+    for b in batches:
+        count = min(batch_size, num_redraws - b * batch_size)
+        valid = jnp.arange(batch_size) < count
+        carry = step(carry, jax.random.fold_in(base, b), valid.astype(jnp.float32))
+    s1, s2, e1, e2 = (np.asarray(x, np.float64) for x in carry)
+    n = num_redraws
+    mean = np.asarray(ref) + s1 / n
+    var = np.clip((s2 - s1**2 / n) / (n - 1), 0.0, None)
+    ext_var = np.clip((e2 - e1**2 / n) / (n - 1), 0.0, None)
+    return dict(
+        density_mean=mean.astype(np.float32),
+        density_std=np.sqrt(var).astype(np.float32),
+        extinction_std=np.sqrt(ext_var).astype(np.float32),
+    )
+
+
+def consistency(density, region: Region, catalog: cat.StarCatalog) -> tuple[np.ndarray, dict]:
+    """Fig. 11: E_rho (the density integrated to each star) and statistics of E_rho - E."""
+    e_rho = np.asarray(
+        maps.integrate_cartesian(density, region.lower_pc, region.cell_size_pc, catalog.xyz_pc),
+        np.float64,
+    )
+    diff = e_rho - catalog.extinction
+    q16, q50, q84 = np.percentile(diff, [16, 50, 84])
+    pull = diff / catalog.sigma_extinction
+    stats = dict(
+        num_stars=int(len(diff)),
+        median_difference_mag=float(q50),
+        spread_difference_mag=float(0.5 * (q84 - q16)),
+        std_difference_mag=float(np.std(diff)),
+        median_pull=float(np.median(pull)),
+        fraction_within_1sigma=float(np.mean(np.abs(pull) < 1)),
+        fraction_within_3sigma=float(np.mean(np.abs(pull) < 3)),
+    )
+    return e_rho, stats
+
+
+def run_catalog(
+    catalog: cat.StarCatalog,
+    region: Region,
+    predictor: Predictor,
+    *,
+    k: int | None = None,
+    num_redraws: int = 300,
+    batch_size: int = 16,
+    seed: int = 0,
+    knn_backend: str = "auto",
+    subregion=None,
+    truth=None,
+    progress: bool = True,
+) -> MapResult:
+    """A star catalogue -> density map with Monte Carlo uncertainties and the fig.-11 check.
+
+    ``subregion`` ``((x0, x1), (y0, y1), (z0, z1))`` (pc) keeps only the stars inside it and
+    fills the cells outside with random values (appendix A). ``truth`` (a density cube, e.g.
+    the demo's) adds residual statistics. ``num_redraws=0`` skips the Monte Carlo.
+    """
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    inside = None
+    if subregion is not None:
+        inside = subregion_mask(region, subregion)
+        b = np.asarray(subregion, np.float64).reshape(3, 2)
+        keep = np.all((catalog.xyz_pc >= b[:, 0]) & (catalog.xyz_pc <= b[:, 1]), axis=-1)
+        log.info("sub-region: %d of %d stars inside %s", keep.sum(), len(catalog), b.tolist())
+        catalog = catalog.select(keep)
+    if len(catalog) == 0:
+        raise ApplyError("no star left in the region (or sub-region) to grid")
+    knn = cat.knn_weights(region, catalog, k, backend=knn_backend)
+    extinction = np.maximum(knn.apply(catalog.extinction), 0.0).astype(np.float32)
+    timings["knn_s"] = time.perf_counter() - t0
+
+    t = time.perf_counter()
+    nominal_input = extinction
+    if inside is not None:
+        nominal_input = np.asarray(fill_outside(extinction, inside, jax.random.key(seed + 1)))
+    density = predict_one(predictor, nominal_input)
+    timings["predict_s"] = time.perf_counter() - t
+
+    mc = {}
+    if num_redraws:
+        t = time.perf_counter()
+        mc = monte_carlo(
+            predictor,
+            knn,
+            catalog,
+            region,
+            num_redraws=num_redraws,
+            batch_size=batch_size,
+            seed=seed,
+            inside_mask=inside,
+            reference=density,
+            progress=progress,
+        )
+        timings["monte_carlo_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    stars = catalog
+    if inside is not None:  # the check is meaningful only where the map is kept
+        cells = region.cell_index(catalog.xyz_pc)
+        ok = np.all(cells >= 0, axis=-1)
+        ok[ok] = inside[tuple(cells[ok].T)]
+        stars = catalog.select(ok)
+    e_rho, check = consistency(density, region, stars)
+    timings["consistency_s"] = time.perf_counter() - t
+
+    summary = dict(
+        input="catalogue",
+        region=region.to_dict(),
+        catalogue=catalog.summary(),
+        k=knn.k,
+        num_redraws=int(num_redraws),
+        consistency=check,
+        density=_cube_stats(density, inside),
+        timings_s=timings,
+    )
+    if mc:
+        summary["density_std"] = _cube_stats(mc["density_std"], inside)
+    if subregion is not None:
+        summary["subregion_pc"] = np.asarray(subregion, float).reshape(3, 2).tolist()
+    if truth is not None:
+        summary["residual_vs_truth"] = residual_stats(density, truth, inside)
+        if inside is not None:
+            summary["edge_profile"] = edge_profile(density, truth, inside, region.cell_size_pc)
+    return MapResult(
+        region=region,
+        extinction=extinction,
+        density=density,
+        truth=None if truth is None else np.asarray(truth, np.float32),
+        inside_mask=inside,
+        star_extinction=stars.extinction,
+        star_e_rho=e_rho,
+        summary=summary,
+        **mc,
+    )
+
+
+def run_literature(
+    dustmap: maps.DustMap,
+    region: Region,
+    predictor: Predictor,
+    *,
+    smooth: bool | None = None,
+    subregion=None,
+    seed: int = 0,
+) -> MapResult:
+    """Sect. 4.1: literature density -> regrid -> LOS integral -> V-net -> residuals (fig. 10)."""
+    t0 = time.perf_counter()
+    truth = regrid_nearest(dustmap, region, smooth)
+    extinction = np.asarray(los_operator(region)(truth), np.float32)
+    inside = None
+    model_input = extinction
+    if subregion is not None:
+        inside = subregion_mask(region, subregion)
+        model_input = np.asarray(fill_outside(extinction, inside, jax.random.key(seed)))
+    density = predict_one(predictor, model_input)
+    summary = dict(
+        input="literature cube",
+        region=region.to_dict(),
+        smoothed=bool(smooth) if smooth is not None else None,
+        residual_vs_truth=residual_stats(density, truth, inside),
+        density=_cube_stats(density, inside),
+        timings_s=dict(total_s=time.perf_counter() - t0),
+    )
+    if subregion is not None:
+        summary["subregion_pc"] = np.asarray(subregion, float).reshape(3, 2).tolist()
+        summary["edge_profile"] = edge_profile(density, truth, inside, region.cell_size_pc)
+    return MapResult(
+        region=region,
+        extinction=extinction,
+        density=density,
+        truth=truth,
+        inside_mask=inside,
+        summary=summary,
+    )
+
+
+def residual_stats(prediction, truth, inside_mask=None) -> dict[str, float]:
+    """Median and dispersion of rho_p - rho_t, and the fractions beyond 3 sigma (sect. 4.1)."""
+    diff = np.asarray(prediction, np.float64) - np.asarray(truth, np.float64)
+    if inside_mask is not None:
+        diff = diff[np.asarray(inside_mask)]
+    diff = diff.reshape(-1)
+    sigma = float(np.std(diff))
+    med = float(np.median(diff))
+    return dict(
+        median=med,
+        dispersion=sigma,
+        fraction_below_3sigma=float(np.mean(diff < med - 3 * sigma)),
+        fraction_above_3sigma=float(np.mean(diff > med + 3 * sigma)),
+        num_cells=int(diff.size),
+    )
+
+
+def _cube_stats(cube, inside_mask=None) -> dict[str, float]:
+    values = np.asarray(cube, np.float64)
+    if inside_mask is not None:
+        values = values[np.asarray(inside_mask)]
+    q = np.percentile(values, [1, 50, 99])
+    return dict(
+        min=float(values.min()),
+        p01=float(q[0]),
+        median=float(q[1]),
+        p99=float(q[2]),
+        max=float(values.max()),
+    )
+
+
+# ==== outputs =====================================================================================
+def write_outputs(
+    outdir: str | os.PathLike,
+    result: MapResult,
+    *,
+    write_fits: bool = True,
+    plots: bool = True,
+    header: dict | None = None,
+) -> dict[str, str]:
+    """FITS map, JSON summary and figures into `outdir`; returns ``{what: path}``.
+
+    Files: ``density.fits`` (primary: density; UNCERT: MC dispersion; EXTINCT: the input
+    extinction cube; EXTUNC: MC dispersion of the integrated extinction), ``summary.json``,
+    ``slices.png`` (XY and XZ through the Sun's cell: extinction, density, dispersion, truth and
+    residual when known), ``face_on.png`` (fig. A5), ``consistency.png`` (fig. 11),
+    ``truth_vs_prediction.png`` (fig. 10) and ``edge_effect.png`` (fig. A8) when they apply.
+    Every file is written atomically; the summary last.
+    """
+    from dustjax import io as dio
+
+    outdir = dio.ensure_writable_dir(outdir)
+    files: dict[str, str] = {}
+    if write_fits:
+        files["fits"] = str(
+            maps.write_cartesian_map(
+                outdir / "density.fits",
+                result.region,
+                result.density,
+                uncertainty=result.density_std,
+                extinction=result.extinction,
+                extinction_uncertainty=result.extinction_std,
+                header={"ORIGIN": "dustjax apply", **(header or {})},
+            )
+        )
+    if plots:
+        files.update(_plots(outdir, result))
+    summary = dict(result.summary, files=files)
+    dio.write_json(outdir / "summary.json", summary)
+    files["summary"] = str(outdir / "summary.json")
+    return files
+
+
+# ==== figures (matplotlib imported here only) =====================================================
+def _plots(outdir: Path, result: MapResult) -> dict[str, str]:
+    from dustjax.io import atomic_path
+
+    files = {}
+    figures = {
+        "slices": plot_slices,
+        "face_on": plot_face_on,
+        "consistency": plot_consistency,
+        "truth_vs_prediction": plot_truth_vs_prediction,
+        "edge_effect": plot_edge_effect,
+    }
+    for name, draw in figures.items():
+        fig = draw(result)
+        if fig is None:
+            continue
+        path = outdir / f"{name}.png"
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110, format="png", bbox_inches="tight")
+        _close(fig)
+        files[name] = str(path)
+    return files
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _close(fig):
+    _pyplot().close(fig)
+
+
+def sun_slab_index(region: Region, axis: int) -> int:
+    """Index of the slab whose lower edge is at 0 along `axis` (the paper's "0 to 6 pc" slice),
+    or the middle slab when the region does not reach 0."""
+    e = region.edges_pc(axis)
+    i = int(np.searchsorted(e, 0.0, side="right") - 1)
+    return i if 0 <= i < region.shape[axis] else region.shape[axis] // 2
+
+
+def plot_slices(result: MapResult):
+    """XY (Z in the slab at Z = 0) and XZ (Y in the slab at Y = 0) maps, figs. A1-A4, A6."""
+    plt = _pyplot()
+    region = result.region
+    panels = [("extinction (mag)", result.extinction, "viridis")]
+    if result.truth is not None:
+        panels.append(("true density (mag/pc)", result.truth, "magma"))
+    panels.append(("predicted density (mag/pc)", result.density, "magma"))
+    if result.truth is not None:
+        panels.append(("residual pred - true (mag/pc)", result.density - result.truth, "RdBu_r"))
+    if result.density_std is not None:
+        panels.append(("MC dispersion (mag/pc)", result.density_std, "cividis"))
+    iz, iy = sun_slab_index(region, 2), sun_slab_index(region, 1)
+    ez, ey = region.edges_pc(2), region.edges_pc(1)
+    fig, axes = plt.subplots(2, len(panels), figsize=(3.6 * len(panels), 6.6), squeeze=False)
+    ex = region.edges_pc(0)
+    for col, (title, cube, cmap) in enumerate(panels):
+        cube = np.asarray(cube, np.float64)
+        for row, (plane, label, extent) in enumerate(
+            [
+                (cube[:, :, iz], f"Z in [{ez[iz]:g}, {ez[iz + 1]:g}] pc", (ey[0], ey[-1])),
+                (cube[:, iy, :], f"Y in [{ey[iy]:g}, {ey[iy + 1]:g}] pc", (ez[0], ez[-1])),
+            ]
+        ):
+            ax = axes[row, col]
+            kw = {}
+            if cmap == "RdBu_r":
+                vmax = float(np.nanmax(np.abs(cube))) or 1.0
+                kw = dict(vmin=-vmax, vmax=vmax)
+            im = ax.imshow(
+                plane.T,
+                origin="lower",
+                extent=(ex[0], ex[-1], *extent),
+                cmap=cmap,
+                aspect="equal",
+                **kw,
+            )
+            fig.colorbar(im, ax=ax, shrink=0.8)
+            if result.inside_mask is not None:
+                m = result.inside_mask[:, :, iz] if row == 0 else result.inside_mask[:, iy, :]
+                ax.contour(
+                    np.asarray(m, float).T,
+                    levels=[0.5],
+                    colors="w",
+                    linewidths=0.8,
+                    extent=(ex[0], ex[-1], *extent),
+                    origin="lower",
+                )
+            ax.set_title(f"{title}\n{label}", fontsize=8)
+            ax.set_xlabel("X (pc)")
+            ax.set_ylabel("Y (pc)" if row == 0 else "Z (pc)")
+    fig.suptitle(f"{region}", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def face_on_map(density, region: Region, z_max_pc: float = 400.0) -> np.ndarray:
+    """Fig. A5: sum over the cells with |Z_centre| < z_max of density x cell height (mag):
+    the extinction through the slab seen from above the Galactic plane, ``(nx, ny)``."""
+    zc = region.centres_pc(2)
+    sel = np.abs(zc) < z_max_pc
+    if not sel.any():
+        raise ApplyError(f"no cell of {region} has |Z| < {z_max_pc} pc")
+    return np.asarray(density, np.float64)[:, :, sel].sum(axis=2) * region.cell_size_pc[2]
+
+
+def plot_face_on(result: MapResult, z_max_pc: float = 400.0):
+    """Fig. A5: face-on map with Galactic longitude lines and distance circles around the Sun."""
+    plt = _pyplot()
+    region = result.region
+    try:
+        image = face_on_map(result.density, region, z_max_pc)
+    except ApplyError:
+        return None
+    ex, ey = region.edges_pc(0), region.edges_pc(1)
+    fig, ax = plt.subplots(figsize=(6, 5.5))
+    im = ax.imshow(image.T, origin="lower", extent=(ex[0], ex[-1], ey[0], ey[-1]), cmap="magma")
+    fig.colorbar(im, ax=ax, label=f"sum of density x dZ over |Z| < {z_max_pc:g} pc (mag)")
+    reach = float(np.max(np.abs([ex[0], ex[-1], ey[0], ey[-1]])) * math.sqrt(2))
+    # Longitude lines every 45 deg from the Sun (the paper draws 135, 180 and 225 deg for LR).
+    for lon in range(0, 360, 45):
+        lr = math.radians(lon)
+        ax.plot([0, reach * math.cos(lr)], [0, reach * math.sin(lr)], "w-", lw=0.7, alpha=0.8)
+        tx, ty = 0.9 * reach * math.cos(lr), 0.9 * reach * math.sin(lr)
+        if ex[0] <= tx <= ex[-1] and ey[0] <= ty <= ey[-1]:
+            ax.text(tx, ty, f"{lon}°", color="w", fontsize=7)
+    # Distance circles at round steps (1 and 2 kpc for LR).
+    extent = max(ex[-1] - ex[0], ey[-1] - ey[0])
+    step = 10 ** math.floor(math.log10(extent / 2))
+    if extent / step > 4:
+        step *= 2 if extent / step < 10 else 5
+    for r in np.arange(step, reach + step, step):
+        t = np.linspace(0, 2 * np.pi, 361)
+        ax.plot(r * np.cos(t), r * np.sin(t), "w--", lw=0.6, alpha=0.7)
+    ax.plot([0], [0], "c*", ms=8)
+    ax.set_xlim(ex[0], ex[-1])
+    ax.set_ylim(ey[0], ey[-1])
+    ax.set_xlabel("X (pc)")
+    ax.set_ylabel("Y (pc)")
+    ax.set_title(f"face-on, |Z| < {z_max_pc:g} pc; circles every {step:g} pc", fontsize=9)
+    return fig
+
+
+def plot_consistency(result: MapResult):
+    """Fig. 11: catalogue E against E_rho integrated from the predicted density."""
+    if result.star_e_rho is None:
+        return None
+    plt = _pyplot()
+    e, e_rho = result.star_extinction, result.star_e_rho
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    hi = float(np.percentile(np.concatenate([e, e_rho]), 99.9))
+    if len(e) > 5000:
+        h = ax.hexbin(e, e_rho, gridsize=80, extent=(0, hi, 0, hi), bins="log", mincnt=1)
+        fig.colorbar(h, ax=ax, label="stars")
+    else:
+        ax.scatter(e, e_rho, s=3, alpha=0.5)
+    ax.plot([0, hi], [0, hi], "b--", lw=1)
+    c = result.summary.get("consistency", {})
+    ax.set_title(
+        f"median E_rho - E = {c.get('median_difference_mag', np.nan):.3f} mag, "
+        f"spread {c.get('spread_difference_mag', np.nan):.3f}",
+        fontsize=9,
+    )
+    ax.set_xlabel("E (catalogue, mag)")
+    ax.set_ylabel("E_rho (integrated map, mag)")
+    return fig
+
+
+def plot_truth_vs_prediction(result: MapResult):
+    """Fig. 10: predicted against true density per cell."""
+    if result.truth is None:
+        return None
+    plt = _pyplot()
+    t, p = result.truth.reshape(-1), result.density.reshape(-1)
+    if result.inside_mask is not None:
+        t, p = result.truth[result.inside_mask], result.density[result.inside_mask]
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    hi = float(max(t.max(), p.max())) or 1.0
+    ax.hexbin(t, p, gridsize=70, extent=(0, hi, 0, hi), bins="log", mincnt=1)
+    ax.plot([0, hi], [0, hi], "b--", lw=1)
+    r = result.summary.get("residual_vs_truth", {})
+    ax.set_title(
+        f"median {r.get('median', np.nan):.2e}, dispersion {r.get('dispersion', np.nan):.2e}",
+        fontsize=9,
+    )
+    ax.set_xlabel("true density (mag/pc)")
+    ax.set_ylabel("predicted density (mag/pc)")
+    return fig
+
+
+def plot_edge_effect(result: MapResult):
+    """Fig. A8 companion: residual RMS inside the sub-region against depth from its edge."""
+    profile = result.summary.get("edge_profile")
+    if not profile:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot(profile["depth_pc"], profile["rms"], "o-")
+    ax.set_xlabel("depth inside the sub-region (pc)")
+    ax.set_ylabel("RMS of pred - true (mag/pc)")
+    ax.set_title("edge effect of the random fill (appendix A)", fontsize=9)
+    return fig
