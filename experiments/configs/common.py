@@ -1,0 +1,65 @@
+"""Defaults shared by the V-net configs (every key a run may override lives here).
+
+A config module defines ``get_config()`` returning an ml_collections ConfigDict;
+experiments/train.py
+loads it with ``--config=experiments/configs/NAME.py`` and any key can be overridden on the command
+line (``--config.optimizer.learning_rate=3e-4``); a key that does not exist is an error naming it.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from dustjax.models.vnet import PAPER_FEATURES
+
+
+def vnet_config(name: str, region: str) -> ml_collections.ConfigDict:
+    """The paper's V-net setting for `region` ("SR" or "LR"), sect. 3."""
+    c = ml_collections.ConfigDict()
+    c.name = name
+    c.seed = 0
+    c.task = "density_from_extinction"  # extinction -> density, MSE on rho_hat (eq. 3)
+
+    c.model = ml_collections.ConfigDict()
+    c.model.name = "vnet"
+    c.model.kwargs = ml_collections.ConfigDict(
+        dict(features=PAPER_FEATURES, padding="REFLECT", remat=False, bn_momentum=0.99)
+    )
+    c.model.input_shape = ()  # () = the region's (nx, ny, nz, 1)
+
+    c.data = ml_collections.ConfigDict()
+    c.data.source = "tfrecord"  # or "simulate": fresh cubes on the device every step
+    c.data.region = region
+    c.data.shape = ()  # () = the region's 32^3; e.g. (64, 64, 64)
+    c.data.data_dir = f"data/{region}"
+    c.data.num_examples = 10_000  # dataset size (made if missing); also the simulate-source split
+    c.data.simulator = ""  # "" = the region's (SR: levy, LR: lognormal)
+    c.data.simulator_params = ml_collections.ConfigDict()  # overrides of the simulator's defaults
+    c.data.steps_per_epoch = 0  # 0 = one pass over the train split
+    c.data.eval_steps = 0  # 0 = the whole validation split
+
+    c.batch_size = 32  # global mini-batch (paper sect. 3.1), split over the devices
+    c.eval_batch_size = 0  # 0 = batch_size
+    c.num_epochs = 200
+    c.optimizer = ml_collections.ConfigDict(
+        dict(
+            name="adam", learning_rate=1e-3, b1=0.9, b2=0.999, weight_decay=0.0, grad_clip_norm=0.0
+        )
+    )
+    c.schedule = ml_collections.ConfigDict(
+        dict(name="constant", warmup_epochs=1.0, factor=0.5, patience=5, rtol=1e-4, atol=0.0,
+             cooldown=0, accumulation_size=0, min_scale=0.0)
+    )  # fmt: skip
+    # Stop when the validation loss has not improved by min_delta for `patience` epochs; the
+    # model of minimum validation loss is the one kept (paper sect. 3.2).
+    c.early_stopping = ml_collections.ConfigDict(dict(patience=40, min_delta=0.0))
+    c.compute_dtype = "auto"  # bfloat16 on GPU/TPU, float32 on CPU
+    c.num_devices = 0  # 0 = all local devices
+    c.log_every_steps = 10
+    c.progress_bar = True
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.batch_size = 0  # 0 = eval_batch_size
+    c.eval.max_cubes = 0  # 0 = the whole test split
+    c.eval.density_bins = 100
+    return c
