@@ -32,7 +32,7 @@ from dustjax.geometry import Region
 
 
 @jax.tree_util.register_dataclass
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)  # identity hash: usable as a jit function
 class LOSOperator:
     """Linear map from density ``(..., nx, ny, nz)`` [mag/pc] to extinction [mag].
 

@@ -1,0 +1,178 @@
+"""TFRecord datasets: splits, determinism, interruption and resume, corruption, bad input."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from data_gen.make_dataset import make_dataset, split_counts
+from dustjax.input_pipeline import (
+    MissingDatasetError,
+    require_dataset,
+    simulated_batches,
+    tfrecord_batches,
+)
+from dustjax.io import (
+    DATASET_INFO,
+    DatasetError,
+    read_dataset_info,
+    tfrecord_dataset,
+    verify_dataset,
+    write_sharded_dataset,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_split_counts_follow_the_paper():
+    assert split_counts(10_000) == {"train": 7200, "validation": 1800, "test": 1000}
+    assert sum(split_counts(37).values()) == 37
+    with pytest.raises(ValueError, match="positive"):
+        split_counts(0)
+
+
+def _fake_examples(start, count, fail_at=None):
+    if fail_at is not None and start >= fail_at:
+        raise KeyboardInterrupt  # an interrupted run
+    index = np.arange(start, start + count, dtype=np.float32)
+    return {"a": index[:, None, None] + np.zeros((count, 2, 3), np.float32)}
+
+
+def _write(out, fail_at=None, overwrite=False, splits=None):
+    return write_sharded_dataset(
+        out,
+        splits=splits or {"train": 7, "validation": 3, "test": 2},
+        features={"a": (2, 3)},
+        make_examples=lambda s, c: _fake_examples(s, c, fail_at),
+        metadata={"seed": 0},
+        examples_per_shard=2,
+        chunk=1,
+        overwrite=overwrite,
+        progress=False,
+    )
+
+
+def _shard_bytes(path):
+    return {p.name: p.read_bytes() for p in sorted(Path(path).glob("*.tfrecord"))}
+
+
+def test_interrupted_run_is_not_complete_and_resumes_to_the_same_bytes(tmp_path):
+    reference = _write(tmp_path / "ref")
+    with pytest.raises(KeyboardInterrupt):
+        _write(tmp_path / "run", fail_at=5)
+    assert not (tmp_path / "run" / DATASET_INFO).exists()
+    with pytest.raises(DatasetError, match="interrupted"):
+        read_dataset_info(tmp_path / "run")
+    with pytest.raises(MissingDatasetError, match="make data REGION=SR"):
+        require_dataset(tmp_path / "run")
+    assert not list((tmp_path / "run").glob("*.tmp"))  # no half-written shard under any name
+    _write(tmp_path / "run")
+    assert _shard_bytes(tmp_path / "run") == _shard_bytes(reference)
+    info = read_dataset_info(tmp_path / "run")
+    assert info["num_examples"] == 12 and info["splits"]["validation"] == 3
+    values = [int(ex["a"][0, 0]) for ex in tfrecord_dataset(reference, "validation")]
+    assert values == [7, 8, 9]
+
+
+def test_complete_dataset_is_kept_unless_overwrite(tmp_path):
+    _write(tmp_path / "d")
+    with pytest.raises(DatasetError, match="--overwrite"):
+        _write(tmp_path / "d")
+    _write(tmp_path / "d", overwrite=True)
+    assert read_dataset_info(tmp_path / "d")["num_examples"] == 12
+
+
+def test_resume_with_other_settings_is_refused(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        _write(tmp_path / "d", fail_at=3)
+    with pytest.raises(DatasetError, match="other settings"):
+        _write(tmp_path / "d", splits={"train": 9, "validation": 3, "test": 2})
+
+
+def test_corrupt_shards_are_reported(tmp_path):
+    out = _write(tmp_path / "d")
+    shard = out / "train-00001-of-00004.tfrecord"
+    data = bytearray(shard.read_bytes())
+    data[30] ^= 0xFF  # same size, bad CRC
+    shard.write_bytes(bytes(data))
+    with pytest.raises(DatasetError, match="sha256"):
+        verify_dataset(out, checksums=True)
+    shard.write_bytes(bytes(data[:-5]))  # truncated
+    with pytest.raises(DatasetError, match="corrupt shard"):
+        verify_dataset(out)
+
+
+@pytest.fixture(scope="module")
+def lr_dataset(tmp_path_factory):
+    out = tmp_path_factory.mktemp("lr")
+    make_dataset("LR", 20, str(out), seed=7, examples_per_shard=4, chunk=4, progress=False)
+    return out
+
+
+def test_same_seed_same_bytes(lr_dataset, tmp_path):
+    make_dataset("LR", 20, str(tmp_path), seed=7, examples_per_shard=4, chunk=4, progress=False)
+    assert _shard_bytes(tmp_path) == _shard_bytes(lr_dataset)
+    info = read_dataset_info(lr_dataset)
+    assert info["metadata"]["region"]["name"] == "LR"
+    assert info["metadata"]["simulator"] == "lognormal" and info["metadata"]["seed"] == 7
+    assert info["splits"] == {"train": 14, "validation": 4, "test": 2}
+    assert info["features"] == {"extinction": [32, 32, 32], "density": [32, 32, 32]}
+
+
+def test_both_sources_yield_identical_looking_batches(lr_dataset):
+    from_files = next(tfrecord_batches(lr_dataset, "train", 4, shuffle=False))
+    simulated = next(simulated_batches("LR", 4, seed=7))
+    for batch in (from_files, simulated):
+        assert set(batch) == {"extinction", "density"}
+        for value in batch.values():
+            assert value.shape == (4, 32, 32, 32, 1) and value.dtype == np.float32
+    # normalisation is eqs. 1-2 of the raw physical cubes
+    raw = next(iter(tfrecord_dataset(lr_dataset, "train")))
+    np.testing.assert_allclose(
+        from_files["extinction"][0, ..., 0], np.log1p(raw["extinction"]), rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        from_files["density"][0, ..., 0], 10 * np.log1p(raw["density"]), rtol=1e-6
+    )
+
+
+def test_per_process_sharding_partitions_the_split(lr_dataset):
+    def ids(**kw):
+        batches = tfrecord_batches(
+            lr_dataset, "train", 1, shuffle=False, drop_remainder=False, **kw
+        )
+        return {float(b["density"].sum()) for b in batches}
+
+    everything = ids(process_index=0, process_count=1)
+    part0 = ids(process_index=0, process_count=2)
+    part1 = ids(process_index=1, process_count=2)
+    assert part0 | part1 == everything and not part0 & part1 and len(everything) == 14
+
+
+def _cli(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "data_gen.make_dataset", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        timeout=300,
+    )
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--region=XR", "--num=4"], "unknown region 'XR'"),
+        (["--region=SR", "--num=0"], "--num must be a positive"),
+        (["--region=SR", "--num=4", "--out=/proc/forbidden"], "cannot create output directory"),
+    ],
+)
+def test_cli_bad_input_one_clear_line(args, message, tmp_path):
+    result = _cli(*args)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("make_dataset:")]
+    assert len(errors) == 1 and message in errors[0]
