@@ -71,6 +71,16 @@ def density_predictor(model, variables) -> Predictor:
     return predict
 
 
+def model_region(workdir: str | os.PathLike) -> Region:
+    """The region (box and cube size) a training workdir was trained on."""
+    from dustjax import train
+
+    workdir = Path(workdir)
+    if not (workdir / train.CONFIG_FILE).exists():
+        raise ApplyError(f"{workdir} is not a training workdir (no {train.CONFIG_FILE})")
+    return train.region_of(train.load_config(workdir))
+
+
 def load_predictor(workdir: str | os.PathLike, region: Region | None = None, which="best"):
     """``(predictor, region, config)`` of a trained run in `workdir` (via `dustjax.train`).
 
@@ -79,11 +89,7 @@ def load_predictor(workdir: str | os.PathLike, region: Region | None = None, whi
     """
     from dustjax import train
 
-    workdir = Path(workdir)
-    if not (workdir / train.CONFIG_FILE).exists():
-        raise ApplyError(f"{workdir} is not a training workdir (no {train.CONFIG_FILE})")
-    config = train.load_config(workdir)
-    trained = train.region_of(config)
+    trained = model_region(workdir)
     if region is not None:
         check_model_region(trained, region, workdir)
     model, variables, config = train.load_trained(workdir, which=which)

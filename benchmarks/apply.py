@@ -1,0 +1,162 @@
+r"""Benchmark: star catalogue -> 3D dust map, with Monte Carlo uncertainties (issue 6).
+
+    # the target: 10^6 stars, 300 redraws, LR, paper V-net, one H200 (< 60 s end to end)
+    python -m benchmarks.apply --out=bench_out/apply_gpu
+    # a trained model instead of random weights (same cost, meaningful maps)
+    python -m benchmarks.apply --model=workdirs/vnet_lr --out=bench_out/apply_gpu
+    # a CPU-sized run
+    python -m benchmarks.apply --num_stars=100000 --num_redraws=8 --features=16,32,64,128 \
+        --out=bench_out/apply_cpu
+
+Runs unchanged on CPU and GPU and needs neither tensorflow nor astropy: the demo catalogue is
+generated in memory (`dustjax.demo`), FITS writing is off unless --write_fits. Stages timed
+(each after `block_until_ready`): catalogue simulation (input, not counted), kNN gridding (eq. 5),
+the nominal prediction (includes compilation), the Monte Carlo redraws (includes compilation),
+the fig.-11 consistency check and the outputs. "end to end" = gridding + prediction + Monte
+Carlo + consistency + outputs. Results: a table on stdout, results.json, and the map's PNGs in
+--out.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("region", "LR", "Region: SR or LR.")
+flags.DEFINE_integer("num_stars", 1_000_000, "Stars in the demo catalogue.")
+flags.DEFINE_integer("num_redraws", 300, "Monte Carlo redraws.")
+flags.DEFINE_integer("batch_size", 32, "Redraws per device batch.")
+flags.DEFINE_list("features", ["128", "256", "512", "1024"], "V-net widths (random weights).")
+flags.DEFINE_enum("compute_dtype", "auto", ["auto", "float32", "bfloat16"], "Random model dtype.")
+flags.DEFINE_string("model", None, "Trained workdir (overrides --features).")
+flags.DEFINE_enum("knn_backend", "auto", ["auto", "kdtree", "brute"], "k-nearest search.")
+flags.DEFINE_integer("seed", 0, "Seed.")
+flags.DEFINE_string("out", "bench_out/apply", "Output directory.")
+flags.DEFINE_bool("write_fits", False, "Also write density.fits (needs astropy).")
+flags.DEFINE_bool("plots", True, "Write the PNG figures (matplotlib).")
+
+
+def _timed(fn, *args, **kw):
+    t = time.perf_counter()
+    out = fn(*args, **kw)
+    jax.block_until_ready(out)
+    return out, time.perf_counter() - t
+
+
+def main(argv):
+    del argv
+    from dustjax import apply as ap
+    from dustjax import catalog as cat
+    from dustjax import demo
+    from dustjax.geometry import Region
+
+    out = Path(FLAGS.out)
+    out.mkdir(parents=True, exist_ok=True)
+    region = Region.named(FLAGS.region)
+    times: dict[str, float] = {}
+
+    if FLAGS.model:
+        predictor, region, _ = ap.load_predictor(FLAGS.model)
+        model_desc = f"trained {FLAGS.model}"
+    else:
+        from dustjax.models import VNet
+
+        dtype = FLAGS.compute_dtype
+        if dtype == "auto":
+            dtype = "float32" if jax.default_backend() == "cpu" else "bfloat16"
+        features = tuple(int(f) for f in FLAGS.features)
+        model = VNet(features=features, dtype=jnp.dtype(dtype).type)
+        variables, times["model_init_s"] = _timed(
+            jax.jit(model.init), jax.random.key(FLAGS.seed), jnp.zeros((1, *region.shape, 1))
+        )
+        predictor = ap.density_predictor(model, variables)
+        model_desc = f"random VNet{features} {dtype}"
+
+    (d, times["simulate_catalogue_s"]) = _timed(
+        demo.demo_catalog, region, FLAGS.num_stars, FLAGS.seed
+    )
+    catalog = d.catalog
+
+    t_all = time.perf_counter()
+    knn, times["knn_s"] = _timed(cat.knn_weights, region, catalog, backend=FLAGS.knn_backend)
+    extinction = np.maximum(knn.apply(catalog.extinction), 0.0).astype(np.float32)
+    density, times["predict_nominal_s"] = _timed(ap.predict_one, predictor, extinction)
+    mc, times["monte_carlo_s"] = _timed(
+        ap.monte_carlo,
+        predictor,
+        knn,
+        catalog,
+        region,
+        num_redraws=FLAGS.num_redraws,
+        batch_size=FLAGS.batch_size,
+        seed=FLAGS.seed,
+        reference=density,
+        progress=False,
+    )
+    (e_rho, check), times["consistency_s"] = _timed(ap.consistency, density, region, catalog)
+    result = ap.MapResult(
+        region=region,
+        extinction=extinction,
+        density=density,
+        truth=d.density,
+        star_extinction=catalog.extinction,
+        star_e_rho=e_rho,
+        summary=dict(consistency=check, residual_vs_truth=ap.residual_stats(density, d.density)),
+        **mc,
+    )
+    t = time.perf_counter()
+    files = ap.write_outputs(out / "map", result, write_fits=FLAGS.write_fits, plots=FLAGS.plots)
+    times["outputs_s"] = time.perf_counter() - t
+    times["end_to_end_s"] = time.perf_counter() - t_all
+
+    # A second Monte Carlo run: the steady-state cost without compilation.
+    _, times["monte_carlo_warm_s"] = _timed(
+        ap.monte_carlo,
+        predictor,
+        knn,
+        catalog,
+        region,
+        num_redraws=FLAGS.num_redraws,
+        batch_size=FLAGS.batch_size,
+        seed=FLAGS.seed + 1,
+        reference=density,
+        progress=False,
+    )
+    devices = jax.devices()
+    info = dict(
+        date=time.strftime("%Y-%m-%d %H:%M:%S"),
+        device=f"{len(devices)} x {devices[0].device_kind}",
+        backend=jax.default_backend(),
+        jax=jax.__version__,
+        python=platform.python_version(),
+        region=str(region),
+        num_stars=FLAGS.num_stars,
+        num_redraws=FLAGS.num_redraws,
+        batch_size=FLAGS.batch_size,
+        k=knn.k,
+        knn_backend=FLAGS.knn_backend,
+        model=model_desc,
+        timings_s=times,
+        consistency=check,
+        files=files,
+        target_end_to_end_s=60.0,
+    )
+    (out / "results.json").write_text(json.dumps(info, indent=2) + "\n")
+    print(f"\n{info['device']} | {model_desc} | {region}")
+    print(f"{FLAGS.num_stars} stars, {FLAGS.num_redraws} redraws, k = {knn.k}")
+    print(f"{'stage':<26}{'seconds':>10}")
+    for name, value in times.items():
+        print(f"{name:<26}{value:>10.2f}")
+    print(f"results: {out / 'results.json'}")
+
+
+if __name__ == "__main__":
+    app.run(main)
