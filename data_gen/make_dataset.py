@@ -30,6 +30,8 @@ flags.DEFINE_string("out", None, "Output directory (default data/<REGION>).")
 flags.DEFINE_integer("seed", 0, "Random seed; the same seed gives the same bytes.")
 flags.DEFINE_string("simulator", None, "levy | lognormal | levy_lr (default: the region's).")
 flags.DEFINE_list("shape", None, "Cells per axis, e.g. 64,64,64 (default: the region's 32^3).")
+flags.DEFINE_list("lower_pc", None, "Custom region: lower X,Y,Z bounds in pc (with --upper_pc).")
+flags.DEFINE_list("upper_pc", None, "Custom region: upper X,Y,Z bounds in pc (with --lower_pc).")
 flags.DEFINE_bool("overwrite", False, "Replace an existing dataset in --out.")
 flags.DEFINE_integer("examples_per_shard", 256, "Examples per TFRecord shard.")
 flags.DEFINE_integer("chunk", 16, "Cubes simulated per device call.")
@@ -105,6 +107,25 @@ def make_dataset(
     )
 
 
+def region_from_flags(name, shape=None, lower_pc=None, upper_pc=None) -> Region:
+    """A named region, optionally with other bounds (pc) and/or another cell count."""
+    region = Region.named(name)
+    if (lower_pc is None) != (upper_pc is None):
+        raise ValueError("give both --lower_pc and --upper_pc for a custom region")
+    if lower_pc is not None:
+        try:
+            lower, upper = [float(v) for v in lower_pc], [float(v) for v in upper_pc]
+        except ValueError as err:
+            raise ValueError(f"region bounds must be numbers (pc): {err}") from None
+        region = Region(lower, upper, region.shape, name=f"{region.name}@custom")
+    if shape:
+        try:
+            region = region.with_shape(tuple(int(v) for v in shape))
+        except ValueError as err:
+            raise ValueError(f"--shape must be three whole numbers: {err}") from None
+    return region
+
+
 def _jsonable(d):
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
 
@@ -112,9 +133,7 @@ def _jsonable(d):
 def main(argv):
     del argv
     try:
-        region = Region.named(FLAGS.region)
-        if FLAGS.shape:
-            region = region.with_shape(tuple(int(s) for s in FLAGS.shape))
+        region = region_from_flags(FLAGS.region, FLAGS.shape, FLAGS.lower_pc, FLAGS.upper_pc)
         out = FLAGS.out or f"data/{region.name}"
         path = make_dataset(
             region,

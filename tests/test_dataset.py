@@ -169,6 +169,10 @@ def _cli(*args):
         (["--region=XR", "--num=4"], "unknown region 'XR'"),
         (["--region=SR", "--num=0"], "--num must be a positive"),
         (["--region=SR", "--num=4", "--out=/proc/forbidden"], "cannot create output directory"),
+        (
+            ["--region=SR", "--num=4", "--lower_pc=0,-9,-9", "--upper_pc=-10,9,9"],
+            "X bounds are empty or inverted",
+        ),
     ],
 )
 def test_cli_bad_input_one_clear_line(args, message, tmp_path):
