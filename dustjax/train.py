@@ -411,11 +411,11 @@ def create_train_state(model, tx, example_input, rng, mesh: Mesh) -> TrainState:
     return jax.jit(init, out_shardings=shardings)(rng)
 
 
-def make_train_step(task: Task):
-    """The pure step ``train_step(state, batch, rng) -> (state, metrics)`` for `task`."""
+def make_loss_and_grads(task: Task):
+    """``loss_and_grads(state, batch, rng) -> ((loss, new batch_stats), grads)`` for `task`:
+    the training forward pass (batch statistics of this batch) and its gradient."""
 
-    def train_step(state: TrainState, batch: Mapping[str, jax.Array], rng):
-        rng = jax.random.fold_in(rng, state.step)
+    def loss_and_grads(state: TrainState, batch: Mapping[str, jax.Array], rng):
         aug_rng, dropout_rng = jax.random.split(rng)
         if task.augment is not None:
             batch = task.augment(batch, aug_rng)
@@ -430,12 +430,21 @@ def make_train_step(task: Task):
                 rngs={"dropout": dropout_rng},
             )
             loss = jnp.mean(task.per_example_loss(predictions, targets))
-            return loss, updates
+            return loss, updates.get("batch_stats", state.batch_stats)
 
-        (loss, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        state = state.apply_gradients(
-            grads=grads, value=loss, batch_stats=updates.get("batch_stats", state.batch_stats)
-        )
+        return jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+
+    return loss_and_grads
+
+
+def make_train_step(task: Task):
+    """The pure step ``train_step(state, batch, rng) -> (state, metrics)`` for `task`."""
+    loss_and_grads = make_loss_and_grads(task)
+
+    def train_step(state: TrainState, batch: Mapping[str, jax.Array], rng):
+        rng = jax.random.fold_in(rng, state.step)
+        (loss, batch_stats), grads = loss_and_grads(state, batch, rng)
+        state = state.apply_gradients(grads=grads, value=loss, batch_stats=batch_stats)
         return state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
 
     return train_step

@@ -1,0 +1,146 @@
+"""The V-net of Chen, Qin & Li sect. 3.1 (dustjax.models.vnet)."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dustjax.models import VNet, VNetPaper, get_model
+from dustjax.models.vnet import max_pool_2x
+
+
+def _count(tree):
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
+def hand_count(features, kernel=27):
+    """Parameters of sect. 3.1 from the layer formulas: a 3^3 conv (or transposed conv) from c_in
+    to c_out kernels has 27 c_in c_out weights + c_out biases; batch norm has a scale and an
+    offset per channel (its running mean/variance are statistics, not parameters)."""
+
+    def conv(c_in, c_out):
+        return kernel * c_in * c_out + c_out
+
+    def bn(c):
+        return 2 * c
+
+    total, channels = 0, 1
+    for f in features:  # (i)-(iii): two [conv, BN, ReLU] per encoder level
+        total += conv(channels, f) + bn(f) + conv(f, f) + bn(f)
+        channels = f
+    for level in reversed(range(len(features) - 1)):  # (iv)-(vi)
+        f = features[level]
+        total += conv(channels, f) + bn(f)  # stride-2 transposed conv + BN
+        channels = 2 * f  # concatenation with the encoder features
+        if level > 0:
+            total += conv(2 * f, f) + bn(f) + conv(f, f) + bn(f)
+            channels = f
+    f1 = features[0]
+    total += conv(channels, f1) + bn(f1) + conv(f1, f1) + bn(f1)  # (vii) two 128-kernel convs
+    total += conv(f1, 1)  # the one-kernel output conv + ReLU
+    return total
+
+
+def test_paper_parameter_count_matches_the_hand_count():
+    shapes = jax.eval_shape(
+        lambda: VNetPaper().init(jax.random.key(0), jnp.zeros((1, 32, 32, 32, 1)))
+    )
+    assert hand_count((128, 256, 512, 1024)) == 102_655_873
+    assert _count(shapes["params"]) == hand_count((128, 256, 512, 1024))
+    # running mean and variance: as many as the batch-norm scales and offsets
+    bn_params = sum(
+        _count(v["BatchNorm_0"]) for v in shapes["params"].values() if "BatchNorm_0" in v
+    )
+    assert (
+        _count(shapes["batch_stats"])
+        == bn_params
+        == 2 * (2 * (128 + 256 + 512 + 1024) + (512 + 256 + 128) + 2 * (512 + 256) + 2 * 128)
+    )
+
+
+def test_paper_variant_activation_shapes_follow_section_3_1():
+    """(32,32,32,1) -> ... (4,4,4,1024) ... (32,32,32,256) -> (32,32,32,1), from the paper."""
+    captured = {}
+
+    def interceptor(next_fun, args, kwargs, context):
+        out = next_fun(*args, **kwargs)
+        if context.method_name == "__call__" and context.module.name:
+            captured[context.module.name] = out.shape
+        return out
+
+    with nn.intercept_methods(interceptor):
+        jax.eval_shape(lambda: VNetPaper().init(jax.random.key(0), jnp.zeros((1, 32, 32, 32, 1))))
+    assert captured["enc0_conv1"] == (1, 32, 32, 32, 128)
+    assert captured["enc3_conv1"] == (1, 4, 4, 4, 1024)
+    assert captured["dec2_up"] == (1, 8, 8, 8, 512)
+    assert captured["dec0_up"] == (1, 32, 32, 32, 128)
+    assert captured["head_conv0"] == (1, 32, 32, 32, 128)
+    assert captured["head_out"] == (1, 32, 32, 32, 1)
+
+
+@pytest.mark.parametrize(
+    "size, features",
+    [(32, (2, 4, 4, 8)), (64, (2, 4)), pytest.param(128, (2, 4, 4, 8), marks=pytest.mark.slow)],
+)
+def test_shapes_and_non_negative_output(size, features):
+    model = VNet(features=features)
+    x = jax.random.normal(jax.random.key(1), (1, size, size, size, 1))
+
+    @jax.jit
+    def run(x):
+        variables = model.init(jax.random.key(0), x)
+        y, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+        return y, updates, model.apply(variables, x, train=False)
+
+    y, updates, y_eval = run(x)
+    assert y.shape == x.shape and y.dtype == jnp.float32
+    assert float(y.min()) >= 0.0
+    # the final ReLU is active on part of the cube (not a dead constant map)
+    assert 0 < float(jnp.mean(y > 0)) < 1
+    assert set(updates) == {"batch_stats"}
+    assert y_eval.shape == x.shape and float(y_eval.min()) >= 0.0
+
+
+def test_bfloat16_compute_keeps_float32_parameters():
+    model = VNet(features=(2, 4), dtype=jnp.bfloat16)
+    x = jnp.ones((1, 8, 8, 8, 1))
+    variables = model.init(jax.random.key(0), x)
+    assert {p.dtype for p in jax.tree.leaves(variables["params"])} == {jnp.dtype(jnp.float32)}
+    assert model.apply(variables, x).dtype == jnp.float32  # output cast back for the loss
+
+
+def test_max_pool_matches_reduce_window_pooling_and_its_gradient():
+    x = jax.random.normal(jax.random.key(2), (2, 8, 4, 6, 3))
+    reference = nn.max_pool(x, (2, 2, 2), strides=(2, 2, 2))
+    np.testing.assert_array_equal(max_pool_2x(x), reference)
+    g1 = jax.grad(lambda x: jnp.sum(jnp.sin(max_pool_2x(x))))(x)
+    g2 = jax.grad(lambda x: jnp.sum(jnp.sin(nn.max_pool(x, (2, 2, 2), strides=(2, 2, 2)))))(x)
+    np.testing.assert_allclose(g1, g2, rtol=1e-6)
+
+
+def test_reflect_padding_differs_from_zero_padding_at_the_boundary():
+    """A constant input stays constant through a reflect-padded conv, not a zero-padded one."""
+    x = jnp.ones((1, 8, 8, 8, 1))
+    outs = {}
+    for padding in ("REFLECT", "SAME"):
+        conv = nn.Conv(1, (3, 3, 3), padding=padding)
+        params = conv.init(jax.random.key(0), x)
+        outs[padding] = conv.apply(params, x)
+    assert float(jnp.ptp(outs["REFLECT"])) < 1e-5
+    assert float(jnp.ptp(outs["SAME"])) > 1e-3
+    assert VNet().padding == "REFLECT"
+
+
+def test_bad_input_shapes_are_refused():
+    model = VNet(features=(2, 4, 8))
+    with pytest.raises(ValueError, match="divisible by 4"):
+        model.init(jax.random.key(0), jnp.zeros((1, 30, 32, 32, 1)))
+    with pytest.raises(ValueError, match=r"\(batch, nx, ny, nz, 1\)"):
+        model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 32)))
+
+
+def test_registry():
+    assert get_model("vnet") is VNet
+    with pytest.raises(ValueError, match="unknown model"):
+        get_model("nope")
