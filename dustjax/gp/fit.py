@@ -1,0 +1,472 @@
+"""Fitting the latent GP: sharded, minibatched ELBO; AdamW; the paper's stopping rule.
+
+One optimisation step (value, gradient and AdamW update) is one jitted function; ``steps_per_call``
+steps run inside one `lax.scan` so that the host only looks at the ELBO every few steps (the
+stopping rule needs a window of them anyway).
+
+Scale (sect. 2.3-2.4 of Dharmawardena et al. work with ~10^5 stars; we aim at 10^7):
+
+* the star axis is sharded over all local devices with a 1-D `jax.sharding.Mesh` (axis
+  ``"stars"``); the likelihood runs under `jax.shard_map` and the per-device sums are added with
+  `psum`. The GP part (K_uu, its Cholesky, phi at the grid cells) is small and replicated.
+* with ``batch_size`` set, each device draws ``batch_size / num_devices`` of its stars uniformly
+  (with replacement) per step and scales their log-likelihood by ``num_local / batch_local``, an
+  unbiased estimate of the full sum; padding stars have weight 0 so the estimate stays unbiased.
+* ``cell_chunk`` bounds the memory of B = L^-1 K_ux (see `svgp.SVGPModel`).
+
+Failures: a non-finite ELBO or gradient freezes the state inside the scan and records the step.
+The host then checks whether the inducing-point Cholesky is the culprit: if so it restarts from
+the last good state with 10x the jitter (up to ``max_jitter``, then `svgp.CholeskyError`);
+otherwise it stops with ``status = "nan_elbo"``, the failing iteration, and the last good
+parameters (saved to ``workdir/last_good_state.npz`` when a workdir is given).
+
+Stopping rule (sect. 2.4): stop once the ELBO varied by less than ``tol`` (1%) of its magnitude
+over the last ``window`` (10) iterations, after at least ``min_iterations``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import lax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from dustjax.gp import svgp
+from dustjax.gp.grid import LBDGrid
+
+logger = logging.getLogger(__name__)
+
+STAR_AXIS = "stars"
+
+
+@dataclasses.dataclass(frozen=True)
+class FitSettings:
+    """Optimisation settings (the paper's values where it gives them).
+
+    Attributes:
+      learning_rate: AdamW step size.
+      weight_decay: decoupled AdamW weight decay, applied to the variational parameters only
+        (it shrinks q towards the whitened prior N(0, I)); hyperparameters and inducing
+        locations are not decayed (a decay of log scale lengths or of inducing positions towards
+        the Sun would have no meaning).
+      num_samples: Monte Carlo samples of phi per step (paper: 32).
+      batch_size: stars per step over all devices (None: all stars, the paper's choice).
+      max_iterations, min_iterations: bounds on the number of steps.
+      tol, window: stopping rule, relative ELBO range over the last `window` steps (1%, 10).
+      steps_per_call: steps per compiled call (a multiple of nothing; any positive number).
+      jitter, max_jitter: relative K_uu jitter, and the largest the retries may reach.
+      cell_chunk: see `svgp.SVGPModel`.
+      link: "log10" (paper) or "linear".
+      seed: PRNG seed of the Monte Carlo samples and minibatches.
+    """
+
+    learning_rate: float = 0.02
+    weight_decay: float = 1e-4
+    num_samples: int = 32
+    batch_size: int | None = None
+    max_iterations: int = 2000
+    min_iterations: int = 100
+    tol: float = 0.01
+    window: int = 10
+    steps_per_call: int = 10
+    jitter: float = 1e-6
+    max_jitter: float = 1e-2
+    cell_chunk: int | None = None
+    link: str = "log10"
+    seed: int = 0
+
+    @property
+    def model(self) -> svgp.SVGPModel:
+        return svgp.SVGPModel(
+            link=self.link, num_samples=self.num_samples, cell_chunk=self.cell_chunk
+        )
+
+
+@dataclasses.dataclass
+class FitResult:
+    params: dict[str, Any]
+    elbo_history: list[float]
+    status: str  # "converged", "max_iterations", "nan_elbo"
+    iterations: int
+    jitter: float
+    timings: dict[str, float]
+    failed_iteration: int | None = None
+    message: str = ""
+
+
+# ---- stars ------------------------------------------------------------------------------------
+def inflate_sigma_for_distance(catalog, grid: LBDGrid) -> np.ndarray:
+    """Extinction uncertainties inflated by the distance uncertainties (Rezaei Kh. et al. 2020).
+
+    sigma_eff^2 = sigma_A^2 + (dA/dd sigma_d)^2, with the extinction gradient dA/dd (mag/pc)
+    estimated per (l, b) column of the grid as the least-squares slope of A against d of the
+    stars in that column (clipped at 0: extinction never decreases). Returns sigma_A unchanged
+    when the catalogue has no distance uncertainties.
+    """
+    sigma = np.asarray(catalog.sigma_extinction, np.float64)
+    if catalog.sigma_distance is None:
+        return sigma
+    column, _, _ = grid.locate(catalog.l_deg, catalog.b_deg, catalog.distance_pc)
+    d = np.asarray(catalog.distance_pc, np.float64)
+    a = np.asarray(catalog.extinction, np.float64)
+    n_col = grid.num_columns
+    count = np.bincount(column, minlength=n_col).astype(np.float64)
+    mean_d = np.bincount(column, d, n_col) / np.maximum(count, 1)
+    mean_a = np.bincount(column, a, n_col) / np.maximum(count, 1)
+    dd = d - mean_d[column]
+    cov = np.bincount(column, dd * (a - mean_a[column]), n_col)
+    var = np.bincount(column, dd * dd, n_col)
+    slope = np.where(var > 0, cov / np.where(var > 0, var, 1.0), 0.0)
+    slope = np.clip(slope, 0.0, None)
+    return np.sqrt(sigma**2 + (slope[column] * catalog.sigma_distance) ** 2)
+
+
+def make_star_data(catalog, grid: LBDGrid, *, num_shards: int = 1, dtype=jnp.float32, sigma=None):
+    """`svgp.StarData` for the stars of a catalogue (all inside the grid), padded to num_shards.
+
+    ``sigma`` overrides the catalogue's extinction uncertainties (e.g. the inflated ones).
+    """
+    op = grid.star_operator(catalog.l_deg, catalog.b_deg, catalog.distance_pc)
+    n = len(catalog)
+    if n == 0:
+        raise ValueError("no stars inside the grid")
+    sigma = catalog.sigma_extinction if sigma is None else sigma
+    pad = (-n) % num_shards
+    np_dtype = np.dtype(dtype)
+
+    def padded(x, fill, kind):
+        x = np.asarray(x, kind)
+        return np.concatenate([x, np.full((pad,), fill, kind)]) if pad else x
+
+    return svgp.StarData(
+        flat_index=jnp.asarray(padded(op.flat_index, 0, np.int32)),
+        partial_pc=jnp.asarray(padded(op.partial_pc, 0.0, np_dtype)),
+        extinction=jnp.asarray(padded(catalog.extinction, 0.0, np_dtype)),
+        sigma=jnp.asarray(padded(sigma, 1.0, np_dtype)),
+        weight=jnp.asarray(padded(np.ones(n), 0.0, np_dtype)),
+    )
+
+
+def make_mesh(devices=None) -> Mesh:
+    """A 1-D mesh over ``devices`` (default: all local devices) with the axis "stars"."""
+    devices = jax.local_devices() if devices is None else list(devices)
+    return Mesh(np.asarray(devices), (STAR_AXIS,))
+
+
+def shard_stars(stars: svgp.StarData, mesh: Mesh) -> svgp.StarData:
+    return jax.device_put(stars, NamedSharding(mesh, P(STAR_AXIS)))
+
+
+def replicate(tree, mesh: Mesh):
+    return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+def init_inducing_points(catalog, num_inducing: int, seed: int) -> np.ndarray:
+    """M random star positions (pc), the paper's initialisation (sect. 2.4)."""
+    rng = np.random.default_rng(seed)
+    n = len(catalog)
+    idx = rng.choice(n, size=num_inducing, replace=num_inducing > n)
+    z = np.asarray(catalog.xyz_pc, np.float64)[idx]
+    if num_inducing > n:  # repeated stars would make K_uu singular: nudge the copies
+        z = z + rng.normal(scale=1.0, size=z.shape)
+    return z
+
+
+# ---- the ELBO -----------------------------------------------------------------------------------
+def make_elbo_fn(
+    mesh: Mesh,
+    grid: LBDGrid,
+    model: svgp.SVGPModel,
+    *,
+    batch_size: int | None,
+    num_stars_padded: int,
+    dtype=jnp.float32,
+):
+    """``elbo(params, key, stars, jitter) -> scalar`` with stars sharded over ``mesh``.
+
+    E_q[log p(A_obs | phi)] is summed over the devices (`psum`); with ``batch_size`` it is the
+    unbiased minibatch estimate N_local / b_local * sum over the batch, per device.
+    """
+    cells_xyz = jnp.asarray(grid.cell_centres_xyz(), dtype)
+    d_widths = jnp.asarray(grid.d_widths_pc(), dtype)
+    full_shape = grid.full_shape
+    num_shards = mesh.devices.size
+    local = num_stars_padded // num_shards
+    batch_local = None
+    if batch_size is not None and batch_size < num_stars_padded:
+        batch_local = max(1, -(-int(batch_size) // num_shards))
+
+    def local_expected_ll(density, stars, key):
+        if batch_local is None:
+            batch, scale = stars, 1.0
+        else:
+            shard_key = jax.random.fold_in(key, lax.axis_index(STAR_AXIS))
+            idx = jax.random.randint(shard_key, (batch_local,), 0, local)
+            batch = jax.tree.map(lambda x: jnp.take(x, idx, axis=0), stars)
+            scale = local / batch_local
+        # E_q[log p(A_obs | phi)] on this device's stars, MC average over samples
+        ll = jnp.mean(svgp.expected_log_likelihood_samples(density, batch, d_widths)) * scale
+        return lax.psum(ll, STAR_AXIS)
+
+    sharded_ll = jax.shard_map(
+        local_expected_ll, mesh=mesh, in_specs=(P(), P(STAR_AXIS), P()), out_specs=P()
+    )
+
+    def elbo_fn(params, key, stars, jitter):
+        key_phi, key_batch = jax.random.split(key)
+        density = svgp.density_samples(params, key_phi, cells_xyz, full_shape, model, jitter)
+        # ELBO = E_q[log p(A_obs | phi)] - KL[q(v) || p(v)]
+        return sharded_ll(density, stars, key_batch) - svgp.kl_divergence(params)
+
+    return elbo_fn
+
+
+# ---- optimisation --------------------------------------------------------------------------------
+_DECAYED = ("q_mean", "q_chol_raw")
+
+
+def make_optimizer(settings: FitSettings) -> optax.GradientTransformation:
+    """AdamW (Loshchilov & Hutter 2017, as in the paper) with decay on q(v) only."""
+    mask = lambda params: {k: k in _DECAYED for k in params}
+    return optax.adamw(settings.learning_rate, weight_decay=settings.weight_decay, mask=mask)
+
+
+def _all_finite(tree):
+    leaves = jax.tree.leaves(tree)
+    return functools.reduce(jnp.logical_and, [jnp.all(jnp.isfinite(x)) for x in leaves])
+
+
+def make_train_chunk(elbo_fn, optimizer, num_steps: int):
+    """A jitted ``(carry, key, stars, jitter) -> (carry, elbos)`` running ``num_steps`` steps.
+
+    ``carry = (params, opt_state, good_params, good_opt_state, step, failed_step)``: a
+    non-finite ELBO or gradient leaves params unchanged and sets failed_step (-1 while fine);
+    good_* hold the last state whose ELBO was finite.
+    """
+    loss_and_grad = jax.value_and_grad(lambda p, k, s, j: -elbo_fn(p, k, s, j))
+
+    def one_step(carry, _, key, stars, jitter):
+        params, opt_state, good_params, good_opt, step, failed = carry
+        loss, grads = loss_and_grad(params, jax.random.fold_in(key, step), stars, jitter)
+        ok = jnp.isfinite(loss) & _all_finite(grads) & (failed < 0)
+        updates, new_opt = optimizer.update(grads, opt_state, params)
+        new_params = optax.apply_updates(params, updates)
+        pick = lambda a, b: jax.tree.map(lambda x, y: jnp.where(ok, x, y), a, b)
+        carry = (
+            pick(new_params, params),
+            pick(new_opt, opt_state),
+            pick(params, good_params),
+            pick(opt_state, good_opt),
+            step + 1,
+            jnp.where(ok | (failed >= 0), failed, step),
+        )
+        return carry, -loss
+
+    @functools.partial(jax.jit, donate_argnums=0)
+    def train_chunk(carry, key, stars, jitter):
+        body = functools.partial(one_step, key=key, stars=stars, jitter=jitter)
+        return lax.scan(body, carry, None, length=num_steps)
+
+    return train_chunk
+
+
+def converged(history, *, tol: float, window: int, min_iterations: int) -> bool:
+    """The paper's rule: ELBO range over the last ``window`` steps below ``tol`` of |ELBO|."""
+    if len(history) < max(min_iterations, window):
+        return False
+    last = np.asarray(history[-window:], np.float64)
+    scale = abs(float(np.median(last)))
+    return bool(np.all(np.isfinite(last)) and (last.max() - last.min()) <= tol * scale)
+
+
+def cholesky_ok(params, jitter) -> bool:
+    chol = jax.jit(svgp.inducing_cholesky)(params, jitter)
+    return bool(jnp.all(jnp.isfinite(chol)))
+
+
+def stable_jitter(params, jitter: float, max_jitter: float) -> float:
+    """The smallest of jitter, 10 jitter, ... (<= max_jitter) whose K_uu Cholesky succeeds."""
+    while not cholesky_ok(params, jitter):
+        logger.warning("K_uu Cholesky failed with relative jitter %.1e", jitter)
+        if jitter * 10 > max_jitter * (1 + 1e-9):
+            raise svgp.CholeskyError(
+                f"the inducing-point Gram matrix K_uu is not positive definite even with relative "
+                f"jitter {jitter:.1e} (max_jitter {max_jitter:.1e}); inducing points may "
+                "coincide or the scale lengths have grown far beyond their spacing. Use fewer "
+                "inducing points, shorter initial scale lengths, float64, or a larger max_jitter"
+            )
+        jitter *= 10
+        logger.warning("retrying with relative jitter %.1e", jitter)
+    return jitter
+
+
+def save_params(path, params, **extra) -> None:
+    """Parameters (and scalars in ``extra``) as an .npz file, atomically."""
+    from dustjax.io import atomic_path
+
+    arrays = {k: np.asarray(v) for k, v in params.items()}
+    arrays.update({f"meta_{k}": np.asarray(v) for k, v in extra.items()})
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+
+def load_params(path) -> dict[str, np.ndarray]:
+    with np.load(path) as data:
+        return {k: data[k] for k in data.files if not k.startswith("meta_")}
+
+
+def fit(
+    params,
+    stars: svgp.StarData,
+    grid: LBDGrid,
+    settings: FitSettings,
+    *,
+    mesh: Mesh | None = None,
+    workdir: str | Path | None = None,
+    progress: bool = True,
+) -> FitResult:
+    """Maximise the ELBO from ``params``; stars are sharded over ``mesh`` (default: all devices).
+
+    ``stars`` must be padded to a multiple of the mesh size (`make_star_data(num_shards=...)`).
+    """
+    mesh = make_mesh() if mesh is None else mesh
+    dtype = params["mean"].dtype
+    if stars.num_stars % mesh.devices.size:
+        raise ValueError(
+            f"{stars.num_stars} stars do not divide over {mesh.devices.size} devices; build them "
+            "with make_star_data(num_shards=...)"
+        )
+    model = settings.model
+    elbo_fn = make_elbo_fn(
+        mesh,
+        grid,
+        model,
+        batch_size=settings.batch_size,
+        num_stars_padded=stars.num_stars,
+        dtype=dtype,
+    )
+    optimizer = make_optimizer(settings)
+    train_chunk = make_train_chunk(elbo_fn, optimizer, settings.steps_per_call)
+    stars = shard_stars(stars, mesh)
+    params = replicate(params, mesh)
+    jitter = stable_jitter(params, settings.jitter, settings.max_jitter)
+
+    opt_state = optimizer.init(params)
+    # good_* start as copies (the carry is donated, so no buffer may appear twice).
+    copy = lambda t: jax.tree.map(jnp.copy, t)
+    carry = (params, opt_state, copy(params), copy(opt_state), jnp.int32(0), jnp.int32(-1))
+    key = jax.random.key(settings.seed)
+    history: list[float] = []
+    timings = dict(compile_and_first_call_s=0.0, fit_s=0.0)
+    status, failed_iteration, message = "max_iterations", None, ""
+    t_start = time.perf_counter()
+    bar = _progress(settings.max_iterations, progress)
+    while len(history) < settings.max_iterations:
+        t0 = time.perf_counter()
+        carry, elbos = train_chunk(carry, key, stars, jnp.asarray(jitter, dtype))
+        elbos = np.asarray(elbos)  # the host sync point: once per chunk
+        failed = int(carry[5])
+        if not history:
+            timings["compile_and_first_call_s"] = time.perf_counter() - t0
+        if failed >= 0:
+            history.extend(float(e) for e in elbos[: failed - len(history)])
+            bad_params = carry[0]
+            if not cholesky_ok(bad_params, jitter) and jitter * 10 <= settings.max_jitter:
+                jitter *= 10
+                logger.warning(
+                    "non-finite ELBO at iteration %d: K_uu Cholesky failed, restarting from the "
+                    "last good state with relative jitter %.1e",
+                    failed,
+                    jitter,
+                )
+                good_p, good_o = carry[2], carry[3]
+                carry = (
+                    good_p,
+                    good_o,
+                    copy(good_p),
+                    copy(good_o),
+                    jnp.int32(failed),
+                    jnp.int32(-1),
+                )
+                continue
+            status, failed_iteration = "nan_elbo", failed
+            message = (
+                f"the ELBO became non-finite at iteration {failed}; stopped. The last good state "
+                f"(iteration {failed - 1}) is kept"
+            )
+            if not cholesky_ok(bad_params, jitter):
+                message += f" (K_uu Cholesky failed even with relative jitter {jitter:.1e})"
+            break
+        history.extend(float(e) for e in elbos)
+        bar.update(len(elbos))
+        bar.set_postfix(elbo=f"{history[-1]:.6g}")
+        if converged(
+            history,
+            tol=settings.tol,
+            window=settings.window,
+            min_iterations=settings.min_iterations,
+        ):
+            status = "converged"
+            break
+    bar.close()
+    timings["fit_s"] = time.perf_counter() - t_start
+    n_timed = len(history) - settings.steps_per_call
+    if n_timed > 0:
+        timings["per_iteration_ms"] = (
+            1e3 * (timings["fit_s"] - timings["compile_and_first_call_s"]) / n_timed
+        )
+    final = carry[2] if status == "nan_elbo" else carry[0]
+    final = jax.tree.map(np.asarray, final)
+    if status == "nan_elbo":
+        logger.error(message)
+        if workdir is not None:
+            path = Path(workdir) / "last_good_state.npz"
+            save_params(path, final, iteration=failed_iteration - 1, jitter=jitter)
+            message += f"; saved to {path}"
+    return FitResult(
+        params=final,
+        elbo_history=history,
+        status=status,
+        iterations=len(history),
+        jitter=jitter,
+        timings=timings,
+        failed_iteration=failed_iteration,
+        message=message,
+    )
+
+
+def _progress(total, enabled):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="GP fit", unit="it", disable=not enabled, leave=False)
+
+
+def initial_params(catalog, settings_model: dict, *, seed: int = 0, dtype=jnp.float32):
+    """Initial parameters from a catalogue and the model section of a config."""
+    z = init_inducing_points(catalog, int(settings_model["num_inducing"]), seed)
+    mean = settings_model.get("mean_dex")
+    if mean is None:  # log10 of the mean density implied by the stars: A / d
+        ratio = np.asarray(catalog.extinction) / np.maximum(np.asarray(catalog.distance_pc), 1.0)
+        mean = math.log10(
+            max(float(np.median(ratio[ratio > 0])) if np.any(ratio > 0) else 1e-3, 1e-6)
+        )
+    return svgp.init_params(
+        z,
+        scale_lengths_pc=settings_model["scale_lengths_pc"],
+        amplitude_dex=float(settings_model["amplitude_dex"]),
+        mean_dex=float(mean),
+        q_std=float(settings_model.get("q_std", 1.0)),
+        dtype=dtype,
+    )

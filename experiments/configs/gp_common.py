@@ -1,0 +1,84 @@
+"""Shared defaults of the latent-GP configs (`dustjax.gp.pipeline` describes every field)."""
+
+import math
+
+import ml_collections
+
+
+def gp_config(name: str) -> ml_collections.ConfigDict:
+    """The paper's simulated test (Dharmawardena et al. 2022, sect. 3) at full size."""
+    c = ml_collections.ConfigDict()
+    c.name = name
+    c.seed = 0
+    c.dtype = "float32"
+
+    c.data = ml_collections.ConfigDict()
+    c.data.source = "simulate"  # or "catalog"
+    c.data.path = ""
+    # Logical column -> name in the file; empty names fall back to dustjax.catalog defaults.
+    c.data.columns = ml_collections.ConfigDict(
+        dict(l="", b="", distance="", extinction="", sigma_extinction="", sigma_distance="")
+    )
+    c.data.distance_unit = "pc"
+    c.data.inflate_sigma = True  # fold distance uncertainties into sigma_A (Rezaei Kh. 2020)
+    c.data.simulation = ml_collections.ConfigDict(
+        dict(
+            num_stars=120_000,
+            noise_fraction=0.1,
+            sigma_floor=0.01,
+            background=1.6e-3,
+            num_clumps=3,
+            clump_width_pc=(12.0, 25.0),
+            clump_peak=(0.01, 0.04),
+        )
+    )
+
+    c.grid = ml_collections.ConfigDict(
+        dict(
+            l_range_deg=(50.0, 90.0),
+            b_range_deg=(-10.0, 10.0),
+            d_range_pc=(180.0, 500.0),
+            shape=(20, 20, 35),
+            ghost_cells=0,  # the simulated truth has no dust in front of 180 pc
+            background_cells=0,
+        )
+    )
+
+    c.model = ml_collections.ConfigDict(
+        dict(
+            num_inducing=1000,
+            scale_lengths_pc=(20.0, 20.0, 20.0),
+            amplitude_dex=0.5,
+            mean_dex=math.log10(1.6e-3),  # None: log10 of the median A/d of the stars
+            q_std=0.1,
+        )
+    )
+
+    c.fit = ml_collections.ConfigDict(
+        dict(
+            learning_rate=0.03,
+            weight_decay=1e-4,
+            num_samples=32,
+            batch_size=None,
+            max_iterations=3000,
+            min_iterations=500,
+            tol=0.01,
+            window=10,
+            steps_per_call=10,
+            jitter=1e-4,
+            max_jitter=1e-1,
+            cell_chunk=None,
+            link="log10",
+            seed=0,
+        )
+    )
+
+    c.predict = ml_collections.ConfigDict(
+        dict(shape=(100, 100, 105), num_samples=100, chunk_cells=2**18, star_samples=64)
+    )
+    c.output = ml_collections.ConfigDict(
+        dict(
+            fits=True, plots=True, slice_distances_pc=(250.0, 300.0, 350.0, 400.0), sightlines=None
+        )
+    )
+    return c
