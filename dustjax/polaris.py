@@ -546,7 +546,8 @@ def predict_tiled(
       image: (H, W) map in the model's input units; pixels outside `mask` are filled with the
         lowest valid value before prediction and set to NaN after (masked, not propagated).
       tile: tile side in pixels (the model's training crop size).
-      predictions_per_pixel: interior pixels get this many overlapping predictions.
+      predictions_per_pixel: interior pixels get at least this many overlapping predictions
+        (more where the last tile of a row or column is shifted flush with the edge).
       mask: (H, W) bool of valid pixels; default: finite pixels.
 
     Returns:
@@ -656,8 +657,8 @@ def to_model_batch(features: dict[str, np.ndarray], target: str) -> dict[str, np
     """Physical-unit crops -> the engine's batch: shifted log10 input and target, (B, H, W, 1)."""
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; use one of {sorted(TARGETS)}")
-    column = np.asarray(features[COLUMN], np.float32)
-    density = np.asarray(features[TARGETS[target]], np.float32)
+    column = np.asarray(features[COLUMN], np.float64)  # log10 in float64: N ~ 1e22
+    density = np.asarray(features[TARGETS[target]], np.float64)
     return {
         INPUT_KEY: (np.log10(column) - LOG10_COLUMN_SHIFT)[..., None].astype(np.float32),
         TARGET_KEY: (np.log10(density) - LOG10_DENSITY_SHIFT)[..., None].astype(np.float32),
@@ -817,3 +818,281 @@ def register_with_engine() -> None:
     )
     train.register_data_source("polaris_simulate", _crop_source)
     train.register_data_source("polaris_tfrecord", _crop_source)
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation of a trained U-Net against the pointwise reference (item 6), figures 8-13
+# --------------------------------------------------------------------------------------------
+
+
+def predict_log10(predict_fn, column_density, batch_size: int = 32) -> np.ndarray:
+    """log10 density predicted from column density crops (B, H, W) in cm^-2 (batched)."""
+    column_hat = np.asarray(model_input(column_density), np.float32)[..., None]
+    out = []
+    for start in range(0, len(column_hat), batch_size):
+        chunk = column_hat[start : start + batch_size]
+        n = len(chunk)
+        if n < batch_size:  # keep one compiled shape
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - n, axis=0)])
+        out.append(np.asarray(predict_fn(chunk))[:n, ..., 0])
+    return np.asarray(log10_density_from_output(np.concatenate(out)), np.float64)
+
+
+def evaluate_predictions(
+    train_crops: dict, val_crops: dict, val_pred_log10: np.ndarray, target: str, eval_config
+) -> tuple[dict, dict]:
+    """Item 6 and figs. 10-13 numbers: U-Net vs the best pointwise reference on validation.
+
+    Returns (metrics dict, arrays for the figures).
+    """
+    key = TARGETS[target]
+    train_x = np.log10(train_crops[COLUMN])
+    train_y = np.log10(train_crops[key])
+    val_x = np.log10(val_crops[COLUMN])
+    val_y = np.log10(val_crops[key])
+    reference, reference_mses = best_pointwise_reference(
+        train_x, train_y, val_x, val_y, int(eval_config.reference_bins)
+    )
+    ref_pred = reference(val_x)
+    mse_model, mse_ref = mse(val_pred_log10, val_y), mse(ref_pred, val_y)
+    sigmas = tuple(eval_config.sigmas)
+    edges = np.linspace(val_y.min(), val_y.max() + 1e-9, int(eval_config.density_bins) + 1)
+    # Appendix C: fit the baseline on one half of the validation crops, measure on the other.
+    half = len(val_y) // 2
+    correction = ResidualCorrection.fit(
+        val_pred_log10[:half], val_y[:half], num_bins=int(eval_config.residual_bins),
+        window=int(eval_config.residual_window),
+    )  # fmt: skip
+    corrected = correction(val_pred_log10[half:])
+    full_correction = ResidualCorrection.fit(
+        val_pred_log10, val_y, num_bins=int(eval_config.residual_bins),
+        window=int(eval_config.residual_window),
+    )  # fmt: skip
+    metrics = {
+        "target": target,
+        "num_train_crops": len(train_y),
+        "num_validation_crops": len(val_y),
+        "val_mse_model": mse_model,
+        "val_mse_reference": mse_ref,
+        "mse_ratio_model_over_reference": mse_model / mse_ref,
+        "ratio_target": 0.75,
+        "passes_ratio_target": bool(mse_model / mse_ref <= 0.75),
+        "reference_method": reference.method,
+        "reference_val_mse_by_method": reference_mses,
+        "val_mse_constant_mean": mse(np.full_like(val_y, train_y.mean()), val_y),
+        "accuracy_model": accuracy_curve(val_pred_log10, val_y, sigmas),
+        "accuracy_reference": accuracy_curve(ref_pred, val_y, sigmas),
+        "residuals_model": residuals_per_bin(val_pred_log10, val_y, edges),
+        "residuals_reference": residuals_per_bin(ref_pred, val_y, edges),
+        "residual_correction": {
+            "fit_on": "first half of the validation crops",
+            "val_mse_second_half_before": mse(val_pred_log10[half:], val_y[half:]),
+            "val_mse_second_half_after": mse(corrected, val_y[half:]),
+            "baseline_fitted_on_all_validation": full_correction.to_dict(),
+        },
+        "reference": reference.to_dict(),
+    }
+    arrays = dict(val_x=val_x, val_y=val_y, pred=val_pred_log10, ref=ref_pred,
+                  corrected=corrected, half=half)  # fmt: skip
+    return metrics, arrays
+
+
+def _save(fig, path):
+    from dustjax import io as dio
+
+    with dio.atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+
+
+def plot_examples(arrays, path, num: int = 4, title: str = "") -> None:
+    """Fig. 8 analogue: column density, true, predicted, reference and error per crop."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    val_y = arrays["val_y"]
+    num = min(num, len(val_y))
+    order = np.argsort(val_y.mean(axis=(1, 2)))  # from diffuse to dense crops
+    picks = order[np.linspace(0, len(order) - 1, num).astype(int)]
+    rows = [("log10 N [cm$^{-2}$]", arrays["val_x"], "cividis"),
+            ("true log10 n", val_y, "magma"), ("U-Net log10 n", arrays["pred"], "magma"),
+            ("reference log10 n", arrays["ref"], "magma"),
+            ("U-Net - true [dex]", arrays["pred"] - val_y, "RdBu_r")]  # fmt: skip
+    fig, axes = plt.subplots(len(rows), num, figsize=(2.6 * num, 2.4 * len(rows)), squeeze=False)
+    for j, i in enumerate(picks):
+        lo, hi = np.percentile(val_y[i], [1, 99.5])
+        for r, (label, data, cmap) in enumerate(rows):
+            ax = axes[r, j]
+            if cmap == "RdBu_r":
+                im = ax.imshow(data[i], cmap=cmap, vmin=-0.5, vmax=0.5, origin="lower")
+            elif r == 0:
+                im = ax.imshow(data[i], cmap=cmap, origin="lower")
+            else:
+                im = ax.imshow(data[i], cmap=cmap, vmin=lo, vmax=hi, origin="lower")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j == 0:
+                ax.set_ylabel(label, fontsize=8)
+            fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
+    fig.suptitle(title or "validation crops: prediction vs truth (fig. 8)")
+    _save(fig, path)
+    plt.close(fig)
+
+
+def plot_diagnostics(metrics, arrays, out_dir, title: str = "") -> list[str]:
+    """Figs. 10-13 analogues: correlation, residuals per bin, spatial errors, accuracy(sigma),
+    and the residual correction of appendix C. Returns the written file names."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from pathlib import Path
+
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    val_y, pred, ref = arrays["val_y"], arrays["pred"], arrays["ref"]
+    written = []
+
+    # Fig. 10: correlation of prediction and truth.
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.4))
+    lo, hi = np.percentile(val_y, [0.1, 99.9])
+    for ax, p, name in ((axes[0], pred, "U-Net"), (axes[1], ref, "pointwise reference")):
+        ax.hist2d(val_y.ravel(), p.ravel(), bins=120, range=[[lo, hi], [lo, hi]], cmin=1,
+                  norm=matplotlib.colors.LogNorm(), cmap="viridis")  # fmt: skip
+        ax.plot([lo, hi], [lo, hi], "k--", lw=1)
+        ax.set_xlabel("true log10 n [cm$^{-3}$]")
+        ax.set_ylabel("predicted log10 n")
+        ax.set_title(f"{name}: MSE {mse(p, val_y):.4f}")
+    fig.suptitle(title or "prediction correlation (fig. 10)")
+    _save(fig, out_dir / "correlation.png")
+    plt.close(fig)
+    written.append("correlation.png")
+
+    # Fig. 11: residuals per density bin.
+    fig, ax = plt.subplots(figsize=(7, 4.4))
+    for key, colour, name in (("residuals_model", "C0", "U-Net"),
+                              ("residuals_reference", "C1", "reference")):  # fmt: skip
+        r = metrics[key]
+        x = r["bin_centres"]
+        ax.fill_between(x, r["p16"], r["p84"], color=colour, alpha=0.25)
+        ax.plot(x, r["mean"], color=colour, label=f"{name}: mean, 16-84%")
+        ax.plot(x, r["min"], color=colour, lw=0.6, ls=":")
+        ax.plot(x, r["max"], color=colour, lw=0.6, ls=":")
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_xlabel("true log10 n [cm$^{-3}$]")
+    ax.set_ylabel("residual pred - true [dex]")
+    ax.legend()
+    ax.set_title("residuals per density bin (fig. 11); dotted: min/max")
+    _save(fig, out_dir / "residuals.png")
+    plt.close(fig)
+    written.append("residuals.png")
+
+    # Fig. 12: spatial error maps (mean and rms error over the validation crops).
+    err = pred - val_y
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
+    for ax, data, name, cmap in ((axes[0], err.mean(0), "mean error [dex]", "RdBu_r"),
+                                 (axes[1], np.sqrt((err**2).mean(0)), "rms error [dex]",
+                                  "viridis"),
+                                 (axes[2], err[np.argmax((err**2).mean((1, 2)))],
+                                  "worst crop error [dex]", "RdBu_r")):  # fmt: skip
+        vmax = np.abs(data).max() if cmap == "RdBu_r" else None
+        vmin = -vmax if vmax is not None else None
+        im = ax.imshow(data, cmap=cmap, origin="lower", vmin=vmin, vmax=vmax)
+        ax.set_title(name)
+        fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.suptitle("U-Net validation spatial errors (fig. 12)")
+    _save(fig, out_dir / "spatial_errors.png")
+    plt.close(fig)
+    written.append("spatial_errors.png")
+
+    # Fig. 13: accuracy(sigma) with the spread over images.
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for key, colour, name in (("accuracy_model", "C0", "U-Net"),
+                              ("accuracy_reference", "C1", "reference")):  # fmt: skip
+        a = metrics[key]
+        ax.plot(a["sigma"], a["mean"], "o-", color=colour, label=name)
+        ax.fill_between(a["sigma"], a["mean"] - a["std"], np.minimum(a["mean"] + a["std"], 1),
+                        color=colour, alpha=0.2)  # fmt: skip
+    ax.set_xlabel(r"$\sigma$ [dex]")
+    ax.set_ylabel("accuracy (eqs. 5-6)")
+    ax.set_ylim(0, 1.02)
+    ax.legend()
+    ax.set_title("accuracy; band: std over validation images (fig. 13)")
+    _save(fig, out_dir / "accuracy.png")
+    plt.close(fig)
+    written.append("accuracy.png")
+
+    # Appendix C: residual baseline and its effect on the held-out half.
+    half = arrays["half"]
+    rc = metrics["residual_correction"]
+    base = rc["baseline_fitted_on_all_validation"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    sample = np.random.default_rng(0).choice(pred.size, min(pred.size, 20000), replace=False)
+    axes[0].scatter(pred.ravel()[sample], (pred - val_y).ravel()[sample], s=1, alpha=0.2)
+    axes[0].plot(base["knots_pred"], base["baseline"], "r-", label="baseline (moving average)")
+    axes[0].set_xlabel("predicted log10 n")
+    axes[0].set_ylabel("residual [dex]")
+    axes[0].legend()
+    edges = np.linspace(val_y.min(), val_y.max() + 1e-9, 25)
+    before = residuals_per_bin(pred[half:], val_y[half:], edges)
+    after = residuals_per_bin(arrays["corrected"], val_y[half:], edges)
+    axes[1].plot(before["bin_centres"], before["mean"], label="before")
+    axes[1].plot(after["bin_centres"], after["mean"], label="after correction")
+    axes[1].axhline(0, color="k", lw=0.8)
+    axes[1].set_xlabel("true log10 n")
+    axes[1].set_ylabel("mean residual [dex]")
+    axes[1].legend()
+    axes[1].set_title(
+        f"held-out half: MSE {rc['val_mse_second_half_before']:.4f} -> "
+        f"{rc['val_mse_second_half_after']:.4f}"
+    )
+    fig.suptitle("residual correction (appendix C, figs. 47-48)")
+    _save(fig, out_dir / "residual_correction.png")
+    plt.close(fig)
+    written.append("residual_correction.png")
+    return written
+
+
+def evaluate_workdir(workdir, out_dir=None, which: str = "best") -> dict:
+    """Evaluate a trained U-Net workdir on its validation crops; write JSON + figures.
+
+    Writes ``<out_dir>/polaris_metrics.json`` (item 6 ratio, accuracy curves, residual bins,
+    residual correction, the reference table), ``examples.png``, ``correlation.png``,
+    ``residuals.png``, ``spatial_errors.png``, ``accuracy.png``, ``residual_correction.png`` and
+    ``residual_correction.json`` (for predict_map). Returns the metrics.
+    """
+    import time
+    from pathlib import Path
+
+    from dustjax import io as dio
+    from dustjax import train
+
+    register_with_engine()
+    start = time.perf_counter()
+    workdir = Path(workdir)
+    out_dir = dio.ensure_writable_dir(out_dir or workdir / "validation")
+    model, variables, config = train.load_trained(workdir, which)
+    splits = load_splits(config)
+    target = config.data.get("target", "mass_weighted")
+    predict_fn = train.make_predict_fn(model, variables)
+    batch = int(config.get("eval_batch_size") or config.batch_size)
+    pred = predict_log10(predict_fn, splits["validation"][COLUMN], batch)
+    metrics, arrays = evaluate_predictions(splits["train"], splits["validation"], pred, target,
+                                           config.eval)  # fmt: skip
+    summary_path = workdir / train.SUMMARY_FILE
+    if summary_path.exists():
+        metrics["training"] = dio.read_json(summary_path)
+    metrics["workdir"] = str(workdir)
+    metrics["checkpoint"] = which
+    dio.write_json(out_dir / "polaris_metrics.json", metrics)
+    dio.write_json(
+        out_dir / "residual_correction.json",
+        metrics["residual_correction"]["baseline_fitted_on_all_validation"],
+    )
+    dio.write_json(out_dir / "reference.json", metrics["reference"])  # fmt: skip
+    plot_examples(arrays, out_dir / "examples.png", title=f"{config.get('name', '')}: fig. 8")
+    metrics["figures"] = ["examples.png", *plot_diagnostics(metrics, arrays, out_dir)]
+    metrics["eval_time_s"] = time.perf_counter() - start
+    dio.write_json(out_dir / "polaris_metrics.json", metrics)
+    return metrics

@@ -109,8 +109,8 @@ class CloudParams(NamedTuple):
     spectral_index: float = 11.0 / 3.0
     driving_scale_pc: float = 10.0
     filament_fwhm_pc: float = 0.1
-    filament_contrast_min: float = 2.0
-    filament_contrast_max: float = 30.0
+    filament_contrast_min: float = 10.0
+    filament_contrast_max: float = 200.0
     filament_length_min_pc: float = 2.0
     filament_length_max_pc: float = 8.0
     filament_bend: float = 0.6

@@ -5,7 +5,7 @@ r"""POLARIS U-Net at CPU size: the same physics and crop size in pc, a quarter o
         --workdir=workdirs/unet_cpu --out=workdirs/unet_cpu/validation
 
 Hardware: a laptop CPU (float32). Data: 128^3 cubes at 0.1 pc (12.8 pc), 64 x 64 crops
-(6.4 pc, as in the paper), 640 crops split 80/20. Model: 3 levels, 16 base filters.
+(6.4 pc, as in the paper), 640 crops split 80/20. Model: 3 levels, 8 base filters.
 Time: ~10-15 min on 2 cores (see docs/polaris.md for the measured numbers).
 """
 
@@ -15,7 +15,7 @@ from experiments.configs.unet import unet_config
 def get_config():
     c = unet_config("unet_cpu")
     c.model.kwargs.levels = 3
-    c.model.kwargs.base_features = 16
+    c.model.kwargs.base_features = 8
     c.model.input_shape = (64, 64, 1)
     c.data.num_crops = 640
     c.data.grid.n_cells = 128
@@ -27,7 +27,7 @@ def get_config():
     c.data.crop.crop_size = 64
     c.data.crop.attempts_per_face = 200
     c.batch_size = 16
-    c.num_epochs = 30
+    c.num_epochs = 20
     c.early_stopping.patience = 10
     c.compute_dtype = "float32"
     return c
