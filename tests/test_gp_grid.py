@@ -18,8 +18,7 @@ def x64():
 
 
 def _grid(**kw):
-    args = dict(l_range_deg=(50, 90), b_range_deg=(-10, 10), d_range_pc=(180, 500),
-                shape=(4, 3, 8))
+    args = dict(l_range_deg=(50, 90), b_range_deg=(-10, 10), d_range_pc=(180, 500), shape=(4, 3, 8))
     args.update(kw)
     return LBDGrid(**args)
 
@@ -29,8 +28,9 @@ def test_uniform_density_integrates_to_rho_times_distance_with_ghost_and_backgro
     rng = np.random.default_rng(0)
     d_far = grid.d_edges_pc()[-1]
     d = rng.uniform(180, d_far, 200)
-    op = grid.star_operator(rng.uniform(50, 90, 200), rng.uniform(-10, 10, 200), d,
-                            dtype=np.float64)
+    op = grid.star_operator(
+        rng.uniform(50, 90, 200), rng.uniform(-10, 10, 200), d, dtype=np.float64
+    )
     rho = 2.5e-3
     ext = np.asarray(op(jnp.full(grid.full_shape, rho)))
     np.testing.assert_allclose(ext, rho * d, rtol=1e-12)  # ghost cells cover [0, d_min]
@@ -56,9 +56,13 @@ def test_piecewise_density_matches_a_hand_integral_and_the_dense_matrix():
 
 
 def test_gaussian_clump_converges_to_the_erf_integral():
-    field = ClumpField(background=1e-3, d_range_pc=(180.0, 500.0),
-                       centres_xyz=np.array([[100.0, 300.0, 10.0]]), widths_pc=np.array([20.0]),
-                       peaks=np.array([0.03]))
+    field = ClumpField(
+        background=1e-3,
+        d_range_pc=(180.0, 500.0),
+        centres_xyz=np.array([[100.0, 300.0, 10.0]]),
+        widths_pc=np.array([20.0]),
+        peaks=np.array([0.03]),
+    )
     rng = np.random.default_rng(2)
     lon, lat = rng.uniform(68, 74, 100), rng.uniform(-1, 3, 100)
     d = rng.uniform(200, 500, 100)
@@ -75,9 +79,13 @@ def test_gaussian_clump_converges_to_the_erf_integral():
 
 
 def test_erf_integral_of_the_simulation_matches_quadrature():
-    field = ClumpField(background=1.6e-3, d_range_pc=(180.0, 500.0),
-                       centres_xyz=np.array([[100.0, 300.0, 10.0], [150, 250, -30]]),
-                       widths_pc=np.array([20.0, 12.0]), peaks=np.array([0.03, 0.02]))
+    field = ClumpField(
+        background=1.6e-3,
+        d_range_pc=(180.0, 500.0),
+        centres_xyz=np.array([[100.0, 300.0, 10.0], [150, 250, -30]]),
+        widths_pc=np.array([20.0, 12.0]),
+        peaks=np.array([0.03, 0.02]),
+    )
     from dustjax.catalog import galactic_to_cartesian_np
 
     lon, lat, d = 70.0, 1.0, 450.0
@@ -85,14 +93,19 @@ def test_erf_integral_of_the_simulation_matches_quadrature():
     xyz = galactic_to_cartesian_np(np.full_like(s, lon), np.full_like(s, lat), s)
     quad = np.trapezoid(field.density(xyz), s)
     assert field.extinction(np.array([lon]), np.array([lat]), np.array([d]))[0] == pytest.approx(
-        quad, rel=1e-4)
+        quad, rel=1e-4
+    )
 
 
 def test_stars_outside_are_dropped_and_counted_and_the_operator_refuses_them():
     grid = _grid(ghost_cells=2)
     cat = StarCatalog.from_arrays(
-        l_deg=[60, 95, 60, 60, 60], b_deg=[0, 0, 12, 0, 0], distance_pc=[300, 300, 300, 100, 600],
-        extinction=[1, 1, 1, 1, 1], sigma_extinction=[0.1] * 5)
+        l_deg=[60, 95, 60, 60, 60],
+        b_deg=[0, 0, 12, 0, 0],
+        distance_pc=[300, 300, 300, 100, 600],
+        extinction=[1, 1, 1, 1, 1],
+        sigma_extinction=[0.1] * 5,
+    )
     inside, dropped = grid.select_inside(cat)
     assert dropped == 4 and len(inside) == 1  # l, b, ghost-cell distance, beyond d_max
     with pytest.raises(GridError, match="outside the grid"):
@@ -117,8 +130,15 @@ def test_solid_angle_and_dust_mass_of_a_uniform_map():
     assert mass == pytest.approx(expected, rel=1e-12)
 
 
-@pytest.mark.parametrize("bad", [dict(shape=(0, 1, 1)), dict(b_range_deg=(10, -10)),
-                                 dict(d_range_pc=(500, 180)), dict(l_range_deg=(0, 400))])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(shape=(0, 1, 1)),
+        dict(b_range_deg=(10, -10)),
+        dict(d_range_pc=(500, 180)),
+        dict(l_range_deg=(0, 400)),
+    ],
+)
 def test_bad_grids_are_refused(bad):
     with pytest.raises(GridError):
         _grid(**bad)

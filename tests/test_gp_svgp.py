@@ -32,8 +32,9 @@ def _setup(num_stars=40, seed=0):
 
 
 def _params(inducing, rng, *, random_q=True, scale=30.0, amp=0.8, mean=0.05):
-    p = svgp.init_params(inducing, scale_lengths_pc=scale, amplitude_dex=amp, mean_dex=mean,
-                         dtype=jnp.float64)
+    p = svgp.init_params(
+        inducing, scale_lengths_pc=scale, amplitude_dex=amp, mean_dex=mean, dtype=jnp.float64
+    )
     if random_q:
         m = inducing.shape[0]
         s = np.tril(rng.normal(scale=0.2, size=(m, m)), -1) + np.diag(rng.uniform(0.3, 1.2, m))
@@ -57,8 +58,13 @@ def test_kl_is_zero_at_the_prior_positive_elsewhere_and_equals_the_unwhitened_kl
     s = np.asarray(svgp.q_chol(p))
     mu, cov = chol @ np.asarray(p["q_mean"]), chol @ s @ s.T @ chol.T
     kinv = np.linalg.inv(k)
-    direct = 0.5 * (np.trace(kinv @ cov) + mu @ kinv @ mu - len(mu)
-                    + np.linalg.slogdet(k)[1] - np.linalg.slogdet(cov)[1])
+    direct = 0.5 * (
+        np.trace(kinv @ cov)
+        + mu @ kinv @ mu
+        - len(mu)
+        + np.linalg.slogdet(k)[1]
+        - np.linalg.slogdet(cov)[1]
+    )
     assert kl == pytest.approx(direct, rel=1e-8)
 
 
@@ -72,8 +78,7 @@ def test_gram_matrix_is_symmetric_positive_definite():
 
 def _mc_expected_ll(params, cells, op, stars, num_samples, seed, link="linear"):
     m = params["inducing_points"].shape[0]
-    eps_u, eps_f = svgp.draw_eps(jax.random.key(seed), num_samples, m, cells.shape[0],
-                                 jnp.float64)
+    eps_u, eps_f = svgp.draw_eps(jax.random.key(seed), num_samples, m, cells.shape[0], jnp.float64)
     phi = svgp.sample_phi(params, cells, eps_u, eps_f, jitter=1e-6)
     rho = svgp.density_from_phi(phi, link).reshape(num_samples, *GRID.full_shape)
     per_sample = svgp.expected_log_likelihood_samples(rho, stars, op.d_widths_pc)
@@ -82,8 +87,9 @@ def _mc_expected_ll(params, cells, op, stars, num_samples, seed, link="linear"):
 
 def _stars(op, extinction, sigma):
     n = op.num_stars
-    return svgp.StarData(op.flat_index, op.partial_pc, jnp.asarray(extinction),
-                         jnp.asarray(sigma), jnp.ones(n))
+    return svgp.StarData(
+        op.flat_index, op.partial_pc, jnp.asarray(extinction), jnp.asarray(sigma), jnp.ones(n)
+    )
 
 
 def test_linear_link_monte_carlo_matches_the_closed_form_expected_log_likelihood():
@@ -92,8 +98,7 @@ def test_linear_link_monte_carlo_matches_the_closed_form_expected_log_likelihood
     h = op.todense()
     extinction = h @ rng.uniform(0.0, 0.02, GRID.num_cells) + rng.normal(scale=0.05, size=40)
     sigma = rng.uniform(0.03, 0.08, 40)
-    exact = float(svgp.expected_log_likelihood_linear(p, cells, h, extinction, sigma,
-                                                      jitter=1e-6))
+    exact = float(svgp.expected_log_likelihood_linear(p, cells, h, extinction, sigma, jitter=1e-6))
     mc, se = _mc_expected_ll(p, cells, op, _stars(op, extinction, sigma), 20000, 1)
     assert abs(mc - exact) < 4 * se
 
@@ -109,21 +114,30 @@ def test_elbo_at_the_exact_posterior_equals_the_exact_log_marginal_likelihood():
     sigma = rng.uniform(0.03, 0.08, 40)
     m, s = svgp.exact_posterior_whitened(p, cells, h, extinction, sigma, jitter=jitter)
     p["q_mean"], p["q_chol_raw"] = m, svgp.chol_to_raw(s)
-    evidence = float(svgp.exact_log_marginal_linear(p, cells, h, extinction, sigma,
-                                                    jitter=jitter))
-    closed = float(svgp.expected_log_likelihood_linear(p, cells, h, extinction, sigma,
-                                                       jitter=jitter) - svgp.kl_divergence(p))
+    evidence = float(svgp.exact_log_marginal_linear(p, cells, h, extinction, sigma, jitter=jitter))
+    closed = float(
+        svgp.expected_log_likelihood_linear(p, cells, h, extinction, sigma, jitter=jitter)
+        - svgp.kl_divergence(p)
+    )
     assert closed == pytest.approx(evidence, rel=1e-6, abs=1e-5)
     # Elsewhere the ELBO is strictly below the evidence.
     p_off = dict(p, q_mean=p["q_mean"] + 0.3)
-    off = float(svgp.expected_log_likelihood_linear(p_off, cells, h, extinction, sigma,
-                                                    jitter=jitter) - svgp.kl_divergence(p_off))
+    off = float(
+        svgp.expected_log_likelihood_linear(p_off, cells, h, extinction, sigma, jitter=jitter)
+        - svgp.kl_divergence(p_off)
+    )
     assert off < evidence - 1e-3
     # The Monte Carlo ELBO (joint samples through the inducing points) converges to it.
     stars = _stars(op, extinction, sigma)
     model = svgp.SVGPModel(link="linear", num_samples=4000)
-    elbos = [float(svgp.elbo(p, jax.random.key(k), cells, stars, op.d_widths_pc,
-                             GRID.full_shape, model, jitter)) for k in range(5)]
+    elbos = [
+        float(
+            svgp.elbo(
+                p, jax.random.key(k), cells, stars, op.d_widths_pc, GRID.full_shape, model, jitter
+            )
+        )
+        for k in range(5)
+    ]
     mc, se = np.mean(elbos), np.std(elbos) / np.sqrt(len(elbos))
     assert abs(mc - evidence) < max(4 * se, 1e-3 * abs(evidence))
 
@@ -145,8 +159,9 @@ def test_elbo_gradients_match_finite_differences():
 def test_chunked_sampling_equals_unchunked_and_jit_equals_eager():
     rng, _, cells = _setup()
     p = _params(cells[::4], rng)
-    eps_u, eps_f = svgp.draw_eps(jax.random.key(2), 3, p["q_mean"].shape[0], cells.shape[0],
-                                 jnp.float64)
+    eps_u, eps_f = svgp.draw_eps(
+        jax.random.key(2), 3, p["q_mean"].shape[0], cells.shape[0], jnp.float64
+    )
     full = svgp.sample_phi(p, cells, eps_u, eps_f, jitter=1e-6)
     chunked = svgp.sample_phi(p, cells, eps_u, eps_f, jitter=1e-6, cell_chunk=7)
     jitted = jax.jit(lambda q: svgp.sample_phi(q, cells, eps_u, eps_f, jitter=1e-6))(p)
@@ -158,8 +173,9 @@ def test_samples_have_the_predictive_moments_of_eqs_a6_a7():
     rng, _, cells = _setup()
     p = _params(cells[::4], rng)
     mean, var = svgp.predictive_moments(p, cells, jitter=1e-6)
-    eps_u, eps_f = svgp.draw_eps(jax.random.key(5), 20000, p["q_mean"].shape[0],
-                                 cells.shape[0], jnp.float64)
+    eps_u, eps_f = svgp.draw_eps(
+        jax.random.key(5), 20000, p["q_mean"].shape[0], cells.shape[0], jnp.float64
+    )
     phi = np.asarray(svgp.sample_phi(p, cells, eps_u, eps_f, jitter=1e-6))
     np.testing.assert_allclose(phi.mean(0), mean, atol=5 * np.sqrt(float(var.max()) / 20000))
     np.testing.assert_allclose(phi.var(0), var, rtol=0.05)

@@ -1,0 +1,121 @@
+"""End to end: the gp_test config through experiments/fit_gp.py's library call, and its outputs."""
+
+import json
+
+import numpy as np
+import pytest
+
+from dustjax.catalog import CatalogError, StarCatalog, write_star_catalog
+from dustjax.gp import pipeline, simulate
+from dustjax.gp.grid import LBDGrid
+from experiments.configs import gp_test
+
+
+def _small_config():
+    c = gp_test.get_config()
+    c.fit.max_iterations = 30
+    c.fit.min_iterations = 10
+    return c
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("gp_test")
+    summary = pipeline.fit_and_predict(_small_config(), workdir, progress=False)
+    return workdir, summary
+
+
+def test_run_writes_summary_figures_and_cubes(run):
+    workdir, summary = run
+    on_disk = json.loads((workdir / "summary.json").read_text())
+    assert on_disk["status"] in ("converged", "max_iterations")
+    assert len(on_disk["elbo_history"]) == on_disk["iterations"] > 0
+    assert set(on_disk["hyperparameters"]) >= {"scale_lengths_pc", "amplitude_dex", "mean_dex"}
+    m = on_disk["dust_mass_msun"]
+    assert 0 < m["p16"] <= m["p50"] <= m["p84"]
+    assert on_disk["gas_mass_msun"]["p50"] == pytest.approx(124 * m["p50"])
+    metrics = on_disk["simulation"]["metrics"]
+    for key in (
+        "fraction_underestimated_p84_below_true",
+        "density_residual_typical",
+        "max_clump_offset_in_scale_lengths",
+    ):
+        assert np.isfinite(metrics[key])
+    for name in (
+        "fig2_elbo.png",
+        "fig3_star_extinctions.png",
+        "fig4_extinction_maps.png",
+        "fig5_density_slices.png",
+        "figB1_sightlines.png",
+        "final_state.npz",
+        "density.fits",
+        "extinction.fits",
+        "total_extinction.fits",
+    ):
+        assert (workdir / name).stat().st_size > 0, name
+
+
+def test_fits_cubes_have_a_wcs_that_maps_pixels_to_the_grid_cells(run):
+    from astropy.io import fits
+    from astropy.wcs import WCS
+
+    workdir, summary = run
+    grid = LBDGrid.from_dict(summary["prediction_grid"])
+    with fits.open(workdir / "density.fits") as hdul:
+        assert [h.name for h in hdul[1:]] == ["P16", "P50", "P84"]
+        p16, p50, p84 = (hdul[n].data for n in ("P16", "P50", "P84"))
+        assert p50.shape == (grid.shape[2], grid.shape[1], grid.shape[0])
+        assert np.all(p16 <= p50) and np.all(p50 <= p84) and np.all(p16 > 0)
+        wcs = WCS(hdul["P50"].header)
+    i, j, k = 3, 5, 7
+    lon, lat, dist = wcs.pixel_to_world_values(i, j, k)
+    assert lon == pytest.approx(grid.l_centres_deg()[i], abs=1e-6)
+    assert lat == pytest.approx(grid.b_centres_deg()[j], abs=1e-6)
+    assert dist == pytest.approx(grid.d_centres_pc()[k], rel=1e-9)
+    with fits.open(workdir / "extinction.fits") as hdul:
+        ext = hdul["P50"].data
+    assert np.all(np.diff(ext, axis=0) >= -1e-6)  # median extinction grows with distance
+
+
+def test_catalog_source_reads_a_csv_and_names_missing_columns(tmp_path):
+    rng = np.random.default_rng(0)
+    field = simulate.random_clump_field(rng)
+    cat, _ = simulate.simulate_stars(field, rng, num_stars=600)
+    cat = StarCatalog.from_arrays(
+        l_deg=cat.l_deg,
+        b_deg=cat.b_deg,
+        distance_pc=cat.distance_pc,
+        extinction=cat.extinction,
+        sigma_extinction=cat.sigma_extinction,
+    )
+    table = cat.to_table()
+    table.rename_column("extinction", "Aobs")
+    table.remove_columns(["x", "y", "z"])
+    table["l"][:3] = 120.0  # outside the grid: dropped and counted
+    path = tmp_path / "stars.csv"
+    table.write(path, format="ascii.csv")
+    c = _small_config()
+    c.data.source = "catalog"
+    c.data.path = str(path)
+    with pytest.raises(CatalogError, match="extinction"):
+        pipeline.fit_and_predict(c, tmp_path / "bad", progress=False)
+    c.data.columns.extinction = "Aobs"
+    c.fit.max_iterations = 10
+    c.output.plots = False
+    summary = pipeline.fit_and_predict(c, tmp_path / "ok", progress=False)
+    assert summary["stars"]["num_dropped_outside_grid"] == 3
+    assert summary["stars"]["num_stars"] == 597
+    assert "simulation" not in summary
+
+
+def test_write_star_catalog_round_trip_is_usable(tmp_path):
+    rng = np.random.default_rng(1)
+    cat = StarCatalog.from_arrays(
+        l_deg=rng.uniform(50, 90, 5),
+        b_deg=np.zeros(5),
+        distance_pc=np.full(5, 300.0),
+        extinction=np.ones(5),
+        sigma_extinction=np.full(5, 0.1),
+    )
+    write_star_catalog(tmp_path / "s.fits", cat)
+    assert (tmp_path / "s.fits").exists()
