@@ -252,14 +252,22 @@ class DustMap:
                 return np.ascontiguousarray(data) * np.float32(scale)
 
             names = {h.name.upper(): h for h in hdul[1:]}
-            unc = names.get("UNCERT")
-            ext_unc = names.get("EXTUNC")
+            uncertainty = ext_unc = None
+            if "UNCERT" in names:
+                uncertainty = cube(names["UNCERT"], density_scale)
+            elif "P16" in names and "P84" in names:  # GP maps: half the 16-84 percentile range
+                uncertainty = 0.5 * (
+                    cube(names["P84"], density_scale) - cube(names["P16"], density_scale)
+                )
+            if "EXTUNC" in names:
+                ext_unc = cube(names["EXTUNC"])
+            ext_unc = _gp_extinction_uncertainty(path, cube) if ext_unc is None else ext_unc
             return cls(
                 grid=grid,
                 density=cube(primary, density_scale),
                 edges=edges,
-                uncertainty=None if unc is None else cube(unc, density_scale),
-                extinction_uncertainty=None if ext_unc is None else cube(ext_unc),
+                uncertainty=uncertainty,
+                extinction_uncertainty=ext_unc,
                 meta={k: header[k] for k in header if k not in ("COMMENT", "HISTORY", "")},
             )
 
@@ -369,7 +377,26 @@ class DustMap:
         return cum[rows, j] + partial
 
 
+def _gp_extinction_uncertainty(path: Path, cube):
+    """GP maps (`dustjax.gp.output`): ``extinction.fits`` next to ``density.fits`` holds the
+    integrated-extinction percentiles on the same grid; half their 16-84 range, or None."""
+    sibling = path.with_name("extinction.fits")
+    if path.name != "density.fits" or not sibling.is_file():
+        return None
+    from astropy.io import fits
+
+    with fits.open(sibling, memmap=False) as ext:
+        names = {h.name.upper(): h for h in ext[1:]}
+        if "P16" not in names or "P84" not in names:
+            return None
+        return 0.5 * (cube(names["P84"]) - cube(names["P16"]))
+
+
 def _first_image(hdul, path):
+    """The map's main cube: the median ``P50`` of a GP map, else the first 3D image."""
+    for hdu in hdul:
+        if hdu.name.upper() == "P50" and hdu.data is not None and hdu.data.ndim == 3:
+            return hdu
     for hdu in hdul:
         if hdu.data is not None and getattr(hdu.data, "ndim", 0) == 3:
             return hdu

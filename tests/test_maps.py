@@ -164,3 +164,34 @@ def test_not_a_map(tmp_path):
     fits.PrimaryHDU(np.zeros((2, 2, 2), np.float32)).writeto(tmp_path / "cube.fits")
     with pytest.raises(maps.MapError, match="cannot find the grid"):
         maps.DustMap.from_fits(tmp_path / "cube.fits")
+
+
+def test_reads_the_gp_output_convention(tmp_path):
+    # dustjax.gp.output: empty primary, P16/P50/P84 image HDUs, CRVAL2 = 0 with CRPIX2 shifted,
+    # CTYPE3 = DISTANCE; extinction.fits alongside with the integrated percentiles.
+    rho = np.full((4, 3, 5), 0.01, np.float32)  # l 170-190 (5 deg), b -7.5..7.5 (5 deg), d 0-250
+    h = fits.Header()
+    h["CTYPE1"], h["CUNIT1"], h["CRPIX1"], h["CRVAL1"], h["CDELT1"] = "GLON-CAR", "deg", 1, 172.5, 5
+    h["CTYPE2"], h["CUNIT2"], h["CRPIX2"], h["CRVAL2"], h["CDELT2"] = "GLAT-CAR", "deg", 2.0, 0, 5
+    h["CTYPE3"], h["CUNIT3"], h["CRPIX3"], h["CRVAL3"], h["CDELT3"] = "DISTANCE", "pc", 1, 25, 50
+    h["BUNIT"] = "mag/pc"
+
+    def write(name, cubes):
+        hdus = [fits.PrimaryHDU()] + [
+            fits.ImageHDU(c.transpose(2, 1, 0), header=h, name=n)
+            for n, c in zip(("P16", "P50", "P84"), cubes, strict=True)
+        ]
+        fits.HDUList(hdus).writeto(tmp_path / name)
+
+    write("density.fits", (0.5 * rho, rho, 2 * rho))
+    write("extinction.fits", (rho, 2 * rho, 5 * rho))
+    m = maps.DustMap.from_fits(tmp_path / "density.fits")
+    assert m.grid == "spherical"
+    np.testing.assert_allclose(m.edges[1], [-7.5, -2.5, 2.5, 7.5])
+    np.testing.assert_allclose(m.density, rho)
+    np.testing.assert_allclose(m.uncertainty, 0.75 * rho)
+    np.testing.assert_allclose(m.extinction_uncertainty, 2 * rho)
+    c = SkyCoord(l=181 * u.deg, b=1 * u.deg, distance=120 * u.pc, frame="galactic")
+    value, sigma = m.query(c, integrated=True, return_uncertainty=True)
+    np.testing.assert_allclose(value, 0.01 * 120, rtol=1e-5)
+    np.testing.assert_allclose(sigma, 0.02, rtol=1e-5)
