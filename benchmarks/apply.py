@@ -38,6 +38,8 @@ flags.DEFINE_list("features", ["128", "256", "512", "1024"], "V-net widths (rand
 flags.DEFINE_enum("compute_dtype", "auto", ["auto", "float32", "bfloat16"], "Random model dtype.")
 flags.DEFINE_string("model", None, "Trained workdir (overrides --features).")
 flags.DEFINE_enum("knn_backend", "auto", ["auto", "kdtree", "brute"], "k-nearest search.")
+flags.DEFINE_integer("knn_workers", -1, "kdtree backend: CPU threads (-1: all cores).")
+flags.DEFINE_integer("knn_chunk", 1 << 27, "brute backend: cell-star pairs per chunk.")
 flags.DEFINE_integer("seed", 0, "Seed.")
 flags.DEFINE_string("out", "bench_out/apply", "Output directory.")
 flags.DEFINE_bool("write_fits", False, "Also write density.fits (needs astropy).")
@@ -86,7 +88,14 @@ def main(argv):
     catalog = d.catalog
 
     t_all = time.perf_counter()
-    knn, times["knn_s"] = _timed(cat.knn_weights, region, catalog, backend=FLAGS.knn_backend)
+    knn, times["knn_s"] = _timed(
+        cat.knn_weights,
+        region,
+        catalog,
+        backend=FLAGS.knn_backend,
+        workers=FLAGS.knn_workers,
+        chunk_elements=FLAGS.knn_chunk,
+    )
     extinction = np.maximum(knn.apply(catalog.extinction), 0.0).astype(np.float32)
     density, times["predict_nominal_s"] = _timed(ap.predict_one, predictor, extinction)
     mc, times["monte_carlo_s"] = _timed(
