@@ -230,3 +230,21 @@ def test_demo_catalog_from_the_simulator():
     assert d.density.shape == REGION.shape and d.density.max() > 0
     rel = d.catalog.sigma_distance / d.catalog.distance_pc
     assert np.median(rel) < 0.05
+
+
+def test_cli_bad_input_is_one_line_without_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    csv = tmp_path / "stars.csv"
+    csv.write_text("l,b,distance,A\n180,0,50,0.1\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.apply", "--catalog", str(csv), "--model",
+         str(tmp_path), "--workdir", str(tmp_path / "out")],
+        capture_output=True, text=True, cwd=tmp_path.parent, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("apply: ")
+    assert "not a training workdir" in proc.stderr
+    assert not (tmp_path / "out").exists()  # nothing half-written
