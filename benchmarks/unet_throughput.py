@@ -19,14 +19,20 @@ import time
 from absl import app, flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("out", "bench/unet", "Output directory.")
-flags.DEFINE_list("models", ["unet", "unet_kan_branch", "knet", "ukan"], "Registered models.")
-flags.DEFINE_integer("image_size", 128, "Crop side in pixels.")
-flags.DEFINE_integer("batch_size", 32, "Images per step.")
-flags.DEFINE_integer("levels", 4, "U-Net levels (ukan uses levels + 1 with 3 KAN levels).")
-flags.DEFINE_integer("base_features", 64, "Base filters.")
-flags.DEFINE_integer("steps", 20, "Timed steps per measurement.")
-flags.DEFINE_enum("dtype", "auto", ["auto", "float32", "bfloat16"], "Compute dtype.")
+
+
+def define_flags() -> None:
+    """Define the command-line flags (only when run as a program, so that importing this module
+    for its library function never collides with the flags of other entry points)."""
+    flags.DEFINE_string("out", "bench/unet", "Output directory.")
+    flags.DEFINE_list("models", ["unet", "unet_kan_branch", "knet", "ukan"], "Registered models.")
+    flags.DEFINE_integer("image_size", 128, "Crop side in pixels.")
+    flags.DEFINE_integer("batch_size", 32, "Images per step.")
+    flags.DEFINE_integer("levels", 4, "U-Net levels (ukan uses levels + 1 with 3 KAN levels).")
+    flags.DEFINE_integer("base_features", 64, "Base filters.")
+    flags.DEFINE_integer("steps", 20, "Timed steps per measurement.")
+    flags.DEFINE_enum("dtype", "auto", ["auto", "float32", "bfloat16"], "Compute dtype.")
+
 
 PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12}  # dense, no sparsity
 
@@ -168,4 +174,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -23,14 +23,19 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file(
-    "config", "experiments/configs/unet.py", "U-Net config whose data section is used."
-)
-flags.DEFINE_string("out", None, "Output directory.")
-flags.DEFINE_integer("num", None, "Number of crops (default: config.data.num_crops).")
-flags.DEFINE_integer("seed", None, "Random seed (default: config.data.seed).")
-flags.DEFINE_bool("overwrite", False, "Replace an existing dataset in --out.")
-flags.DEFINE_integer("examples_per_shard", 256, "Crops per TFRecord shard.")
+
+
+def define_flags() -> None:
+    """Define the command-line flags (only when run as a program, so that importing this module
+    for its library function never collides with the flags of other entry points)."""
+    config_flags.DEFINE_config_file(
+        "config", "experiments/configs/unet.py", "U-Net config whose data section is used."
+    )
+    flags.DEFINE_string("out", None, "Output directory.")
+    flags.DEFINE_integer("num", None, "Number of crops (default: config.data.num_crops).")
+    flags.DEFINE_integer("seed", None, "Random seed (default: config.data.seed).")
+    flags.DEFINE_bool("overwrite", False, "Replace an existing dataset in --out.")
+    flags.DEFINE_integer("examples_per_shard", 256, "Crops per TFRecord shard.")
 
 
 def make_clouds(data_config, out: str, num: int, seed: int, *, overwrite: bool = False,
@@ -100,4 +105,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -14,11 +14,16 @@ from absl import app, flags
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file(
-    "config", "experiments/configs/unet_cpu.py", "U-Net config whose data section is used."
-)
-flags.DEFINE_string("out", "clouds_preview.png", "Output PNG.")
-flags.DEFINE_integer("seed", 0, "Seed of the cube.")
+
+
+def define_flags() -> None:
+    """Define the command-line flags (only when run as a program, so that importing this module
+    for its library function never collides with the flags of other entry points)."""
+    config_flags.DEFINE_config_file(
+        "config", "experiments/configs/unet_cpu.py", "U-Net config whose data section is used."
+    )
+    flags.DEFINE_string("out", "clouds_preview.png", "Output PNG.")
+    flags.DEFINE_integer("seed", 0, "Seed of the cube.")
 
 
 def preview(data_config, out: str, seed: int = 0) -> dict:
@@ -99,4 +104,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

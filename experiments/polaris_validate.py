@@ -22,10 +22,15 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "U-Net config file.", lock_config=True)
-flags.DEFINE_string("workdir", None, "Training workdir (default workdirs/<config name>).")
-flags.DEFINE_string("out", None, "Output directory (default <workdir>/validation).")
-flags.DEFINE_bool("skip_training", False, "Only evaluate the workdir's best checkpoint.")
+
+
+def define_flags() -> None:
+    """Define the command-line flags (only when run as a program, so that importing this module
+    for its library function never collides with the flags of other entry points)."""
+    config_flags.DEFINE_config_file("config", None, "U-Net config file.", lock_config=True)
+    flags.DEFINE_string("workdir", None, "Training workdir (default workdirs/<config name>).")
+    flags.DEFINE_string("out", None, "Output directory (default <workdir>/validation).")
+    flags.DEFINE_bool("skip_training", False, "Only evaluate the workdir's best checkpoint.")
 
 
 def main(argv):
@@ -86,4 +91,5 @@ def _acc(metrics, sigma):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -25,20 +25,25 @@ import numpy as np
 from absl import app, flags, logging
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("fits", None, "Column density map (FITS, 2D, celestial WCS).")
-flags.DEFINE_string("model", None, "Training workdir of a U-Net (config.json, checkpoints/).")
-flags.DEFINE_float("distance_pc", None, "Distance of the cloud in pc (sets pc per pixel).")
-flags.DEFINE_string("out", None, "Output FITS (default <map stem>_density.fits next to it).")
-flags.DEFINE_integer("predictions_per_pixel", 4, "Overlapping predictions per interior pixel.")
-flags.DEFINE_integer("hdu", 0, "HDU index holding the map.")
-flags.DEFINE_string("bunit", None, "Unit of the map if BUNIT is missing: 'cm-2' or 'H2 cm-2'.")
-flags.DEFINE_string(
-    "residual_correction",
-    "none",
-    "'none', 'auto' (<model>/validation/residual_correction.json) or a JSON path.",
-)
-flags.DEFINE_enum("which", "best", ["best", "latest"], "Which checkpoint.")
-flags.DEFINE_integer("batch_size", 16, "Tiles per device call.")
+
+
+def define_flags() -> None:
+    """Define the command-line flags (only when run as a program, so that importing this module
+    for its library function never collides with the flags of other entry points)."""
+    flags.DEFINE_string("fits", None, "Column density map (FITS, 2D, celestial WCS).")
+    flags.DEFINE_string("model", None, "Training workdir of a U-Net (config.json, checkpoints/).")
+    flags.DEFINE_float("distance_pc", None, "Distance of the cloud in pc (sets pc per pixel).")
+    flags.DEFINE_string("out", None, "Output FITS (default <map stem>_density.fits next to it).")
+    flags.DEFINE_integer("predictions_per_pixel", 4, "Overlapping predictions per interior pixel.")
+    flags.DEFINE_integer("hdu", 0, "HDU index holding the map.")
+    flags.DEFINE_string("bunit", None, "Unit of the map if BUNIT is missing: 'cm-2' or 'H2 cm-2'.")
+    flags.DEFINE_string(
+        "residual_correction",
+        "none",
+        "'none', 'auto' (<model>/validation/residual_correction.json) or a JSON path.",
+    )
+    flags.DEFINE_enum("which", "best", ["best", "latest"], "Which checkpoint.")
+    flags.DEFINE_integer("batch_size", 16, "Tiles per device call.")
 
 
 class MapError(ValueError):
@@ -237,4 +242,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
