@@ -234,6 +234,28 @@ def _tfrecord_source(config, split, *, batch_size, seed, epoch, train):
     return _Sized(batches, length)
 
 
+@functools.lru_cache(maxsize=16)
+def _simulated_batch_fn(region, simulator: str, params, batch_size: int):
+    """``make(seed, step) -> batch``, jitted once per (region, simulator, params, batch size).
+
+    The same stream as `dustjax.input_pipeline.simulated_batches` (batch ``step`` of a seed is
+    drawn from ``fold_in(PRNGKey(seed), step)``), but compiled once for the whole run instead of
+    once per epoch and split.
+    """
+    from dustjax import input_pipeline
+    from dustjax.sims import simulate_batch_fn
+
+    simulate = simulate_batch_fn(region, simulator, params)
+
+    @jax.jit
+    def make(seed, step):
+        keys = jax.random.split(jax.random.fold_in(jax.random.key(seed), step), batch_size)
+        density, extinction = simulate(keys)
+        return input_pipeline.normalise(density, extinction)
+
+    return make
+
+
 def _simulate_source(config, split, *, batch_size, seed, epoch, train):
     """Fresh cubes simulated on the device: one endless stream per split.
 
@@ -243,8 +265,6 @@ def _simulate_source(config, split, *, batch_size, seed, epoch, train):
     paper's split of ``config.data.num_examples`` gives (7,200 train cubes of 10,000); validation
     uses ``config.data.eval_steps`` or the 1,800 validation cubes, test the 1,000 test cubes.
     """
-    from dustjax import input_pipeline
-
     name, params = _simulator_params(config)
     sizes = split_sizes(int(config.data.get("num_examples", 10_000)))
     if train:
@@ -257,15 +277,10 @@ def _simulate_source(config, split, *, batch_size, seed, epoch, train):
         raise ValueError(
             f"source='simulate' gives no {split} batch; raise config.data.num_examples"
         )
-    batches = input_pipeline.simulated_batches(
-        region_of(config),
-        batch_size,
-        _derived_seed(seed, SPLITS.get(split, 9)),
-        simulator=name,
-        params=params,
-        start_step=epoch * steps if train else 0,
-        num_steps=steps,
-    )
+    make = _simulated_batch_fn(region_of(config), name, params, batch_size)
+    split_seed = _derived_seed(seed, SPLITS.get(split, 9))
+    first = epoch * steps if train else 0
+    batches = (make(split_seed, step) for step in range(first, first + steps))
     return _Sized(batches, steps)
 
 
