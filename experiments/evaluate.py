@@ -26,17 +26,22 @@ import numpy as np
 from absl import app, flags, logging
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Training workdir (holds config.json and checkpoints/).")
-flags.DEFINE_string("data_dir", None, "TFRecord dataset (default: the one in config.json).")
-flags.DEFINE_enum("which", "best", ["best", "latest"], "Which checkpoint to evaluate.")
-flags.DEFINE_integer("max_cubes", 0, "Evaluate at most this many test cubes (0 = all).")
-flags.DEFINE_string("split", "test", "Split to evaluate.")
 
 # The paper's numbers (sect. 3.3) for the comparison columns.
 PAPER = {
     "SR": dict(dispersion=0.0003, c_r_min=0.90, k_range=(0.046, 0.893)),
     "LR": dict(dispersion=0.0004, c_r_min_all=0.60, c_r_min_large_r=0.90, r_min_pc=167.6),
 }
+
+
+def define_flags() -> None:
+    """Define the command-line flags (only when run as a program, so importing this module
+    from a test or notebook never collides with another entry point's flags)."""
+    flags.DEFINE_string("workdir", None, "Training workdir (holds config.json and checkpoints/).")
+    flags.DEFINE_string("data_dir", None, "TFRecord dataset (default: the one in config.json).")
+    flags.DEFINE_enum("which", "best", ["best", "latest"], "Which checkpoint to evaluate.")
+    flags.DEFINE_integer("max_cubes", 0, "Evaluate at most this many test cubes (0 = all).")
+    flags.DEFINE_string("split", "test", "Split to evaluate.")
 
 
 def evaluate(
@@ -168,4 +173,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

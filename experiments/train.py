@@ -27,18 +27,25 @@ from dustjax.io import DatasetError
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file(
-    "config", None, "Config file, e.g. experiments/configs/vnet_sr.py.", lock_config=True
-)
-flags.DEFINE_string("workdir", None, "Run directory (default workdirs/<config name>).")
-flags.DEFINE_string("region", "SR", "Region (SR or LR): picks the config when --config is absent.")
-flags.DEFINE_enum("model", "vnet", ["vnet", "unet"], "Model family (picks the config).")
-flags.DEFINE_string(
-    "data_dir", None, "TFRecord dataset directory (overrides config.data.data_dir)."
-)
-flags.DEFINE_bool(
-    "make_data_if_missing", False, "Simulate the dataset with data_gen.make_dataset if absent."
-)
+
+
+def define_flags() -> None:
+    """Define the command-line flags (only when run as a program, so importing this module
+    from a test or notebook never collides with another entry point's flags)."""
+    config_flags.DEFINE_config_file(
+        "config", None, "Config file, e.g. experiments/configs/vnet_sr.py.", lock_config=True
+    )
+    flags.DEFINE_string("workdir", None, "Run directory (default workdirs/<config name>).")
+    flags.DEFINE_string(
+        "region", "SR", "Region (SR or LR): picks the config when --config is absent."
+    )
+    flags.DEFINE_enum("model", "vnet", ["vnet", "unet"], "Model family (picks the config).")
+    flags.DEFINE_string(
+        "data_dir", None, "TFRecord dataset directory (overrides config.data.data_dir)."
+    )
+    flags.DEFINE_bool(
+        "make_data_if_missing", False, "Simulate the dataset with data_gen.make_dataset if absent."
+    )
 
 
 def has_accelerator() -> bool:
@@ -151,5 +158,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required([])
+    define_flags()
     app.run(main)

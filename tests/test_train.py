@@ -1,0 +1,230 @@
+"""The training engine (dustjax.train) and its entry points: end to end on the `vnet_test` config
+(train, checkpoint, resume, evaluate), sharding on fake devices, bad input."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from dustjax import train
+from experiments.configs import vnet_test
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compilation_cache(tmp_path_factory):
+    """Share compiled steps between the runs of this module (each run re-jits its step)."""
+    old = (
+        jax.config.jax_compilation_cache_dir,
+        jax.config.jax_persistent_cache_min_compile_time_secs,
+    )
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    yield
+    jax.config.update("jax_compilation_cache_dir", old[0])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", old[1])
+
+
+def _random_source(config, split, *, batch_size, seed, epoch, train):
+    """Cheap deterministic batches (a pure function of seed, split, epoch): density is a smooth
+    function of extinction so there is something to learn."""
+    rng = np.random.default_rng([seed, train, epoch if train else 0, len(split)])
+    steps = config.data.steps_per_epoch if train else config.data.eval_steps
+    shape = tuple(config.data.shape)
+    for _ in range(steps):
+        extinction = rng.uniform(0, 1, size=(batch_size, *shape, 1)).astype(np.float32)
+        batch = {"extinction": extinction, "density": np.sqrt(extinction)}
+        if config.data.get("nan_at_epoch", 0) == epoch + 1 and train:
+            batch["extinction"][0, 0, 0, 0, 0] = np.nan
+        yield batch
+
+
+train.register_data_source("test_random", _random_source)
+
+
+def _random_config(**data):
+    c = vnet_test.get_config()
+    c.data.source = "test_random"
+    c.data.shape = (8, 8, 8)
+    c.data.steps_per_epoch = 3
+    c.data.eval_steps = 1
+    c.model.kwargs.features = (2, 4)
+    c.progress_bar = False
+    with c.unlocked():
+        for k, v in data.items():
+            c.data[k] = v
+    return c
+
+
+def _latest_params(workdir):
+    _, variables, _ = train.load_trained(workdir, "latest")
+    return variables
+
+
+def test_end_to_end_train_resume_evaluate(tmp_path):
+    """vnet_test: an uninterrupted 2-epoch run equals 1 epoch + a restarted run to 2 epochs;
+    then the paper's evaluation writes its metrics and figures."""
+    config = vnet_test.get_config()
+    config.num_epochs = 2
+    config.progress_bar = False
+    full = train.train_and_evaluate(config, tmp_path / "full")
+
+    config.num_epochs = 1
+    train.train_and_evaluate(config, tmp_path / "split")
+    config.num_epochs = 2
+    resumed = train.train_and_evaluate(config, tmp_path / "split")
+    assert resumed["epochs_run"] == full["epochs_run"] == 2
+    assert resumed["best_val_loss"] == full["best_val_loss"]
+    a, b = _latest_params(tmp_path / "full"), _latest_params(tmp_path / "split")
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+    rows = [
+        json.loads(line) for line in (tmp_path / "split/metrics.jsonl").read_text().splitlines()
+    ]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]  # it learns
+    assert (tmp_path / "split/loss_curve.png").stat().st_size > 1000
+    saved = json.loads((tmp_path / "split/config.json").read_text())
+    assert saved["model"]["kwargs"]["features"] == [4, 8]
+    best = min(rows, key=lambda r: r["val_loss"])["epoch"]
+    assert resumed["best_checkpoint_step"] == best
+
+    from experiments.evaluate import evaluate
+
+    out = evaluate(tmp_path / "full")
+    assert out["num_cubes"] == 8  # the simulated test split of vnet_test
+    assert np.isfinite(out["residual_mag_per_pc"]["dispersion"])
+    assert len(out["c_r_table"]["k"]) > 5
+    for name in ("test_metrics.json", "pdf.png", "scatter.png", "cross_correlation.png"):
+        assert (tmp_path / "full/eval" / name).exists()
+
+
+def test_early_stopping_and_finished_runs_do_not_retrain(tmp_path):
+    config = _random_config()
+    config.num_epochs = 30
+    config.early_stopping.patience = 2
+    config.early_stopping.min_delta = 1e3  # no later epoch counts as an improvement
+    summary = train.train_and_evaluate(config, tmp_path)
+    assert summary["epochs_run"] == 3 and summary["stop_reason"].startswith("early stop")
+    again = train.train_and_evaluate(config, tmp_path)
+    assert again["epochs_run"] == 3
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    config = _random_config(nan_at_epoch=2)
+    config.num_epochs = 3
+    config.log_every_steps = 1
+    with pytest.raises(train.NonFiniteLossError, match=r"step 4 \(epoch 2\).*epoch 1"):
+        train.train_and_evaluate(config, tmp_path)
+    manager = train.checkpoint_manager(tmp_path, read_only=True)
+    assert manager.latest_step() == 1
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 1
+
+
+def test_missing_dataset_names_the_make_command(tmp_path):
+    config = _random_config()
+    config.data.source = "tfrecord"
+    config.data.data_dir = str(tmp_path / "nothing")
+    with pytest.raises(Exception, match="make data REGION=SR"):
+        train.train_and_evaluate(config, tmp_path / "run")
+
+
+def test_reduce_on_plateau_schedule_accepts_the_loss():
+    import jax.numpy as jnp
+
+    config = _random_config()
+    config.schedule.name = "reduce_on_plateau"
+    tx = train.make_optimizer(config, steps_per_epoch=3)
+    params = {"w": jnp.ones(3)}
+    state = tx.init(params)
+    updates, state = tx.update({"w": jnp.ones(3)}, state, params, value=jnp.asarray(1.0))
+    assert updates["w"].shape == (3,)
+
+
+SHARDING_SCRIPT = textwrap.dedent(
+    """
+    import os
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    import jax, jax.numpy as jnp, numpy as np
+    from jax.sharding import NamedSharding, PartitionSpec as P
+    from dustjax import train
+    from dustjax.models import VNet
+    assert jax.device_count() == 4
+    model = VNet(features=(2, 4))
+    rng = np.random.default_rng(0)
+    ext = rng.uniform(0, 1, (8, 8, 8, 8, 1)).astype(np.float32)
+    batch = {"extinction": ext, "density": np.sqrt(ext) * 3}
+    task = train.Task()
+    out = {}
+    for n in (1, 4):
+        mesh = train.make_mesh(n)
+        tx = train.optax.adam(1e-3)
+        state = train.create_train_state(model, tx, jnp.asarray(ext[:1]), jax.random.key(0), mesh)
+        rep = NamedSharding(mesh, P())
+        data = NamedSharding(mesh, P("data"))
+        fn = jax.jit(train.make_loss_and_grads(task), in_shardings=(
+            jax.tree.map(lambda _: rep, state), data, rep))
+        sharded = jax.device_put(batch, data)
+        assert len(sharded["extinction"].sharding.device_set) == n
+        (loss, stats), grads = fn(state, sharded, jax.random.key(1))
+        out[n] = (float(loss), jax.device_get(grads), jax.device_get(stats))
+        step, _ = train.jit_steps(task, state, mesh)
+        new_state, metrics = step(state, sharded, jax.random.key(1))
+        out[n] += (float(metrics["loss"]),)
+    np.testing.assert_allclose(out[1][0], out[4][0], rtol=1e-5)
+    np.testing.assert_allclose(out[1][3], out[4][3], rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(out[1][1]), jax.tree.leaves(out[4][1])):
+        np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6)
+    for a, b in zip(jax.tree.leaves(out[1][2]), jax.tree.leaves(out[4][2])):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    try:
+        train.check_batch_size(6, train.make_mesh(4))
+    except ValueError as err:
+        assert "does not divide over the 4 devices" in str(err), err
+    else:
+        raise AssertionError("batch 6 on 4 devices accepted")
+    print("SHARDING OK", out[1][0], out[4][0])
+    """
+)
+
+
+def test_sharded_step_matches_one_device():
+    """On 4 fake CPU devices the loss, gradients and batch statistics equal one device's."""
+    env = dict(
+        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", SHARDING_SCRIPT], capture_output=True, text=True, env=env,
+        cwd=REPO, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "SHARDING OK" in proc.stdout
+
+
+def test_cli_rejects_an_unknown_config_key(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.train", "--config=experiments/configs/vnet_test.py",
+         "--config.optimizer.learnin_rate=0.1", f"--workdir={tmp_path}"],
+        capture_output=True, text=True, cwd=REPO, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert "learnin_rate" in proc.stderr
+
+
+def test_default_config_choice():
+    from experiments.train import CONFIG_DIR, default_config_names
+
+    assert default_config_names("vnet", "LR", accelerator=True) == ["vnet_lr"]
+    assert default_config_names("vnet", "LR", accelerator=False) == ["vnet_lr_cpu"]
+    for region in ("sr", "lr"):
+        for suffix in ("", "_cpu"):
+            assert (CONFIG_DIR / f"vnet_{region}{suffix}.py").exists()
