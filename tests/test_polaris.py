@@ -290,12 +290,12 @@ def test_unet_test_config_end_to_end(tmp_path):
     assert np.isfinite(density).sum() == data.size - 2 and np.nanmin(density) > 0
     assert (tmp_path / "map_density.png").stat().st_size > 0
 
-    # The same map through the appendix-C correction fitted by evaluate_workdir.
-    corrected = pm.predict_map(
-        fits_path, workdir, distance, tmp_path / "corr.fits", batch_size=4,
-        residual_correction=str(tmp_path / "validation" / "residual_correction.json"),
-    )  # fmt: skip
-    assert corrected["shape"] == [30, 44]
+    # The appendix-C baseline written for predict_map (--residual_correction) loads and applies
+    # (predict_map with it runs in the slow notebook test).
+    baseline = polaris.ResidualCorrection.from_dict(
+        dio.read_json(tmp_path / "validation" / "residual_correction.json")
+    )
+    assert np.all(np.isfinite(baseline(np.linspace(0.0, 4.0, 9))))
 
     # Unusable maps get one-line errors before any model is loaded.
     _write_map(tmp_path / "nounit.fits", bunit=None)

@@ -60,10 +60,9 @@ def test_kan_dense_equals_a_1x1_kan_conv_with_the_same_weights():
 
 def test_kan_mlp_has_the_papers_1_10_10_10_1_shape():
     mlp = kan.KANMLP((10, 10, 10, 1), num_grids=8)
-    params = mlp.init(jax.random.key(0), jnp.zeros((7, 1)))["params"]
+    params = jax.eval_shape(mlp.init, jax.random.key(0), jnp.zeros((7, 1)))["params"]
     assert params["kan0"]["spline"]["kernel"].shape == (8, 10)
     assert params["kan3"]["spline"]["kernel"].shape == (80, 1)
-    assert mlp.apply({"params": params}, jnp.zeros((7, 1))).shape == (7, 1)
 
 
 def test_attention_gate_with_zero_psi_weights_halves_the_skip():
@@ -83,16 +82,16 @@ def test_attention_gate_with_zero_psi_weights_halves_the_skip():
 @pytest.mark.parametrize(
     "name, kwargs",
     [
-        ("unet", dict(levels=3, base_features=4)),
+        ("unet", dict(levels=2, base_features=4)),
         ("unet", dict(levels=2, base_features=4, convs_per_block=2, attention=False)),
-        ("knet", dict(levels=3, base_features=4)),
-        ("ukan", dict(levels=3, base_features=4, kan_levels=2)),
-        ("unet_kan_branch", dict(levels=3, base_features=4)),
+        ("knet", dict(levels=2, base_features=4)),
+        ("ukan", dict(levels=2, base_features=4, kan_levels=1)),
+        ("unet_kan_branch", dict(levels=2, base_features=4)),
     ],
 )
 def test_registered_variants_map_images_to_images_and_update_batch_stats(name, kwargs):
     model = get_model(name)(**kwargs, dtype=jnp.float32)
-    x = jax.random.normal(jax.random.key(0), (2, 16, 16, 1))
+    x = jax.random.normal(jax.random.key(0), (2, 8, 8, 1))
     variables = model.init(jax.random.key(1), x, train=False)
     y, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
     assert y.shape == x.shape and y.dtype == jnp.float32
@@ -106,7 +105,8 @@ def test_variants_put_kan_layers_where_the_paper_does():
     x = jnp.zeros((1, 16, 16, 1))
 
     def names(**kw):
-        params = AttentionUNet(levels=3, base_features=4, **kw).init(jax.random.key(0), x)["params"]
+        model = AttentionUNet(levels=3, base_features=4, **kw)
+        params = jax.eval_shape(model.init, jax.random.key(0), x)["params"]
         return {jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)}
 
     plain = names()
