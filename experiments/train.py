@@ -14,6 +14,7 @@ workdir resumes from the last checkpoint.
 from __future__ import annotations
 
 import importlib.util
+import subprocess
 import sys
 from pathlib import Path
 
@@ -119,13 +120,28 @@ def ensure_dataset(config) -> None:
     data_dir = Path(config.data.data_dir)
     if (data_dir / DATASET_INFO).exists():
         return
-    from data_gen.make_dataset import make_dataset
-
     simulator = config.data.get("simulator") or None
     logging.info(
         "no dataset in %s: simulating %d %s cubes (%s) with data_gen.make_dataset",
         data_dir, config.data.num_examples, config.data.region, simulator or "default simulator",
     )  # fmt: skip
+    try:
+        from data_gen.make_dataset import make_dataset
+    except flags.DuplicateFlagError:
+        make_dataset = None
+    if make_dataset is None:
+        # data_gen.make_dataset defines its absl flags at import, which collides with ours
+        # (--region): run it as its own program instead.
+        cmd = [
+            sys.executable, "-m", "data_gen.make_dataset", f"--region={config.data.region}",
+            f"--num={int(config.data.num_examples)}", f"--out={data_dir}",
+            f"--seed={int(config.seed)}",
+        ] + ([f"--simulator={simulator}"] if simulator else [])  # fmt: skip
+        logging.info("running %s", " ".join(cmd))
+        proc = subprocess.run(cmd)
+        if proc.returncode != 0:
+            raise ValueError(f"making the dataset failed (exit {proc.returncode}): {' '.join(cmd)}")
+        return
     make_dataset(
         config.data.region, int(config.data.num_examples), str(data_dir), int(config.seed),
         simulator=simulator,
