@@ -30,20 +30,27 @@ import numpy as np
 from absl import app, flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("region", "LR", "Region: SR or LR.")
-flags.DEFINE_integer("num_stars", 1_000_000, "Stars in the demo catalogue.")
-flags.DEFINE_integer("num_redraws", 300, "Monte Carlo redraws.")
-flags.DEFINE_integer("batch_size", 32, "Redraws per device batch.")
-flags.DEFINE_list("features", ["128", "256", "512", "1024"], "V-net widths (random weights).")
-flags.DEFINE_enum("compute_dtype", "auto", ["auto", "float32", "bfloat16"], "Random model dtype.")
-flags.DEFINE_string("model", None, "Trained workdir (overrides --features).")
-flags.DEFINE_enum("knn_backend", "auto", ["auto", "kdtree", "brute"], "k-nearest search.")
-flags.DEFINE_integer("knn_workers", -1, "kdtree backend: CPU threads (-1: all cores).")
-flags.DEFINE_integer("knn_chunk", 1 << 27, "brute backend: cell-star pairs per chunk.")
-flags.DEFINE_integer("seed", 0, "Seed.")
-flags.DEFINE_string("out", "bench_out/apply", "Output directory.")
-flags.DEFINE_bool("write_fits", False, "Also write density.fits (needs astropy).")
-flags.DEFINE_bool("plots", True, "Write the PNG figures (matplotlib).")
+
+
+def define_flags() -> None:
+    """Define the command-line flags (only when run as a program: importing this module never
+    collides with another entry point's flags)."""
+    flags.DEFINE_string("region", "LR", "Region: SR or LR.")
+    flags.DEFINE_integer("num_stars", 1_000_000, "Stars in the demo catalogue.")
+    flags.DEFINE_integer("num_redraws", 300, "Monte Carlo redraws.")
+    flags.DEFINE_integer("batch_size", 32, "Redraws per device batch.")
+    flags.DEFINE_list("features", ["128", "256", "512", "1024"], "V-net widths (random weights).")
+    flags.DEFINE_enum(
+        "compute_dtype", "auto", ["auto", "float32", "bfloat16"], "Random model dtype."
+    )
+    flags.DEFINE_string("model", None, "Trained workdir (overrides --features).")
+    flags.DEFINE_enum("knn_backend", "auto", ["auto", "kdtree", "brute"], "k-nearest search.")
+    flags.DEFINE_integer("knn_workers", -1, "kdtree backend: CPU threads (-1: all cores).")
+    flags.DEFINE_integer("knn_chunk", 1 << 27, "brute backend: cell-star pairs per chunk.")
+    flags.DEFINE_integer("seed", 0, "Seed.")
+    flags.DEFINE_string("out", "bench_out/apply", "Output directory.")
+    flags.DEFINE_bool("write_fits", False, "Also write density.fits (needs astropy).")
+    flags.DEFINE_bool("plots", True, "Write the PNG figures (matplotlib).")
 
 
 def _timed(fn, *args, **kw):
@@ -168,4 +175,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

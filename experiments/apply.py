@@ -21,26 +21,33 @@ from pathlib import Path
 from absl import app, flags, logging
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("region", "SR", "Region box: SR or LR.")
-flags.DEFINE_list("shape", None, "Cells per axis (default: the model's), e.g. 32,32,32.")
-flags.DEFINE_string("catalog", None, "Star catalogue (FITS, CSV, ECSV), or 'demo'.")
-flags.DEFINE_string("literature_cube", None, "A Cartesian density cube (FITS) instead of stars.")
-flags.DEFINE_string("model", None, "Training workdir of the V-net.", required=True)
-flags.DEFINE_string("workdir", None, "Output directory (default workdirs/apply_<region>).")
-flags.DEFINE_list("columns", [], "Column names, logical=name, e.g. extinction=A0,l=GLON.")
-flags.DEFINE_enum("coords", "galactic", ["galactic", "cartesian"], "Catalogue positions.")
-flags.DEFINE_string("format", None, "astropy Table format when the extension does not tell.")
-flags.DEFINE_enum("distance_unit", "pc", ["pc", "kpc"], "Unit of unitless distance columns.")
-flags.DEFINE_integer("k", None, "Nearest stars per cell (default: 3 for SR, 30 for LR).")
-flags.DEFINE_integer("num_redraws", 300, "Monte Carlo redraws of the extinctions (0: none).")
-flags.DEFINE_integer("batch_size", 16, "Redraws per device batch.")
-flags.DEFINE_integer("seed", 0, "Random seed (redraws, random fill, demo catalogue).")
-flags.DEFINE_enum("knn_backend", "auto", ["auto", "kdtree", "brute"], "k-nearest search.")
-flags.DEFINE_list("subregion", None, "Sub-box x0,x1,y0,y1,z0,z1 (pc) for appendix A.")
-flags.DEFINE_float("density_scale", None, "Literature cube units to mag/pc (default: BUNIT).")
-flags.DEFINE_integer("demo_stars", 50_000, "Stars in the demo catalogue.")
-flags.DEFINE_bool("write_fits", True, "Write density.fits.")
-flags.DEFINE_bool("plots", True, "Write the PNG figures.")
+
+
+def define_flags() -> None:
+    """Define the command-line flags (only when run as a program: importing this module never
+    collides with another entry point's flags)."""
+    flags.DEFINE_string("region", "SR", "Region box: SR or LR.")
+    flags.DEFINE_list("shape", None, "Cells per axis (default: the model's), e.g. 32,32,32.")
+    flags.DEFINE_string("catalog", None, "Star catalogue (FITS, CSV, ECSV), or 'demo'.")
+    flags.DEFINE_string(
+        "literature_cube", None, "A Cartesian density cube (FITS) instead of stars."
+    )
+    flags.DEFINE_string("model", None, "Training workdir of the V-net.", required=True)
+    flags.DEFINE_string("workdir", None, "Output directory (default workdirs/apply_<region>).")
+    flags.DEFINE_list("columns", [], "Column names, logical=name, e.g. extinction=A0,l=GLON.")
+    flags.DEFINE_enum("coords", "galactic", ["galactic", "cartesian"], "Catalogue positions.")
+    flags.DEFINE_string("format", None, "astropy Table format when the extension does not tell.")
+    flags.DEFINE_enum("distance_unit", "pc", ["pc", "kpc"], "Unit of unitless distance columns.")
+    flags.DEFINE_integer("k", None, "Nearest stars per cell (default: 3 for SR, 30 for LR).")
+    flags.DEFINE_integer("num_redraws", 300, "Monte Carlo redraws of the extinctions (0: none).")
+    flags.DEFINE_integer("batch_size", 16, "Redraws per device batch.")
+    flags.DEFINE_integer("seed", 0, "Random seed (redraws, random fill, demo catalogue).")
+    flags.DEFINE_enum("knn_backend", "auto", ["auto", "kdtree", "brute"], "k-nearest search.")
+    flags.DEFINE_list("subregion", None, "Sub-box x0,x1,y0,y1,z0,z1 (pc) for appendix A.")
+    flags.DEFINE_float("density_scale", None, "Literature cube units to mag/pc (default: BUNIT).")
+    flags.DEFINE_integer("demo_stars", 50_000, "Stars in the demo catalogue.")
+    flags.DEFINE_bool("write_fits", True, "Write density.fits.")
+    flags.DEFINE_bool("plots", True, "Write the PNG figures.")
 
 
 def main(argv):
@@ -126,4 +133,5 @@ def run():
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
