@@ -212,7 +212,7 @@ def test_tiny_fit_recovers_a_clump_position_within_one_scale_length():
             steps_per_call=25,
         )
         res = fit.fit(params, stars, grid, settings, progress=False)
-        assert res.status == "max_iterations"
+        assert res.status in ("max_iterations", "converged")
         assert res.elbo_history[-1] > res.elbo_history[0]
         p = jax.tree.map(jnp.asarray, res.params)
         cells = grid.cell_centres_xyz()

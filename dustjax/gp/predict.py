@@ -164,7 +164,7 @@ def predict_star_extinctions(
     """Percentiles ``(3, num_stars)`` of the model extinction of stars on the training grid."""
     dtype = params["mean"].dtype
     cells = jnp.asarray(grid.cell_centres_xyz(), dtype)
-    model = svgp.SVGPModel(link=link, num_samples=num_samples)
+    model = svgp.SVGPModel(link=link, num_samples=num_samples, max_log10_density=None)
     density = jax.jit(svgp.density_samples, static_argnums=(3, 4))(
         params, jax.random.key(seed), cells, grid.full_shape, model, jnp.asarray(jitter, dtype)
     )

@@ -69,11 +69,17 @@ class SVGPModel:
       num_samples: Monte Carlo samples of phi per ELBO evaluation (paper: 32).
       cell_chunk: evaluate B = L^-1 K_ux in chunks of this many cells (with rematerialisation)
         so that memory stays at M x cell_chunk; None evaluates all cells at once.
+      max_log10_density: a safeguard of the likelihood only (log10 link): phi samples are
+        passed through the smooth cap `soft_cap_phi` at this value (dex; 3 = 1000 mag/pc, far
+        above any interstellar density) so that a wild early sample cannot overflow 10^phi to
+        inf and poison the gradient. It changes phi by < 1e-5 dex below ``cap - 3``. None: off.
+        Predictions are never capped.
     """
 
     link: str = "log10"
     num_samples: int = 32
     cell_chunk: int | None = None
+    max_log10_density: float | None = 3.0
 
     def __post_init__(self):
         if self.link not in ("log10", "linear"):
@@ -227,6 +233,15 @@ def predictive_moments(params, cells_xyz, *, jitter):
     return mean, cond_var + jnp.sum(sb * sb, axis=0)
 
 
+def soft_cap_phi(phi, cap: float, sharpness: float = 4.0):
+    """Smooth upper bound: ``cap - softplus(sharpness (cap - phi)) / sharpness`` (dex).
+
+    Monotone with a non-zero gradient everywhere (a hard clip would leave capped samples with no
+    gradient pulling them back); equals phi to < 1e-5 dex for phi < cap - 3 and tends to cap.
+    """
+    return cap - jax.nn.softplus(sharpness * (cap - phi)) / sharpness
+
+
 def density_from_phi(phi, link: str):
     """rho (mag/pc) from phi: 10^phi for the paper's "log10" link, phi itself for "linear"."""
     if link == "log10":
@@ -264,6 +279,8 @@ def density_samples(params, key, cells_xyz, full_shape, model: SVGPModel, jitter
     m = params["inducing_points"].shape[0]
     eps_u, eps_f = draw_eps(key, model.num_samples, m, cells_xyz.shape[0], cells_xyz.dtype)
     phi = sample_phi(params, cells_xyz, eps_u, eps_f, jitter=jitter, cell_chunk=model.cell_chunk)
+    if model.link == "log10" and model.max_log10_density is not None:
+        phi = soft_cap_phi(phi, model.max_log10_density)
     return density_from_phi(phi, model.link).reshape(model.num_samples, *full_shape)
 
 
