@@ -83,7 +83,15 @@ def load_stars(config, grid: LBDGrid):
 
 
 def fit_and_predict(config, workdir: str | Path, *, progress: bool = True) -> dict[str, Any]:
-    """Run the whole method; write outputs into ``workdir``; return the summary dict."""
+    """Run the whole method; write outputs into ``workdir``; return the summary dict.
+
+    Everything runs with full float32 matrix products (`fit.full_float32_matmuls`: no TF32).
+    """
+    with gpfit.full_float32_matmuls():
+        return _fit_and_predict(config, workdir, progress=progress)
+
+
+def _fit_and_predict(config, workdir, *, progress):
     t_total = time.perf_counter()
     workdir = ensure_writable_dir(workdir)
     dtype = _dtype(config)
