@@ -51,6 +51,7 @@ def gp_config(name: str) -> ml_collections.ConfigDict:
             amplitude_dex=0.5,
             mean_dex=math.log10(1.6e-3),  # None: log10 of the median A/d of the stars
             q_std=0.1,
+            init="spread",  # farthest-point over the stars; "random": the paper's random stars
         )
     )
 
@@ -70,6 +71,9 @@ def gp_config(name: str) -> ml_collections.ConfigDict:
             cell_chunk=None,
             link="log10",
             seed=0,
+            warmup_iterations=0,
+            scale_q_offdiagonal=True,  # Adam on the off-diagonal of S at lr/sqrt(M): see docs/gp.md
+            max_log10_density=3.0,  # soft cap of phi samples in the likelihood only (dex)
         )
     )
 
