@@ -36,6 +36,13 @@ flags.DEFINE_string("out", "/tmp/gp_bench", "Output directory for gp_iteration.j
 flags.DEFINE_enum("dtype", "float32", ["float32", "float64"], "Floating point type.")
 flags.DEFINE_integer("steps_per_call", 10, "Iterations per jitted call.")
 flags.DEFINE_integer("calls", 5, "Timed calls (after one warm-up call).")
+flags.DEFINE_enum(
+    "matmul",
+    "float32",
+    ["float32", "default"],
+    "float32: full-precision products (what the fit uses); default: JAX's default (TF32 on GPUs), "
+    "to measure what full float32 costs.",
+)
 flags.DEFINE_integer("cell_chunk", 0, "Cells per chunk of B = L^-1 K_ux (0: no chunking).")
 
 SIZES = {
@@ -78,7 +85,9 @@ def main(argv):
         dtype=dtype,
     )
     optimizer = fit.make_optimizer(settings)
-    chunk = fit.make_train_chunk(elbo_fn, optimizer, FLAGS.steps_per_call)
+    chunk = fit.make_train_chunk(
+        elbo_fn, optimizer, FLAGS.steps_per_call, full_float32=FLAGS.matmul == "float32"
+    )
     stars = fit.shard_stars(stars, mesh)
     params = fit.replicate(params, mesh)
     opt_state = optimizer.init(params)
@@ -105,6 +114,7 @@ def main(argv):
         num_samples=settings.num_samples,
         dtype=FLAGS.dtype,
         cell_chunk=FLAGS.cell_chunk or None,
+        matmul=FLAGS.matmul,
         steps_per_call=FLAGS.steps_per_call,
         devices=[str(d) for d in jax.devices()],
         backend=jax.default_backend(),

@@ -315,12 +315,13 @@ def _all_finite(tree):
     return functools.reduce(jnp.logical_and, [jnp.all(jnp.isfinite(x)) for x in leaves])
 
 
-def make_train_chunk(elbo_fn, optimizer, num_steps: int):
+def make_train_chunk(elbo_fn, optimizer, num_steps: int, *, full_float32: bool = True):
     """A jitted ``(carry, key, stars, jitter) -> (carry, elbos)`` running ``num_steps`` steps.
 
     ``carry = (params, opt_state, good_params, good_opt_state, step, failed_step)``: a
     non-finite ELBO or gradient leaves params unchanged and sets failed_step (-1 while fine);
-    good_* hold the last state whose ELBO was finite.
+    good_* hold the last state whose ELBO was finite. ``full_float32=False`` leaves JAX's
+    default matmul precision (TF32 on recent GPUs; only for measuring what it costs).
     """
     loss_and_grad = jax.value_and_grad(lambda p, k, s, j: -elbo_fn(p, k, s, j))
 
@@ -347,6 +348,8 @@ def make_train_chunk(elbo_fn, optimizer, num_steps: int):
         return lax.scan(body, carry, None, length=num_steps)
 
     def run(carry, key, stars, jitter):
+        if not full_float32:
+            return train_chunk(carry, key, stars, jitter)
         with full_float32_matmuls():  # traced, lowered and cached under this setting
             return train_chunk(carry, key, stars, jitter)
 
