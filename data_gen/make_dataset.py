@@ -24,17 +24,26 @@ from dustjax.geometry import Region, RegionError
 from dustjax.io import DatasetError, OutputError, write_sharded_dataset
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("region", "SR", "Named region (SR or LR).")
-flags.DEFINE_integer("num", 10_000, "Number of cubes to simulate (all splits together).")
-flags.DEFINE_string("out", None, "Output directory (default data/<REGION>).")
-flags.DEFINE_integer("seed", 0, "Random seed; the same seed gives the same bytes.")
-flags.DEFINE_string("simulator", None, "levy | lognormal | levy_lr (default: the region's).")
-flags.DEFINE_list("shape", None, "Cells per axis, e.g. 64,64,64 (default: the region's 32^3).")
-flags.DEFINE_list("lower_pc", None, "Custom region: lower X,Y,Z bounds in pc (with --upper_pc).")
-flags.DEFINE_list("upper_pc", None, "Custom region: upper X,Y,Z bounds in pc (with --lower_pc).")
-flags.DEFINE_bool("overwrite", False, "Replace an existing dataset in --out.")
-flags.DEFINE_integer("examples_per_shard", 256, "Examples per TFRecord shard.")
-flags.DEFINE_integer("chunk", 16, "Cubes simulated per device call.")
+
+
+def define_flags() -> None:
+    """Command-line flags, defined only when run as a program (importing defines none)."""
+    flags.DEFINE_string("region", "SR", "Named region (SR or LR).")
+    flags.DEFINE_integer("num", 10_000, "Number of cubes to simulate (all splits together).")
+    flags.DEFINE_string("out", None, "Output directory (default data/<REGION>).")
+    flags.DEFINE_integer("seed", 0, "Random seed; the same seed gives the same bytes.")
+    flags.DEFINE_string("simulator", None, "levy | lognormal | levy_lr (default: the region's).")
+    flags.DEFINE_list("shape", None, "Cells per axis, e.g. 64,64,64 (default: the region's 32^3).")
+    flags.DEFINE_list(
+        "lower_pc", None, "Custom region: lower X,Y,Z bounds in pc (with --upper_pc)."
+    )
+    flags.DEFINE_list(
+        "upper_pc", None, "Custom region: upper X,Y,Z bounds in pc (with --lower_pc)."
+    )
+    flags.DEFINE_bool("overwrite", False, "Replace an existing dataset in --out.")
+    flags.DEFINE_integer("examples_per_shard", 256, "Examples per TFRecord shard.")
+    flags.DEFINE_integer("chunk", 16, "Cubes simulated per device call.")
+
 
 TEST_FRACTION = 0.10
 TRAIN_FRACTION_OF_REST = 0.80
@@ -153,4 +162,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

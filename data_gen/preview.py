@@ -20,12 +20,17 @@ from dustjax.geometry import Region, RegionError
 from dustjax.io import DatasetError, OutputError, atomic_path, read_dataset_info
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("data", None, "Dataset directory written by data_gen.make_dataset.")
-flags.DEFINE_string("region", None, "Without --data: simulate one cube of this region.")
-flags.DEFINE_string("split", "test", "Split to draw from.")
-flags.DEFINE_integer("index", 0, "Which example of the split.")
-flags.DEFINE_integer("seed", 0, "Seed when simulating (no --data).")
-flags.DEFINE_string("out", "preview.png", "Output PNG.")
+
+
+def define_flags() -> None:
+    """Command-line flags, defined only when run as a program (importing defines none)."""
+    flags.DEFINE_string("data", None, "Dataset directory written by data_gen.make_dataset.")
+    flags.DEFINE_string("region", None, "Without --data: simulate one cube of this region.")
+    flags.DEFINE_string("split", "test", "Split to draw from.")
+    flags.DEFINE_integer("index", 0, "Which example of the split.")
+    flags.DEFINE_integer("seed", 0, "Seed when simulating (no --data).")
+    flags.DEFINE_string("out", "preview.png", "Output PNG.")
+
 
 # Near / far distance cuts of the paper's figs. 2 and 4 (pc).
 DISTANCE_CUTS_PC = {"SR": (100.0, 150.0), "LR": (800.0, 1500.0)}
@@ -128,4 +133,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

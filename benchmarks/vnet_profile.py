@@ -1,0 +1,146 @@
+r"""Where the V-net training step spends its GPU time: a kernel-level profile.
+
+    python -m benchmarks.vnet_profile --variant=base --out=out/profile
+
+Runs the engine's jitted train step (paper model, batch 32, bf16) a few times under
+``jax.profiler.trace`` with a Perfetto trace, then sums the device time of every kernel by name and
+by category (convolutions, batch-norm/elementwise fusions, transposes/copies, reductions ...), and
+writes the optimised HLO so layouts and transposes can be read. Prints a table last.
+"""
+
+from __future__ import annotations
+
+import collections
+import gzip
+import json
+import time
+from pathlib import Path
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("out", "out/profile", "Output directory.")
+flags.DEFINE_list("variants", ["base"], "Variants of benchmarks.vnet_throughput to profile.")
+flags.DEFINE_integer("batch_size", 32, "Global batch.")
+flags.DEFINE_integer("steps", 5, "Profiled steps.")
+flags.DEFINE_integer("top", 25, "Kernels listed.")
+
+
+# Model variants, as in benchmarks/vnet_throughput.py (kept here so that module's flags, defined at
+# import, do not collide with these).
+VARIANTS = {"base": {}, "zero_pad": {"padding": "SAME"}, "f32": {"dtype": "float32"}}
+
+
+def build(variant: str, batch_size: int):
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    from dustjax import train
+    from dustjax.models import VNet
+
+    opts = dict(VARIANTS[variant])
+    opts.pop("batch_factor", None)
+    dtype = opts.pop("dtype", "bfloat16")
+    mesh = train.make_mesh(1)
+    model = VNet(features=(128, 256, 512, 1024), dtype=jnp.dtype(dtype).type, **opts)
+    rng = np.random.default_rng(0)
+    extinction = rng.uniform(0, 2, (batch_size, 32, 32, 32, 1)).astype(np.float32)
+    batch = {"extinction": extinction, "density": np.sqrt(extinction)}
+    state = train.create_train_state(
+        model, train.optax.adam(1e-4), jnp.asarray(extinction[:1]), jax.random.key(0), mesh
+    )
+    step, _ = train.jit_steps(train.Task(), state, mesh)
+    batch = jax.device_put(batch, NamedSharding(mesh, P("data")))
+    return step, state, batch, jax.random.key(1)
+
+
+def category(name: str) -> str:
+    n = name.lower()
+    if any(s in n for s in ("conv", "cudnn", "implicit", "xmma", "sm90_", "wgrad", "dgrad")):
+        return "convolution (cuDNN)"
+    if "gemm" in n or "cublas" in n or "cutlass" in n:
+        return "matmul"
+    if "transpose" in n or "copy" in n:
+        return "transpose/copy"
+    if "reduce" in n or "reduction" in n:
+        return "reduction"
+    if "fusion" in n or "loop" in n or "input" in n:
+        return "fusion (elementwise)"
+    if "memset" in n or "memcpy" in n:
+        return "memset/memcpy"
+    return "other"
+
+
+def profile(variant: str, out: Path) -> dict:
+    import jax
+
+    step, state, batch, key = build(variant, FLAGS.batch_size)
+    compiled = step.lower(state, batch, key).compile()
+    (out / f"{variant}_hlo.txt").write_text(compiled.as_text())
+    for _ in range(3):
+        state, metrics = step(state, batch, key)
+    jax.block_until_ready(metrics)
+    trace_dir = out / f"trace_{variant}"
+    t0 = time.perf_counter()
+    with jax.profiler.trace(str(trace_dir), create_perfetto_trace=True):
+        for _ in range(FLAGS.steps):
+            state, metrics = step(state, batch, key)
+        jax.block_until_ready(metrics)
+    wall = (time.perf_counter() - t0) / FLAGS.steps
+    traces = sorted(trace_dir.rglob("perfetto_trace.json.gz"))
+    if not traces:
+        return dict(variant=variant, error="no perfetto trace written")
+    events = json.loads(gzip.open(traces[-1]).read())
+    events = events["traceEvents"] if isinstance(events, dict) else events
+    # Device kernels live in processes whose name mentions the GPU.
+    pids = {
+        e["pid"]
+        for e in events
+        if e.get("ph") == "M"
+        and e.get("name") == "process_name"
+        and "gpu" in str(e.get("args", {}).get("name", "")).lower()
+    }
+    by_name = collections.Counter()
+    for e in events:
+        if e.get("ph") == "X" and e.get("pid") in pids and "dur" in e:
+            by_name[e["name"]] += e["dur"]
+    by_cat = collections.Counter()
+    for name, dur in by_name.items():
+        by_cat[category(name)] += dur
+    total_us = sum(by_name.values()) / FLAGS.steps
+    return dict(
+        variant=variant,
+        wall_ms_per_step=1e3 * wall,
+        device_ms_per_step=total_us / 1e3,
+        categories={k: v / FLAGS.steps / 1e3 for k, v in by_cat.most_common()},
+        top_kernels=[(k[:120], v / FLAGS.steps / 1e3) for k, v in by_name.most_common(FLAGS.top)],
+        hlo_counts={
+            w: compiled.as_text().count(w)
+            for w in ("transpose(", "custom-call", "__cudnn$conv", "copy(", "fusion(")
+        },
+    )
+
+
+def main(argv):
+    del argv
+    out = Path(FLAGS.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = [profile(v, out) for v in FLAGS.variants]
+    (out / "profile.json").write_text(json.dumps(results, indent=2))
+    for r in results:
+        print(f"\n== {r['variant']}: {r.get('error', '')}")
+        if "error" in r:
+            continue
+        print(f"wall {r['wall_ms_per_step']:.1f} ms/step, device {r['device_ms_per_step']:.1f} ms")
+        print("HLO:", r["hlo_counts"])
+        for k, v in r["categories"].items():
+            print(f"  {k:<24}{v:8.2f} ms")
+        for k, v in r["top_kernels"]:
+            print(f"  {v:8.2f} ms  {k}")
+
+
+if __name__ == "__main__":
+    app.run(main)
