@@ -91,13 +91,21 @@ def test_shapes_and_non_negative_output(size, features):
     def run(x):
         variables = model.init(jax.random.key(0), x)
         y, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
-        return y, updates, model.apply(variables, x, train=False)
+        # with a random last kernel (as after training) the ReLU clips part of the cube
+        params = dict(variables["params"])
+        head = dict(params["head_out"])
+        head["kernel"] = jax.random.normal(jax.random.key(2), head["kernel"].shape)
+        params["head_out"] = head
+        y_random = model.apply({**variables, "params": params}, x, train=False)
+        return y, updates, model.apply(variables, x, train=False), y_random
 
-    y, updates, y_eval = run(x)
+    y, updates, y_eval, y_random = run(x)
     assert y.shape == x.shape and y.dtype == jnp.float32
-    assert float(y.min()) >= 0.0
-    # the final ReLU is active on part of the cube (not a dead constant map)
-    assert 0 < float(jnp.mean(y > 0)) < 1
+    # at initialisation the head outputs its positive bias everywhere: the final ReLU starts
+    # open on the whole cube (a zero kernel), so no gradient is cut at the start of training
+    np.testing.assert_allclose(np.asarray(y), model.output_bias_init, rtol=1e-6)
+    assert float(y_random.min()) >= 0.0
+    assert 0 < float(jnp.mean(y_random > 0)) < 1
     assert set(updates) == {"batch_stats"}
     assert y_eval.shape == x.shape and float(y_eval.min()) >= 0.0
 

@@ -43,11 +43,18 @@ def vnet_config(name: str, region: str) -> ml_collections.ConfigDict:
     c.num_epochs = 200
     c.optimizer = ml_collections.ConfigDict(
         dict(
-            name="adam", learning_rate=1e-3, b1=0.9, b2=0.999, weight_decay=0.0, grad_clip_norm=0.0
+            name="adam", learning_rate=1e-4, b1=0.9, b2=0.999, weight_decay=0.0, grad_clip_norm=0.0
         )
     )
+    # Why 1e-4 and a warm-up: Adam moves each weight by ~lr per step whatever its gradient's
+    # size, and the last conv sums 27 x 128 inputs, so at the start (when every gradient agrees
+    # in sign) lr = 1e-3 shifts the output by ~1 per step against targets rho_hat ~ 0.01-0.5: every
+    # pre-activation goes negative and the final ReLU stops all gradients (the network predicts
+    # zero everywhere; seen on the H200 with the paper's SR setting at lr 1e-3, epochs 1-20 stuck
+    # at the zero-prediction loss). The warm-up keeps the first steps small until the gradients
+    # stop agreeing.
     c.schedule = ml_collections.ConfigDict(
-        dict(name="constant", warmup_epochs=1.0, factor=0.5, patience=5, rtol=1e-4, atol=0.0,
+        dict(name="warmup_cosine", warmup_epochs=1.0, factor=0.5, patience=5, rtol=1e-4, atol=0.0,
              cooldown=0, accumulation_size=0, min_scale=0.0)
     )  # fmt: skip
     # Stop when the validation loss has not improved by min_delta for `patience` epochs; the
