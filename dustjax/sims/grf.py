@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dustjax.geometry import Region
-from dustjax.sims.levy import disc_profile, scale_to_ceiling
+from dustjax.sims.levy import finish_density
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,11 +91,4 @@ def lognormal_density(
     z_zero = int(np.argmin(np.abs(region.centres_pc(2))))
     density = jnp.roll(density, z_zero - jnp.argmax(layer_mean), axis=2)
     density = density[: region.shape[0], : region.shape[1], : region.shape[2]]
-    if params.scale_height_pc is not None:
-        density = density * disc_profile(region, params.scale_height_pc)
-    ceiling = jax.random.uniform(
-        k_ceiling,
-        minval=params.ceiling_range_mag_per_pc[0],
-        maxval=params.ceiling_range_mag_per_pc[1],
-    )
-    return scale_to_ceiling(density, ceiling, params.ceiling_quantile)
+    return finish_density(k_ceiling, density, region, params)

@@ -111,14 +111,18 @@ def levy_density(key: jax.Array, region: Region, params: LevyParams = LEVY_SR) -
     direction = jnp.stack([sin_t * jnp.cos(phi), sin_t * jnp.sin(phi), cos_t], axis=-1)
     positions = starts + jnp.cumsum(steps[..., None] * direction, axis=2)
     counts = bin_particles(positions.reshape(-1, 3), region)
+    return finish_density(k_ceiling, counts, region, params)
+
+
+def finish_density(key: jax.Array, field: jax.Array, region: Region, params) -> jax.Array:
+    """The steps every simulator ends with: the optional exp(-|Z|/h) disc profile, then scaling
+    so that the `ceiling_quantile` of the cube equals a ceiling drawn uniformly in
+    ``ceiling_range_mag_per_pc`` (mag/pc)."""
     if params.scale_height_pc is not None:
-        counts = counts * disc_profile(region, params.scale_height_pc)
-    ceiling = jax.random.uniform(
-        k_ceiling,
-        minval=params.ceiling_range_mag_per_pc[0],
-        maxval=params.ceiling_range_mag_per_pc[1],
-    )
-    return scale_to_ceiling(counts, ceiling, params.ceiling_quantile)
+        field = field * disc_profile(region, params.scale_height_pc)
+    low, high = params.ceiling_range_mag_per_pc
+    ceiling = jax.random.uniform(key, minval=low, maxval=high)
+    return scale_to_ceiling(field, ceiling, params.ceiling_quantile)
 
 
 def bin_particles(positions_pc: jax.Array, region: Region) -> jax.Array:
