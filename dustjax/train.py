@@ -14,8 +14,9 @@ engine looks up in small registries, so a new model or task needs no edit of the
   by `data_gen.make_dataset`) or "simulate" (fresh cubes simulated on the device every step), or
   any registered ``source(config, split, *, batch_size, seed, epoch, train) -> iterable of
   batches`` (one epoch for training, one pass for evaluation);
-- and a learning-rate **schedule** (`register_schedule`): "constant", "cosine", "warmup_cosine",
-  "reduce_on_plateau" (optax.contrib.reduce_on_plateau on the per-epoch mean training loss).
+- and a learning-rate **schedule** (`register_schedule`): "constant", "warmup_constant", "cosine",
+  "warmup_cosine", "reduce_on_plateau" (optax.contrib.reduce_on_plateau on the per-epoch mean
+  training loss).
 
 Choices, and why:
 
@@ -306,6 +307,17 @@ def _warmup_cosine(config, steps_per_epoch):
     ), None
 
 
+def _warmup_constant(config, steps_per_epoch):
+    """Linear warm-up from 0 over `warmup_epochs`, then the constant learning rate (the paper's
+    constant-rate Adam). Unlike the cosine schedules it does not depend on `num_epochs`, so a run
+    resumed with a larger `num_epochs` continues exactly."""
+    warmup = max(1, int(config.schedule.get("warmup_epochs", 1) * steps_per_epoch))
+    lr = config.optimizer.learning_rate
+    return optax.join_schedules(
+        [optax.linear_schedule(0.0, lr, warmup), optax.constant_schedule(lr)], [warmup]
+    ), None
+
+
 def _reduce_on_plateau(config, steps_per_epoch):
     s = config.schedule
     tail = optax.contrib.reduce_on_plateau(
@@ -324,6 +336,7 @@ def _reduce_on_plateau(config, steps_per_epoch):
 register_schedule("constant", _constant)
 register_schedule("cosine", _cosine)
 register_schedule("warmup_cosine", _warmup_cosine)
+register_schedule("warmup_constant", _warmup_constant)
 register_schedule("reduce_on_plateau", _reduce_on_plateau)
 
 

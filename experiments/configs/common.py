@@ -54,7 +54,7 @@ def vnet_config(name: str, region: str) -> ml_collections.ConfigDict:
     # at the zero-prediction loss). The warm-up keeps the first steps small until the gradients
     # stop agreeing.
     c.schedule = ml_collections.ConfigDict(
-        dict(name="warmup_cosine", warmup_epochs=1.0, factor=0.5, patience=5, rtol=1e-4, atol=0.0,
+        dict(name="warmup_constant", warmup_epochs=1.0, factor=0.5, patience=5, rtol=1e-4, atol=0.0,
              cooldown=0, accumulation_size=0, min_scale=0.0)
     )  # fmt: skip
     # Stop when the validation loss has not improved by min_delta for `patience` epochs; the
