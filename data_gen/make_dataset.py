@@ -8,7 +8,7 @@ validation (7,200 / 1,800 / 1,000 for 10,000 cubes). Features ``extinction`` (ma
 (mag/pc) are float32 cubes in physical units; `dataset_info.json` records the region, simulator,
 its parameters, seed and version, and is written last: an interrupted run never leaves a dataset
 that reads as complete, and re-running the same command resumes it. Example i is simulated from
-``fold_in(PRNGKey(seed), i)``, so the same seed gives the same bytes, resumed or not.
+``fold_in(key(seed, impl="rbg"), i)``, so the same seed gives the same bytes, resumed or not.
 """
 
 from __future__ import annotations
@@ -93,7 +93,10 @@ def make_dataset(
         normalisation="E_hat = ln(1 + E); rho_hat = 10 ln(1 + rho) (applied at read time)",
     )
     batch = simulate_batch_fn(region, simulator)
-    base_key = jax.random.key(seed)
+    # The "rbg" generator: on a 2-core CPU it simulates Levy cubes 17 % faster than the default
+    # threefry (10.0 against 8.6 cubes/s), the difference between meeting and missing the
+    # 20-minute target for 10,000 SR cubes; it is as deterministic (same seed, same bytes).
+    base_key = jax.random.key(seed, impl="rbg")
 
     def make_examples(start: int, count: int):
         # Always call with `chunk` keys so the function compiles once; drop the padding after.
