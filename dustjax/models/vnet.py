@@ -46,6 +46,19 @@ def max_pool_2x(x):
     return jnp.max(x, axis=(2, 4, 6))
 
 
+def _bn_relu(block, x, train: bool):
+    """Batch norm (Keras epsilon 1e-3) -> ReLU, created inside `block`'s compact call (so the
+    parameters stay under ``<block>/BatchNorm_0``)."""
+    x = nn.BatchNorm(
+        use_running_average=not train,
+        momentum=block.bn_momentum,
+        epsilon=1e-3,
+        dtype=block.dtype,
+        param_dtype=block.param_dtype,
+    )(x)
+    return nn.relu(x)
+
+
 class ConvBNReLU(nn.Module):
     """3^3 conv (stride 1) -> batch norm -> ReLU."""
 
@@ -64,14 +77,7 @@ class ConvBNReLU(nn.Module):
             dtype=self.dtype,
             param_dtype=self.param_dtype,
         )(x)
-        x = nn.BatchNorm(
-            use_running_average=not train,
-            momentum=self.bn_momentum,
-            epsilon=1e-3,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-        )(x)
-        return nn.relu(x)
+        return _bn_relu(self, x, train)
 
 
 class UpBNReLU(nn.Module):
@@ -92,14 +98,7 @@ class UpBNReLU(nn.Module):
             dtype=self.dtype,
             param_dtype=self.param_dtype,
         )(x)
-        x = nn.BatchNorm(
-            use_running_average=not train,
-            momentum=self.bn_momentum,
-            epsilon=1e-3,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-        )(x)
-        return nn.relu(x)
+        return _bn_relu(self, x, train)
 
 
 class VNet(nn.Module):
