@@ -10,13 +10,13 @@ writes the optimised HLO so layouts and transposes can be read. Prints a table l
 
 from __future__ import annotations
 
-import collections
-import gzip
 import json
 import time
 from pathlib import Path
 
 from absl import app, flags
+
+from benchmarks._trace import kernel_summary
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out", "out/profile", "Output directory.")
@@ -57,23 +57,6 @@ def build(variant: str, batch_size: int):
     return step, state, batch, jax.random.key(1)
 
 
-def category(name: str) -> str:
-    n = name.lower()
-    if any(s in n for s in ("conv", "cudnn", "implicit", "xmma", "sm90_", "wgrad", "dgrad")):
-        return "convolution (cuDNN)"
-    if "gemm" in n or "cublas" in n or "cutlass" in n:
-        return "matmul"
-    if "transpose" in n or "copy" in n:
-        return "transpose/copy"
-    if "reduce" in n or "reduction" in n:
-        return "reduction"
-    if "fusion" in n or "loop" in n or "input" in n:
-        return "fusion (elementwise)"
-    if "memset" in n or "memcpy" in n:
-        return "memset/memcpy"
-    return "other"
-
-
 def profile(variant: str, out: Path) -> dict:
     import jax
 
@@ -90,33 +73,15 @@ def profile(variant: str, out: Path) -> dict:
             state, metrics = step(state, batch, key)
         jax.block_until_ready(metrics)
     wall = (time.perf_counter() - t0) / FLAGS.steps
-    traces = sorted(trace_dir.rglob("perfetto_trace.json.gz"))
-    if not traces:
-        return dict(variant=variant, error="no perfetto trace written")
-    events = json.loads(gzip.open(traces[-1]).read())
-    events = events["traceEvents"] if isinstance(events, dict) else events
-    # Device kernels live in processes whose name mentions the GPU.
-    pids = {
-        e["pid"]
-        for e in events
-        if e.get("ph") == "M"
-        and e.get("name") == "process_name"
-        and "gpu" in str(e.get("args", {}).get("name", "")).lower()
-    }
-    by_name = collections.Counter()
-    for e in events:
-        if e.get("ph") == "X" and e.get("pid") in pids and "dur" in e:
-            by_name[e["name"]] += e["dur"]
-    by_cat = collections.Counter()
-    for name, dur in by_name.items():
-        by_cat[category(name)] += dur
-    total_us = sum(by_name.values()) / FLAGS.steps
+    summary = kernel_summary(trace_dir, FLAGS.steps, FLAGS.top)
+    if "error" in summary:
+        return dict(variant=variant, error=summary["error"])
     return dict(
         variant=variant,
         wall_ms_per_step=1e3 * wall,
-        device_ms_per_step=total_us / 1e3,
-        categories={k: v / FLAGS.steps / 1e3 for k, v in by_cat.most_common()},
-        top_kernels=[(k[:120], v / FLAGS.steps / 1e3) for k, v in by_name.most_common(FLAGS.top)],
+        device_ms_per_step=summary["device_ms"],
+        categories=summary["categories"],
+        top_kernels=summary["top_kernels"],
         hlo_counts={
             w: compiled.as_text().count(w)
             for w in ("transpose(", "custom-call", "__cudnn$conv", "copy(", "fusion(")

@@ -25,7 +25,9 @@ Variants (names in the table):
   remat       recompute each conv block in the backward pass (less memory, more FLOPs)
   bs64        per-step batch 64 (more work per kernel launch; not the paper's batch)
 XLA flag sets: default; autotune4 (--xla_gpu_autotune_level=4); lhs (latency-hiding scheduler,
-overlaps the gradient all-reduce with the backward pass); cmdbuf_off (no CUDA graphs).
+overlaps the gradient all-reduce with the backward pass); cmdbuf_off (no CUDA graphs); nhwc
+(--xla_gpu_force_conv_nhwc: channels-last 3D convolutions, see `dustjax.accel`); nhwc_lhs (both).
+Rows are printed as each flag set's child process produces them (`--child_timeout` bounds each).
 
 Results: one JSON per run and a markdown table in --out (stdout too).
 """
@@ -36,6 +38,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -53,6 +56,7 @@ flags.DEFINE_integer("warmup", 3, "Untimed steps after compilation.")
 flags.DEFINE_bool("small", False, "Tiny model and cubes (CPU smoke test).")
 flags.DEFINE_float("peak_tflops", 790.0, "Peak dense bf16 TFLOP/s of one device (H200: 790).")
 flags.DEFINE_float("gflop_per_sample", 697.0, "Training GFLOP per 32^3 sample, paper model.")
+flags.DEFINE_integer("child_timeout", 540, "Seconds allowed to each XLA flag set's process.")
 flags.DEFINE_string("_child", "", "internal: run one XLA flag set and print JSON rows")
 
 XLA_FLAG_SETS = {
@@ -60,6 +64,10 @@ XLA_FLAG_SETS = {
     "autotune4": "--xla_gpu_autotune_level=4",
     "lhs": "--xla_gpu_enable_latency_hiding_scheduler=true",
     "cmdbuf_off": "--xla_gpu_enable_command_buffer=",
+    # XLA gives 3D convolutions NCDHW layouts on Hopper (2D ones get NHWC); cuDNN then transposes
+    # to and from NHWC around every call. Forcing NHWC keeps the whole network channels-last.
+    "nhwc": "--xla_gpu_force_conv_nhwc=true",
+    "nhwc_lhs": "--xla_gpu_force_conv_nhwc=true --xla_gpu_enable_latency_hiding_scheduler=true",
 }
 VARIANTS = {
     "base": dict(),
@@ -242,34 +250,24 @@ def main(argv):
         args = [a for a in sys.argv[1:] if not a.startswith("--xla_variants")]
         cmd = [sys.executable, "-m", "benchmarks.vnet_throughput", f"--_child={xla_name}", *args]
         print(f"== XLA flag set {xla_name}: XLA_FLAGS={env['XLA_FLAGS']!r}", flush=True)
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        got = [json.loads(line[4:]) for line in proc.stdout.splitlines() if line.startswith("ROW ")]
+        got, tail = [], []
+        proc = subprocess.Popen(
+            cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        timer = threading.Timer(FLAGS.child_timeout, proc.kill)
+        timer.start()
+        for line in proc.stdout:  # rows as they come: a later timeout keeps the earlier ones
+            if line.startswith("ROW "):
+                got.append(json.loads(line[4:]))
+                print("  " + line[4:].strip()[:300], flush=True)
+            else:
+                tail = (tail + [line.rstrip()])[-5:]
+        proc.wait()
+        if not timer.is_alive():
+            tail.append(f"killed after --child_timeout={FLAGS.child_timeout}s")
+        timer.cancel()
         if proc.returncode != 0 and not got:
-            got = [
-                dict(
-                    variant="*",
-                    num_devices=0,
-                    xla=xla_name,
-                    error=proc.stderr.strip().splitlines()[-1][:300] if proc.stderr else "?",
-                )
-            ]
-        for r in got:
-            print(
-                "  "
-                + json.dumps(
-                    {
-                        k: r.get(k)
-                        for k in (
-                            "variant",
-                            "num_devices",
-                            "samples_per_s",
-                            "peak_fraction",
-                            "error",
-                        )
-                    }
-                ),
-                flush=True,
-            )
+            got = [dict(variant="*", num_devices=0, xla=xla_name, error=" / ".join(tail)[-300:])]
         rows += got
     import jax
 

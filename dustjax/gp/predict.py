@@ -165,25 +165,34 @@ def predict_star_extinctions(
     dtype = params["mean"].dtype
     cells = jnp.asarray(grid.cell_centres_xyz(), dtype)
     model = svgp.SVGPModel(link=link, num_samples=num_samples, max_log10_density=None)
-    density = jax.jit(svgp.density_samples, static_argnums=(3, 4))(
+    density = _density_samples(
         params, jax.random.key(seed), cells, grid.full_shape, model, jnp.asarray(jitter, dtype)
     )
     d_widths = jnp.asarray(grid.d_widths_pc(), dtype)
-
-    @jax.jit
-    def chunk(idx, part):
-        ext = apply_star_operator(density, idx, part, d_widths)
-        return jnp.percentile(ext, jnp.asarray(PERCENTILES, dtype), axis=0)
-
     flat_index = np.asarray(flat_index)
     partial_pc = np.asarray(partial_pc)
     out = []
     for start in range(0, len(flat_index), star_chunk):
         sl = slice(start, start + star_chunk)
+        idx = jnp.asarray(flat_index[sl])
         out.append(
-            np.asarray(chunk(jnp.asarray(flat_index[sl]), jnp.asarray(partial_pc[sl], dtype)))
+            np.asarray(
+                _star_percentiles(density, idx, jnp.asarray(partial_pc[sl], dtype), d_widths)
+            )
         )
     return np.concatenate(out, axis=1)
+
+
+_density_samples = jax.jit(svgp.density_samples, static_argnums=(3, 4))
+
+
+@jax.jit
+def _star_percentiles(density, flat_index, partial_pc, d_widths):
+    """16/50/84th percentiles of the model extinction of a chunk of stars. The density samples
+    are an argument, not a closed-over constant: XLA would otherwise fold the column integral
+    at compile time on the host (seconds to tens of seconds at the paper's size)."""
+    ext = apply_star_operator(density, flat_index, partial_pc, d_widths)
+    return jnp.percentile(ext, jnp.asarray(PERCENTILES, density.dtype), axis=0)
 
 
 def percentile_summary(samples) -> dict[str, float]:
