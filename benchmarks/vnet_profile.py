@@ -28,7 +28,12 @@ flags.DEFINE_integer("top", 25, "Kernels listed.")
 
 # Model variants, as in benchmarks/vnet_throughput.py (kept here so that module's flags, defined at
 # import, do not collide with these).
-VARIANTS = {"base": {}, "zero_pad": {"padding": "SAME"}, "f32": {"dtype": "float32"}}
+VARIANTS = {
+    "base": {},
+    "zero_pad": {"padding": "SAME"},
+    "reflect_concat": {"reflect_method": "concat"},
+    "f32": {"dtype": "float32"},
+}
 
 
 def build(variant: str, batch_size: int):

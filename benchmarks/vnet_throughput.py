@@ -22,6 +22,7 @@ Variants (names in the table):
   base        bf16 compute, reflect padding, reshape max-pool (the engine's default on GPUs)
   f32         float32 compute (the reference without mixed precision)
   zero_pad    "SAME" (zero) padding handled inside cuDNN instead of an explicit reflect pad
+  reflect_concat  reflect padding by jnp.pad (three concatenations) instead of the fused pad sum
   remat       recompute each conv block in the backward pass (less memory, more FLOPs)
   bs64        per-step batch 64 (more work per kernel launch; not the paper's batch)
 XLA flag sets: default; autotune4 (--xla_gpu_autotune_level=4); lhs (latency-hiding scheduler,
@@ -73,6 +74,7 @@ VARIANTS = {
     "base": dict(),
     "f32": dict(dtype="float32"),
     "zero_pad": dict(padding="SAME"),
+    "reflect_concat": dict(reflect_method="concat"),
     "remat": dict(remat=True),
     "bs64": dict(batch_factor=2),
 }

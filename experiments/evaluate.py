@@ -160,8 +160,10 @@ def evaluate(
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from dustjax.accel import configure_xla
     from dustjax.train import quiet_library_logs
 
+    configure_xla()  # before anything starts JAX's backend
     quiet_library_logs()
     if not FLAGS.workdir:
         raise app.UsageError("--workdir is required (a directory written by experiments.train)")

@@ -151,8 +151,10 @@ def ensure_dataset(config) -> None:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from dustjax.accel import configure_xla
     from dustjax.train import quiet_library_logs
 
+    configure_xla()  # before anything starts JAX's backend
     quiet_library_logs()
     if FLAGS.config is not None:
         config = FLAGS.config

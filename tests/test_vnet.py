@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from dustjax.models import VNet, VNetPaper, get_model
-from dustjax.models.vnet import max_pool_2x
+from dustjax.models.vnet import Conv3x3x3, max_pool_2x, reflect_pad
 
 
 def _count(tree):
@@ -125,6 +125,39 @@ def test_max_pool_matches_reduce_window_pooling_and_its_gradient():
     g1 = jax.grad(lambda x: jnp.sum(jnp.sin(max_pool_2x(x))))(x)
     g2 = jax.grad(lambda x: jnp.sum(jnp.sin(nn.max_pool(x, (2, 2, 2), strides=(2, 2, 2)))))(x)
     np.testing.assert_allclose(g1, g2, rtol=1e-6)
+
+
+@pytest.mark.parametrize("width", [1, 2])
+def test_fused_reflect_pad_equals_jnp_pad_and_its_gradient(width):
+    x = jax.random.normal(jax.random.key(0), (2, 5, 6, 7, 3))
+    expected = jnp.pad(x, ((0, 0), *[(width, width)] * 3, (0, 0)), mode="reflect")
+    np.testing.assert_array_equal(reflect_pad(x, width), expected)
+    cotangent = jax.random.normal(jax.random.key(1), expected.shape)
+    grad = jax.vjp(lambda a: reflect_pad(a, width), x)[1](cotangent)[0]
+    ref = jax.vjp(lambda a: jnp.pad(a, ((0, 0), *[(width, width)] * 3, (0, 0)), "reflect"), x)
+    np.testing.assert_allclose(grad, ref[1](cotangent)[0], rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="more than 1 cells"):
+        reflect_pad(jnp.zeros((1, 1, 4, 4, 1)))
+
+
+@pytest.mark.parametrize("padding", ["REFLECT", "SAME"])
+@pytest.mark.parametrize(("c_in", "c_out"), [(1, 4), (4, 1), (9, 8)])
+def test_channel_padded_conv_equals_flax_conv(padding, c_in, c_out):
+    """Conv3x3x3 zero-pads 1-channel inputs/outputs to 8 channels for cuDNN; the numbers and the
+    parameter tree are those of nn.Conv."""
+    x = jax.random.normal(jax.random.key(2), (2, 6, 6, 6, c_in))
+    ours = Conv3x3x3(c_out, padding=padding)
+    ref = nn.Conv(c_out, (3, 3, 3), padding=padding)
+    variables = ours.init(jax.random.key(3), x)
+    assert jax.tree.map(jnp.shape, variables) == jax.tree.map(
+        jnp.shape, ref.init(jax.random.key(3), x)
+    )
+    variables = jax.tree.map(
+        lambda v: jax.random.normal(jax.random.key(4), v.shape), variables
+    )  # a non-zero bias too
+    np.testing.assert_allclose(
+        ours.apply(variables, x), ref.apply(variables, x), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_reflect_padding_differs_from_zero_padding_at_the_boundary():
