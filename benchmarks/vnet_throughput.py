@@ -23,6 +23,7 @@ Variants (names in the table):
   f32         float32 compute (the reference without mixed precision)
   zero_pad    "SAME" (zero) padding handled inside cuDNN instead of an explicit reflect pad
   reflect_concat  reflect padding by jnp.pad (three concatenations) instead of the fused pad sum
+  up_plain    flax's default transposed-conv kernel layout (runs as a zero-dilated forward conv)
   remat       recompute each conv block in the backward pass (less memory, more FLOPs)
   bs64        per-step batch 64 (more work per kernel launch; not the paper's batch)
 XLA flag sets: default; autotune4 (--xla_gpu_autotune_level=4); lhs (latency-hiding scheduler,
@@ -75,6 +76,7 @@ VARIANTS = {
     "f32": dict(dtype="float32"),
     "zero_pad": dict(padding="SAME"),
     "reflect_concat": dict(reflect_method="concat"),
+    "up_plain": dict(up_transpose_kernel=False),
     "remat": dict(remat=True),
     "bs64": dict(batch_factor=2),
 }

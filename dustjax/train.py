@@ -590,13 +590,24 @@ def restore_checkpoint(manager, step: int, target_state: TrainState):
     """Restore (state, loop dict) of `step` into the structure/shardings of `target_state`."""
     import orbax.checkpoint as ocp
 
-    restored = manager.restore(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(_abstract(target_state)),
-            loop=ocp.args.JsonRestore(),
-        ),
-    )
+    try:
+        restored = manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(_abstract(target_state)),
+                loop=ocp.args.JsonRestore(),
+            ),
+        )
+    except ValueError as err:
+        if "not compatible with the stored shape" not in str(err):
+            raise
+        raise ValueError(
+            f"checkpoint {step} in {manager.directory} does not fit this model: {err}\n"
+            "Checkpoints of the V-net written before 2026-11-22 store the transposed "
+            "convolutions' kernels in flax's default layout: set "
+            "config.model.kwargs.up_transpose_kernel=False (in the workdir's config.json for "
+            "experiments/evaluate.py) to read them."
+        ) from err
     return restored["state"], dict(restored["loop"])
 
 
@@ -808,7 +819,10 @@ def _train_epoch(
             timed_start = now
         else:
             timed_steps += len(values)
-        rate = timed_steps * config.batch_size / max(now - timed_start, 1e-9)
+        if timed_steps:
+            rate = timed_steps * config.batch_size / max(now - timed_start, 1e-9)
+        else:  # the first flush of an epoch: its own rate, compilation included
+            rate = len(losses) * config.batch_size / max(now - start, 1e-9)
         bar.update(len(values))
         bar.set_postfix(loss=f"{np.mean(losses[-len(values) :]):.4g}", samples_s=f"{rate:.1f}")
         pending.clear()

@@ -130,6 +130,25 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_p
     assert len(lines) == 1
 
 
+def test_old_layout_checkpoint_gets_a_hint(tmp_path):
+    """A workdir written with flax's default transposed-conv layout (before 2026-11-22) is read
+    by the current model only with up_transpose_kernel=False; the error says so."""
+    import json
+
+    config = _random_config()
+    config.num_epochs = 1
+    config.model.kwargs.up_transpose_kernel = False
+    train.train_and_evaluate(config, tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    saved["model"]["kwargs"]["up_transpose_kernel"] = True  # as the current default would build
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match="up_transpose_kernel=False"):
+        train.load_trained(tmp_path, "latest")
+    saved["model"]["kwargs"]["up_transpose_kernel"] = False
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    train.load_trained(tmp_path, "latest")
+
+
 def test_missing_dataset_names_the_make_command(tmp_path):
     config = _random_config()
     config.data.source = "tfrecord"

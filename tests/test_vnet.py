@@ -1,5 +1,6 @@
 """The V-net of Chen, Qin & Li sect. 3.1 (dustjax.models.vnet)."""
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 
 from dustjax.models import VNet, VNetPaper, get_model
-from dustjax.models.vnet import Conv3x3x3, max_pool_2x, reflect_pad
+from dustjax.models.vnet import Conv3x3x3, max_pool_2x, reflect_pad, relu_with_leaky_gradient
 
 
 def _count(tree):
@@ -158,6 +159,56 @@ def test_channel_padded_conv_equals_flax_conv(padding, c_in, c_out):
     np.testing.assert_allclose(
         ours.apply(variables, x), ref.apply(variables, x), rtol=1e-5, atol=1e-5
     )
+
+
+def test_transposed_kernel_layout_is_a_reparametrisation_of_flax_default():
+    """The up-convolutions store their kernel as a forward conv's (flipped, channels swapped) so
+    that XLA runs them as cuDNN backward-data convolutions; flipping and swapping maps one layout
+    onto the other exactly."""
+    x = jax.random.uniform(jax.random.key(5), (2, 16, 16, 16, 1))
+    ours, plain = VNet(features=(4, 8, 16)), VNet(features=(4, 8, 16), up_transpose_kernel=False)
+    variables = ours.init(jax.random.key(6), x)
+    params = flax.core.unfreeze(variables["params"])
+    for name, (c_out, c_in) in (("dec0_up", (4, 8)), ("dec1_up", (8, 16))):
+        kernel = params[name]["ConvTranspose_0"]["kernel"]
+        assert kernel.shape == (3, 3, 3, c_out, c_in)  # a forward conv's layout, c_out -> c_in
+        params[name]["ConvTranspose_0"]["kernel"] = jnp.flip(kernel, (0, 1, 2)).swapaxes(3, 4)
+    ref = {**variables, "params": params}
+    assert jax.tree.map(jnp.shape, ref) == jax.tree.map(jnp.shape, plain.init(jax.random.key(6), x))
+    np.testing.assert_allclose(ours.apply(variables, x), plain.apply(ref, x), rtol=1e-5, atol=1e-6)
+
+
+def test_output_relu_cannot_die():
+    """A head whose every pre-activation is negative predicts zero; with the plain ReLU no
+    gradient reaches any parameter again, with the leaky gradient the head's bias and kernel
+    still move towards the (positive) targets. Forward values are the ReLU's either way."""
+    x = jnp.array([-2.0, -0.5, 0.0, 0.5, 3.0])
+    np.testing.assert_array_equal(relu_with_leaky_gradient(x, 0.01), nn.relu(x))
+    np.testing.assert_allclose(
+        jax.grad(lambda v: relu_with_leaky_gradient(v, 0.01).sum())(x), [0.01, 0.01, 0.01, 1, 1]
+    )
+    cubes = jax.random.uniform(jax.random.key(7), (2, 8, 8, 8, 1))
+    target = 0.3 * cubes
+    grads = {}
+    for leak in (0.0, 0.01):
+        model = VNet(features=(4, 8), output_bias_init=-1.0, output_leak=leak)  # dead at start
+        variables = model.init(jax.random.key(8), cubes)
+
+        def loss(params, model=model, variables=variables):
+            pred, _ = model.apply(
+                {**variables, "params": params}, cubes, train=True, mutable=["batch_stats"]
+            )
+            return jnp.mean((pred - target) ** 2), pred
+
+        (_, pred), grads[leak] = jax.value_and_grad(loss, has_aux=True)(variables["params"])
+        assert float(jnp.max(pred)) == 0.0
+    assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(grads[0.0]))
+    head = grads[0.01]["head_out"]
+    assert float(head["bias"][0]) < 0  # descent raises the bias towards the targets
+    assert (
+        float(jnp.abs(grads[0.01]["enc0_conv0"]["Conv_0"]["kernel"]).max()) == 0.0
+    )  # zero head kernel
+    assert float(jnp.abs(head["kernel"]).max()) > 0
 
 
 def test_reflect_padding_differs_from_zero_padding_at_the_boundary():

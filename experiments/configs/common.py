@@ -23,7 +23,15 @@ def vnet_config(name: str, region: str) -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict()
     c.model.name = "vnet"
     c.model.kwargs = ml_collections.ConfigDict(
-        dict(features=PAPER_FEATURES, padding="REFLECT", remat=False, bn_momentum=0.99)
+        dict(
+            features=PAPER_FEATURES,
+            padding="REFLECT",
+            remat=False,
+            bn_momentum=0.99,
+            output_bias_init=0.1,  # the head's first output (its kernel starts at zero)
+            output_leak=0.01,  # the final ReLU's gradient below zero: it cannot die
+            up_transpose_kernel=True,  # False reads checkpoints written before 2026-11-22
+        )
     )
     c.model.input_shape = ()  # () = the region's (nx, ny, nz, 1)
 
