@@ -29,6 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
+from benchmarks._common import timed
+
 FLAGS = flags.FLAGS
 
 
@@ -51,13 +53,6 @@ def define_flags() -> None:
     flags.DEFINE_string("out", "bench_out/apply", "Output directory.")
     flags.DEFINE_bool("write_fits", False, "Also write density.fits (needs astropy).")
     flags.DEFINE_bool("plots", True, "Write the PNG figures (matplotlib).")
-
-
-def _timed(fn, *args, **kw):
-    t = time.perf_counter()
-    out = fn(*args, **kw)
-    jax.block_until_ready(out)
-    return out, time.perf_counter() - t
 
 
 def main(argv):
@@ -83,19 +78,19 @@ def main(argv):
             dtype = "float32" if jax.default_backend() == "cpu" else "bfloat16"
         features = tuple(int(f) for f in FLAGS.features)
         model = VNet(features=features, dtype=jnp.dtype(dtype).type)
-        variables, times["model_init_s"] = _timed(
+        variables, times["model_init_s"] = timed(
             jax.jit(model.init), jax.random.key(FLAGS.seed), jnp.zeros((1, *region.shape, 1))
         )
         predictor = ap.density_predictor(model, variables)
         model_desc = f"random VNet{features} {dtype}"
 
-    (d, times["simulate_catalogue_s"]) = _timed(
+    (d, times["simulate_catalogue_s"]) = timed(
         demo.demo_catalog, region, FLAGS.num_stars, FLAGS.seed
     )
     catalog = d.catalog
 
     t_all = time.perf_counter()
-    knn, times["knn_s"] = _timed(
+    knn, times["knn_s"] = timed(
         cat.knn_weights,
         region,
         catalog,
@@ -104,8 +99,8 @@ def main(argv):
         chunk_elements=FLAGS.knn_chunk,
     )
     extinction = np.maximum(knn.apply(catalog.extinction), 0.0).astype(np.float32)
-    density, times["predict_nominal_s"] = _timed(ap.predict_one, predictor, extinction)
-    mc, times["monte_carlo_s"] = _timed(
+    density, times["predict_nominal_s"] = timed(ap.predict_one, predictor, extinction)
+    mc, times["monte_carlo_s"] = timed(
         ap.monte_carlo,
         predictor,
         knn,
@@ -117,7 +112,7 @@ def main(argv):
         reference=density,
         progress=False,
     )
-    (e_rho, check), times["consistency_s"] = _timed(ap.consistency, density, region, catalog)
+    (e_rho, check), times["consistency_s"] = timed(ap.consistency, density, region, catalog)
     result = ap.MapResult(
         region=region,
         extinction=extinction,
@@ -134,7 +129,7 @@ def main(argv):
     times["end_to_end_s"] = time.perf_counter() - t_all
 
     # A second Monte Carlo run: the steady-state cost without compilation.
-    _, times["monte_carlo_warm_s"] = _timed(
+    _, times["monte_carlo_warm_s"] = timed(
         ap.monte_carlo,
         predictor,
         knn,

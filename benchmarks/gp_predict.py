@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
+from benchmarks._common import timed
 from benchmarks._trace import kernel_summary
 from dustjax.gp import fit, predict, simulate
 from dustjax.gp.grid import LBDGrid
@@ -47,12 +48,6 @@ SIZES = {
 }  # fmt: skip
 
 
-def timed(fn):
-    t0 = time.perf_counter()
-    out = jax.block_until_ready(fn())
-    return out, time.perf_counter() - t0
-
-
 def main(argv):
     del argv
     size = SIZES[FLAGS.size]
@@ -68,7 +63,7 @@ def main(argv):
     )  # fmt: skip
     rng = np.random.default_rng(1)
     params["q_mean"] = jnp.asarray(rng.normal(0.0, 1.0, size["num_inducing"]), jnp.float32)
-    pgrid, grid_s = timed(lambda: predict.prediction_grid(grid, size["predict_shape"]))
+    pgrid, grid_s = timed(predict.prediction_grid, grid, size["predict_shape"])
     rows = []
 
     def stars_call():

@@ -16,56 +16,22 @@ from pathlib import Path
 
 from absl import app, flags
 
+from benchmarks._common import VNET_VARIANTS, build_vnet_step
 from benchmarks._trace import kernel_summary
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out", "out/profile", "Output directory.")
-flags.DEFINE_list("variants", ["base"], "Variants of benchmarks.vnet_throughput to profile.")
+flags.DEFINE_list("variants", ["base"], f"Variants to profile: {sorted(VNET_VARIANTS)}.")
 flags.DEFINE_integer("batch_size", 32, "Global batch.")
 flags.DEFINE_integer("steps", 5, "Profiled steps.")
 flags.DEFINE_integer("top", 25, "Kernels listed.")
 
 
-# Model variants, as in benchmarks/vnet_throughput.py (kept here so that module's flags, defined at
-# import, do not collide with these).
-VARIANTS = {
-    "base": {},
-    "zero_pad": {"padding": "SAME"},
-    "reflect_concat": {"reflect_method": "concat"},
-    "f32": {"dtype": "float32"},
-}
-
-
-def build(variant: str, batch_size: int):
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-    from jax.sharding import NamedSharding
-    from jax.sharding import PartitionSpec as P
-
-    from dustjax import train
-    from dustjax.models import VNet
-
-    opts = dict(VARIANTS[variant])
-    opts.pop("batch_factor", None)
-    dtype = opts.pop("dtype", "bfloat16")
-    mesh = train.make_mesh(1)
-    model = VNet(features=(128, 256, 512, 1024), dtype=jnp.dtype(dtype).type, **opts)
-    rng = np.random.default_rng(0)
-    extinction = rng.uniform(0, 2, (batch_size, 32, 32, 32, 1)).astype(np.float32)
-    batch = {"extinction": extinction, "density": np.sqrt(extinction)}
-    state = train.create_train_state(
-        model, train.optax.adam(1e-4), jnp.asarray(extinction[:1]), jax.random.key(0), mesh
-    )
-    step, _ = train.jit_steps(train.Task(), state, mesh)
-    batch = jax.device_put(batch, NamedSharding(mesh, P("data")))
-    return step, state, batch, jax.random.key(1)
-
-
 def profile(variant: str, out: Path) -> dict:
     import jax
 
-    step, state, batch, key = build(variant, FLAGS.batch_size)
+    built = build_vnet_step(variant, FLAGS.batch_size)
+    step, state, batch, key = (built[k] for k in ("step", "state", "batch", "key"))
     compiled = step.lower(state, batch, key).compile()
     (out / f"{variant}_hlo.txt").write_text(compiled.as_text())
     for _ in range(3):

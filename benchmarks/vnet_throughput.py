@@ -46,6 +46,8 @@ from pathlib import Path
 
 from absl import app, flags
 
+from benchmarks._common import VNET_VARIANTS, build_vnet_step
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out", "out/bench_vnet", "Directory for results.json and results.md.")
 flags.DEFINE_list("num_devices", [], "Device counts to time (default: 1 and all visible).")
@@ -71,15 +73,7 @@ XLA_FLAG_SETS = {
     "nhwc": "--xla_gpu_force_conv_nhwc=true",
     "nhwc_lhs": "--xla_gpu_force_conv_nhwc=true --xla_gpu_enable_latency_hiding_scheduler=true",
 }
-VARIANTS = {
-    "base": dict(),
-    "f32": dict(dtype="float32"),
-    "zero_pad": dict(padding="SAME"),
-    "reflect_concat": dict(reflect_method="concat"),
-    "up_plain": dict(up_transpose_kernel=False),
-    "remat": dict(remat=True),
-    "bs64": dict(batch_factor=2),
-}
+VARIANTS = VNET_VARIANTS
 
 
 def paper_forward_gflop(features=(128, 256, 512, 1024), size=32) -> float:
@@ -107,35 +101,12 @@ def paper_forward_gflop(features=(128, 256, 512, 1024), size=32) -> float:
 
 def time_variant(name: str, num_devices: int, small: bool) -> dict:
     import jax
-    import jax.numpy as jnp
-    import numpy as np
-    from jax.sharding import NamedSharding
-    from jax.sharding import PartitionSpec as P
 
-    from dustjax import train
-    from dustjax.models import VNet
-
-    opts = dict(VARIANTS[name])
-    batch_factor = opts.pop("batch_factor", 1)
-    dtype = opts.pop("dtype", None)
-    if dtype is None:
-        dtype = "bfloat16" if jax.default_backend() != "cpu" else "float32"
-    features = (4, 8, 16, 32) if small else (128, 256, 512, 1024)
-    size = 16 if small else 32
-    per_step = FLAGS.batch_size * (num_devices if FLAGS.scaling == "weak" else 1) * batch_factor
-    mesh = train.make_mesh(num_devices)
-    train.check_batch_size(per_step, mesh)
-    model = VNet(features=features, dtype=jnp.dtype(dtype).type, **opts)
-    rng = np.random.default_rng(0)
-    extinction = rng.uniform(0, 2, (per_step, size, size, size, 1)).astype(np.float32)
-    batch = {"extinction": extinction, "density": np.sqrt(extinction)}
-    tx = train.optax.adam(1e-4)
-    state = train.create_train_state(
-        model, tx, jnp.asarray(extinction[:1]), jax.random.key(0), mesh
-    )
-    step, _ = train.jit_steps(train.Task(), state, mesh)
-    batch = jax.device_put(batch, NamedSharding(mesh, P("data")))
-    key = jax.random.key(1)
+    per_device = num_devices if FLAGS.scaling == "weak" else 1
+    built = build_vnet_step(name, FLAGS.batch_size * per_device, num_devices, small)
+    step, state, batch, key = (built[k] for k in ("step", "state", "batch", "key"))
+    per_step, dtype = built["global_batch"], built["dtype"]
+    features, size = built["features"], built["size"]
 
     t0 = time.perf_counter()
     compiled = step.lower(state, batch, key).compile()

@@ -603,8 +603,8 @@ def restore_checkpoint(manager, step: int, target_state: TrainState):
             raise
         raise ValueError(
             f"checkpoint {step} in {manager.directory} does not fit this model: {err}\n"
-            "Checkpoints of the V-net written before 2026-11-22 store the transposed "
-            "convolutions' kernels in flax's default layout: set "
+            "If it is a V-net checkpoint written before 2026-11-22, its transposed "
+            "convolutions' kernels are in flax's default layout: set "
             "config.model.kwargs.up_transpose_kernel=False (in the workdir's config.json for "
             "experiments/evaluate.py) to read them."
         ) from err

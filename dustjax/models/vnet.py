@@ -300,10 +300,7 @@ class VNet(nn.Module):
         # Densities are non-negative (sect. 3.1 vii); the output is returned in float32 so that
         # the loss and the denormalisation never run in bfloat16. The ReLU's gradient leaks below
         # zero (`relu_with_leaky_gradient`) so that the output cannot die during training.
-        x = x.astype(jnp.float32)
-        if self.output_leak > 0:
-            return relu_with_leaky_gradient(x, jnp.float32(self.output_leak))
-        return nn.relu(x)
+        return relu_with_leaky_gradient(x.astype(jnp.float32), jnp.float32(self.output_leak))
 
 
 VNetPaper = functools.partial(VNet, features=PAPER_FEATURES)
