@@ -13,6 +13,7 @@ VNET_VARIANTS = {
     "zero_pad": dict(padding="SAME"),
     "reflect_concat": dict(reflect_method="concat"),
     "up_plain": dict(up_transpose_kernel=False),
+    "dhwio": dict(conv_kernel_layout="DHWIO"),
     "remat": dict(remat=True),
     "bs64": dict(batch_factor=2),
 }

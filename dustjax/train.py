@@ -399,6 +399,10 @@ def build_model(config):
     for key, value in kwargs.items():
         if isinstance(value, list):
             kwargs[key] = tuple(value)
+    if config.model.get("los_channels", False):
+        # The line-of-sight input channels (`dustjax.models.vnet.los_channels`) of the region.
+        region = region_of(config)
+        kwargs["los_frame_pc"] = tuple(region.lower_pc) + tuple(region.cell_size_pc)
     return ctor(**kwargs, dtype=resolve_compute_dtype(config.get("compute_dtype", "auto")))
 
 
@@ -603,9 +607,9 @@ def restore_checkpoint(manager, step: int, target_state: TrainState):
             raise
         raise ValueError(
             f"checkpoint {step} in {manager.directory} does not fit this model: {err}\n"
-            "If it is a V-net checkpoint written before 2026-11-22, its transposed "
-            "convolutions' kernels are in flax's default layout: set "
-            "config.model.kwargs.up_transpose_kernel=False (in the workdir's config.json for "
+            "If it is a V-net checkpoint written before 2026-11-22, its kernels are in flax's "
+            "default layouts: set config.model.kwargs.up_transpose_kernel=False and/or "
+            "config.model.kwargs.conv_kernel_layout='DHWIO' (in the workdir's config.json for "
             "experiments/evaluate.py) to read them."
         ) from err
     return restored["state"], dict(restored["loop"])

@@ -131,20 +131,29 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_p
 
 
 def test_old_layout_checkpoint_gets_a_hint(tmp_path):
-    """A workdir written with flax's default transposed-conv layout (before 2026-11-22) is read
-    by the current model only with up_transpose_kernel=False; the error says so."""
+    """A workdir written with flax's default kernel layouts (before 2026-11-22) is read by the
+    current model only with up_transpose_kernel=False and conv_kernel_layout='DHWIO'; the error
+    says so."""
     import json
 
     config = _random_config()
     config.num_epochs = 1
     config.model.kwargs.up_transpose_kernel = False
+    config.model.kwargs.conv_kernel_layout = "DHWIO"
     train.train_and_evaluate(config, tmp_path)
     saved = json.loads((tmp_path / "config.json").read_text())
-    saved["model"]["kwargs"]["up_transpose_kernel"] = True  # as the current default would build
-    (tmp_path / "config.json").write_text(json.dumps(saved))
-    with pytest.raises(ValueError, match="up_transpose_kernel=False"):
-        train.load_trained(tmp_path, "latest")
-    saved["model"]["kwargs"]["up_transpose_kernel"] = False
+    kwargs = saved["model"]["kwargs"]
+    for key, old, new in (
+        ("up_transpose_kernel", False, True),
+        ("conv_kernel_layout", "DHWIO", "ODHWI"),
+    ):
+        kwargs[key] = new  # as the current default would build
+        (tmp_path / "config.json").write_text(json.dumps(saved))
+        with pytest.raises(
+            ValueError, match="up_transpose_kernel=False.*conv_kernel_layout='DHWIO'"
+        ):
+            train.load_trained(tmp_path, "latest")
+        kwargs[key] = old
     (tmp_path / "config.json").write_text(json.dumps(saved))
     train.load_trained(tmp_path, "latest")
 

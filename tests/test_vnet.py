@@ -236,3 +236,110 @@ def test_registry():
     assert get_model("vnet") is VNet
     with pytest.raises(ValueError, match="unknown model"):
         get_model("nope")
+
+
+def test_los_channels_point_away_from_the_sun():
+    from dustjax.geometry import Region
+    from dustjax.models.vnet import los_channels
+
+    sr = Region.named("SR")
+    ch = los_channels(sr.shape, sr.lower_pc + sr.cell_size_pc)
+    assert ch.shape == (32, 32, 32, 4) and ch.dtype == np.float32
+    xyz = sr.cell_centres_pc()
+    r = np.linalg.norm(xyz, axis=-1)
+    np.testing.assert_allclose(np.linalg.norm(ch[..., :3], axis=-1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(ch[..., :3] * r[..., None], xyz, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(ch[..., 3], r / r.max(), rtol=1e-6)
+    # the far face's middle cells look along -X; the cells beside the Sun nearly along +-Y
+    assert ch[0, 16, 16, 0] < -0.99 and ch[31, 31, 16, 1] > 0.99 and ch[31, 0, 16, 1] < -0.99
+
+
+def test_los_frame_adds_four_input_channels_that_change_the_output():
+    x = jax.random.uniform(jax.random.key(1), (2, 8, 8, 8, 1))
+    frame = (-48.0, -24.0, -24.0, 6.0, 6.0, 6.0)
+    plain = VNet(features=(4, 8), conv_kernel_layout="DHWIO")
+    los = VNet(features=(4, 8), conv_kernel_layout="DHWIO", los_frame_pc=frame)
+    v_plain = plain.init(jax.random.key(0), x)
+    v_los = los.init(jax.random.key(0), x)
+    for v in (v_plain, v_los):  # the head starts at zero (a constant output): give it weights
+        head = v["params"]["head_out"]
+        head["kernel"] = jax.random.normal(jax.random.key(2), head["kernel"].shape)
+    assert _count(v_los["params"]) - _count(v_plain["params"]) == 27 * 4 * 4  # first conv only
+    assert v_los["params"]["enc0_conv0"]["Conv_0"]["kernel"].shape == (3, 3, 3, 5, 4)
+    # with the extinction weights shared, the output differs only through the LOS channels
+    v_mix = jax.tree.map(lambda a: a, v_los)
+    k = v_mix["params"]["enc0_conv0"]["Conv_0"]["kernel"]
+    v_mix["params"]["enc0_conv0"]["Conv_0"]["kernel"] = k.at[..., 1:, :].set(0.0)
+    v_ref = jax.tree.map(lambda a: a, v_plain)
+    v_ref["params"] = jax.tree.map(lambda a: a, v_mix["params"])
+    v_ref["params"]["enc0_conv0"]["Conv_0"]["kernel"] = k[..., :1, :]
+    np.testing.assert_allclose(los.apply(v_mix, x), plain.apply(v_ref, x), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(los.apply(v_los, x), los.apply(v_mix, x))
+
+
+def test_build_model_takes_the_los_frame_from_the_region():
+    from dustjax import train
+    from experiments.configs import vnet_sr
+
+    config = vnet_sr.get_config()
+    assert train.build_model(config).los_frame_pc is None
+    config.model.los_channels = True
+    assert train.build_model(config).los_frame_pc == (-192.0, -96.0, -96.0, 6.0, 6.0, 6.0)
+
+
+@pytest.mark.parametrize("padding", ["REFLECT", "SAME"])
+def test_odhwi_kernel_layout_is_the_same_model_transposed(padding):
+    x = jax.random.uniform(jax.random.key(1), (2, 8, 8, 8, 1))
+    ref = VNet(features=(4, 8), padding=padding, conv_kernel_layout="DHWIO")
+    odhwi = VNet(features=(4, 8), padding=padding, conv_kernel_layout="ODHWI")
+    v_ref, v_o = ref.init(jax.random.key(0), x), odhwi.init(jax.random.key(0), x)
+
+    def to_dhwio(path, a):
+        names = [getattr(p, "key", "") for p in path]
+        if names[-1] == "kernel" and "up" not in names[0] and a.ndim == 5:
+            return jnp.transpose(a, (1, 2, 3, 4, 0))
+        return a
+
+    converted = jax.tree_util.tree_map_with_path(to_dhwio, v_o["params"])
+    assert jax.tree.map(jnp.shape, converted) == jax.tree.map(jnp.shape, v_ref["params"])
+    # same init (the DHWIO kernel transposed), so the same function and the same gradients
+    jax.tree.map(np.testing.assert_array_equal, converted, v_ref["params"])
+    head = jax.random.normal(jax.random.key(2), (3, 3, 3, 4, 1))
+    v_ref["params"]["head_out"]["kernel"] = head
+    v_o["params"]["head_out"]["kernel"] = jnp.transpose(head, (4, 0, 1, 2, 3))
+
+    def loss(model, params, stats):
+        y, _ = model.apply(
+            {"params": params, "batch_stats": stats}, x, train=True, mutable=["batch_stats"]
+        )
+        return jnp.mean((y - x) ** 2)
+
+    l_ref, g_ref = jax.value_and_grad(loss, 1)(ref, v_ref["params"], v_ref["batch_stats"])
+    l_o, g_o = jax.value_and_grad(loss, 1)(odhwi, v_o["params"], v_o["batch_stats"])
+    np.testing.assert_allclose(l_o, l_ref, rtol=1e-6)
+    g_o = jax.tree_util.tree_map_with_path(to_dhwio, g_o)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), g_o, g_ref)
+    with pytest.raises(ValueError, match="kernel_layout"):
+        VNet(features=(4, 8), conv_kernel_layout="OIDHW").init(jax.random.key(0), x)
+
+
+def test_up_conv_gradients_equal_autodiff_of_conv_transpose():
+    from jax import lax
+
+    from dustjax.models.vnet import up_conv
+
+    x = jax.random.normal(jax.random.key(0), (2, 4, 6, 4, 6))
+    k = jax.random.normal(jax.random.key(1), (3, 3, 3, 5, 6))
+    g = jax.random.normal(jax.random.key(2), (2, 8, 12, 8, 5))
+
+    def ref(x, k):
+        dn = ("NDHWC", "DHWIO", "NDHWC")
+        return lax.conv_transpose(
+            x, k, (2, 2, 2), "SAME", dimension_numbers=dn, transpose_kernel=True
+        )
+
+    y, vjp = jax.vjp(up_conv, x, k)
+    y_ref, vjp_ref = jax.vjp(ref, x, k)
+    np.testing.assert_array_equal(y, y_ref)
+    for a, b in zip(vjp(g), vjp_ref(g), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)

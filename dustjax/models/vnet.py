@@ -14,6 +14,12 @@ Architecture, for ``features = (f1, ..., fL)`` (paper: ``(128, 256, 512, 1024)``
   2 f_1 channels of the concatenation (paper step vi: "(32, 32, 32, 256)");
 - head: two [conv -> BN -> ReLU] with f_1 kernels, then a 3^3 conv with one kernel and a ReLU.
 
+Optional, not in the paper (``los_frame_pc``): four more input channels that tell each cell where
+the Sun is, the unit vector from the Sun to the cell centre and its distance over the cube's
+largest (`los_channels`). Density is the derivative of extinction along the line of sight, whose
+direction changes across the cube (in SR from -X at the far face to nearly +-Y beside the Sun); a
+translation-equivariant CNN otherwise has to infer it from the extinction field itself.
+
 Spatial sizes must be divisible by ``2**(L-1)`` (32^3, 64^3 and 128^3 all work with L = 4).
 Convolutions carry a bias, as in the Keras layers of the paper. The transposed convolutions use
 zero ("SAME") padding: reflect padding is not defined for them.
@@ -31,9 +37,32 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 PAPER_FEATURES = (128, 256, 512, 1024)
+
+
+def los_channels(shape: Sequence[int], frame_pc: Sequence[float]) -> np.ndarray:
+    """Line-of-sight channels of a cube of `shape` cells, ``(nx, ny, nz, 4)`` float32.
+
+    ``frame_pc = (x0, y0, z0, dx, dy, dz)``: the cube's lower corner and cell size in the
+    heliocentric frame (pc; the Sun at the origin). Channels: the unit vector from the Sun to each
+    cell centre (3) and the centre's distance divided by the largest in the cube (1). A static
+    numpy constant: it depends on the geometry only.
+    """
+    if len(shape) != 3 or len(frame_pc) != 6:
+        raise ValueError(
+            f"los_channels needs a 3D shape and (x0, y0, z0, dx, dy, dz), got {shape}, {frame_pc}"
+        )
+    lower, cell = np.asarray(frame_pc[:3], float), np.asarray(frame_pc[3:], float)
+    if np.any(cell <= 0):
+        raise ValueError(f"cell sizes must be positive, got {tuple(cell)} pc")
+    axes = [lower[a] + (np.arange(shape[a]) + 0.5) * cell[a] for a in range(3)]
+    xyz = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1)
+    r = np.linalg.norm(xyz, axis=-1, keepdims=True)
+    unit = xyz / np.maximum(r, 1e-9 * float(cell.min()))  # a centre exactly at the Sun: (0, 0, 0)
+    return np.concatenate([unit, r / r.max()], axis=-1).astype(np.float32)
 
 
 def max_pool_2x(x):
@@ -80,6 +109,13 @@ def reflect_pad(x, width: int = 1, method: str = "pad_sum"):
     return x
 
 
+def _pad_axis(a, axis: int, extra: int):
+    """`a` with `extra` zeros appended along `axis`."""
+    widths = [(0, 0)] * a.ndim
+    widths[axis] = (0, extra)
+    return jnp.pad(a, widths)
+
+
 class Conv3x3x3(nn.Module):
     """A 3^3 convolution with bias (stride 1), parameters as in ``nn.Conv`` (``kernel``
     ``(3, 3, 3, c_in, c_out)`` with LeCun-normal init, ``bias`` zeros), with two speed-ups that
@@ -89,6 +125,10 @@ class Conv3x3x3(nn.Module):
     - channel counts below `min_channels` (the 1-channel input and output of the V-net) are
       zero-padded for the convolution only: cuDNN's tensor-core kernels want multiples of 8, and
       its fallback kernels for 1 channel took 14 ms of a 60 ms step on an H200.
+
+    ``kernel_layout="ODHWI"`` stores the kernel as ``(c_out, 3, 3, 3, c_in)`` instead, the order
+    cuDNN's channels-last convolutions read, so XLA need not transpose the weights (and their
+    gradients) every step; initialised as the DHWIO kernel transposed (the same function).
     """
 
     features: int
@@ -99,11 +139,28 @@ class Conv3x3x3(nn.Module):
     bias_init: Any = nn.initializers.zeros
     min_channels: int = 8
     reflect_method: str = "pad_sum"
+    kernel_layout: str = "DHWIO"
 
     @nn.compact
     def __call__(self, x):
         c_in, c_out = x.shape[-1], self.features
-        kernel = self.param("kernel", self.kernel_init, (3, 3, 3, c_in, c_out), self.param_dtype)
+        if self.kernel_layout == "DHWIO":
+            kernel = self.param(
+                "kernel", self.kernel_init, (3, 3, 3, c_in, c_out), self.param_dtype
+            )
+            i_axis, o_axis = 3, 4
+        elif self.kernel_layout == "ODHWI":
+
+            def init(key, shape, dtype):
+                dhwio = self.kernel_init(key, (3, 3, 3, c_in, c_out), dtype)
+                return jnp.transpose(dhwio, (4, 0, 1, 2, 3))
+
+            kernel = self.param("kernel", init, (c_out, 3, 3, 3, c_in), self.param_dtype)
+            i_axis, o_axis = 4, 0
+        else:
+            raise ValueError(
+                f"kernel_layout must be 'DHWIO' or 'ODHWI', got {self.kernel_layout!r}"
+            )
         bias = self.param("bias", self.bias_init, (c_out,), self.param_dtype)
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
         if self.padding == "REFLECT":
@@ -115,11 +172,15 @@ class Conv3x3x3(nn.Module):
         if c_in < self.min_channels:
             extra = self.min_channels - c_in
             x = jnp.pad(x, ((0, 0),) * 4 + ((0, extra),))
-            kernel = jnp.pad(kernel, ((0, 0),) * 3 + ((0, extra), (0, 0)))
+            kernel = _pad_axis(kernel, i_axis, extra)
         if c_out < self.min_channels:
-            kernel = jnp.pad(kernel, ((0, 0),) * 4 + ((0, self.min_channels - c_out),))
+            kernel = _pad_axis(kernel, o_axis, self.min_channels - c_out)
         y = lax.conv_general_dilated(
-            x, kernel, (1, 1, 1), padding, dimension_numbers=("NDHWC", "DHWIO", "NDHWC")
+            x,
+            kernel,
+            (1, 1, 1),
+            padding,
+            dimension_numbers=("NDHWC", self.kernel_layout, "NDHWC"),
         )
         return y[..., :c_out] + bias
 
@@ -167,6 +228,7 @@ class ConvBNReLU(nn.Module):
     param_dtype: Any = jnp.float32
     bn_momentum: float = 0.99
     reflect_method: str = "pad_sum"
+    kernel_layout: str = "DHWIO"
 
     @nn.compact
     def __call__(self, x, train: bool):
@@ -176,9 +238,65 @@ class ConvBNReLU(nn.Module):
             dtype=self.dtype,
             param_dtype=self.param_dtype,
             reflect_method=self.reflect_method,
+            kernel_layout=self.kernel_layout,
             name="Conv_0",
         )(x)
         return _bn_relu(self, x, train)
+
+
+_NDHWC = ("NDHWC", "DHWIO", "NDHWC")
+
+
+def _down_conv(u, kernel):
+    """The stride-2 3^3 "SAME" convolution whose input gradient `up_conv` is."""
+    return lax.conv_general_dilated(u, kernel, (2, 2, 2), "SAME", dimension_numbers=_NDHWC)
+
+
+@jax.custom_vjp
+def up_conv(x, kernel):
+    """3^3 transposed convolution with stride 2, ``kernel`` ``(3, 3, 3, c_out, c_in)`` stored as
+    the forward (stride-2) convolution's from c_out to c_in channels: ``lax.conv_transpose(...,
+    "SAME", transpose_kernel=True)``, i.e. the input gradient of `_down_conv`.
+
+    The custom gradient only changes how it is computed: autodiff of ``conv_transpose`` gives the
+    kernel gradient as a forward convolution with a window the size of the output (32^3, 16^3,
+    8^3 in the V-net), which cuDNN runs in slow "indexed" kernels (15 ms of a 65 ms step on an
+    H200); written as the kernel gradient of `_down_conv` it is a standard backward-filter
+    convolution. The input gradient is `_down_conv` itself.
+    """
+    return lax.conv_transpose(
+        x, kernel, (2, 2, 2), "SAME", dimension_numbers=_NDHWC, transpose_kernel=True
+    )
+
+
+def _up_conv_fwd(x, kernel):
+    return up_conv(x, kernel), (x, kernel)
+
+
+def _up_conv_bwd(residuals, g):
+    x, kernel = residuals
+    _, kernel_vjp = jax.vjp(lambda k: _down_conv(g, k), kernel)
+    return _down_conv(g, kernel), kernel_vjp(x)[0]
+
+
+up_conv.defvjp(_up_conv_fwd, _up_conv_bwd)
+
+
+class UpConv3x3x3(nn.Module):
+    """`up_conv` with bias; parameters as ``nn.ConvTranspose(..., transpose_kernel=True)``'s
+    (``kernel`` ``(3, 3, 3, features, c_in)`` LeCun-normal, ``bias`` zeros)."""
+
+    features: int
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        shape = (3, 3, 3, self.features, x.shape[-1])
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), shape, self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        return up_conv(x, kernel) + bias
 
 
 class UpBNReLU(nn.Module):
@@ -188,7 +306,8 @@ class UpBNReLU(nn.Module):
     this layer is (``(3, 3, 3, features, c_in)``, flipped): the same family of maps, one-to-one
     with the ``False`` parametrisation (flip the spatial axes, swap the channel axes), but XLA
     then runs it as cuDNN's backward-data convolution instead of a forward convolution over an
-    input dilated with zeros (8 times the work, in slow "indexed" kernels on an H200).
+    input dilated with zeros (8 times the work, in slow "indexed" kernels on an H200), and its
+    kernel gradient as a backward-filter convolution (`up_conv`).
     """
 
     features: int
@@ -199,15 +318,22 @@ class UpBNReLU(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool):
-        x = nn.ConvTranspose(
-            self.features,
-            (3, 3, 3),
-            strides=(2, 2, 2),
-            padding="SAME",
-            transpose_kernel=self.transpose_kernel,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-        )(x)
+        if self.transpose_kernel:
+            x = UpConv3x3x3(
+                self.features,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                name="ConvTranspose_0",
+            )(x)
+        else:
+            x = nn.ConvTranspose(
+                self.features,
+                (3, 3, 3),
+                strides=(2, 2, 2),
+                padding="SAME",
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+            )(x)
         return _bn_relu(self, x, train)
 
 
@@ -228,6 +354,10 @@ class VNet(nn.Module):
       up_transpose_kernel: the transposed convolutions' kernel layout (see `UpBNReLU`).
       output_leak: the final ReLU's gradient below zero (0: the plain ReLU's); the outputs are
         the ReLU's either way (see `relu_with_leaky_gradient`).
+      conv_kernel_layout: how the 3^3 convolutions store their kernels (see `Conv3x3x3`):
+        "ODHWI" (faster on GPUs) or "DHWIO" (flax's, checkpoints written before 2026-11-22).
+      los_frame_pc: None (the paper) or the cube's ``(x0, y0, z0, dx, dy, dz)`` in pc, which adds
+        the four `los_channels` to the input (same geometry at training and inference).
     """
 
     features: Sequence[int] = PAPER_FEATURES
@@ -240,6 +370,8 @@ class VNet(nn.Module):
     reflect_method: str = "pad_sum"
     up_transpose_kernel: bool = True
     output_leak: float = 0.01
+    conv_kernel_layout: str = "ODHWI"
+    los_frame_pc: Sequence[float] | None = None
 
     @nn.compact
     def __call__(self, extinction_hat, train: bool = False):
@@ -260,11 +392,18 @@ class VNet(nn.Module):
         up_cls = nn.remat(UpBNReLU, static_argnums=(2,)) if self.remat else UpBNReLU
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, bn_momentum=self.bn_momentum)
         conv = functools.partial(
-            conv_cls, padding=self.padding, reflect_method=self.reflect_method, **kw
+            conv_cls,
+            padding=self.padding,
+            reflect_method=self.reflect_method,
+            kernel_layout=self.conv_kernel_layout,
+            **kw,
         )
         up = functools.partial(up_cls, transpose_kernel=self.up_transpose_kernel, **kw)
 
         x = extinction_hat.astype(self.dtype)
+        if self.los_frame_pc is not None:
+            los = jnp.asarray(los_channels(x.shape[1:4], self.los_frame_pc), self.dtype)
+            x = jnp.concatenate([x, jnp.broadcast_to(los, (*x.shape[:4], 4))], axis=-1)
         skips = []
         for i, width in enumerate(self.features):
             x = conv(width, name=f"enc{i}_conv0")(x, train)
@@ -285,6 +424,7 @@ class VNet(nn.Module):
             1,
             padding=self.padding,
             reflect_method=self.reflect_method,
+            kernel_layout=self.conv_kernel_layout,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
             # Start from a small positive constant output: with the default random init the first

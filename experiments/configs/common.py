@@ -31,9 +31,13 @@ def vnet_config(name: str, region: str) -> ml_collections.ConfigDict:
             output_bias_init=0.1,  # the head's first output (its kernel starts at zero)
             output_leak=0.01,  # the final ReLU's gradient below zero: it cannot die
             up_transpose_kernel=True,  # False reads checkpoints written before 2026-11-22
+            conv_kernel_layout="ODHWI",  # "DHWIO" reads checkpoints written before 2026-11-22
         )
     )
     c.model.input_shape = ()  # () = the region's (nx, ny, nz, 1)
+    # Not in the paper: 4 input channels with each cell's line-of-sight direction and distance
+    # (dustjax.models.vnet.los_channels); measured in docs/validation.md.
+    c.model.los_channels = False
 
     c.data = ml_collections.ConfigDict()
     c.data.source = "tfrecord"  # or "simulate": fresh cubes on the device every step
