@@ -14,6 +14,7 @@ VNET_VARIANTS = {
     "reflect_concat": dict(reflect_method="concat"),
     "up_plain": dict(up_transpose_kernel=False),
     "dhwio": dict(conv_kernel_layout="DHWIO"),
+    "f32_input": dict(input_dtype="float32"),
     "remat": dict(remat=True),
     "bs64": dict(batch_factor=2),
 }

@@ -26,6 +26,7 @@ Variants (names in the table):
   up_plain    flax's default transposed-conv kernel layout (runs as a zero-dilated forward conv)
   dhwio       3^3 conv kernels stored (3, 3, 3, c_in, c_out) as flax does (base: (c_out, 3, 3, 3,
               c_in), cuDNN's channels-last order, no weight transposes)
+  f32_input   the input and the first conv block in float32 (the rest bfloat16)
   remat       recompute each conv block in the backward pass (less memory, more FLOPs)
   bs64        per-step batch 64 (more work per kernel launch; not the paper's batch)
 XLA flag sets: default; autotune4 (--xla_gpu_autotune_level=4); lhs (latency-hiding scheduler,

@@ -343,3 +343,26 @@ def test_up_conv_gradients_equal_autodiff_of_conv_transpose():
     np.testing.assert_array_equal(y, y_ref)
     for a, b in zip(vjp(g), vjp_ref(g), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_float32_input_keeps_what_bfloat16_input_rounds_away():
+    """E_hat differences below bfloat16's resolution reach the network only with a float32
+    input (`input_dtype`); with bfloat16 throughout, both inputs give the same output."""
+    flat = jnp.full((1, 8, 8, 8, 1), 0.5)
+    ripple = flat + 1e-4 * jax.random.normal(jax.random.key(3), flat.shape)  # bf16 step: 2e-3
+    bf16 = VNet(features=(4, 8), dtype=jnp.bfloat16)
+    f32_in = VNet(features=(4, 8), dtype=jnp.bfloat16, input_dtype="float32")
+    variables = bf16.init(jax.random.key(0), flat)
+    assert jax.tree.map(jnp.shape, variables) == jax.tree.map(
+        jnp.shape, f32_in.init(jax.random.key(0), flat)
+    )
+    params = flax.core.unfreeze(variables["params"])
+    params["head_out"]["kernel"] = jax.random.normal(jax.random.key(2), (1, 3, 3, 3, 4))
+    variables = {**variables, "params": params}
+
+    def run(model, x):  # batch statistics, as in training: the ripple survives the mean removal
+        return model.apply(variables, x, train=True, mutable=["batch_stats"])[0]
+
+    np.testing.assert_array_equal(run(bf16, flat), run(bf16, ripple))
+    assert not np.array_equal(run(f32_in, flat), run(f32_in, ripple))
+    assert run(f32_in, flat).dtype == jnp.float32

@@ -356,6 +356,8 @@ class VNet(nn.Module):
         the ReLU's either way (see `relu_with_leaky_gradient`).
       conv_kernel_layout: how the 3^3 convolutions store their kernels (see `Conv3x3x3`):
         "ODHWI" (faster on GPUs) or "DHWIO" (flax's, checkpoints written before 2026-11-22).
+      input_dtype: dtype of the input and of the first conv block (None: `dtype`); e.g.
+        "float32" with bfloat16 `dtype` keeps the input extinction unrounded.
       los_frame_pc: None (the paper) or the cube's ``(x0, y0, z0, dx, dy, dz)`` in pc, which adds
         the four `los_channels` to the input (same geometry at training and inference).
     """
@@ -371,6 +373,7 @@ class VNet(nn.Module):
     up_transpose_kernel: bool = True
     output_leak: float = 0.01
     conv_kernel_layout: str = "ODHWI"
+    input_dtype: Any = None
     los_frame_pc: Sequence[float] | None = None
 
     @nn.compact
@@ -400,13 +403,20 @@ class VNet(nn.Module):
         )
         up = functools.partial(up_cls, transpose_kernel=self.up_transpose_kernel, **kw)
 
-        x = extinction_hat.astype(self.dtype)
+        # The input and the first conv block may run in a wider dtype than the rest: density is
+        # a difference of neighbouring extinctions, which bfloat16 input rounding blurs
+        # (docs/validation.md, "What the extinction allows").
+        in_dtype = jnp.dtype(self.input_dtype or self.dtype)
+        x = extinction_hat.astype(in_dtype)
         if self.los_frame_pc is not None:
-            los = jnp.asarray(los_channels(x.shape[1:4], self.los_frame_pc), self.dtype)
+            los = jnp.asarray(los_channels(x.shape[1:4], self.los_frame_pc), in_dtype)
             x = jnp.concatenate([x, jnp.broadcast_to(los, (*x.shape[:4], 4))], axis=-1)
         skips = []
         for i, width in enumerate(self.features):
-            x = conv(width, name=f"enc{i}_conv0")(x, train)
+            if i == 0:
+                x = conv(width, dtype=in_dtype, name="enc0_conv0")(x, train).astype(self.dtype)
+            else:
+                x = conv(width, name=f"enc{i}_conv0")(x, train)
             x = conv(width, name=f"enc{i}_conv1")(x, train)
             if i < levels - 1:
                 skips.append(x)
