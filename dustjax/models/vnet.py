@@ -51,6 +51,8 @@ def los_channels(shape: Sequence[int], frame_pc: Sequence[float]) -> np.ndarray:
     cell centre (3) and the centre's distance divided by the largest in the cube (1). A static
     numpy constant: it depends on the geometry only.
     """
+    from dustjax.geometry import Region
+
     if len(shape) != 3 or len(frame_pc) != 6:
         raise ValueError(
             f"los_channels needs a 3D shape and (x0, y0, z0, dx, dy, dz), got {shape}, {frame_pc}"
@@ -58,8 +60,9 @@ def los_channels(shape: Sequence[int], frame_pc: Sequence[float]) -> np.ndarray:
     lower, cell = np.asarray(frame_pc[:3], float), np.asarray(frame_pc[3:], float)
     if np.any(cell <= 0):
         raise ValueError(f"cell sizes must be positive, got {tuple(cell)} pc")
-    axes = [lower[a] + (np.arange(shape[a]) + 0.5) * cell[a] for a in range(3)]
-    xyz = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1)
+    xyz = Region(
+        tuple(lower), tuple(lower + cell * np.asarray(shape)), tuple(shape)
+    ).cell_centres_pc()
     r = np.linalg.norm(xyz, axis=-1, keepdims=True)
     unit = xyz / np.maximum(r, 1e-9 * float(cell.min()))  # a centre exactly at the Sun: (0, 0, 0)
     return np.concatenate([unit, r / r.max()], axis=-1).astype(np.float32)
@@ -171,7 +174,7 @@ class Conv3x3x3(nn.Module):
             raise ValueError(f"padding must be 'REFLECT' or 'SAME', got {self.padding!r}")
         if c_in < self.min_channels:
             extra = self.min_channels - c_in
-            x = jnp.pad(x, ((0, 0),) * 4 + ((0, extra),))
+            x = _pad_axis(x, 4, extra)
             kernel = _pad_axis(kernel, i_axis, extra)
         if c_out < self.min_channels:
             kernel = _pad_axis(kernel, o_axis, self.min_channels - c_out)
@@ -413,10 +416,8 @@ class VNet(nn.Module):
             x = jnp.concatenate([x, jnp.broadcast_to(los, (*x.shape[:4], 4))], axis=-1)
         skips = []
         for i, width in enumerate(self.features):
-            if i == 0:
-                x = conv(width, dtype=in_dtype, name="enc0_conv0")(x, train).astype(self.dtype)
-            else:
-                x = conv(width, name=f"enc{i}_conv0")(x, train)
+            block_dtype = in_dtype if i == 0 else self.dtype
+            x = conv(width, dtype=block_dtype, name=f"enc{i}_conv0")(x, train).astype(self.dtype)
             x = conv(width, name=f"enc{i}_conv1")(x, train)
             if i < levels - 1:
                 skips.append(x)
