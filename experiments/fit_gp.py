@@ -34,10 +34,11 @@ def main(argv):
     workdir = FLAGS.workdir or f"workdirs/{config.get('name', 'gp')}"
     from dustjax.catalog import CatalogError
     from dustjax.gp.pipeline import fit_and_predict
+    from dustjax.io import OutputError
 
     try:
         summary = fit_and_predict(config, workdir, progress=FLAGS.progress)
-    except (CatalogError, FileNotFoundError, ValueError, FloatingPointError) as err:
+    except (CatalogError, FileNotFoundError, OutputError, ValueError, FloatingPointError) as err:
         logging.error("%s", err)
         print(f"fit_gp: error: {err}", file=sys.stderr)
         sys.exit(1)

@@ -1,6 +1,10 @@
 """End to end: the gp_test config through experiments/fit_gp.py's library call, and its outputs."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -99,6 +103,7 @@ def test_catalog_source_reads_a_csv_and_names_missing_columns(tmp_path):
     c.data.path = str(path)
     with pytest.raises(CatalogError, match="extinction"):
         pipeline.fit_and_predict(c, tmp_path / "bad", progress=False)
+    assert not (tmp_path / "bad").exists()  # a bad catalogue leaves no (empty) workdir behind
     c.data.columns.extinction = "Aobs"
     c.fit.max_iterations = 10
     c.output.plots = False
@@ -119,3 +124,54 @@ def test_write_star_catalog_round_trip_is_usable(tmp_path):
     )
     write_star_catalog(tmp_path / "s.fits", cat)
     assert (tmp_path / "s.fits").exists()
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _parse_config(*overrides):
+    """The config as experiments/fit_gp.py sees it after absl parsed its command line."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    argv = ["fit_gp", f"--config={REPO / 'experiments/configs/gp_test.py'}", *overrides]
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_file(
+        "config", None, "", flag_values=fv, lock_config=True, sys_argv=argv
+    )
+    fv(argv)
+    return fv.config
+
+
+def test_none_defaults_can_be_overridden_from_the_command_line():
+    """batch_size and cell_chunk default to None, yet --config.fit.batch_size=N must parse."""
+    from dustjax.gp.fit import FitSettings
+
+    settings = FitSettings(**dict(_parse_config().fit))
+    assert (settings.batch_size, settings.cell_chunk) == (None, None)
+    cfg = _parse_config("--config.fit.batch_size=500", "--config.fit.cell_chunk=64")
+    settings = FitSettings(**dict(cfg.fit))
+    assert (settings.batch_size, settings.cell_chunk) == (500, 64)
+
+
+def test_cli_reports_an_unwritable_workdir_in_one_line(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "experiments.fit_gp",
+            f"--config={REPO / 'experiments/configs/gp_test.py'}",
+            f"--workdir={blocker / 'out'}",
+            "--progress=false",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        timeout=300,
+    )
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "fit_gp: error: cannot create output directory" in proc.stderr

@@ -93,7 +93,6 @@ def fit_and_predict(config, workdir: str | Path, *, progress: bool = True) -> di
 
 def _fit_and_predict(config, workdir, *, progress):
     t_total = time.perf_counter()
-    workdir = ensure_writable_dir(workdir)
     dtype = _dtype(config)
     grid = LBDGrid.from_dict(dict(config.grid))
     logger.info("%s", grid)
@@ -101,6 +100,9 @@ def _fit_and_predict(config, workdir, *, progress):
     logger.info("stars: %s", counts)
     if counts["num_stars"] == 0:
         raise ValueError("no stars inside the grid: check the grid bounds and the catalogue")
+    # Only now, with the input known to be usable (and before the fit), create the workdir: a
+    # bad catalogue or grid leaves nothing behind.
+    workdir = ensure_writable_dir(workdir)
 
     # ---- fit ------------------------------------------------------------------------------
     settings = gpfit.FitSettings(**dict(config.fit))

@@ -3,6 +3,7 @@
 import math
 
 import ml_collections
+from ml_collections import config_dict
 
 
 def gp_config(name: str) -> ml_collections.ConfigDict:
@@ -60,7 +61,9 @@ def gp_config(name: str) -> ml_collections.ConfigDict:
             learning_rate=0.03,
             weight_decay=1e-4,
             num_samples=32,
-            batch_size=None,
+            # placeholders: None by default, yet settable from the command line
+            # (--config.fit.batch_size=250000); a plain None field cannot be overridden there
+            batch_size=config_dict.placeholder(int),
             max_iterations=3000,
             min_iterations=500,
             tol=0.01,
@@ -68,7 +71,7 @@ def gp_config(name: str) -> ml_collections.ConfigDict:
             steps_per_call=10,
             jitter=1e-4,
             max_jitter=1e-1,
-            cell_chunk=None,
+            cell_chunk=config_dict.placeholder(int),
             link="log10",
             seed=0,
             warmup_iterations=0,
