@@ -287,6 +287,34 @@ def test_build_model_takes_the_los_frame_from_the_region():
     assert train.build_model(config).los_frame_pc == (-192.0, -96.0, -96.0, 6.0, 6.0, 6.0)
 
 
+def test_vnet_sr_los_is_vnet_sr_plus_the_documented_changes_only():
+    from dustjax import train
+    from experiments.configs import vnet_sr, vnet_sr_los
+
+    def flat(d, prefix=""):
+        out = {}
+        for key, value in d.items():
+            if isinstance(value, dict):
+                out.update(flat(value, prefix + key + "."))
+            else:
+                out[prefix + key] = value
+        return out
+
+    paper = flat(train.config_to_dict(vnet_sr.get_config()))
+    ours = flat(train.config_to_dict(vnet_sr_los.get_config()))
+    changed = {k: ours[k] for k in ours if paper.get(k) != ours[k]}
+    assert changed == {
+        "name": "vnet_sr_los",
+        "model.los_channels": True,
+        "model.kwargs.input_dtype": "float32",
+        "optimizer.learning_rate": 5e-4,
+        "schedule.name": "warmup_cosine",
+        "schedule.warmup_epochs": 3.0,
+        "num_epochs": 80,
+    }
+    assert set(ours) == set(paper)
+
+
 @pytest.mark.parametrize("padding", ["REFLECT", "SAME"])
 def test_odhwi_kernel_layout_is_the_same_model_transposed(padding):
     x = jax.random.uniform(jax.random.key(1), (2, 8, 8, 8, 1))
