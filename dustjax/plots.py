@@ -111,7 +111,7 @@ def slices(true: np.ndarray, pred: np.ndarray, extinction: np.ndarray, path, tit
     (mag/pc), and their difference."""
     plt = _pyplot()
     z = true.shape[2] // 2
-    fig, axes = plt.subplots(1, 4, figsize=(16, 4))
+    fig, axes = plt.subplots(1, 4, figsize=(16, 4), layout="constrained")
     vmax = float(max(true[:, :, z].max(), pred[:, :, z].max()))
     panels = [
         (extinction[:, :, z], "extinction E (mag)", "magma", None),

@@ -120,7 +120,11 @@ def plot_density_slices(grid: LBDGrid, predicted, distances_pc, path, *, true=No
     if true is not None:
         rows = [("simulated", true), ("predicted", predicted), ("pred - sim", predicted - true)]
     fig, axes = plt.subplots(
-        len(rows), len(idx), figsize=(3.2 * len(idx), 2.2 * len(rows)), squeeze=False
+        len(rows),
+        len(idx),
+        figsize=(3.2 * len(idx), 2.4 * len(rows)),
+        squeeze=False,
+        layout="constrained",
     )
     vmax = max(float(np.max(r[..., idx])) for _, r in rows[:2])
     for r, (name, cube) in enumerate(rows):
@@ -139,6 +143,10 @@ def plot_density_slices(grid: LBDGrid, predicted, distances_pc, path, *, true=No
             )
             ax.set_title(f"{name}, d = {d_centres[k]:.0f} pc", fontsize=8)
             ax.tick_params(labelsize=7)
+            if r == len(rows) - 1:
+                ax.set_xlabel("l (deg)", fontsize=8)
+            if c == 0:
+                ax.set_ylabel("b (deg)", fontsize=8)
         fig.colorbar(im, ax=axes[r, :].tolist(), label="mag/pc")
     fig.suptitle("Density slices (fig. 5)")
     return _save(fig, path)
