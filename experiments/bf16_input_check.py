@@ -69,6 +69,19 @@ def radial_difference_density(region: Region, extinction, step_cells: float = 1.
     return jax.vmap(one)(extinction)
 
 
+def report(label: str, region: Region, density, estimate) -> str:
+    """One line: residual std and c_r(k) of `estimate` against the true `density`."""
+    table = metrics.cross_correlation_coefficient(
+        np.asarray(density), np.asarray(estimate), region.cell_size_pc
+    )
+    return (
+        f"{label}: density residual std {float(jnp.std(estimate - density)):.6f} mag/pc; "
+        f"c_r at k = {np.round(table['k'][[0, 6, 14, -2]], 2)}: "
+        f"{np.round(table['c_r'][[0, 6, 14, -2]], 3)}; min c_r for k in [0.046, 0.893] "
+        f"pc^-1: {metrics.min_c_r_in_range(table, 0.046, 0.893):.3f}"
+    )
+
+
 def main(argv):
     del argv
     region = Region.named("SR")
@@ -80,25 +93,11 @@ def main(argv):
     for name, e in (("float32", e_hat), ("bfloat16", e_hat.astype(jnp.bfloat16))):
         observed = transforms.denormalise_extinction(e.astype(jnp.float32))
         recovered = solve(operator, observed, FLAGS.iterations)
-        table = metrics.cross_correlation_coefficient(
-            np.asarray(density), np.asarray(recovered), region.cell_size_pc
-        )
-        print(
-            f"{name:>8} input: extinction error std {float(jnp.std(observed - extinction)):.2e} "
-            f"mag; density residual std {float(jnp.std(recovered - density)):.6f} mag/pc; "
-            f"c_r at k = {np.round(table['k'][[0, 6, 14, -2]], 2)}: "
-            f"{np.round(table['c_r'][[0, 6, 14, -2]], 3)}; min c_r for k in [0.046, 0.893] "
-            f"pc^-1: {metrics.min_c_r_in_range(table, 0.046, 0.893):.3f}"
-        )
+        error = float(jnp.std(observed - extinction))
+        print(report(f"{name:>8} input (extinction error std {error:.2e} mag)", region, density,
+                     recovered))  # fmt: skip
     local = radial_difference_density(region, extinction)
-    table = metrics.cross_correlation_coefficient(
-        np.asarray(density), np.asarray(local), region.cell_size_pc
-    )
-    print(
-        f"radial difference (float32): density residual std {float(jnp.std(local - density)):.6f} "
-        f"mag/pc; min c_r for k in [0.046, 0.893] pc^-1: "
-        f"{metrics.min_c_r_in_range(table, 0.046, 0.893):.3f}"
-    )
+    print(report("radial difference (float32)", region, density, local))
 
 
 if __name__ == "__main__":
