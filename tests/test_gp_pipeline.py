@@ -175,3 +175,21 @@ def test_cli_reports_an_unwritable_workdir_in_one_line(tmp_path):
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert "fit_gp: error: cannot create output directory" in proc.stderr
+
+
+def test_an_earlier_runs_outputs_are_set_aside_not_mixed(tmp_path):
+    (tmp_path / "summary.json").write_text('{"status": "converged"}')
+    (tmp_path / "density.fits").write_bytes(b"old map")
+    (tmp_path / "fig2_elbo.png").write_bytes(b"old plot")
+    (tmp_path / "notes.txt").write_text("mine")
+    moved = pipeline.set_aside_previous_outputs(tmp_path)
+    assert moved == ["density.fits", "fig2_elbo.png", "summary.json"]
+    assert not (tmp_path / "summary.json").exists() and not (tmp_path / "density.fits").exists()
+    assert (tmp_path / "previous_run" / "density.fits").read_bytes() == b"old map"
+    assert (tmp_path / "notes.txt").read_text() == "mine"  # not an output: left alone
+    # a third run replaces the second's set-aside copy, not the user's files
+    (tmp_path / "summary.json").write_text('{"status": "nan_elbo"}')
+    assert pipeline.set_aside_previous_outputs(tmp_path) == ["summary.json"]
+    assert not (tmp_path / "previous_run" / "density.fits").exists()
+    assert "nan_elbo" in (tmp_path / "previous_run" / "summary.json").read_text()
+    assert pipeline.set_aside_previous_outputs(tmp_path) == []

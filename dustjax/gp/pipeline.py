@@ -82,6 +82,31 @@ def load_stars(config, grid: LBDGrid):
     return inside, counts, truth
 
 
+OUTPUT_PATTERNS = ("summary.json", "*.fits", "fig*.png", "final_state.npz", "last_good_state.npz")
+PREVIOUS_RUN_DIR = "previous_run"
+
+
+def set_aside_previous_outputs(workdir: Path) -> list[str]:
+    """Move an earlier run's outputs in `workdir` into ``workdir/previous_run/`` (replacing what
+    an even earlier run left there), so that a new run that fails or stops early never sits
+    beside maps that look like its own, and the run before it is kept (one run back only).
+    Returns the names moved."""
+    found = sorted({p for pattern in OUTPUT_PATTERNS for p in workdir.glob(pattern) if p.is_file()})
+    if not found:
+        return []
+    previous = workdir / PREVIOUS_RUN_DIR
+    if previous.exists():
+        for old in previous.iterdir():
+            if old.is_file():
+                old.unlink()
+    previous.mkdir(exist_ok=True)
+    for path in found:
+        path.replace(previous / path.name)
+    names = [p.name for p in found]
+    logger.warning("%s held an earlier run's outputs; moved to %s: %s", workdir, previous, names)
+    return names
+
+
 def fit_and_predict(config, workdir: str | Path, *, progress: bool = True) -> dict[str, Any]:
     """Run the whole method; write outputs into ``workdir``; return the summary dict.
 
@@ -103,6 +128,7 @@ def _fit_and_predict(config, workdir, *, progress):
     # Only now, with the input known to be usable (and before the fit), create the workdir: a
     # bad catalogue or grid leaves nothing behind.
     workdir = ensure_writable_dir(workdir)
+    set_aside_previous_outputs(workdir)
 
     # ---- fit ------------------------------------------------------------------------------
     settings = gpfit.FitSettings(**dict(config.fit))
