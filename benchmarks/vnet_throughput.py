@@ -31,7 +31,8 @@ Variants (names in the table):
   bs64        per-step batch 64 (more work per kernel launch; not the paper's batch)
 XLA flag sets: default; autotune4 (--xla_gpu_autotune_level=4); lhs (latency-hiding scheduler,
 overlaps the gradient all-reduce with the backward pass); cmdbuf_off (no CUDA graphs); nhwc
-(--xla_gpu_force_conv_nhwc: channels-last 3D convolutions, see `dustjax.accel`); nhwc_lhs (both).
+(--xla_gpu_force_conv_nhwc: channels-last 3D convolutions, see `dustjax.accel`); nhwc_lhs (both);
+nhwc_lhs_split (both, gradient all-reduces combined only up to 32 MB: for overlap on 4 GPUs).
 Rows are printed as each flag set's child process produces them (`--child_timeout` bounds each).
 
 Results: one JSON per run and a markdown table in --out (stdout too).
@@ -75,6 +76,12 @@ XLA_FLAG_SETS = {
     # to and from NHWC around every call. Forcing NHWC keeps the whole network channels-last.
     "nhwc": "--xla_gpu_force_conv_nhwc=true",
     "nhwc_lhs": "--xla_gpu_force_conv_nhwc=true --xla_gpu_enable_latency_hiding_scheduler=true",
+    # Gradient all-reduces combined into pieces of at most 32 MB (not one at the end of the
+    # backward pass), so the scheduler can start them while later layers' gradients compute.
+    "nhwc_lhs_split": (
+        "--xla_gpu_force_conv_nhwc=true --xla_gpu_enable_latency_hiding_scheduler=true "
+        "--xla_gpu_all_reduce_combine_threshold_bytes=33554432"
+    ),
 }
 VARIANTS = VNET_VARIANTS
 
