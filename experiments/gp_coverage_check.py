@@ -2,12 +2,13 @@ r"""Why the latent GP's 16-84 % star-extinction bands hold the truth less than 6
 
     python -m experiments.gp_coverage_check --workdir=/tmp/gp_cov     # ~1 min on 2 CPU cores
 
-Fits the CPU-sized simulated test of docs/gp.md (20,000 stars, 12 x 12 x 20 grid, 300 inducing
-points), then compares each star's predicted 16-84 % band with two truths: the simulated
-(noise-free) extinction, and the extinction the training grid itself can represent (the true
-density at the grid's cell centres, integrated by the same eqs. 7-8 operator as the model). The
-gap between the two coverages is what the grid's discretisation costs; what stays below 68 %
-against the representable truth is the variational posterior's own narrowness.
+Fits the CPU-sized simulated test (`experiments/configs/gp_paper_sim_cpu.py`: 20,000 stars,
+12 x 12 x 20 grid, 300 inducing points), then compares each star's predicted 16-84 % band with
+two truths: the simulated (noise-free) extinction, and the extinction the training grid itself
+can represent (the true density at the grid's cell centres, integrated by the same eqs. 7-8
+operator as the model). The gap between the two coverages is what the grid's discretisation
+costs; what stays below 68 % against the representable truth is the variational posterior's
+own narrowness.
 """
 
 from __future__ import annotations
@@ -19,30 +20,16 @@ from absl import app, flags
 from dustjax.gp import fit as gpfit
 from dustjax.gp import pipeline, predict
 from dustjax.gp.grid import LBDGrid, apply_star_operator
-from experiments.configs.gp_paper_sim import get_config
+from experiments.configs.gp_paper_sim_cpu import get_config
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "/tmp/gp_coverage_check", "Where the fit writes its outputs.")
 flags.DEFINE_integer("star_samples", 256, "Posterior samples for the star percentiles.")
 
 
-def cpu_sized_config():
-    """The CPU-sized simulated test of docs/gp.md."""
-    c = get_config()
-    c.data.simulation.num_stars = 20000
-    c.grid.shape = (12, 12, 20)
-    c.model.num_inducing = 300
-    c.fit.max_iterations = 1500
-    c.fit.min_iterations = 400
-    c.predict.shape = (50, 50, 52)
-    c.predict.num_samples = 50
-    c.predict.chunk_cells = 65536
-    return c
-
-
 def main(argv):
     del argv
-    config = cpu_sized_config()
+    config = get_config()
     pipeline.fit_and_predict(config, FLAGS.workdir, progress=True)
     grid = LBDGrid.from_dict(dict(config.grid))
     catalog, _, truth = pipeline.load_stars(config, grid)
