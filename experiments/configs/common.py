@@ -32,7 +32,7 @@ def vnet_config(name: str, region: str) -> ml_collections.ConfigDict:
             output_leak=0.01,  # the final ReLU's gradient below zero: it cannot die
             up_transpose_kernel=True,  # False reads checkpoints written before 2026-11-22
             conv_kernel_layout="ODHWI",  # "DHWIO" reads checkpoints written before 2026-11-22
-            input_dtype="",  # "" = the compute dtype; "float32": unrounded input (not measured yet)
+            input_dtype="",  # "" = the compute dtype; "float32": unrounded input (vnet_sr_los)
         )
     )
     c.model.input_shape = ()  # () = the region's (nx, ny, nz, 1)
