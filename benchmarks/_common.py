@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 # Model/step variants of the paper V-net (names in the benchmark tables); "dtype" and
-# "batch_factor" are options of the step, the rest are VNet attributes.
+# "batch_factor" and "shard_optimizer_state" are options of the step, the rest VNet attributes.
 VNET_VARIANTS = {
     "base": dict(),
     "f32": dict(dtype="float32"),
@@ -17,6 +17,8 @@ VNET_VARIANTS = {
     "f32_input": dict(input_dtype="float32"),
     "remat": dict(remat=True),
     "bs64": dict(batch_factor=2),
+    "zero1": dict(shard_optimizer_state=True),
+    "bn_local": dict(bn_groups="devices"),
 }
 
 
@@ -48,17 +50,25 @@ def build_vnet_step(name: str, batch_size: int, num_devices: int = 1, small: boo
 
     opts = dict(VNET_VARIANTS[name])
     global_batch = batch_size * opts.pop("batch_factor", 1)
+    shard_opt = opts.pop("shard_optimizer_state", False)
     dtype = opts.pop("dtype", None) or ("bfloat16" if jax.default_backend() != "cpu" else "float32")
     features = (4, 8, 16, 32) if small else (128, 256, 512, 1024)
     size = 16 if small else 32
     mesh = train.make_mesh(num_devices)
+    if opts.get("bn_groups") == "devices":
+        opts["bn_groups"] = mesh.size
     train.check_batch_size(global_batch, mesh)
     model = VNet(features=features, dtype=jnp.dtype(dtype).type, **opts)
     rng = np.random.default_rng(0)
     extinction = rng.uniform(0, 2, (global_batch, size, size, size, 1)).astype(np.float32)
     batch = {"extinction": extinction, "density": np.sqrt(extinction)}
     state = train.create_train_state(
-        model, train.optax.adam(1e-4), jnp.asarray(extinction[:1]), jax.random.key(0), mesh
+        model,
+        train.optax.adam(1e-4),
+        jnp.asarray(extinction[:1]),
+        jax.random.key(0),
+        mesh,
+        shard_optimizer_state=shard_opt,
     )
     step, _ = train.jit_steps(train.Task(), state, mesh)
     batch = jax.device_put(batch, NamedSharding(mesh, P("data")))

@@ -29,6 +29,9 @@ Variants (names in the table):
   f32_input   the input and the first conv block in float32 (the rest bfloat16)
   remat       recompute each conv block in the backward pass (less memory, more FLOPs)
   bs64        per-step batch 64 (more work per kernel launch; not the paper's batch)
+  zero1       Adam moments split over the devices (ZeRO-1; the same as base on one device)
+  bn_local    batch-norm statistics per device's shard of the batch (model bn_groups = devices;
+              the same as base on one device): no all-reduces inside the layers
 XLA flag sets: default; autotune4 (--xla_gpu_autotune_level=4); lhs (latency-hiding scheduler,
 overlaps the gradient all-reduce with the backward pass); cmdbuf_off (no CUDA graphs); nhwc
 (--xla_gpu_force_conv_nhwc: channels-last 3D convolutions, see `dustjax.accel`); nhwc_lhs (both);

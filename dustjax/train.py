@@ -21,9 +21,13 @@ engine looks up in small registries, so a new model or task needs no edit of the
 Choices, and why:
 
 - Data parallel over all local devices with a 1D ``jax.sharding.Mesh`` ("data"): the batch is
-  sharded along its leading axis, parameters and optimiser state are replicated, and XLA inserts
-  the gradient all-reduce (the mean over the global batch). Batch norm sees the global batch
-  (synchronised statistics), so N devices compute exactly what one device would.
+  sharded along its leading axis, parameters are replicated, and XLA inserts the gradient
+  all-reduce (the mean over the global batch). Batch norm sees the global batch (synchronised
+  statistics), so N devices compute exactly what one device would; the V-net's
+  ``bn_groups=N`` takes them per device instead (`dustjax.models.norm`), which removes the
+  all-reduces inside the layers. With ``config.shard_optimizer_state`` the Adam moments are split
+  over the devices (ZeRO stage 1): each device updates its share, the gradients are
+  reduce-scattered and the new parameters all-gathered.
 - ``train_step(state, batch, rng) -> (state, metrics)`` is pure; per-step randomness is
   ``fold_in(rng, state.step)``. It is jitted with ``donate_argnums=0`` so the old state's buffers
   are reused in place.
@@ -425,9 +429,35 @@ def check_batch_size(batch_size: int, mesh: Mesh, what: str = "batch_size") -> N
         )
 
 
-def create_train_state(model, tx, example_input, rng, mesh: Mesh) -> TrainState:
-    """Initialise parameters already replicated over the mesh (eval_shape, then jit)."""
+def _split_spec(shape: tuple[int, ...], n: int) -> P:
+    """Shard the largest axis that divides over `n` devices; replicate if none does."""
+    axes = [i for i in np.argsort(shape)[::-1] if shape[i] % n == 0 and shape[i] >= n]
+    if n == 1 or not axes:
+        return P()
+    spec = [None] * len(shape)
+    spec[int(axes[0])] = "data"
+    return P(*spec)
+
+
+def state_shardings(abstract_state: TrainState, mesh: Mesh, shard_optimizer_state: bool = False):
+    """Shardings of a train state: all replicated, or with the optimiser state's arrays split
+    over the "data" axis (each along its largest divisible axis) if `shard_optimizer_state`."""
     replicated = NamedSharding(mesh, P())
+    shardings = jax.tree.map(lambda _: replicated, abstract_state)
+    if shard_optimizer_state and mesh.size > 1:
+        opt = jax.tree.map(
+            lambda x: NamedSharding(mesh, _split_spec(tuple(x.shape), mesh.size)),
+            abstract_state.opt_state,
+        )
+        shardings = shardings.replace(opt_state=opt)
+    return shardings
+
+
+def create_train_state(
+    model, tx, example_input, rng, mesh: Mesh, *, shard_optimizer_state: bool = False
+) -> TrainState:
+    """Initialise the state already placed on the mesh (eval_shape, then jit): replicated, or
+    with the optimiser state split over the devices (see `state_shardings`)."""
 
     def init(rng):
         variables = model.init(rng, example_input, train=False)
@@ -439,7 +469,7 @@ def create_train_state(model, tx, example_input, rng, mesh: Mesh) -> TrainState:
         )
 
     abstract = jax.eval_shape(init, rng)
-    shardings = jax.tree.map(lambda _: replicated, abstract)
+    shardings = state_shardings(abstract, mesh, shard_optimizer_state)
     return jax.jit(init, out_shardings=shardings)(rng)
 
 
@@ -469,13 +499,19 @@ def make_loss_and_grads(task: Task):
     return loss_and_grads
 
 
-def make_train_step(task: Task):
-    """The pure step ``train_step(state, batch, rng) -> (state, metrics)`` for `task`."""
+def make_train_step(task: Task, grad_shardings=None):
+    """The pure step ``train_step(state, batch, rng) -> (state, metrics)`` for `task`.
+
+    `grad_shardings` (a tree like the parameters) constrains the gradients to split over the
+    devices as the optimiser state is, so XLA reduce-scatters them instead of all-reducing.
+    """
     loss_and_grads = make_loss_and_grads(task)
 
     def train_step(state: TrainState, batch: Mapping[str, jax.Array], rng):
         rng = jax.random.fold_in(rng, state.step)
         (loss, batch_stats), grads = loss_and_grads(state, batch, rng)
+        if grad_shardings is not None:
+            grads = jax.lax.with_sharding_constraint(grads, grad_shardings)
         state = state.apply_gradients(grads=grads, value=loss, batch_stats=batch_stats)
         return state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
 
@@ -500,18 +536,24 @@ def make_eval_step(task: Task):
 
 
 def jit_steps(task: Task, state: TrainState, mesh: Mesh):
-    """The train and eval steps jitted over the mesh (batch sharded, state replicated)."""
+    """The train and eval steps jitted over the mesh: the batch sharded, the state kept in the
+    shardings it has (see `create_train_state`)."""
     replicated = NamedSharding(mesh, P())
     data = NamedSharding(mesh, P("data"))
-    state_shardings = jax.tree.map(lambda _: replicated, state)
+    shardings = jax.tree.map(lambda x: x.sharding, state)
+    grad_shardings = None
+    if not all(x.sharding.is_fully_replicated for x in jax.tree.leaves(state.opt_state)):
+        grad_shardings = jax.tree.map(
+            lambda x: NamedSharding(mesh, _split_spec(tuple(x.shape), mesh.size)), state.params
+        )
     train_step = jax.jit(
-        make_train_step(task),
-        in_shardings=(state_shardings, data, replicated),
-        out_shardings=(state_shardings, replicated),
+        make_train_step(task, grad_shardings),
+        in_shardings=(shardings, data, replicated),
+        out_shardings=(shardings, replicated),
         donate_argnums=0,
     )
     eval_step = jax.jit(
-        make_eval_step(task), in_shardings=(state_shardings, data), out_shardings=replicated
+        make_eval_step(task), in_shardings=(shardings, data), out_shardings=replicated
     )
     return train_step, eval_step
 
@@ -696,7 +738,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     example = _first_batch(source, config, "validation", eval_batch_size, seed)[task.input_key]
     model = build_model(config)
     tx = make_optimizer(config, steps_per_epoch)
-    state = create_train_state(model, tx, jnp.asarray(example[:1]), jax.random.key(seed), mesh)
+    state = create_train_state(
+        model,
+        tx,
+        jnp.asarray(example[:1]),
+        jax.random.key(seed),
+        mesh,
+        shard_optimizer_state=bool(config.get("shard_optimizer_state", False)),
+    )
     num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
     log.info(
         "%s: %d parameters, %d steps per epoch", config.model.name, num_params, steps_per_epoch

@@ -192,7 +192,7 @@ SHARDING_SCRIPT = textwrap.dedent(
     ext = rng.uniform(0, 1, (8, 8, 8, 8, 1)).astype(np.float32)
     batch = {"extinction": ext, "density": np.sqrt(ext) * 3}
     task = train.Task()
-    out = {}
+    out, hlo = {}, {}
     for n in (1, 4):
         mesh = train.make_mesh(n)
         tx = train.optax.adam(1e-3)
@@ -206,14 +206,56 @@ SHARDING_SCRIPT = textwrap.dedent(
         (loss, stats), grads = fn(state, sharded, jax.random.key(1))
         out[n] = (float(loss), jax.device_get(grads), jax.device_get(stats))
         step, _ = train.jit_steps(task, state, mesh)
+        hlo[n] = step.lower(state, sharded, jax.random.key(1)).compile().as_text()
         new_state, metrics = step(state, sharded, jax.random.key(1))
-        out[n] += (float(metrics["loss"]),)
+        new_state, metrics = step(new_state, sharded, jax.random.key(2))
+        out[n] += (float(metrics["loss"]), jax.device_get(new_state.params))
+    # ZeRO-1: Adam moments split over the 4 devices; two steps give the replicated result.
+    mesh = train.make_mesh(4)
+    state = train.create_train_state(model, train.optax.adam(1e-3), jnp.asarray(ext[:1]),
+                                     jax.random.key(0), mesh, shard_optimizer_state=True)
+    mu = state.opt_state[0].mu
+    split = [x for x in jax.tree.leaves(mu) if not x.sharding.is_fully_replicated]
+    assert split and all(x.addressable_shards[0].data.size * 4 == x.size for x in split), mu
+    assert jax.tree.leaves(state.params)[0].sharding.is_fully_replicated
+    step, _ = train.jit_steps(task, state, mesh)
+    sharded = jax.device_put(batch, NamedSharding(mesh, P("data")))
+    zstate, _ = step(state, sharded, jax.random.key(1))
+    zstate, zmetrics = step(zstate, sharded, jax.random.key(2))
+    assert all(x.sharding.is_fully_replicated for x in jax.tree.leaves(zstate.params))
+    assert len(split) == sum(not x.sharding.is_fully_replicated
+                             for x in jax.tree.leaves(zstate.opt_state[0].mu))
+    np.testing.assert_allclose(float(zmetrics["loss"]), out[4][3], rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(out[4][4]), jax.tree.leaves(jax.device_get(zstate.params))):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(out[1][0], out[4][0], rtol=1e-5)
     np.testing.assert_allclose(out[1][3], out[4][3], rtol=1e-5)
     for a, b in zip(jax.tree.leaves(out[1][1]), jax.tree.leaves(out[4][1])):
         np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6)
     for a, b in zip(jax.tree.leaves(out[1][2]), jax.tree.leaves(out[4][2])):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    # Batch norm per device's shard (bn_groups=4): one device with 4 groups computes what 4
+    # devices compute (that it differs from whole-batch statistics: tests/test_norm.py).
+    grouped = {}
+    for n in (1, 4):
+        mesh = train.make_mesh(n)
+        state = train.create_train_state(VNet(features=(2, 4), bn_groups=4), train.optax.adam(1e-3),
+                                         jnp.asarray(ext[:1]), jax.random.key(0), mesh)
+        step, _ = train.jit_steps(task, state, mesh)
+        sharded = jax.device_put(batch, NamedSharding(mesh, P("data")))
+        grouped_hlo = step.lower(state, sharded, jax.random.key(1)).compile().as_text()
+        new_state, metrics = step(state, sharded, jax.random.key(1))
+        grouped[n] = (float(metrics["loss"]), jax.device_get(new_state.params),
+                      jax.device_get(new_state.batch_stats))
+    # Synchronised batch norm all-reduces its statistics and their gradients in each of the 7
+    # layers; per-device statistics leave one (combined) all-reduce of gradients and loss.
+    from benchmarks.vnet_collectives import count_collectives
+    synced = sum(count_collectives(hlo[4])["counts"]["all-reduce"].values())
+    local = sum(count_collectives(grouped_hlo)["counts"]["all-reduce"].values())
+    assert synced >= 14 and local <= 2, (synced, local)
+    np.testing.assert_allclose(grouped[1][0], grouped[4][0], rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(grouped[1][1:]), jax.tree.leaves(grouped[4][1:])):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
     try:
         train.check_batch_size(6, train.make_mesh(4))
     except ValueError as err:
@@ -226,7 +268,8 @@ SHARDING_SCRIPT = textwrap.dedent(
 
 
 def test_sharded_step_matches_one_device():
-    """On 4 fake CPU devices the loss, gradients and batch statistics equal one device's."""
+    """On 4 fake CPU devices the loss, gradients and batch statistics equal one device's, and
+    splitting the Adam moments over the devices (ZeRO-1) gives the replicated run's parameters."""
     env = dict(
         os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu"
     )

@@ -40,6 +40,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from dustjax.models.norm import GroupedBatchNorm
+
 PAPER_FEATURES = (128, 256, 512, 1024)
 
 
@@ -211,14 +213,19 @@ def _relu_with_leaky_gradient_jvp(primals, tangents):
 
 def _bn_relu(block, x, train: bool):
     """Batch norm (Keras epsilon 1e-3) -> ReLU, created inside `block`'s compact call (so the
-    parameters stay under ``<block>/BatchNorm_0``)."""
-    x = nn.BatchNorm(
+    parameters stay under ``<block>/BatchNorm_0``). With ``block.bn_groups > 1`` the training
+    statistics are per slice of the batch (`GroupedBatchNorm`: the same parameters)."""
+    kw = dict(
         use_running_average=not train,
         momentum=block.bn_momentum,
         epsilon=1e-3,
         dtype=block.dtype,
         param_dtype=block.param_dtype,
-    )(x)
+    )
+    if block.bn_groups == 1:
+        x = nn.BatchNorm(**kw)(x)
+    else:
+        x = GroupedBatchNorm(groups=block.bn_groups, name="BatchNorm_0", **kw)(x)
     return nn.relu(x)
 
 
@@ -230,6 +237,7 @@ class ConvBNReLU(nn.Module):
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     bn_momentum: float = 0.99
+    bn_groups: int = 1
     reflect_method: str = "pad_sum"
     kernel_layout: str = "DHWIO"
 
@@ -317,6 +325,7 @@ class UpBNReLU(nn.Module):
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     bn_momentum: float = 0.99
+    bn_groups: int = 1
     transpose_kernel: bool = True
 
     @nn.compact
@@ -350,6 +359,9 @@ class VNet(nn.Module):
       param_dtype: dtype of the parameters (float32).
       remat: recompute each conv block in the backward pass instead of storing its activations.
       bn_momentum: running-average momentum of the batch-norm statistics (Keras default 0.99).
+      bn_groups: training batch-norm statistics per slice of B / bn_groups examples (1, the
+        paper: over the whole batch; N: what N data-parallel devices without synchronised
+        statistics compute, and no cross-device reduction inside the layers; see `norm`).
       output_bias_init: initial bias of the last conv (its kernel starts at zero), so that the
         final ReLU starts open; see the comment at the head.
       reflect_method: how reflect padding is computed ("pad_sum", one fused pass, or "concat",
@@ -371,6 +383,7 @@ class VNet(nn.Module):
     param_dtype: Any = jnp.float32
     remat: bool = False
     bn_momentum: float = 0.99
+    bn_groups: int = 1
     output_bias_init: float = 0.1
     reflect_method: str = "pad_sum"
     up_transpose_kernel: bool = True
@@ -396,7 +409,12 @@ class VNet(nn.Module):
             )
         conv_cls = nn.remat(ConvBNReLU, static_argnums=(2,)) if self.remat else ConvBNReLU
         up_cls = nn.remat(UpBNReLU, static_argnums=(2,)) if self.remat else UpBNReLU
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, bn_momentum=self.bn_momentum)
+        kw = dict(
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            bn_momentum=self.bn_momentum,
+            bn_groups=self.bn_groups,
+        )
         conv = functools.partial(
             conv_cls,
             padding=self.padding,

@@ -28,6 +28,7 @@ def vnet_config(name: str, region: str) -> ml_collections.ConfigDict:
             padding="REFLECT",
             remat=False,
             bn_momentum=0.99,
+            bn_groups=1,  # N: batch-norm statistics per B/N examples (per device if N = devices)
             output_bias_init=0.1,  # the head's first output (its kernel starts at zero)
             output_leak=0.01,  # the final ReLU's gradient below zero: it cannot die
             up_transpose_kernel=True,  # False reads checkpoints written before 2026-11-22
@@ -75,6 +76,7 @@ def vnet_config(name: str, region: str) -> ml_collections.ConfigDict:
     c.early_stopping = ml_collections.ConfigDict(dict(patience=40, min_delta=0.0))
     c.compute_dtype = "auto"  # bfloat16 on GPU/TPU, float32 on CPU
     c.num_devices = 0  # 0 = all local devices
+    c.shard_optimizer_state = False  # True: Adam moments split over the devices (ZeRO-1)
     c.log_every_steps = 10
     c.progress_bar = True
 
