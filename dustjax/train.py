@@ -240,19 +240,21 @@ def _tfrecord_source(config, split, *, batch_size, seed, epoch, train):
 
 
 @functools.lru_cache(maxsize=16)
-def _simulated_batch_fn(region, simulator: str, params, batch_size: int):
+def _simulated_batch_fn(region, simulator: str, params, batch_size: int, mesh: Mesh):
     """``make(seed, step) -> batch``, jitted once per (region, simulator, params, batch size).
 
     The same stream as `dustjax.input_pipeline.simulated_batches` (batch ``step`` of a seed is
     drawn from ``fold_in(PRNGKey(seed), step)``), but compiled once for the whole run instead of
-    once per epoch and split.
+    once per epoch and split. The batch comes out split over the mesh's "data" axis: each device
+    simulates its own share (the keys do not depend on the split, so neither do the cubes),
+    instead of the first device simulating the whole global batch and sending it around.
     """
     from dustjax import input_pipeline
     from dustjax.sims import simulate_batch_fn
 
     simulate = simulate_batch_fn(region, simulator, params)
 
-    @jax.jit
+    @functools.partial(jax.jit, out_shardings=NamedSharding(mesh, P("data")))
     def make(seed, step):
         keys = jax.random.split(jax.random.fold_in(jax.random.key(seed), step), batch_size)
         density, extinction = simulate(keys)
@@ -282,7 +284,9 @@ def _simulate_source(config, split, *, batch_size, seed, epoch, train):
         raise ValueError(
             f"source='simulate' gives no {split} batch; raise config.data.num_examples"
         )
-    make = _simulated_batch_fn(region_of(config), name, params, batch_size)
+    mesh = make_mesh(config.get("num_devices") or None)
+    check_batch_size(batch_size, mesh)
+    make = _simulated_batch_fn(region_of(config), name, params, batch_size, mesh)
     split_seed = _derived_seed(seed, SPLITS.get(split, 9))
     first = epoch * steps if train else 0
     batches = (make(split_seed, step) for step in range(first, first + steps))

@@ -256,6 +256,20 @@ SHARDING_SCRIPT = textwrap.dedent(
     np.testing.assert_allclose(grouped[1][0], grouped[4][0], rtol=1e-5)
     for a, b in zip(jax.tree.leaves(grouped[1][1:]), jax.tree.leaves(grouped[4][1:])):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    # On-device simulation: each device simulates its share, and the cubes do not depend on it.
+    from experiments.configs import vnet_test
+    config = vnet_test.get_config()
+    sims = {}
+    for n in (1, 4):
+        config.num_devices = n
+        source = train.get_data_source("simulate")
+        sim = next(iter(source(config, "train", batch_size=4, seed=0, epoch=1, train=True)))
+        assert len(sim["extinction"].sharding.device_set) == n
+        assert sim["extinction"].addressable_shards[0].data.shape[0] == 4 // n
+        sims[n] = jax.device_get(sim)
+    for key in sims[1]:
+        np.testing.assert_allclose(sims[1][key], sims[4][key], rtol=1e-6, atol=1e-9)
+    assert float(np.std(sims[1]["density"])) > 0
     try:
         train.check_batch_size(6, train.make_mesh(4))
     except ValueError as err:
