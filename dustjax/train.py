@@ -443,17 +443,19 @@ def _split_spec(shape: tuple[int, ...], n: int) -> P:
     return P(*spec)
 
 
+def _split_over_devices(tree, mesh: Mesh):
+    """Shardings splitting each array of `tree` along its largest axis that divides over the
+    mesh (`_split_spec`): the optimiser moments' layout, and the gradients' that match it."""
+    return jax.tree.map(lambda x: NamedSharding(mesh, _split_spec(tuple(x.shape), mesh.size)), tree)
+
+
 def state_shardings(abstract_state: TrainState, mesh: Mesh, shard_optimizer_state: bool = False):
     """Shardings of a train state: all replicated, or with the optimiser state's arrays split
     over the "data" axis (each along its largest divisible axis) if `shard_optimizer_state`."""
     replicated = NamedSharding(mesh, P())
     shardings = jax.tree.map(lambda _: replicated, abstract_state)
     if shard_optimizer_state and mesh.size > 1:
-        opt = jax.tree.map(
-            lambda x: NamedSharding(mesh, _split_spec(tuple(x.shape), mesh.size)),
-            abstract_state.opt_state,
-        )
-        shardings = shardings.replace(opt_state=opt)
+        shardings = shardings.replace(opt_state=_split_over_devices(abstract_state.opt_state, mesh))
     return shardings
 
 
@@ -547,9 +549,7 @@ def jit_steps(task: Task, state: TrainState, mesh: Mesh):
     shardings = jax.tree.map(lambda x: x.sharding, state)
     grad_shardings = None
     if not all(x.sharding.is_fully_replicated for x in jax.tree.leaves(state.opt_state)):
-        grad_shardings = jax.tree.map(
-            lambda x: NamedSharding(mesh, _split_spec(tuple(x.shape), mesh.size)), state.params
-        )
+        grad_shardings = _split_over_devices(state.params, mesh)
     train_step = jax.jit(
         make_train_step(task, grad_shardings),
         in_shardings=(shardings, data, replicated),
