@@ -81,19 +81,25 @@ def model_region(workdir: str | os.PathLike) -> Region:
     return train.region_of(train.load_config(workdir))
 
 
-def load_predictor(workdir: str | os.PathLike, region: Region | None = None, which="best"):
+def load_predictor(
+    workdir: str | os.PathLike, region: Region | None = None, which="best", symmetry="none"
+):
     """``(predictor, region, config)`` of a trained run in `workdir` (via `dustjax.train`).
 
     With ``region`` given, the run must have been trained on the same box and cube size:
     otherwise `ApplyError` names both (a V-net trained for SR has no meaning on LR data).
+    ``symmetry`` ("none", "flips", "dihedral"; `dustjax.symmetry`) averages the prediction over
+    the reflections (and Y-Z swaps) of the region that map its lines of sight onto each other.
     """
+    from dustjax import symmetry as sym
     from dustjax import train
 
     trained = model_region(workdir)
     if region is not None:
         check_model_region(trained, region, workdir)
+    transforms = sym.region_symmetries(trained, symmetry)  # checked before the slow load
     model, variables, config = train.load_trained(workdir, which=which)
-    return density_predictor(model, variables), trained, config
+    return sym.symmetrised(density_predictor(model, variables), transforms), trained, config
 
 
 def check_model_region(trained: Region, region: Region, workdir="the model") -> None:

@@ -46,6 +46,11 @@ def define_flags() -> None:
     flags.DEFINE_list("subregion", None, "Sub-box x0,x1,y0,y1,z0,z1 (pc) for appendix A.")
     flags.DEFINE_float("density_scale", None, "Literature cube units to mag/pc (default: BUNIT).")
     flags.DEFINE_integer("demo_stars", 50_000, "Stars in the demo catalogue.")
+    flags.DEFINE_enum(
+        "symmetry", "none", ["none", "flips", "dihedral"],
+        "Average the V-net over the region's reflections (flips; LR) or reflections and Y-Z "
+        "swaps (dihedral; SR): one forward pass each (dustjax.symmetry).",
+    )  # fmt: skip
     flags.DEFINE_bool("write_fits", True, "Write density.fits.")
     flags.DEFINE_bool("plots", True, "Write the PNG figures.")
 
@@ -75,7 +80,7 @@ def run():
     model_region = ap.model_region(FLAGS.model)
     shape = tuple(int(n) for n in FLAGS.shape) if FLAGS.shape else model_region.shape
     region = box if shape == box.shape else box.with_shape(shape)
-    predictor, region, _ = ap.load_predictor(FLAGS.model, region)
+    predictor, region, _ = ap.load_predictor(FLAGS.model, region, symmetry=FLAGS.symmetry)
     logging.info("model %s, %s", FLAGS.model, region)
     outdir = Path(FLAGS.workdir or f"workdirs/apply_{FLAGS.region}")
     subregion = None

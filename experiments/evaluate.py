@@ -5,7 +5,9 @@ r"""Evaluate a trained V-net as in the paper (Chen, Qin & Li sect. 3.3) on the t
 
 Loads the minimum-validation-loss checkpoint, predicts the test cubes (the TFRecord test split,
 or, for ``source="simulate"``, the fixed-seed simulated test stream), denormalises (inverse of
-eqs. 1-2) and writes into ``<workdir>/eval/``:
+eqs. 1-2) and writes into ``<workdir>/eval/`` (``eval_<symmetry>/`` with ``--symmetry``: the
+prediction averaged over the region's reflections, and Y-Z swaps for ``dihedral``;
+`dustjax.symmetry`):
 
 - ``test_metrics.json``: eq. 3 loss on the normalised test cubes, median and dispersion of
   rho_p - rho_t (mag/pc), the c_r(k) table (eq. 4, k in pc^-1, shells out to the cube corner)
@@ -42,6 +44,12 @@ def define_flags() -> None:
     flags.DEFINE_enum("which", "best", ["best", "latest"], "Which checkpoint to evaluate.")
     flags.DEFINE_integer("max_cubes", 0, "Evaluate at most this many test cubes (0 = all).")
     flags.DEFINE_string("split", "test", "Split to evaluate.")
+    flags.DEFINE_enum(
+        "symmetry", None, ["none", "flips", "dihedral"],
+        "Average the prediction over the region's reflections (flips) or reflections and Y-Z "
+        "swaps (dihedral) (default: config.eval.symmetry, else none); results go to "
+        "eval_<symmetry>/ instead of eval/.",
+    )  # fmt: skip
 
 
 def evaluate(
@@ -51,6 +59,7 @@ def evaluate(
     which: str = "best",
     max_cubes: int = 0,
     split: str = "test",
+    symmetry: str | None = None,
 ) -> dict:
     """Run the paper's evaluation of a training workdir; returns (and writes) the metrics."""
     import jax
@@ -58,6 +67,7 @@ def evaluate(
 
     from dustjax import io as dio
     from dustjax import metrics, plots, train, transforms
+    from dustjax import symmetry as sym
 
     workdir = Path(workdir)
     model, variables, config = train.load_trained(workdir, which)
@@ -70,8 +80,11 @@ def evaluate(
         config.eval.get("batch_size") or config.get("eval_batch_size") or config.batch_size
     )
     batch_size = max(mesh.size, (batch_size // mesh.size) * mesh.size)
-    predict = train.make_predict_fn(model, variables, mesh)
     region = train.region_of(config)
+    symmetry = symmetry or config.eval.get("symmetry") or "none"
+    predict = sym.symmetrised(
+        train.make_predict_fn(model, variables, mesh), sym.region_symmetries(region, symmetry)
+    )
     max_cubes = max_cubes or int(config.eval.get("max_cubes") or 0)
 
     spectra = metrics.SpectrumAccumulator(region.shape, region.cell_size_pc)
@@ -113,7 +126,9 @@ def evaluate(
 
     res = residuals.result()
     table = spectra.result()
-    out_dir = dio.ensure_writable_dir(workdir / "eval")
+    out_dir = dio.ensure_writable_dir(
+        workdir / ("eval" if symmetry == "none" else f"eval_{symmetry}")
+    )
     region_key = str(config.data.region).upper()
     checks = {}
     if region_key == "SR":
@@ -127,6 +142,7 @@ def evaluate(
         workdir=str(workdir),
         checkpoint=which,
         split=split,
+        symmetry=symmetry,
         source=config.data.source,
         region=region.to_dict(),
         num_cubes=num_cubes,
@@ -142,6 +158,8 @@ def evaluate(
     )  # fmt: skip
     dio.write_json(out_dir / "test_metrics.json", summary)
     title = f"{config.get('name', '')} ({region_key}, {num_cubes} {split} cubes)"
+    if symmetry != "none":
+        title += f", {symmetry} average"
     plots.density_pdfs(res["density_edges"], res["pdf_true"], res["pdf_pred"],
                        out_dir / "pdf.png", title)  # fmt: skip
     plots.density_scatter(res["density_edges"], res["hist_2d"], out_dir / "scatter.png", title)
@@ -151,8 +169,9 @@ def evaluate(
     )  # fmt: skip
     plots.slices(*example, out_dir / "slices.png", title)
     logging.info(
-        "%d %s cubes: eq.3 loss %.4g; rho_p - rho_t median %.3g, dispersion %.3g mag/pc; %s",
-        num_cubes, split, summary["loss_eq3"], res["median"], res["dispersion"], checks,
+        "%d %s cubes (symmetry %s): eq.3 loss %.4g; rho_p - rho_t median %.3g, dispersion %.3g "
+        "mag/pc; %s",
+        num_cubes, split, symmetry, summary["loss_eq3"], res["median"], res["dispersion"], checks,
     )  # fmt: skip
     return summary
 
@@ -169,8 +188,8 @@ def main(argv):
         raise app.UsageError("--workdir is required (a directory written by experiments.train)")
     try:
         evaluate(FLAGS.workdir, FLAGS.data_dir, which=FLAGS.which, max_cubes=FLAGS.max_cubes,
-                 split=FLAGS.split)  # fmt: skip
-    except (FileNotFoundError, ValueError) as err:
+                 split=FLAGS.split, symmetry=FLAGS.symmetry)  # fmt: skip
+    except (FileNotFoundError, ValueError) as err:  # RegionError is a ValueError
         sys.exit(f"error: {err}")
 
 

@@ -105,6 +105,12 @@ def test_end_to_end_train_resume_evaluate(tmp_path):
     assert len(out["c_r_table"]["k"]) > 5
     for name in ("test_metrics.json", "pdf.png", "scatter.png", "cross_correlation.png"):
         assert (tmp_path / "full/eval" / name).exists()
+    # the prediction averaged over the region's eight symmetries: its own directory; a different
+    # prediction (the network is not equivariant), but the same truth
+    sym = evaluate(tmp_path / "full", symmetry="dihedral")
+    assert sym["symmetry"] == "dihedral" and (tmp_path / "full/eval_dihedral/pdf.png").exists()
+    assert sym["num_cubes"] == out["num_cubes"] and sym["loss_eq3"] != out["loss_eq3"]
+    assert json.loads((tmp_path / "full/eval/test_metrics.json").read_text())["symmetry"] == "none"
 
 
 def test_early_stopping_and_finished_runs_do_not_retrain(tmp_path):
