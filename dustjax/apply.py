@@ -88,8 +88,9 @@ def load_predictor(
 
     With ``region`` given, the run must have been trained on the same box and cube size:
     otherwise `ApplyError` names both (a V-net trained for SR has no meaning on LR data).
-    ``symmetry`` ("none", "flips", "dihedral"; `dustjax.symmetry`) averages the prediction over
-    the reflections (and Y-Z swaps) of the region that map its lines of sight onto each other.
+    ``symmetry`` ("none", "flip_y", "flips", "dihedral"; `dustjax.symmetry`) averages the
+    prediction over the reflections (and Y-Z swaps) of the region that map its lines of sight
+    onto each other and that the training simulations share (both checked).
     """
     from dustjax import symmetry as sym
     from dustjax import train
@@ -97,7 +98,9 @@ def load_predictor(
     trained = model_region(workdir)
     if region is not None:
         check_model_region(trained, region, workdir)
-    transforms = sym.region_symmetries(trained, symmetry)  # checked before the slow load
+    # the symmetry is checked against the box and the training data before the slow load
+    transforms = sym.region_symmetries(trained, symmetry)
+    sym.check_simulator(symmetry, train.simulator_name(train.load_config(workdir)))
     model, variables, config = train.load_trained(workdir, which=which)
     return sym.symmetrised(density_predictor(model, variables), transforms), trained, config
 

@@ -8,8 +8,10 @@ estimates the density of ``E`` equally well as ``g^-1 f(g E)`` for every such ``
 
 - SR (Levy flights with isotropic steps; Y and Z both span [-96, 96] pc): the eight elements of
   the square's symmetry group acting on (Y, Z), ``group="dihedral"``;
-- LR (a log-normal field with an exponential disc along Z): the four reflections of Y and Z,
-  ``group="flips"``; swapping Y and Z would turn the disc on its side.
+- LR's log-normal field: the reflection of Y only, ``group="flip_y"``; the disc lies along Z
+  (no Y-Z swap), and the simulator pins the densest layer to the cell centred at Z = -30 pc, so
+  reflecting Z is not exact either. The appendix-A Levy flights of LR (starts within
+  |Z| < 200 pc) have the four reflections of Y and Z, ``group="flips"``.
 
 Averaging the network over the group (test-time augmentation) gives a prediction that is exactly
 equivariant and removes the part of the error that depends on orientation, at the cost of one
@@ -28,7 +30,10 @@ import jax.numpy as jnp
 
 from dustjax.geometry import Region, RegionError
 
-GROUPS = ("none", "flips", "dihedral")
+GROUPS = ("none", "flip_y", "flips", "dihedral")  # each a subgroup of the next
+
+# The largest group under which each simulator's statistics are invariant (`dustjax.sims`).
+SIMULATOR_GROUPS = {"levy": "dihedral", "levy_lr": "flips", "lognormal": "flip_y"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,14 +77,15 @@ def _symmetric_about_sun(region: Region, axis: int) -> bool:
 def region_symmetries(region: Region, group: str) -> list[Transform]:
     """The transforms of `group` (one of `GROUPS`), after checking that `region` has them.
 
-    ``"flips"`` needs Y and Z bounds symmetric about the Sun (lower = -upper); ``"dihedral"``
-    also needs the Y and Z extents and cell counts equal. The identity comes first.
+    ``"flip_y"`` needs Y bounds symmetric about the Sun (lower = -upper), ``"flips"`` Y and Z
+    bounds; ``"dihedral"`` also needs the Y and Z extents and cell counts equal. The identity
+    comes first.
     """
     if group not in GROUPS:
         raise ValueError(f"unknown symmetry group {group!r}; choose one of {', '.join(GROUPS)}")
     if group == "none":
         return [Transform()]
-    for axis, name in ((1, "Y"), (2, "Z")):
+    for axis, name in ((1, "Y"), (2, "Z"))[: 1 if group == "flip_y" else 2]:
         if not _symmetric_about_sun(region, axis):
             raise RegionError(
                 f"{region} is not symmetric about the Sun along {name} "
@@ -96,9 +102,31 @@ def region_symmetries(region: Region, group: str) -> list[Transform]:
                 "the region onto itself; use group='flips'"
             )
         swaps = [False, True]
-    return [
-        Transform(fy, fz, s) for s, fy, fz in itertools.product(swaps, (False, True), (False, True))
-    ]
+    z_flips = (False,) if group == "flip_y" else (False, True)
+    return [Transform(fy, fz, s) for s, fy, fz in itertools.product(swaps, (False, True), z_flips)]
+
+
+def check_simulator(group: str, simulator: str) -> None:
+    """`ValueError` unless the statistics of `simulator` (the training data) have `group`.
+
+    A network trained on data without a symmetry has no reason to respect it: averaging over
+    the Y-Z swap would mix LR's disc (along Z) with a disc along Y.
+    """
+    if group not in GROUPS:
+        raise ValueError(f"unknown symmetry group {group!r}; choose one of {', '.join(GROUPS)}")
+    if group == "none":
+        return
+    allowed = SIMULATOR_GROUPS.get(simulator)
+    if allowed is None:
+        raise ValueError(
+            f"no known symmetry for simulator {simulator!r} (known: {sorted(SIMULATOR_GROUPS)}); "
+            "use group='none'"
+        )
+    if GROUPS.index(group) > GROUPS.index(allowed):
+        raise ValueError(
+            f"the {simulator!r} simulations the model was trained on are symmetric under "
+            f"{allowed!r} only, not {group!r}; use --symmetry={allowed}"
+        )
 
 
 def symmetrised(predict: Callable, transforms: Sequence[Transform]) -> Callable:

@@ -166,10 +166,17 @@ def region_of(config) -> Any:
     return region
 
 
+def simulator_name(config) -> str:
+    """The simulator of the run's data: ``config.data.simulator``, else the region's default."""
+    from dustjax import sims
+
+    return config.data.get("simulator") or sims.default_simulator(region_of(config))
+
+
 def _simulator_params(config):
     from dustjax import sims
 
-    name = config.data.get("simulator") or sims.default_simulator(region_of(config))
+    name = simulator_name(config)
     overrides = dict(config.data.get("simulator_params") or {})
     if not overrides:
         return name, None

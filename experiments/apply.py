@@ -47,9 +47,9 @@ def define_flags() -> None:
     flags.DEFINE_float("density_scale", None, "Literature cube units to mag/pc (default: BUNIT).")
     flags.DEFINE_integer("demo_stars", 50_000, "Stars in the demo catalogue.")
     flags.DEFINE_enum(
-        "symmetry", "none", ["none", "flips", "dihedral"],
-        "Average the V-net over the region's reflections (flips; LR) or reflections and Y-Z "
-        "swaps (dihedral; SR): one forward pass each (dustjax.symmetry).",
+        "symmetry", "none", ["none", "flip_y", "flips", "dihedral"],
+        "Average the V-net over the region's symmetries: dihedral (8, SR), flip_y (2, LR's "
+        "log-normal field), flips (4, LR's Levy flights); one pass each (dustjax.symmetry).",
     )  # fmt: skip
     flags.DEFINE_bool("write_fits", True, "Write density.fits.")
     flags.DEFINE_bool("plots", True, "Write the PNG figures.")

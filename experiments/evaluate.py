@@ -45,9 +45,10 @@ def define_flags() -> None:
     flags.DEFINE_integer("max_cubes", 0, "Evaluate at most this many test cubes (0 = all).")
     flags.DEFINE_string("split", "test", "Split to evaluate.")
     flags.DEFINE_enum(
-        "symmetry", None, ["none", "flips", "dihedral"],
-        "Average the prediction over the region's reflections (flips) or reflections and Y-Z "
-        "swaps (dihedral) (default: config.eval.symmetry, else none); results go to "
+        "symmetry", None, ["none", "flip_y", "flips", "dihedral"],
+        "Average the prediction over the region's symmetries: SR's Levy flights have all 8 "
+        "(dihedral), LR's log-normal field the Y reflection (flip_y); dustjax.symmetry "
+        "(default: config.eval.symmetry, else none); results go to "
         "eval_<symmetry>/ instead of eval/.",
     )  # fmt: skip
 
@@ -82,6 +83,7 @@ def evaluate(
     batch_size = max(mesh.size, (batch_size // mesh.size) * mesh.size)
     region = train.region_of(config)
     symmetry = symmetry or config.eval.get("symmetry") or "none"
+    sym.check_simulator(symmetry, train.simulator_name(config))
     predict = sym.symmetrised(
         train.make_predict_fn(model, variables, mesh), sym.region_symmetries(region, symmetry)
     )

@@ -160,6 +160,12 @@ def test_model_for_another_region_or_size_is_refused(tmp_path):
         ap.check_model_region(sr, sr.with_shape((64, 64, 64)))
     with pytest.raises(ap.ApplyError, match="not a training workdir"):
         ap.load_predictor(tmp_path, sr)
+    # a symmetry the trained box lacks is refused before the checkpoint is read (there is none)
+    from experiments.configs import vnet_lr
+
+    (tmp_path / "config.json").write_text(json.dumps(vnet_lr.get_config().to_dict()))
+    with pytest.raises(ValueError, match="'lognormal' simulations .* symmetric under 'flip_y'"):
+        ap.load_predictor(tmp_path, lr, symmetry="dihedral")
 
 
 def test_face_on_map_analytic():

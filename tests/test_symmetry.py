@@ -21,7 +21,7 @@ def _labelled(shape=(1, 4, 6, 6, 2)):
 def test_groups_have_the_expected_distinct_elements_and_are_closed():
     x = _labelled()
     for region, group, order in ((SR, "dihedral", 8), (SR, "flips", 4), (LR, "flips", 4),
-                                 (SR, "none", 1)):  # fmt: skip
+                                 (LR, "flip_y", 2), (SR, "none", 1)):  # fmt: skip
         gs = sym.region_symmetries(region, group)
         assert len(gs) == order and gs[0] == sym.Transform()
         images = {np.asarray(g.apply(x)).tobytes() for g in gs}
@@ -74,3 +74,14 @@ def test_regions_without_the_symmetry_are_refused():
         sym.region_symmetries(Region((-10.0, -5.0, -8.0), (0.0, 10.0, 8.0), (4, 4, 4)), "flips")
     with pytest.raises(ValueError, match="unknown symmetry group"):
         sym.region_symmetries(SR, "rotations")
+
+
+def test_the_training_data_must_have_the_symmetry():
+    sym.check_simulator("dihedral", "levy")  # isotropic Levy flights: all eight
+    sym.check_simulator("flip_y", "lognormal")
+    sym.check_simulator("flips", "levy_lr")
+    sym.check_simulator("none", "anything")
+    with pytest.raises(ValueError, match="symmetric under 'flip_y' only, not 'flips'"):
+        sym.check_simulator("flips", "lognormal")  # its densest layer sits at Z = -30 pc
+    with pytest.raises(ValueError, match="no known symmetry for simulator 'mine'"):
+        sym.check_simulator("flips", "mine")
