@@ -84,20 +84,30 @@ def density_scatter(edges: np.ndarray, hist_2d: np.ndarray, path, title: str = "
 
 def cross_correlation(
     k: np.ndarray,
-    c_r: np.ndarray,
+    c_r,
     path,
     title: str = "",
     paper_range: tuple[float, float] | None = None,
     threshold: float | None = 0.9,
 ) -> None:
-    """Fig. 9: c_r(k) (eq. 4) against k (pc^-1, log axis)."""
+    """Fig. 9: c_r(k) (eq. 4) against k (pc^-1, log axis).
+
+    ``c_r`` is one curve, or a mapping ``label -> curve`` (all on the same `k`) to compare runs.
+    """
     plt = _pyplot()
+    curves = dict(c_r) if isinstance(c_r, dict) else {None: c_r}
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(k, c_r, "o-", ms=3, color="tab:blue")
+    for label, values in curves.items():
+        if np.shape(values) != np.shape(k):
+            raise ValueError(
+                f"c_r curve {label or ''} has shape {np.shape(values)}, k has {np.shape(k)}"
+            )
+        ax.plot(k, values, "o-", ms=3, label=label)
     if threshold is not None:
         ax.axhline(threshold, color="0.5", ls="--", lw=1)
     if paper_range is not None:
         ax.axvspan(*paper_range, color="0.9", zorder=0, label="paper's quoted range")
+    if paper_range is not None or len(curves) > 1:
         ax.legend(loc="lower left")
     ax.set_xscale("log")
     ax.set_xlabel(r"$k$ (pc$^{-1}$)")
