@@ -796,6 +796,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                     f"stopped, last good checkpoint: epoch {manager.latest_step()} in "
                     f"{manager.directory}"
                 )
+            if _collapsed(config, loop, val_loss):
+                state = _roll_back(manager, state, loop, val_loss, epoch)
+                row["rolled_back_to_epoch"] = loop["best_epoch"]
             improved = val_loss < loop["best_val_loss"] - min_delta
             if val_loss < loop["best_val_loss"]:
                 loop["best_val_loss"], loop["best_epoch"] = val_loss, epoch
@@ -803,6 +806,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             loop["epoch"] = epoch
             if patience and loop["epochs_since_best"] >= patience:
                 loop["stop_reason"] = f"early stop: no improvement for {patience} epochs"
+            # (a rolled-back epoch's checkpoint carries the spiked loss as its metric, so the
+            # best checkpoint stays the one its weights came from)
             save_checkpoint(manager, epoch, state, loop, val_loss)
             row.update(epoch=epoch, val_loss=val_loss, best_val_loss=loop["best_val_loss"])
             history.append(row)
@@ -838,6 +843,46 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     log.info("done: %s; best val loss %.5g at epoch %d", summary["stop_reason"],
              summary["best_val_loss"], summary["best_epoch"])  # fmt: skip
     return summary
+
+
+def _collapsed(config, loop, val_loss: float) -> bool:
+    """Whether the collapse guard (``config.collapse_guard``) fires after this epoch."""
+    guard = config.get("collapse_guard") or {}
+    factor = float(guard.get("factor", 0.0) or 0.0)
+    if not factor or not math.isfinite(loop["best_val_loss"]):
+        return False
+    if val_loss <= factor * loop["best_val_loss"]:
+        return False
+    done, allowed = int(loop.get("rollbacks", 0)), int(guard.get("max_rollbacks", 3))
+    if done >= allowed:
+        log.warning(
+            "validation loss %.5g is above %g x the best (%.5g), but the collapse guard has "
+            "already rolled back %d times (max_rollbacks): training on",
+            val_loss, factor, loop["best_val_loss"], done,
+        )  # fmt: skip
+        return False
+    return True
+
+
+def _roll_back(manager, state: TrainState, loop: dict, val_loss: float, epoch: int) -> TrainState:
+    """`state` with the best checkpoint's weights, statistics and optimiser moments, but its own
+    integer leaves (the step and the optimiser's counts, which drive the rate schedule)."""
+    manager.wait_until_finished()
+    best_step = manager.best_step()
+    best, _ = restore_checkpoint(manager, best_step, state)
+
+    def pick(current, restored):
+        return current if jnp.issubdtype(current.dtype, jnp.integer) else restored
+
+    loop["rollbacks"] = int(loop.get("rollbacks", 0)) + 1
+    log.warning(
+        "epoch %d: validation loss %.5g is %.1f x the best (%.5g, epoch %d): the network "
+        "collapsed; restored the weights and Adam moments of epoch %d and go on at step %d "
+        "(rollback %d)",
+        epoch, val_loss, val_loss / loop["best_val_loss"], loop["best_val_loss"],
+        loop["best_epoch"], best_step, int(state.step), loop["rollbacks"],
+    )  # fmt: skip
+    return jax.tree.map(pick, state, best)
 
 
 def _train_epoch(

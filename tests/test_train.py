@@ -136,6 +136,59 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_p
     assert len(lines) == 1
 
 
+def test_collapse_guard_rolls_back_to_the_best_weights_and_keeps_the_counters(
+    tmp_path, monkeypatch
+):
+    """A validation loss above factor x the best restores the best epoch's weights and Adam
+    moments, keeps the step and optimiser counts (the schedule goes on), and a run interrupted
+    after the rollback resumes to the same end."""
+    import optax
+
+    real = train.evaluate_loss
+    spike = {"epoch": 0}
+
+    def spiking(eval_step, state, *args, **kwargs):
+        loss = real(eval_step, state, *args, **kwargs)
+        steps = int(state.step) // 3  # the epoch that just ended (3 steps an epoch)
+        return 100.0 * loss if steps == spike["epoch"] else loss
+
+    monkeypatch.setattr(train, "evaluate_loss", spiking)
+    config = _random_config()
+    config.collapse_guard.factor = 3.0
+    config.num_epochs = 1
+    train.train_and_evaluate(config, tmp_path / "one")
+    first = _latest_params(tmp_path / "one")
+
+    spike["epoch"] = 2
+    config.num_epochs = 2
+    train.train_and_evaluate(config, tmp_path / "split")
+    rows = [json.loads(x) for x in (tmp_path / "split/metrics.jsonl").read_text().splitlines()]
+    assert rows[1]["rolled_back_to_epoch"] == 1 and "rolled_back_to_epoch" not in rows[0]
+    _, rolled, _ = train.load_trained(tmp_path / "split", "latest")
+    for x, y in zip(jax.tree.leaves(first), jax.tree.leaves(rolled), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))  # epoch 1's weights
+    assert train.checkpoint_manager(tmp_path / "split", read_only=True).best_step() == 1
+
+    model = train.build_model(config)
+    example = jax.numpy.zeros((1, *config.data.shape, 1))
+    state = train.create_train_state(model, train.make_optimizer(config, 3), example,
+                                     jax.random.key(0), train.make_mesh(1))  # fmt: skip
+    manager = train.checkpoint_manager(tmp_path / "split", read_only=True)
+    restored, loop = train.restore_checkpoint(manager, 2, state)
+    assert int(restored.step) == 6 and loop["rollbacks"] == 1  # two epochs of steps, not one
+    counts = [int(c) for c in jax.tree.leaves(restored.opt_state)
+              if np.issubdtype(np.asarray(c).dtype, np.integer)]  # fmt: skip
+    assert counts and all(c == 6 for c in counts), counts
+    assert not isinstance(restored.opt_state, optax.EmptyState)
+
+    config.num_epochs = 3
+    train.train_and_evaluate(config, tmp_path / "split")  # resumed after the rollback
+    train.train_and_evaluate(config, tmp_path / "full")  # the same, uninterrupted
+    a, b = _latest_params(tmp_path / "split"), _latest_params(tmp_path / "full")
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
 def test_old_layout_checkpoint_gets_a_hint(tmp_path):
     """A workdir written with flax's default kernel layouts (before 2026-11-22) is read by the
     current model only with up_transpose_kernel=False and conv_kernel_layout='DHWIO'; the error

@@ -74,6 +74,12 @@ def vnet_config(name: str, region: str) -> ml_collections.ConfigDict:
     # Stop when the validation loss has not improved by min_delta for `patience` epochs; the
     # model of minimum validation loss is the one kept (paper sect. 3.2).
     c.early_stopping = ml_collections.ConfigDict(dict(patience=40, min_delta=0.0))
+    # Collapse guard (0 = off, the paper's recipe): when an epoch ends with a validation loss
+    # above `factor` x the best so far (a loss spike; at Adam rate 1e-3 the V-net's output ReLU
+    # died in such spikes on the H200 and never fully recovered, docs/validation.md), restore the
+    # best epoch's weights and Adam moments, keep the step counters (the rate schedule and the
+    # data stream go on), and continue; at most `max_rollbacks` times a run.
+    c.collapse_guard = ml_collections.ConfigDict(dict(factor=0.0, max_rollbacks=3))
     c.compute_dtype = "auto"  # bfloat16 on GPU/TPU, float32 on CPU
     c.num_devices = 0  # 0 = all local devices
     c.shard_optimizer_state = False  # True: Adam moments split over the devices (ZeRO-1)
