@@ -647,12 +647,24 @@ def restore_checkpoint(manager, step: int, target_state: TrainState):
     """Restore (state, loop dict) of `step` into the structure/shardings of `target_state`."""
     import orbax.checkpoint as ocp
 
+    abstract = _abstract(target_state)
+    # Shapes first, from the checkpoint's metadata: a restore that fails half-way leaves orbax's
+    # asyncio callbacks running, which spill "Event loop is closed" tracebacks at exit.
+    mismatch = _shape_mismatches(Path(manager.directory) / str(step) / "state", abstract)
+    if mismatch:
+        (name, stored, wanted), more = mismatch[0], len(mismatch) - 1
+        raise ValueError(
+            f"checkpoint {step} in {manager.directory} does not fit this model: {name} is stored "
+            f"with shape {stored}, the model wants {wanted}"
+            + (f" ({more} more arrays differ)" if more else "")
+            + "\n"
+            + _LAYOUT_HINT
+        )
     try:
         restored = manager.restore(
             step,
             args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(_abstract(target_state)),
-                loop=ocp.args.JsonRestore(),
+                state=ocp.args.StandardRestore(abstract), loop=ocp.args.JsonRestore()
             ),
         )
     except ValueError as err:
@@ -660,12 +672,49 @@ def restore_checkpoint(manager, step: int, target_state: TrainState):
             raise
         raise ValueError(
             f"checkpoint {step} in {manager.directory} does not fit this model: {err}\n"
-            "If it is a V-net checkpoint written before 2026-11-22, its kernels are in flax's "
-            "default layouts: set config.model.kwargs.up_transpose_kernel=False and/or "
-            "config.model.kwargs.conv_kernel_layout='DHWIO' (in the workdir's config.json for "
-            "experiments/evaluate.py) to read them."
+            + _LAYOUT_HINT
         ) from err
     return restored["state"], dict(restored["loop"])
+
+
+_LAYOUT_HINT = (
+    "If it is a V-net checkpoint written before 2026-11-22, its kernels are in flax's "
+    "default layouts: set config.model.kwargs.up_transpose_kernel=False and/or "
+    "config.model.kwargs.conv_kernel_layout='DHWIO' (in the workdir's config.json for "
+    "experiments/evaluate.py) to read them."
+)
+
+
+def _shape_mismatches(state_dir: Path, abstract) -> list[tuple[str, tuple, tuple]]:
+    """``(name, stored shape, wanted shape)`` of the parameters and batch statistics whose
+    shapes differ between a saved state and `abstract`; [] when equal or unreadable."""
+    import orbax.checkpoint as ocp
+
+    def name(entry):  # DictKey.key, GetAttrKey.name, SequenceKey.idx
+        for attr in ("key", "name", "idx"):
+            if getattr(entry, attr, None) is not None:
+                return str(getattr(entry, attr))
+        return str(entry)
+
+    def names(path):
+        return tuple(name(k) for k in path)
+
+    try:
+        tree = ocp.StandardCheckpointer().metadata(state_dir).item_metadata
+        stored = {
+            names(p): tuple(m.shape)
+            for p, m in jax.tree_util.tree_leaves_with_path(tree)
+            if getattr(m, "shape", None) is not None
+        }
+    except Exception:  # noqa: BLE001 (metadata unreadable: the restore itself will say why)
+        return []
+    out = []
+    for path, leaf in jax.tree_util.tree_leaves_with_path(abstract):
+        key = names(path)
+        if key[0] in ("params", "batch_stats") and key in stored:
+            if stored[key] != tuple(leaf.shape):
+                out.append(("/".join(key), stored[key], tuple(leaf.shape)))
+    return out
 
 
 def save_checkpoint(manager, step: int, state: TrainState, loop: dict, val_loss: float) -> None:
@@ -1004,15 +1053,18 @@ def load_trained(workdir: str | Path, which: str = "best", mesh: Mesh | None = N
     config = load_config(workdir)
     mesh = mesh or make_mesh(1)
     manager = checkpoint_manager(workdir, read_only=True)
-    step = manager.best_step() if which == "best" else manager.latest_step()
-    if step is None:
-        raise FileNotFoundError(f"no checkpoint in {Path(workdir) / CHECKPOINT_DIR}")
-    model = build_model(config)
-    tx = make_optimizer(config, 1)
-    shape = _input_shape_from_config(config)
-    state = create_train_state(model, tx, jnp.zeros(shape, jnp.float32), jax.random.key(0), mesh)
-    state, loop = restore_checkpoint(manager, step, state)
-    manager.close()
+    try:  # closed on errors too: an open manager spills asyncio tracebacks at exit
+        step = manager.best_step() if which == "best" else manager.latest_step()
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {Path(workdir) / CHECKPOINT_DIR}")
+        model = build_model(config)
+        tx = make_optimizer(config, 1)
+        shape = _input_shape_from_config(config)
+        example = jnp.zeros(shape, jnp.float32)
+        state = create_train_state(model, tx, example, jax.random.key(0), mesh)
+        state, loop = restore_checkpoint(manager, step, state)
+    finally:
+        manager.close()
     log.info("loaded the %s checkpoint (epoch %d) of %s", which, step, workdir)
     return model, {"params": state.params, "batch_stats": state.batch_stats}, config
 
