@@ -99,8 +99,8 @@ def load_predictor(
     if region is not None:
         check_model_region(trained, region, workdir)
     # the symmetry is checked against the box and the training data before the slow load
-    transforms = sym.region_symmetries(trained, symmetry)
-    sym.check_simulator(symmetry, train.simulator_name(train.load_config(workdir)))
+    simulator = train.simulator_name(train.load_config(workdir))
+    transforms = sym.region_symmetries(trained, symmetry, simulator)
     model, variables, config = train.load_trained(workdir, which=which)
     return sym.symmetrised(density_predictor(model, variables), transforms), trained, config
 

@@ -63,19 +63,15 @@ class Transform:
             x = jnp.flip(x, axis=3)
         return x
 
-    def __str__(self) -> str:
-        parts = [n for n, on in (("flip Y", self.flip_y), ("flip Z", self.flip_z),
-                                 ("swap Y-Z", self.swap_yz)) if on]  # fmt: skip
-        return " + ".join(parts) or "identity"
-
 
 def _symmetric_about_sun(region: Region, axis: int) -> bool:
     lo, hi = region.lower_pc[axis], region.upper_pc[axis]
     return math.isclose(lo, -hi, rel_tol=1e-9, abs_tol=1e-9 * (hi - lo))
 
 
-def region_symmetries(region: Region, group: str) -> list[Transform]:
-    """The transforms of `group` (one of `GROUPS`), after checking that `region` has them.
+def region_symmetries(region: Region, group: str, simulator: str | None = None) -> list[Transform]:
+    """The transforms of `group` (one of `GROUPS`), after checking that `region` has them and,
+    with `simulator` given, that the training simulations have them too (`check_simulator`).
 
     ``"flip_y"`` needs Y bounds symmetric about the Sun (lower = -upper), ``"flips"`` Y and Z
     bounds; ``"dihedral"`` also needs the Y and Z extents and cell counts equal. The identity
@@ -83,6 +79,8 @@ def region_symmetries(region: Region, group: str) -> list[Transform]:
     """
     if group not in GROUPS:
         raise ValueError(f"unknown symmetry group {group!r}; choose one of {', '.join(GROUPS)}")
+    if simulator is not None:
+        check_simulator(group, simulator)
     if group == "none":
         return [Transform()]
     for axis, name in ((1, "Y"), (2, "Z"))[: 1 if group == "flip_y" else 2]:

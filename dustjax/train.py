@@ -1053,7 +1053,7 @@ def load_trained(workdir: str | Path, which: str = "best", mesh: Mesh | None = N
     config = load_config(workdir)
     mesh = mesh or make_mesh(1)
     manager = checkpoint_manager(workdir, read_only=True)
-    try:  # closed on errors too: an open manager spills asyncio tracebacks at exit
+    try:  # closed on errors too
         step = manager.best_step() if which == "best" else manager.latest_step()
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {Path(workdir) / CHECKPOINT_DIR}")

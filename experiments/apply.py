@@ -26,6 +26,8 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
     """Define the command-line flags (only when run as a program: importing this module never
     collides with another entry point's flags)."""
+    from dustjax.symmetry import GROUPS
+
     flags.DEFINE_string("region", "SR", "Region box: SR or LR.")
     flags.DEFINE_list("shape", None, "Cells per axis (default: the model's), e.g. 32,32,32.")
     flags.DEFINE_string("catalog", None, "Star catalogue (FITS, CSV, ECSV), or 'demo'.")
@@ -47,7 +49,7 @@ def define_flags() -> None:
     flags.DEFINE_float("density_scale", None, "Literature cube units to mag/pc (default: BUNIT).")
     flags.DEFINE_integer("demo_stars", 50_000, "Stars in the demo catalogue.")
     flags.DEFINE_enum(
-        "symmetry", "none", ["none", "flip_y", "flips", "dihedral"],
+        "symmetry", "none", list(GROUPS),
         "Average the V-net over the region's symmetries: dihedral (8, SR), flip_y (2, LR's "
         "log-normal field), flips (4, LR's Levy flights); one pass each (dustjax.symmetry).",
     )  # fmt: skip

@@ -44,8 +44,10 @@ def define_flags() -> None:
     flags.DEFINE_enum("which", "best", ["best", "latest"], "Which checkpoint to evaluate.")
     flags.DEFINE_integer("max_cubes", 0, "Evaluate at most this many test cubes (0 = all).")
     flags.DEFINE_string("split", "test", "Split to evaluate.")
+    from dustjax.symmetry import GROUPS
+
     flags.DEFINE_enum(
-        "symmetry", None, ["none", "flip_y", "flips", "dihedral"],
+        "symmetry", None, list(GROUPS),
         "Average the prediction over the region's symmetries: SR's Levy flights have all 8 "
         "(dihedral), LR's log-normal field the Y reflection (flip_y); dustjax.symmetry "
         "(default: config.eval.symmetry, else none); results go to "
@@ -71,6 +73,11 @@ def evaluate(
     from dustjax import symmetry as sym
 
     workdir = Path(workdir)
+    # the symmetry is checked against the box and the training data before the slow load
+    saved = train.load_config(workdir)
+    region = train.region_of(saved)
+    symmetry = symmetry or saved.eval.get("symmetry") or "none"
+    symmetries = sym.region_symmetries(region, symmetry, train.simulator_name(saved))
     model, variables, config = train.load_trained(workdir, which)
     if data_dir:
         config.data.data_dir = data_dir
@@ -81,12 +88,7 @@ def evaluate(
         config.eval.get("batch_size") or config.get("eval_batch_size") or config.batch_size
     )
     batch_size = max(mesh.size, (batch_size // mesh.size) * mesh.size)
-    region = train.region_of(config)
-    symmetry = symmetry or config.eval.get("symmetry") or "none"
-    sym.check_simulator(symmetry, train.simulator_name(config))
-    predict = sym.symmetrised(
-        train.make_predict_fn(model, variables, mesh), sym.region_symmetries(region, symmetry)
-    )
+    predict = sym.symmetrised(train.make_predict_fn(model, variables, mesh), symmetries)
     max_cubes = max_cubes or int(config.eval.get("max_cubes") or 0)
 
     spectra = metrics.SpectrumAccumulator(region.shape, region.cell_size_pc)
