@@ -1,6 +1,7 @@
 """The training engine (dustjax.train) and its entry points: end to end on the `vnet_test` config
 (train, checkpoint, resume, evaluate), sharding on fake devices, bad input."""
 
+import functools
 import json
 import os
 import re
@@ -156,6 +157,7 @@ def test_collapse_guard_rolls_back_to_the_best_weights_and_keeps_the_counters(
     monkeypatch.setattr(train, "evaluate_loss", spiking)
     config = _random_config()
     config.collapse_guard.factor = 3.0
+    config.collapse_guard.train_factor = 0.0  # any validation spike counts as a collapse
     config.num_epochs = 1
     train.train_and_evaluate(config, tmp_path / "one")
     first = _latest_params(tmp_path / "one")
@@ -188,6 +190,58 @@ def test_collapse_guard_rolls_back_to_the_best_weights_and_keeps_the_counters(
     a, b = _latest_params(tmp_path / "split"), _latest_params(tmp_path / "full")
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_collapse_verdict_tells_a_collapse_from_a_validation_spike():
+    """Known answers: below `factor` nothing; above it a collapse only if the training loss rose
+    above `train_factor` x its lowest; train_factor 0 makes every spike a collapse; the replay
+    of a recorded curve marks what follows the first collapse."""
+    guard = dict(factor=3.0, train_factor=1.3)
+    verdict = functools.partial(train.collapse_verdict, guard, best_val_loss=1.0,
+                                best_train_loss=1.0)  # fmt: skip
+    assert verdict(val_loss=2.9, train_loss=5.0) == ""
+    assert verdict(val_loss=3.1, train_loss=1.29) == "validation"
+    assert verdict(val_loss=3.1, train_loss=1.31) == "collapse"
+    every = functools.partial(train.collapse_verdict, dict(factor=3.0, train_factor=0.0),
+                              best_val_loss=1.0, best_train_loss=1.0)  # fmt: skip
+    assert every(val_loss=3.1, train_loss=1.0) == "collapse"
+    off = functools.partial(train.collapse_verdict, dict(factor=0.0), best_val_loss=1.0,
+                            best_train_loss=1.0)  # fmt: skip
+    assert off(val_loss=1e9, train_loss=1e9) == ""
+    losses = [(4.0, 5.0), (2.0, 2.0), (2.0, 7.0), (2.1, 1.9), (3.0, 6.5), (2.0, 1.8)]
+    rows = [dict(epoch=e, train_loss=t, val_loss=v) for e, (t, v) in enumerate(losses, 1)]
+    events = train.replay_collapse_guard(rows, guard)
+    assert [(e["epoch"], e["verdict"], e["after_collapse"]) for e in events] == [
+        (3, "validation", False),  # val 7 > 3 x 2, train 2 = its lowest
+        (5, "collapse", False),  # val 6.5 > 3 x 2, train 3 > 1.3 x 2
+    ]
+    assert events[1]["val_ratio"] == pytest.approx(6.5 / 1.9)
+    assert events[1]["train_ratio"] == pytest.approx(3.0 / 2.0)
+
+
+def test_a_validation_only_spike_is_not_rolled_back(tmp_path, monkeypatch):
+    """With the default train_factor a validation spike whose training loss is normal is marked
+    and left alone: no rollback, the weights train on, the best checkpoint stays."""
+    real = train.evaluate_loss
+
+    def spiking(eval_step, state, *args, **kwargs):
+        loss = real(eval_step, state, *args, **kwargs)
+        return 100.0 * loss if int(state.step) // 3 == 2 else loss
+
+    monkeypatch.setattr(train, "evaluate_loss", spiking)
+    config = _random_config()
+    config.collapse_guard.factor = 3.0
+    config.num_epochs = 1
+    train.train_and_evaluate(config, tmp_path / "run")
+    first = _latest_params(tmp_path / "run")
+    config.num_epochs = 2
+    train.train_and_evaluate(config, tmp_path / "run")
+    rows = [json.loads(x) for x in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    assert rows[1].get("validation_spike") is True and "rolled_back_to_epoch" not in rows[1]
+    second = _latest_params(tmp_path / "run")
+    pairs = zip(jax.tree.leaves(first), jax.tree.leaves(second), strict=True)
+    assert any(not np.array_equal(np.asarray(x), np.asarray(y)) for x, y in pairs)
+    assert train.checkpoint_manager(tmp_path / "run", read_only=True).best_step() == 1
 
 
 def test_old_layout_checkpoint_gets_a_hint(tmp_path):

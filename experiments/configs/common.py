@@ -78,8 +78,13 @@ def vnet_config(name: str, region: str) -> ml_collections.ConfigDict:
     # above `factor` x the best so far (a loss spike; at Adam rate 1e-3 the V-net's output ReLU
     # died in such spikes on the H200 and never fully recovered, docs/validation.md), restore the
     # best epoch's weights and Adam moments, keep the step counters (the rate schedule and the
-    # data stream go on), and continue; at most `max_rollbacks` times a run.
-    c.collapse_guard = ml_collections.ConfigDict(dict(factor=0.0, max_rollbacks=3))
+    # data stream go on), and continue; at most `max_rollbacks` times a run. Only if the epoch's
+    # training loss also rose above `train_factor` x its lowest (0: any validation spike): a
+    # validation spike alone comes from the batch-norm running statistics, not the weights
+    # (dustjax.train.collapse_verdict; both kinds seen in one 4-GPU run, docs/validation.md).
+    c.collapse_guard = ml_collections.ConfigDict(
+        dict(factor=0.0, train_factor=1.3, max_rollbacks=5)
+    )
     c.compute_dtype = "auto"  # bfloat16 on GPU/TPU, float32 on CPU
     c.num_devices = 0  # 0 = all local devices
     c.shard_optimizer_state = False  # True: Adam moments split over the devices (ZeRO-1)
