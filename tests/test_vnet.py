@@ -311,6 +311,7 @@ def test_vnet_sr_los_is_vnet_sr_plus_the_documented_changes_only():
         "schedule.name": "warmup_cosine",
         "schedule.warmup_epochs": 3.0,
         "num_epochs": 80,
+        "collapse_guard.factor": 3.0,
     }
     assert set(ours) == set(paper)
 

@@ -18,6 +18,9 @@ dispersion 0.000756 mag/pc, min c_r 0.845 for k in [0.046, 0.893] pc^-1 (paper: 
 >= 0.9; the paper's model with the paper's rate, same length: 9.27e-5, 0.000964, 0.751).
 Peak rate 1e-3 for 110 epochs was worse on every number (6.22e-5, 0.000791, 0.835); 1e-3 kills
 the output ReLU now and then, at batch 32 and at batch 128 on 4 GPUs alike.
+The collapse guard is on (factor 3, train_factor 1.3): replayed on this recipe's recorded runs it
+does nothing, and on a 4-GPU run of it with 3x the steps it would have rolled back the four
+collapses that cost that run its gain (docs/validation.md; `experiments.guard_replay`).
 Evaluate with `--symmetry=dihedral` (the mean over the SR box's 8 symmetries): on this recipe cut
 to 35 epochs it lowered the test loss by 11 % and raised min c_r from 0.796 to 0.821.
 """
@@ -34,4 +37,5 @@ def get_config():
     c.schedule.name = "warmup_cosine"
     c.schedule.warmup_epochs = 3.0
     c.num_epochs = 80
+    c.collapse_guard.factor = 3.0
     return c
