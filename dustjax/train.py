@@ -1143,3 +1143,39 @@ def make_predict_fn(model, variables, mesh: Mesh | None = None):
         return model.apply(variables, inputs, train=False)
 
     return lambda inputs: predict(variables, inputs)
+
+
+def population_batch_stats(model, variables, inputs: Iterable, mesh: Mesh | None = None, *,
+                           rng=None) -> dict:  # fmt: skip
+    """Batch-norm statistics recomputed as the plain mean over `inputs` ("precise BN").
+
+    Training keeps running averages (momentum 0.99: effectively the last ~100 steps, taken while
+    the weights still moved, and one outlier batch among them shifts them: the validation-only
+    spikes of docs/validation.md). This runs the trained network in training mode on each batch
+    with the momentum set to 0, so each layer reports that batch's mean and variance of its input
+    (computed from the earlier layers' batch statistics, as in training), and averages them with
+    equal weights. Returns the new ``batch_stats`` tree. ``rng`` feeds dropout, if the model has
+    any. Batches must divide over the mesh's devices.
+    """
+    if not hasattr(model, "bn_momentum"):
+        raise ValueError(f"{type(model).__name__} has no bn_momentum: cannot recompute its stats")
+    zero = model.clone(bn_momentum=0.0)
+    mesh = mesh or make_mesh(1)
+    data = NamedSharding(mesh, P("data"))
+    variables = jax.device_put(variables, NamedSharding(mesh, P()))
+    rng = jax.random.key(0) if rng is None else rng
+
+    @functools.partial(jax.jit, in_shardings=(None, data, None))
+    def batch_stats(variables, x, key):
+        _, updates = zero.apply(variables, x, train=True, mutable=["batch_stats"],
+                                rngs={"dropout": key})  # fmt: skip
+        return updates["batch_stats"]
+
+    total, count = None, 0
+    for i, x in enumerate(inputs):
+        stats = batch_stats(variables, x, jax.random.fold_in(rng, i))
+        total = stats if total is None else jax.tree.map(jnp.add, total, stats)
+        count += 1
+    if not count:
+        raise ValueError("population_batch_stats needs at least one batch")
+    return jax.tree.map(lambda t: t / count, total)

@@ -7,7 +7,9 @@ Loads the minimum-validation-loss checkpoint, predicts the test cubes (the TFRec
 or, for ``source="simulate"``, the fixed-seed simulated test stream), denormalises (inverse of
 eqs. 1-2) and writes into ``<workdir>/eval/`` (``eval_<symmetry>/`` with ``--symmetry``: the
 prediction averaged over the region's reflections, and Y-Z swaps for ``dihedral``;
-`dustjax.symmetry`):
+`dustjax.symmetry`; a ``_popbn`` suffix with ``--bn_stats=population``: the batch-norm statistics
+recomputed as the mean over ``--bn_batches`` training batches instead of the running averages
+saved in training, `dustjax.train.population_batch_stats`):
 
 - ``test_metrics.json``: eq. 3 loss on the normalised test cubes, median and dispersion of
   rho_p - rho_t (mag/pc), the c_r(k) table (eq. 4, k in pc^-1, shells out to the cube corner)
@@ -19,6 +21,7 @@ prediction averaged over the region's reflections, and Y-Z swaps for ``dihedral`
 
 from __future__ import annotations
 
+import itertools
 import math
 import sys
 import time
@@ -53,6 +56,12 @@ def define_flags() -> None:
         "(default: config.eval.symmetry, else none); results go to "
         "eval_<symmetry>/ instead of eval/.",
     )  # fmt: skip
+    flags.DEFINE_enum(
+        "bn_stats", "running", ["running", "population"],
+        "Batch-norm statistics: the running averages saved in training, or recomputed as the mean "
+        "over --bn_batches training batches (results in eval*_popbn/).",
+    )  # fmt: skip
+    flags.DEFINE_integer("bn_batches", 64, "Training batches for --bn_stats=population.")
 
 
 def evaluate(
@@ -63,6 +72,8 @@ def evaluate(
     max_cubes: int = 0,
     split: str = "test",
     symmetry: str | None = None,
+    bn_stats: str = "running",
+    bn_batches: int = 64,
 ) -> dict:
     """Run the paper's evaluation of a training workdir; returns (and writes) the metrics."""
     import jax
@@ -78,6 +89,10 @@ def evaluate(
     region = train.region_of(saved)
     symmetry = symmetry or saved.eval.get("symmetry") or "none"
     symmetries = sym.region_symmetries(region, symmetry, train.simulator_name(saved))
+    if bn_stats not in ("running", "population"):
+        raise ValueError(f"bn_stats must be 'running' or 'population', got {bn_stats!r}")
+    if bn_stats == "population" and bn_batches < 1:
+        raise ValueError(f"bn_batches must be >= 1, got {bn_batches}")
     model, variables, config = train.load_trained(workdir, which)
     if data_dir:
         config.data.data_dir = data_dir
@@ -88,6 +103,13 @@ def evaluate(
         config.eval.get("batch_size") or config.get("eval_batch_size") or config.batch_size
     )
     batch_size = max(mesh.size, (batch_size // mesh.size) * mesh.size)
+    if bn_stats == "population":
+        train_batches = source(config, "train", batch_size=batch_size, seed=int(config.seed),
+                               epoch=0, train=True)  # fmt: skip
+        inputs = (jnp.asarray(np.asarray(b[task.input_key]))
+                  for b in itertools.islice(train_batches, bn_batches))  # fmt: skip
+        variables = dict(variables, batch_stats=train.population_batch_stats(
+            model, variables, inputs, mesh, rng=jax.random.key(int(config.seed))))  # fmt: skip
     predict = sym.symmetrised(train.make_predict_fn(model, variables, mesh), symmetries)
     max_cubes = max_cubes or int(config.eval.get("max_cubes") or 0)
 
@@ -130,8 +152,9 @@ def evaluate(
 
     res = residuals.result()
     table = spectra.result()
+    name = "eval" + ("" if symmetry == "none" else f"_{symmetry}")
     out_dir = dio.ensure_writable_dir(
-        workdir / ("eval" if symmetry == "none" else f"eval_{symmetry}")
+        workdir / (name + ("_popbn" if bn_stats == "population" else ""))
     )
     region_key = str(config.data.region).upper()
     checks = {}
@@ -147,6 +170,7 @@ def evaluate(
         checkpoint=which,
         split=split,
         symmetry=symmetry,
+        bn_stats=bn_stats if bn_stats == "running" else f"population of {bn_batches} batches",
         source=config.data.source,
         region=region.to_dict(),
         num_cubes=num_cubes,
@@ -164,6 +188,8 @@ def evaluate(
     title = f"{config.get('name', '')} ({region_key}, {num_cubes} {split} cubes)"
     if symmetry != "none":
         title += f", {symmetry} average"
+    if bn_stats == "population":
+        title += ", recomputed batch-norm statistics"
     plots.density_pdfs(res["density_edges"], res["pdf_true"], res["pdf_pred"],
                        out_dir / "pdf.png", title)  # fmt: skip
     plots.density_scatter(res["density_edges"], res["hist_2d"], out_dir / "scatter.png", title)
@@ -192,7 +218,8 @@ def main(argv):
         raise app.UsageError("--workdir is required (a directory written by experiments.train)")
     try:
         evaluate(FLAGS.workdir, FLAGS.data_dir, which=FLAGS.which, max_cubes=FLAGS.max_cubes,
-                 split=FLAGS.split, symmetry=FLAGS.symmetry)  # fmt: skip
+                 split=FLAGS.split, symmetry=FLAGS.symmetry, bn_stats=FLAGS.bn_stats,
+                 bn_batches=FLAGS.bn_batches)  # fmt: skip
     except (FileNotFoundError, ValueError) as err:  # RegionError is a ValueError
         sys.exit(f"error: {err}")
 

@@ -113,6 +113,44 @@ def test_end_to_end_train_resume_evaluate(tmp_path):
     assert sym["symmetry"] == "dihedral" and (tmp_path / "full/eval_dihedral/pdf.png").exists()
     assert sym["num_cubes"] == out["num_cubes"] and sym["loss_eq3"] != out["loss_eq3"]
     assert json.loads((tmp_path / "full/eval/test_metrics.json").read_text())["symmetry"] == "none"
+    # batch-norm statistics recomputed from training batches: their own directory, and the same
+    # numbers as the running averages only by accident
+    pop = evaluate(tmp_path / "full", bn_stats="population", bn_batches=2)
+    assert pop["bn_stats"] == "population of 2 batches" and out["bn_stats"] == "running"
+    assert (tmp_path / "full/eval_popbn/test_metrics.json").exists()
+    assert np.isfinite(pop["loss_eq3"]) and pop["loss_eq3"] != out["loss_eq3"]
+    with pytest.raises(ValueError, match="bn_batches must be >= 1"):
+        evaluate(tmp_path / "full", bn_stats="population", bn_batches=0)
+
+
+def test_population_batch_stats_of_one_batch_give_the_training_mode_output():
+    """Known answers: with the statistics of batch x, evaluation mode on x is training mode on x
+    (every layer then normalises by exactly what it saw in training); over two batches each
+    statistic is the mean of the two batches' (so the stale running averages play no part)."""
+    from dustjax.models.vnet import VNet
+
+    model = VNet(features=(2, 4))
+    x = jax.random.uniform(jax.random.key(1), (4, 8, 8, 8, 1))
+    y = jax.random.uniform(jax.random.key(2), (4, 8, 8, 8, 1)) ** 2
+    v = model.init(jax.random.key(0), x)
+    leaves, tree = jax.tree.flatten(v["params"])  # moved off the init
+    keys = jax.random.split(jax.random.key(3), len(leaves))
+    params = jax.tree.unflatten(
+        tree, [p + 0.1 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys, strict=True)]
+    )
+    stale = jax.tree.map(lambda s: s * 0 + 7.0, v["batch_stats"])
+    variables = {"params": params, "batch_stats": stale}
+    trained, _ = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    stats_x = train.population_batch_stats(model, variables, [x])
+    evaluated = model.apply({"params": params, "batch_stats": stats_x}, x, train=False)
+    np.testing.assert_allclose(np.asarray(evaluated), np.asarray(trained), atol=1e-5)
+    assert not np.allclose(np.asarray(model.apply(variables, x, train=False)), np.asarray(trained))
+    stats_y = train.population_batch_stats(model, variables, [y])
+    both = train.population_batch_stats(model, variables, [x, y])
+    for a, b, ab in zip(*(jax.tree.leaves(t) for t in (stats_x, stats_y, both)), strict=True):
+        np.testing.assert_allclose(np.asarray(ab), (np.asarray(a) + np.asarray(b)) / 2, rtol=1e-5)
+    with pytest.raises(ValueError, match="at least one batch"):
+        train.population_batch_stats(model, variables, [])
 
 
 def test_early_stopping_and_finished_runs_do_not_retrain(tmp_path):
