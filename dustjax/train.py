@@ -8,8 +8,9 @@ engine looks up in small registries, so a new model or task needs no edit of the
   ``config.model.kwargs`` and ``dtype=compute dtype``;
 - a **task** (`register_task`): which batch keys are the input and the target, the per-example
   loss (default "density_from_extinction": extinction -> density, MSE on the normalised values,
-  paper eq. 3) and an optional on-device augmentation ``augment(batch, rng) -> batch`` run inside
-  the jitted step;
+  paper eq. 3; "density_from_extinction_h1" adds the squared error of the cell-to-cell
+  differences, which weights the finest scales more) and an optional on-device augmentation
+  ``augment(batch, rng) -> batch`` run inside the jitted step;
 - a **data source** (`register_data_source`): ``config.data.source`` = "tfrecord" (shards written
   by `data_gen.make_dataset`) or "simulate" (fresh cubes simulated on the device every step), or
   any registered ``source(config, split, *, batch_size, seed, epoch, train) -> iterable of
@@ -89,6 +90,35 @@ def mse_per_example(predictions, targets):
     return jnp.mean(jnp.square(diff), axis=tuple(range(1, diff.ndim)))
 
 
+def gradient_mse_per_example(predictions, targets):
+    """The mean over cells and spatial axes of (e[i+1] - e[i])^2 / 2, e = predictions - targets.
+
+    Arrays are ``(B, *spatial, C)``. In Fourier space this weights the error's power at wave
+    vector k by (2/3) sum_i sin^2(k_i cell / 2) (for three axes), whose mean over the grid's
+    modes is 1: white noise gets its variance, as from the MSE, an error smooth on the cell scale
+    gets ~0, and the grid's corner modes (all k_i at the Nyquist wavenumber) get 2. Those corner
+    modes set the V-net's minimum c_r on SR (docs/validation.md), while an MSE gives them a
+    weight in proportion to their number, 68 of 32,768 modes.
+    """
+    diff = predictions.astype(jnp.float32) - targets.astype(jnp.float32)
+    spatial = range(1, diff.ndim - 1)
+    if not spatial:
+        raise ValueError(f"predictions of shape {diff.shape} have no spatial axes")
+    per_axis = [
+        jnp.mean(jnp.square(jnp.diff(diff, axis=a)), axis=tuple(range(1, diff.ndim))) / 2
+        for a in spatial
+    ]
+    return sum(per_axis) / len(per_axis)
+
+
+def h1_per_example(predictions, targets, gradient_weight: float = 1.0):
+    """Eq. 3 plus `gradient_weight` x `gradient_mse_per_example`: a Sobolev (H^1) loss that
+    raises the weight of the finest scales (with weight 1, the corner modes 3 x the others' 1)."""
+    return mse_per_example(predictions, targets) + gradient_weight * gradient_mse_per_example(
+        predictions, targets
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class Task:
     """What a model learns: input/target batch keys, the loss, optional on-device augmentation.
@@ -103,7 +133,11 @@ class Task:
     augment: Callable[[dict, jax.Array], dict] | None = None
 
 
-_TASKS: dict[str, Task] = {"density_from_extinction": Task()}
+_TASKS: dict[str, Task] = {
+    "density_from_extinction": Task(),
+    # not the paper's loss: eq. 3 plus the squared error of the cell-to-cell differences
+    "density_from_extinction_h1": Task(per_example_loss=h1_per_example),
+}
 _DATA_SOURCES: dict[str, Callable[..., Iterable[dict]]] = {}
 _SCHEDULES: dict[str, Callable[..., tuple[Any, optax.GradientTransformation | None]]] = {}
 

@@ -282,6 +282,48 @@ def test_a_validation_only_spike_is_not_rolled_back(tmp_path, monkeypatch):
     assert train.checkpoint_manager(tmp_path / "run", read_only=True).best_step() == 1
 
 
+def _checker(shape, axes):
+    """(-1)^(sum of the indices along `axes`) on a (1, *shape, 1) grid."""
+    idx = np.indices(shape)
+    return ((-1.0) ** sum(idx[a] for a in axes))[None, ..., None].astype(np.float32)
+
+
+def test_gradient_mse_known_answers():
+    zero = np.zeros((1, 6, 6, 6, 1), np.float32)
+    a = 0.5
+    # the corner mode: every difference is 2a on all three axes -> (2a)^2 / 2 = 2 a^2
+    corner = a * _checker((6, 6, 6), (0, 1, 2))
+    np.testing.assert_allclose(train.gradient_mse_per_example(corner, zero), [2 * a**2], rtol=1e-6)
+    np.testing.assert_allclose(train.h1_per_example(corner, zero), [3 * a**2], rtol=1e-6)
+    # the Nyquist mode of one axis: 2a^2 on that axis, 0 on the other two
+    axis = a * _checker((6, 6, 6), (0,))
+    got = train.gradient_mse_per_example(axis, zero)
+    np.testing.assert_allclose(got, [2 * a**2 / 3], rtol=1e-6)
+    # an error smooth on the cell scale costs nothing beyond the MSE
+    offset = np.full_like(zero, a)
+    np.testing.assert_allclose(train.gradient_mse_per_example(offset, zero), [0.0], atol=1e-12)
+    np.testing.assert_allclose(
+        train.h1_per_example(offset, zero, gradient_weight=5.0),
+        train.mse_per_example(offset, zero),
+        rtol=1e-6,
+    )
+    # white noise: its variance, as from the MSE (2-D images work too)
+    noise = np.random.default_rng(0).normal(0.0, 0.3, size=(2, 256, 256, 1)).astype(np.float32)
+    got = train.gradient_mse_per_example(noise, np.zeros_like(noise))
+    np.testing.assert_allclose(got, [0.09, 0.09], rtol=0.02)
+    with pytest.raises(ValueError, match="no spatial axes"):
+        train.gradient_mse_per_example(np.zeros((3, 1)), np.zeros((3, 1)))
+
+
+def test_h1_task_trains_through_the_engine(tmp_path):
+    c = _random_config()
+    c.task = "density_from_extinction_h1"
+    c.num_epochs = 1
+    summary = train.train_and_evaluate(c, tmp_path / "wd")
+    assert summary["epochs_run"] == 1 and np.isfinite(summary["best_val_loss"])
+    assert train.get_task(c.task).per_example_loss is train.h1_per_example
+
+
 def test_old_layout_checkpoint_gets_a_hint(tmp_path):
     """A workdir written with flax's default kernel layouts (before 2026-11-22) is read by the
     current model only with up_transpose_kernel=False and conv_kernel_layout='DHWIO'; the error
