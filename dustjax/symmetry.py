@@ -64,6 +64,11 @@ class Transform:
         return x
 
 
+def _check_group(group: str) -> None:
+    if group not in GROUPS:
+        raise ValueError(f"unknown symmetry group {group!r}; choose one of {', '.join(GROUPS)}")
+
+
 def _symmetric_about_sun(region: Region, axis: int) -> bool:
     lo, hi = region.lower_pc[axis], region.upper_pc[axis]
     return math.isclose(lo, -hi, rel_tol=1e-9, abs_tol=1e-9 * (hi - lo))
@@ -77,8 +82,7 @@ def region_symmetries(region: Region, group: str, simulator: str | None = None) 
     bounds; ``"dihedral"`` also needs the Y and Z extents and cell counts equal. The identity
     comes first.
     """
-    if group not in GROUPS:
-        raise ValueError(f"unknown symmetry group {group!r}; choose one of {', '.join(GROUPS)}")
+    _check_group(group)
     if simulator is not None:
         check_simulator(group, simulator)
     if group == "none":
@@ -110,8 +114,7 @@ def check_simulator(group: str, simulator: str) -> None:
     A network trained on data without a symmetry has no reason to respect it: averaging over
     the Y-Z swap would mix LR's disc (along Z) with a disc along Y.
     """
-    if group not in GROUPS:
-        raise ValueError(f"unknown symmetry group {group!r}; choose one of {', '.join(GROUPS)}")
+    _check_group(group)
     if group == "none":
         return
     allowed = SIMULATOR_GROUPS.get(simulator)
