@@ -70,10 +70,19 @@ def plot_star_extinctions(predicted, reference, path, *, reference_label="true")
     return _save(fig, path)
 
 
-def _extent(grid: LBDGrid):
+def _show_lb(ax, grid: LBDGrid, img, **kwargs):
+    """imshow of an ``(nl, nb)`` image on (l, b) axes, l increasing to the left as on the sky.
+
+    The image's data and its axis must agree: the extent runs with the data (l_min at column 0)
+    and the axis is reversed afterwards (reversing only the extent would mirror the map).
+    """
     l0, l1 = grid.l_range_deg
     b0, b1 = grid.b_range_deg
-    return (l1, l0, b0, b1)  # l increasing to the left
+    im = ax.imshow(
+        np.asarray(img).T, origin="lower", extent=(l0, l1, b0, b1), aspect="auto", **kwargs
+    )
+    ax.set_xlim(l1, l0)
+    return im
 
 
 def plot_extinction_maps(grid: LBDGrid, predicted, path, *, true=None):
@@ -91,11 +100,10 @@ def plot_extinction_maps(grid: LBDGrid, predicted, path, *, true=None):
     for ax, (name, img) in zip(axes[:, 0], panels, strict=True):
         resid = name.startswith("predicted -")
         lim = float(np.max(np.abs(img))) if resid else None
-        im = ax.imshow(
-            np.asarray(img).T,
-            origin="lower",
-            extent=_extent(grid),
-            aspect="auto",
+        im = _show_lb(
+            ax,
+            grid,
+            img,
             cmap="RdBu_r" if resid else "viridis",
             vmin=-lim if resid else 0.0,
             vmax=lim if resid else vmax,
@@ -132,11 +140,10 @@ def plot_density_slices(grid: LBDGrid, predicted, distances_pc, path, *, true=No
         lim = float(np.max(np.abs(cube[..., idx]))) if resid else None
         for c, k in enumerate(idx):
             ax = axes[r, c]
-            im = ax.imshow(
-                cube[:, :, k].T,
-                origin="lower",
-                extent=_extent(grid),
-                aspect="auto",
+            im = _show_lb(
+                ax,
+                grid,
+                cube[:, :, k],
                 cmap="RdBu_r" if resid else "magma",
                 vmin=-lim if resid else 0.0,
                 vmax=lim if resid else vmax,
