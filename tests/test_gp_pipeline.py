@@ -193,3 +193,18 @@ def test_an_earlier_runs_outputs_are_set_aside_not_mixed(tmp_path):
     assert not (tmp_path / "previous_run" / "density.fits").exists()
     assert "nan_elbo" in (tmp_path / "previous_run" / "summary.json").read_text()
     assert pipeline.set_aside_previous_outputs(tmp_path) == []
+
+
+def test_a_rerun_moves_only_its_own_outputs_never_the_users_catalogue(tmp_path):
+    (tmp_path / "density.fits").write_bytes(b"old map")
+    (tmp_path / "my_catalogue.fits").write_bytes(b"the user's stars")
+    (tmp_path / "fig_mine.png").write_bytes(b"the user's figure")
+    assert pipeline.set_aside_previous_outputs(tmp_path) == ["density.fits"]
+    assert (tmp_path / "my_catalogue.fits").read_bytes() == b"the user's stars"
+    assert (tmp_path / "fig_mine.png").read_bytes() == b"the user's figure"
+    assert not (tmp_path / "previous_run" / "my_catalogue.fits").exists()
+    # an input catalogue that happens to carry an output's name stays where the config points
+    (tmp_path / "extinction.fits").write_bytes(b"input stars")
+    keep = [str(tmp_path / "extinction.fits")]
+    assert pipeline.set_aside_previous_outputs(tmp_path, keep=keep) == []
+    assert (tmp_path / "extinction.fits").read_bytes() == b"input stars"

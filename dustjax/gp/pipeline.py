@@ -82,16 +82,39 @@ def load_stars(config, grid: LBDGrid):
     return inside, counts, truth
 
 
-OUTPUT_PATTERNS = ("summary.json", "*.fits", "fig*.png", "final_state.npz", "last_good_state.npz")
+# Exactly the files a run writes (by name, never by pattern: a catalogue or notes the user keeps
+# in the workdir, `stars.fits` say, are not ours to move).
+OUTPUT_NAMES = (
+    "summary.json",
+    "final_state.npz",
+    "last_good_state.npz",
+    "density.fits",
+    "extinction.fits",
+    "total_extinction.fits",
+    "fig2_elbo.png",
+    "fig3_star_extinctions.png",
+    "fig4_extinction_maps.png",
+    "fig5_density_slices.png",
+    "figB1_sightlines.png",
+)
 PREVIOUS_RUN_DIR = "previous_run"
 
 
-def set_aside_previous_outputs(workdir: Path) -> list[str]:
+def set_aside_previous_outputs(workdir: Path, *, keep=()) -> list[str]:
     """Move an earlier run's outputs in `workdir` into ``workdir/previous_run/`` (replacing what
     an even earlier run left there), so that a new run that fails or stops early never sits
     beside maps that look like its own, and the run before it is kept (one run back only).
+
+    Only the files a run writes (`OUTPUT_NAMES`) move; any other file stays, and so do the
+    paths in ``keep`` (the run's input catalogue) even where their names are an output's.
     Returns the names moved."""
-    found = sorted({p for pattern in OUTPUT_PATTERNS for p in workdir.glob(pattern) if p.is_file()})
+    workdir = Path(workdir)
+    kept = {Path(p).resolve() for p in keep if p}
+    found = [
+        workdir / name
+        for name in sorted(OUTPUT_NAMES)
+        if (workdir / name).is_file() and (workdir / name).resolve() not in kept
+    ]
     if not found:
         return []
     previous = workdir / PREVIOUS_RUN_DIR
@@ -128,7 +151,8 @@ def _fit_and_predict(config, workdir, *, progress):
     # Only now, with the input known to be usable (and before the fit), create the workdir: a
     # bad catalogue or grid leaves nothing behind.
     workdir = ensure_writable_dir(workdir)
-    set_aside_previous_outputs(workdir)
+    keep = [config.data.get("path", "")] if config.data.source == "catalog" else []
+    set_aside_previous_outputs(workdir, keep=keep)
 
     # ---- fit ------------------------------------------------------------------------------
     settings = gpfit.FitSettings(**dict(config.fit))
