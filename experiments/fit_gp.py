@@ -26,12 +26,21 @@ flags.DEFINE_string("workdir", None, "Output directory (default workdirs/<config
 flags.DEFINE_bool("progress", True, "Show a progress bar with the ELBO.")
 
 
+def configure_jax(config) -> None:
+    """The entry point, not the library, sets process-wide JAX flags: 64-bit for float64 runs."""
+    if str(config.get("dtype", "float32")) == "float64":
+        import jax
+
+        jax.config.update("jax_enable_x64", True)
+
+
 def main(argv):
     del argv
     if FLAGS.config is None:
         raise app.UsageError("--config is required, e.g. --config=experiments/configs/gp_test.py")
     config = FLAGS.config
     workdir = FLAGS.workdir or f"workdirs/{config.get('name', 'gp')}"
+    configure_jax(config)
     from dustjax.catalog import CatalogError
     from dustjax.gp.pipeline import fit_and_predict
     from dustjax.io import OutputError

@@ -24,8 +24,12 @@ def _small_config():
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
+    import jax
+
     workdir = tmp_path_factory.mktemp("gp_test")
+    x64_before = bool(jax.config.jax_enable_x64)
     summary = pipeline.fit_and_predict(_small_config(), workdir, progress=False)
+    assert bool(jax.config.jax_enable_x64) == x64_before  # a float32 run leaves the flag alone
     return workdir, summary
 
 
@@ -208,3 +212,29 @@ def test_a_rerun_moves_only_its_own_outputs_never_the_users_catalogue(tmp_path):
     keep = [str(tmp_path / "extinction.fits")]
     assert pipeline.set_aside_previous_outputs(tmp_path, keep=keep) == []
     assert (tmp_path / "extinction.fits").read_bytes() == b"input stars"
+
+
+def test_the_library_never_switches_jax_to_64_bit(tmp_path):
+    import jax
+
+    before = bool(jax.config.jax_enable_x64)
+    with jax.enable_x64(False):
+        c = _small_config()
+        c.dtype = "float64"
+        with pytest.raises(ValueError, match="jax_enable_x64"):
+            pipeline.fit_and_predict(c, tmp_path / "w", progress=False)
+        assert not jax.config.jax_enable_x64
+        assert not (tmp_path / "w").exists()
+    assert bool(jax.config.jax_enable_x64) == before
+    # the entry point sets it, for float64 runs only
+    from experiments import fit_gp
+
+    c = _small_config()
+    fit_gp.configure_jax(c)
+    assert bool(jax.config.jax_enable_x64) == before
+    c.dtype = "float64"
+    try:
+        fit_gp.configure_jax(c)
+        assert jax.config.jax_enable_x64
+    finally:
+        jax.config.update("jax_enable_x64", before)

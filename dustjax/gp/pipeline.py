@@ -3,7 +3,8 @@
 `fit_and_predict(config, workdir)` is what `experiments/fit_gp.py` and notebooks call. The config
 is an `ml_collections.ConfigDict` laid out as in `experiments/configs/gp_test.py`:
 
-    dtype                 "float32" (default; GPU) or "float64"
+    dtype                 "float32" (default; GPU) or "float64" (the caller enables
+                          jax_enable_x64 first: the library never sets process-wide flags)
     seed
     data.source           "simulate" (sect. 3 of the paper) or "catalog"
     data.path, data.columns, data.distance_unit, data.inflate_sigma   (source = "catalog")
@@ -38,9 +39,16 @@ logger = logging.getLogger(__name__)
 
 
 def _dtype(config):
+    """The run's dtype. The library never switches ``jax_enable_x64`` (a process-wide flag that
+    would change every other computation of the caller): float64 needs the caller to enable it."""
     name = str(config.get("dtype", "float32"))
     if name == "float64":
-        jax.config.update("jax_enable_x64", True)
+        if jax.dtypes.canonicalize_dtype(np.float64) != np.float64:
+            raise ValueError(
+                "dtype='float64' needs 64-bit JAX: call jax.config.update('jax_enable_x64', True) "
+                "at the start of your program (experiments/fit_gp.py does it for "
+                "--config.dtype=float64), or run inside `with jax.enable_x64(True):`"
+            )
         return jnp.float64
     if name != "float32":
         raise ValueError(f"dtype must be 'float32' or 'float64', got {name!r}")
