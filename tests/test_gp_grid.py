@@ -142,3 +142,28 @@ def test_solid_angle_and_dust_mass_of_a_uniform_map():
 def test_bad_grids_are_refused(bad):
     with pytest.raises(GridError):
         _grid(**bad)
+
+
+def test_float64_runs_keep_float64_partial_path_lengths():
+    """make_star_data(dtype=float64) -> star_operator: no rounding through float32 on the way."""
+    from dustjax.gp.fit import make_star_data
+
+    grid = _grid(ghost_cells=2, background_cells=1)
+    rng = np.random.default_rng(5)
+    n = 300
+    d = rng.uniform(180, grid.d_edges_pc()[-1], n)
+    cat = StarCatalog.from_arrays(
+        l_deg=rng.uniform(50, 90, n),
+        b_deg=rng.uniform(-10, 10, n),
+        distance_pc=d,
+        extinction=np.ones(n),
+        sigma_extinction=np.full(n, 0.1),
+    )
+    _, cell, _ = grid.locate(cat.l_deg, cat.b_deg, cat.distance_pc)
+    expected = d - grid.d_edges_pc()[cell]  # float64 throughout
+    stars = make_star_data(cat, grid, dtype=jnp.float64)
+    assert stars.partial_pc.dtype == jnp.float64
+    np.testing.assert_allclose(np.asarray(stars.partial_pc), expected, rtol=0, atol=1e-12)
+    op = grid.star_operator(cat.l_deg, cat.b_deg, cat.distance_pc)
+    np.testing.assert_allclose(np.asarray(op.partial_pc), expected, rtol=0, atol=1e-12)
+    assert op.d_widths_pc.dtype == jnp.float64

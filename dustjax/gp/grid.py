@@ -221,11 +221,15 @@ class LBDGrid:
         jd = np.where(inside, jd, 0)
         return column.astype(np.int64), jd.astype(np.int64), inside
 
-    def star_operator(self, l_deg, b_deg, distance_pc, *, dtype=np.float32) -> StarOperator:
+    def star_operator(self, l_deg, b_deg, distance_pc, *, dtype=None) -> StarOperator:
         """The eq. 7-8 operator for stars that lie inside; raises if any star is outside.
 
-        Use `select_inside` first to drop (and count) stars outside the grid.
+        Use `select_inside` first to drop (and count) stars outside the grid. The partial path
+        lengths are computed in float64 and stored in ``dtype``; by default JAX's widest float
+        (float64 when ``jax_enable_x64`` is on, else float32), so float64 runs are not rounded
+        through float32.
         """
+        dtype = jax.dtypes.canonicalize_dtype(np.float64) if dtype is None else np.dtype(dtype)
         column, cell, inside = self.locate(l_deg, b_deg, distance_pc)
         if not np.all(inside):
             raise GridError(
