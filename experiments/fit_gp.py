@@ -55,7 +55,8 @@ def main(argv):
         status=summary["status"],
         iterations=summary["iterations"],
         hyperparameters=summary["hyperparameters"],
-        dust_mass_msun=summary["dust_mass_msun"],
+        dust_mass_eq9_msun=summary["dust_mass_eq9_msun"],
+        dust_mass_in_box_msun=summary["dust_mass_in_box_msun"],
         timings=summary["timings"],
     )
     if "simulation" in summary:

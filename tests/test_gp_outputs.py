@@ -47,3 +47,38 @@ def test_maps_draw_a_pixel_at_its_own_longitude_with_l_increasing_to_the_left(wh
     left, right = ax.get_xlim()
     assert left > right  # l increases to the left, as on the sky
     assert (min(left, right), max(left, right)) == pytest.approx(GRID.l_range_deg)
+
+
+def _uniform_posterior(rho, dtype=np.float64):
+    """Parameters of a GP whose every sample is (to 1e-9 dex) the uniform density ``rho``."""
+    import math
+
+    from dustjax.gp import svgp
+
+    z = np.random.default_rng(0).uniform(-300, 300, (6, 3))
+    return svgp.init_params(
+        z, scale_lengths_pc=50.0, amplitude_dex=1e-9, mean_dex=math.log10(rho), dtype=dtype
+    )
+
+
+def test_dust_in_the_box_of_a_uniform_field_is_the_analytic_volume_integral():
+    import jax
+
+    from dustjax.gp import predict
+
+    grid = LBDGrid((50.0, 90.0), (-10.0, 10.0), (180.0, 500.0), (4, 4, 8), 2, 3)
+    rho = 2e-3
+    omega = np.deg2rad(40.0) * (np.sin(np.deg2rad(10.0)) - np.sin(np.deg2rad(-10.0)))
+    per_mag_pc2 = np.log(10) / 2.5 * predict.PC_CM**2 / 26000.0 / predict.MSUN_G
+    exact = per_mag_pc2 * rho * omega * (500.0**3 - 180.0**3) / 3.0  # ghost, background: out
+    mass = predict.dust_mass_in_box_msun(np.full(grid.full_shape, rho), grid)
+    assert mass == pytest.approx(exact, rel=1e-12)
+    # the same through the prediction's samples; eq. 9 is kept beside it, (d_max / d)^2 too big
+    with jax.enable_x64(True):
+        maps = predict.predict_maps(
+            _uniform_posterior(rho), grid, num_samples=4, max_chunk_cells=40, progress=False
+        )
+    np.testing.assert_allclose(maps["dust_mass_in_box_msun"], exact, rtol=1e-7)
+    np.testing.assert_allclose(maps["gas_mass_in_box_msun"], 124 * exact, rtol=1e-7)
+    eq9 = per_mag_pc2 * rho * 500.0 * omega * 500.0**2  # A(d_max) = rho d_max (ghost cells)
+    np.testing.assert_allclose(maps["dust_mass_eq9_msun"], eq9, rtol=1e-7)

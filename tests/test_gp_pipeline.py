@@ -39,9 +39,15 @@ def test_run_writes_summary_figures_and_cubes(run):
     assert on_disk["status"] in ("converged", "max_iterations")
     assert len(on_disk["elbo_history"]) == on_disk["iterations"] > 0
     assert set(on_disk["hyperparameters"]) >= {"scale_lengths_pc", "amplitude_dex", "mean_dex"}
-    m = on_disk["dust_mass_msun"]
+    m = on_disk["dust_mass_eq9_msun"]
     assert 0 < m["p16"] <= m["p50"] <= m["p84"]
-    assert on_disk["gas_mass_msun"]["p50"] == pytest.approx(124 * m["p50"])
+    assert on_disk["gas_mass_eq9_msun"]["p50"] == pytest.approx(124 * m["p50"])
+    box = on_disk["dust_mass_in_box_msun"]
+    assert 0 < box["p16"] <= box["p50"] <= box["p84"] < m["p50"]  # eq. 9 puts it all at d_max
+    assert on_disk["gas_mass_in_box_msun"]["p50"] == pytest.approx(124 * box["p50"])
+    sim = on_disk["simulation"]
+    assert sim["true_dust_mass_in_box_msun"] < sim["true_dust_mass_eq9_msun"]
+    assert box["p50"] == pytest.approx(sim["true_dust_mass_in_box_msun"], rel=0.3)
     metrics = on_disk["simulation"]["metrics"]
     for key in (
         "fraction_underestimated_p84_below_true",

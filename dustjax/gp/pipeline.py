@@ -138,6 +138,20 @@ def set_aside_previous_outputs(workdir: Path, *, keep=()) -> list[str]:
     return names
 
 
+MASS_NOTES = dict(
+    dust_mass_eq9_msun=(
+        "the paper's estimate (Dharmawardena et al. 2022, eq. 9): extinction to d_max times "
+        "D^2 with D = d_max, i.e. all of a column's dust put at d_max; an overestimate by "
+        "(d_max / d)^2 for dust at distance d"
+    ),
+    dust_mass_in_box_msun=(
+        "volume integral of the density over the region of interest [d_min, d_max] "
+        "(kappa = 26,000 cm^2/g at 547 nm)"
+    ),
+    gas_mass="124 x the dust mass (Draine 2003)",
+)
+
+
 def fit_and_predict(config, workdir: str | Path, *, progress: bool = True) -> dict[str, Any]:
     """Run the whole method; write outputs into ``workdir``; return the summary dict.
 
@@ -231,8 +245,10 @@ def _fit_and_predict(config, workdir, *, progress):
     )
     summary["timings"]["predict_s"] = time.perf_counter() - t0
     summary["prediction_grid"] = pgrid.to_dict()
-    summary["dust_mass_msun"] = predict.percentile_summary(maps["dust_mass_msun"])
-    summary["gas_mass_msun"] = predict.percentile_summary(maps["gas_mass_msun"])
+    for key in ("dust_mass_eq9_msun", "gas_mass_eq9_msun", "dust_mass_in_box_msun",
+                "gas_mass_in_box_msun"):  # fmt: skip
+        summary[key] = predict.percentile_summary(maps[key])
+    summary["mass_notes"] = MASS_NOTES
     summary["star_fit"] = _star_fit(catalog, star_pct, stars)
 
     true_density = true_total = true_ext_cube = None
@@ -243,10 +259,10 @@ def _fit_and_predict(config, workdir, *, progress):
         true_ext_cube = field.extinction(lon.ravel(), lat.ravel(), dist.ravel()).reshape(lon.shape)
         lc, bc = np.meshgrid(pgrid.l_centres_deg(), pgrid.b_centres_deg(), indexing="ij")
         true_total = field.extinction(lc, bc, np.full(lc.shape, pgrid.d_range_pc[1]))
-        true_mass = predict.dust_mass_msun(true_total, pgrid)
         summary["simulation"] = dict(
             field=field.to_dict(),
-            true_dust_mass_msun=float(true_mass),
+            true_dust_mass_eq9_msun=float(predict.dust_mass_msun(true_total, pgrid)),
+            true_dust_mass_in_box_msun=float(predict.dust_mass_in_box_msun(true_density, pgrid)),
             metrics=simulation_metrics(
                 truth["extinction"],
                 star_pct,

@@ -10,14 +10,24 @@ independent conditional variance of each cell, exactly as in the ELBO. The predi
 processed in chunks of whole (l, b) columns, so memory stays at M x (cells per chunk) however
 fine the grid.
 
-Dust mass (sect. 7, eq. 9): the optical depth is tau = A ln(10) / 2.5, the dust surface density
-tau / kappa with kappa = 26,000 cm^2/g at 547 nm, and
+Dust mass. The optical depth is tau = A ln(10) / 2.5 and the dust mass per unit optical depth
+1 / kappa with kappa = 26,000 cm^2/g at 547 nm. Two numbers are reported:
 
-    M_dust = (ln 10 / 2.5) / kappa * D^2 * sum_columns A_tot(l, b) Omega(l, b),
+* the paper's estimate (sect. 7, eq. 9, `dust_mass_msun`; `dust_mass_eq9_msun` in outputs):
 
-with A_tot the extinction to the far edge of the region of interest, Omega the solid angle of
-each column and D = d_max. The gas mass is 124 times the dust mass (Draine 2003). Each sample
-of the density gives one mass, whose percentiles are reported.
+      M_eq9 = (ln 10 / 2.5) / kappa * D^2 * sum_columns A_tot(l, b) Omega(l, b),
+
+  with A_tot the extinction to d_max, Omega the solid angle of each column and D = d_max. It
+  puts all the dust of a column at d_max (and counts the dust in front of d_min too), so it
+  overestimates: by (d_max / d)^2 for dust at distance d (6x for dust at 150-250 pc in a box
+  to 500 pc);
+* the dust in the box (`dust_mass_in_box_msun`), the volume integral of the density over the
+  region-of-interest cells, each a spherical shell segment of volume Omega (d1^3 - d0^3) / 3:
+
+      M_box = (ln 10 / 2.5) / kappa * sum_cells rho Omega (d1^3 - d0^3) / 3.
+
+The gas mass is 124 times the dust mass (Draine 2003). Each sample of the density gives one
+mass of each kind, whose percentiles are reported.
 """
 
 from __future__ import annotations
@@ -58,11 +68,26 @@ def prediction_grid(train_grid: LBDGrid, shape) -> LBDGrid:
 
 @functools.partial(jax.jit, static_argnames=("link", "num_samples", "nd_total", "roi_end"))
 def _column_chunk(
-    params, key, eps_inducing, cells_xyz, d_widths, *, link, num_samples, nd_total, roi_end, jitter
+    params,
+    key,
+    eps_inducing,
+    cells_xyz,
+    d_widths,
+    roi_shell_volumes,
+    *,
+    link,
+    num_samples,
+    nd_total,
+    roi_end,
+    jitter,
 ):
     """Percentiles of rho and of the extinction to each cell centre for one chunk of columns.
 
-    Returns (rho_pct (3, C, nd), ext_pct (3, C, nd), total extinction samples (S, C)).
+    ``roi_shell_volumes`` ``(nd_total,)``: (d1^3 - d0^3) / 3 (pc^3 per sr) of the region-of-
+    interest cells, zero for ghost and background cells.
+
+    Returns (rho_pct (3, C, nd), ext_pct (3, C, nd), total extinction samples (S, C), the
+    samples of sum_roi rho (d1^3 - d0^3) / 3 per column (S, C), mag pc^2 per sr).
     """
     num_cells = cells_xyz.shape[0]
     eps_cells = jax.random.normal(key, (num_samples, num_cells), cells_xyz.dtype)
@@ -71,8 +96,14 @@ def _column_chunk(
     to_edge = exclusive_column_integral(rho, d_widths)
     to_centre = to_edge + 0.5 * rho * d_widths
     total = to_edge[..., roi_end - 1] + rho[..., roi_end - 1] * d_widths[roi_end - 1]
+    column_volume_integral = jnp.sum(rho * roi_shell_volumes, axis=-1)
     q = jnp.asarray(PERCENTILES, cells_xyz.dtype)
-    return jnp.percentile(rho, q, axis=0), jnp.percentile(to_centre, q, axis=0), total
+    return (
+        jnp.percentile(rho, q, axis=0),
+        jnp.percentile(to_centre, q, axis=0),
+        total,
+        column_volume_integral,
+    )
 
 
 def predict_maps(
@@ -90,8 +121,10 @@ def predict_maps(
 
     Returns a dict of numpy arrays: ``density_pct`` and ``extinction_pct`` of shape
     ``(3, nl, nb, nd_total)`` (16/50/84th percentiles; mag/pc and mag, extinction to the cell
-    centres), ``total_extinction_pct`` ``(3, nl, nb)`` (to d_max), ``dust_mass_msun`` and
-    ``gas_mass_msun`` sample arrays ``(num_samples,)``.
+    centres), ``total_extinction_pct`` ``(3, nl, nb)`` (to d_max), and sample arrays
+    ``(num_samples,)`` of the dust and gas masses (M_sun): ``dust_mass_eq9_msun`` /
+    ``gas_mass_eq9_msun`` the paper's eq. 9, ``dust_mass_in_box_msun`` / ``gas_mass_in_box_msun``
+    the volume integral over the region of interest.
     """
     from tqdm.auto import tqdm
 
@@ -104,20 +137,22 @@ def predict_maps(
     xyz = grid.cell_centres_xyz().reshape(nl * nb, nd_total, 3)
     d_widths = jnp.asarray(grid.d_widths_pc(), dtype)
     roi_end = grid.ghost_cells + grid.shape[2]
+    shells = jnp.asarray(roi_shell_volumes(grid), dtype)
     cols_per_chunk = max(1, min(nl * nb, max_chunk_cells // nd_total))
     # Keep every chunk the same shape (one compilation): pad the last one with copies.
     num_chunks = -(-nl * nb // cols_per_chunk)
-    rho_pct, ext_pct, totals = [], [], []
+    rho_pct, ext_pct, totals, volume = [], [], [], []
     for i in tqdm(range(num_chunks), desc="GP predict", disable=not progress, leave=False):
         start = i * cols_per_chunk
         idx = np.minimum(np.arange(start, start + cols_per_chunk), nl * nb - 1)
         cells = jnp.asarray(xyz[idx].reshape(-1, 3), dtype)
-        r, e, t = _column_chunk(
+        r, e, t, v = _column_chunk(
             params,
             jax.random.fold_in(key_cells, i),
             eps_inducing,
             cells,
             d_widths,
+            shells,
             link=link,
             num_samples=num_samples,
             nd_total=nd_total,
@@ -128,25 +163,56 @@ def predict_maps(
         rho_pct.append(np.asarray(r)[:, :n_valid])
         ext_pct.append(np.asarray(e)[:, :n_valid])
         totals.append(np.asarray(t)[:, :n_valid])
+        volume.append(np.asarray(v)[:, :n_valid])
     rho_pct = np.concatenate(rho_pct, axis=1).reshape(3, nl, nb, nd_total)
     ext_pct = np.concatenate(ext_pct, axis=1).reshape(3, nl, nb, nd_total)
     totals = np.concatenate(totals, axis=1).reshape(num_samples, nl, nb)
+    volume = np.concatenate(volume, axis=1).reshape(num_samples, nl, nb)
     dust = dust_mass_msun(totals, grid)
+    in_box = _mass_from_volume_integral(
+        np.sum(volume.astype(np.float64) * grid.column_solid_angle_sr(), axis=(-2, -1))
+    )
     return dict(
         density_pct=rho_pct,
         extinction_pct=ext_pct,
         total_extinction_pct=np.percentile(totals, PERCENTILES, axis=0),
-        dust_mass_msun=dust,
-        gas_mass_msun=GAS_TO_DUST * dust,
+        dust_mass_eq9_msun=dust,
+        gas_mass_eq9_msun=GAS_TO_DUST * dust,
+        dust_mass_in_box_msun=in_box,
+        gas_mass_in_box_msun=GAS_TO_DUST * in_box,
     )
 
 
 def dust_mass_msun(total_extinction, grid: LBDGrid, kappa_cm2_per_g=KAPPA_547NM_CM2_PER_G):
-    """Eq. 9: dust mass (M_sun) from the extinction to d_max, ``(..., nl, nb)`` mag."""
+    """The paper's eq. 9 estimate (M_sun) from the extinction to d_max, ``(..., nl, nb)`` mag:
+    all of a column's dust counted at D = d_max (an overestimate; see the module docstring)."""
     distance_cm = grid.d_range_pc[1] * PC_CM
     omega = grid.column_solid_angle_sr()
     tau_sum = (math.log(10.0) / 2.5) * np.sum(np.asarray(total_extinction) * omega, axis=(-2, -1))
     return tau_sum * distance_cm**2 / kappa_cm2_per_g / MSUN_G
+
+
+def roi_shell_volumes(grid: LBDGrid) -> np.ndarray:
+    """``(nd_total,)``: (d1^3 - d0^3) / 3 (pc^3 per sr) of each region-of-interest distance cell,
+    zero for the ghost and background cells (a cell's volume is this times its solid angle)."""
+    edges = grid.d_edges_pc()
+    shells = (edges[1:] ** 3 - edges[:-1] ** 3) / 3.0
+    out = np.zeros_like(shells)
+    out[grid.roi_slice] = shells[grid.roi_slice]
+    return out
+
+
+def _mass_from_volume_integral(rho_volume, kappa_cm2_per_g=KAPPA_547NM_CM2_PER_G):
+    """M_sun from sum rho V (mag pc^2): (ln 10 / 2.5) / kappa * sum rho V."""
+    return (math.log(10.0) / 2.5) * np.asarray(rho_volume) * PC_CM**2 / kappa_cm2_per_g / MSUN_G
+
+
+def dust_mass_in_box_msun(density, grid: LBDGrid, kappa_cm2_per_g=KAPPA_547NM_CM2_PER_G):
+    """The dust in the region of interest (M_sun): the volume integral of ``density``
+    ``(..., nl, nb, nd_total)`` (mag/pc) over its cells, each Omega (d1^3 - d0^3) / 3 in volume."""
+    volume = grid.column_solid_angle_sr()[:, :, None] * roi_shell_volumes(grid)
+    rho_volume = np.sum(np.asarray(density, np.float64) * volume, axis=(-3, -2, -1))
+    return _mass_from_volume_integral(rho_volume, kappa_cm2_per_g)
 
 
 def predict_star_extinctions(
