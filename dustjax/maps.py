@@ -19,7 +19,9 @@ in front of the point plus the partial last one, eqs. 7-8 of Dharmawardena et al
 the map is unknown and counts as zero. Points outside the map give NaN and one warning per call.
 Where the map carries an uncertainty extension (``UNCERT`` for density, ``EXTUNC`` for integrated
 extinction), ``return_uncertainty=True`` returns it as well (the value of the cell holding the
-point).
+point). A spherical map whose distance axis starts beyond the Sun may carry its foreground, the
+extinction from the Sun to the first distance edge per (l, b) pixel (GP maps fitted with ghost
+cells: ``FG_P50``, its uncertainty from ``FG_P16``/``FG_P84``); integrated queries add it.
 
 `integrate_cartesian` is also the consistency check of the apply pipeline (fig. 11 of Chen, Qin &
 Li): the predicted density integrated back to every star. It runs in JAX (jit, chunked), so
@@ -196,6 +198,9 @@ class DustMap:
       uncertainty: density uncertainty (mag/pc), same shape, or None.
       extinction_uncertainty: uncertainty of the integrated extinction at each cell (mag), or None.
       meta: primary header keywords (for provenance).
+      foreground: spherical maps: ``(n0, n1)`` extinction (mag) from the Sun to the first
+        distance edge per (l, b) pixel, added to integrated queries; None: zero.
+      foreground_uncertainty: its uncertainty (mag), ``(n0, n1)``, or None.
     """
 
     grid: str
@@ -204,6 +209,8 @@ class DustMap:
     uncertainty: np.ndarray | None = None
     extinction_uncertainty: np.ndarray | None = None
     meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+    foreground: np.ndarray | None = None
+    foreground_uncertainty: np.ndarray | None = None
 
     # ---- construction -------------------------------------------------------------------------
     @classmethod
@@ -246,9 +253,10 @@ class DustMap:
 
             def cube(hdu, scale=1.0):
                 data = np.asarray(hdu.data, np.float32).T
-                if data.shape != tuple(len(e) - 1 for e in edges):
+                if data.shape != tuple(len(e) - 1 for e in edges[: data.ndim]):
                     raise MapError(f"{path}: extension {hdu.name} has another shape than the map")
-                data = np.flip(data, axis=flips) if flips else data
+                axes = tuple(a for a in flips if a < data.ndim)
+                data = np.flip(data, axis=axes) if axes else data
                 return np.ascontiguousarray(data) * np.float32(scale)
 
             names = {h.name.upper(): h for h in hdul[1:]}
@@ -262,6 +270,11 @@ class DustMap:
             if "EXTUNC" in names:
                 ext_unc = cube(names["EXTUNC"])
             ext_unc = _gp_extinction_uncertainty(path, cube) if ext_unc is None else ext_unc
+            foreground = fg_unc = None
+            if grid == "spherical" and "FG_P50" in names:  # dustjax.gp.output
+                foreground = cube(names["FG_P50"])
+                if "FG_P16" in names and "FG_P84" in names:
+                    fg_unc = 0.5 * (cube(names["FG_P84"]) - cube(names["FG_P16"]))
             return cls(
                 grid=grid,
                 density=cube(primary, density_scale),
@@ -269,6 +282,8 @@ class DustMap:
                 uncertainty=uncertainty,
                 extinction_uncertainty=ext_unc,
                 meta={k: header[k] for k in header if k not in ("COMMENT", "HISTORY", "")},
+                foreground=foreground,
+                foreground_uncertainty=fg_unc,
             )
 
     # ---- geometry -----------------------------------------------------------------------------
@@ -363,7 +378,8 @@ class DustMap:
             lower = [e[0] for e in self.edges]
             cell = [(e[-1] - e[0]) / (len(e) - 1) for e in self.edges]
             return np.asarray(integrate_cartesian(self.density, lower, cell, xyz), np.float64)
-        # Spherical: full distance cells in front + the partial last one (eqs. 7-8).
+        # Spherical: the foreground (Sun to the first distance edge), the full distance cells
+        # in front and the partial last one (eqs. 7-8).
         d_edges = self.edges[2]
         dist = np.linalg.norm(xyz, axis=-1)
         width = np.diff(d_edges)
@@ -374,7 +390,10 @@ class DustMap:
         j = idx[:, 2]
         rows = np.arange(len(xyz))
         partial = column[rows, j] * np.clip(dist - d_edges[j], 0.0, width[j])
-        return cum[rows, j] + partial
+        foreground = 0.0
+        if self.foreground is not None:
+            foreground = self.foreground[idx[:, 0], idx[:, 1]].astype(np.float64)
+        return foreground + cum[rows, j] + partial
 
 
 def _gp_extinction_uncertainty(path: Path, cube):

@@ -82,3 +82,66 @@ def test_dust_in_the_box_of_a_uniform_field_is_the_analytic_volume_integral():
     np.testing.assert_allclose(maps["gas_mass_in_box_msun"], 124 * exact, rtol=1e-7)
     eq9 = per_mag_pc2 * rho * 500.0 * omega * 500.0**2  # A(d_max) = rho d_max (ghost cells)
     np.testing.assert_allclose(maps["dust_mass_eq9_msun"], eq9, rtol=1e-7)
+
+
+def _query_lbd(dustmap, lon, lat, dist, **kw):
+    from dustjax.catalog import galactic_to_cartesian_np
+
+    xyz = galactic_to_cartesian_np(np.asarray(lon), np.asarray(lat), np.asarray(dist))
+    return dustmap.query_xyz(xyz.reshape(-1, 3), **kw)
+
+
+def test_integrated_queries_of_a_gp_map_include_the_foreground_in_front_of_the_grid(tmp_path):
+    """A map with a known foreground F(l, b): E(l, b, d) = F(l, b) + the grid's integral."""
+    from dustjax.gp.output import write_fits_cubes
+    from dustjax.maps import DustMap
+
+    grid = LBDGrid((50.0, 90.0), (-10.0, 10.0), (180.0, 500.0), (4, 2, 8), ghost_cells=3)
+    rho = 1e-3
+    density = np.full(grid.full_shape, rho)
+    foreground = 0.1 + 0.05 * np.arange(4)[:, None] + 0.01 * np.arange(2)[None, :]  # (nl, nb)
+    zeros2 = np.zeros((3, 4, 2))
+    prediction = dict(
+        density_pct=np.stack([0.5 * density, density, 2 * density]),
+        extinction_pct=np.zeros((3, *grid.full_shape)),
+        total_extinction_pct=zeros2,
+        foreground_pct=np.stack([foreground - 0.02, foreground, foreground + 0.04]),
+    )
+    write_fits_cubes(tmp_path, prediction, grid)
+    m = DustMap.from_fits(tmp_path / "density.fits")
+    np.testing.assert_allclose(m.foreground, foreground, rtol=1e-6)
+    np.testing.assert_allclose(m.foreground_uncertainty, 0.03, rtol=1e-5)
+    lon, lat, d = (
+        np.array([52.0, 77.0, 88.0]),
+        np.array([-5.0, 5.0, 1.0]),
+        np.array([200, 333, 499]),
+    )
+    expected = foreground[[0, 2, 3], [0, 1, 1]] + rho * (d - 180.0)
+    np.testing.assert_allclose(_query_lbd(m, lon, lat, d, integrated=True), expected, rtol=1e-5)
+    np.testing.assert_allclose(_query_lbd(m, lon, lat, d), rho, rtol=1e-6)  # density: as before
+
+
+def test_a_fitted_map_with_ghost_cells_integrates_from_the_sun():
+    """predict_maps -> FITS -> DustMap on a uniform posterior: E = rho d, the ghost cells' dust
+    in front of d_min included (the old output left it out: rho (d - d_min))."""
+    import tempfile
+
+    import jax
+
+    from dustjax.gp import predict
+    from dustjax.gp.output import write_fits_cubes
+    from dustjax.maps import DustMap
+
+    grid = LBDGrid((50.0, 90.0), (-10.0, 10.0), (180.0, 500.0), (4, 3, 8), 3, 2)
+    rho = 2e-3
+    with jax.enable_x64(True):
+        maps = predict.predict_maps(
+            _uniform_posterior(rho), grid, num_samples=4, max_chunk_cells=40, progress=False
+        )
+    np.testing.assert_allclose(maps["foreground_pct"], rho * 180.0, rtol=1e-7)
+    with tempfile.TemporaryDirectory() as tmp:
+        write_fits_cubes(tmp, maps, grid)
+        m = DustMap.from_fits(f"{tmp}/density.fits")
+    d = np.array([185.0, 300.0, 520.0])
+    e = _query_lbd(m, np.full(3, 70.0), np.full(3, 2.0), d, integrated=True)
+    np.testing.assert_allclose(e, rho * d, rtol=1e-5)

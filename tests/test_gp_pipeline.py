@@ -76,7 +76,9 @@ def test_fits_cubes_have_a_wcs_that_maps_pixels_to_the_grid_cells(run):
     workdir, summary = run
     grid = LBDGrid.from_dict(summary["prediction_grid"])
     with fits.open(workdir / "density.fits") as hdul:
-        assert [h.name for h in hdul[1:]] == ["P16", "P50", "P84"]
+        assert [h.name for h in hdul[1:7]] == ["P16", "P50", "P84", "FG_P16", "FG_P50", "FG_P84"]
+        assert np.all(hdul["FG_P50"].data == 0.0)  # no ghost cells: no dust in front of d_min
+        assert hdul["FG_P50"].data.shape == (grid.shape[1], grid.shape[0])
         p16, p50, p84 = (hdul[n].data for n in ("P16", "P50", "P84"))
         assert p50.shape == (grid.shape[2], grid.shape[1], grid.shape[0])
         assert np.all(p16 <= p50) and np.all(p50 <= p84) and np.all(p16 > 0)

@@ -8,6 +8,11 @@ Galactic longitude (``GLON-CAR``), axis 2 = Galactic latitude (``GLAT-CAR``), ax
 b, so pixel (i, j, k) is the cell centre (l_i, b_j, d_k) of the grid. Only the region of interest
 and the background cells are written (the ghost cells have a different width, so they would
 break the linear distance axis); ``total_extinction.fits`` holds the 2D map to d_max.
+
+``density.fits`` also holds the foreground, the extinction from the Sun to d_min (the dust of
+the ghost cells, which the cubes leave out; zero when the fit had no ghost cells), as 2D
+(GLAT, GLON) images ``FG_P16``, ``FG_P50``, ``FG_P84`` (mag), so that an integrated query of the
+density (`dustjax.maps.DustMap`) starts from the Sun, not from d_min.
 """
 
 from __future__ import annotations
@@ -66,6 +71,23 @@ def _cube_hdus(pct: np.ndarray, grid: LBDGrid, bunit: str, meta: dict[str, Any])
     return hdus
 
 
+FOREGROUND_NAMES = ("FG_P16", "FG_P50", "FG_P84")
+
+
+def _foreground_hdus(foreground_pct, grid: LBDGrid):
+    from astropy.io import fits
+
+    hdus = []
+    for name, pct, img in zip(FOREGROUND_NAMES, PERCENTILE_NAMES, foreground_pct, strict=True):
+        hdr = wcs_header(grid, with_distance=False)
+        hdr["BUNIT"] = "mag"
+        hdr["DMIN_PC"] = (grid.d_range_pc[0], "foreground: extinction from 0 to d_min (pc)")
+        hdr["QUANTITY"] = ("foreground extinction", f"{pct}, Sun to DMIN_PC")
+        data = np.ascontiguousarray(np.asarray(img, np.float32).T)  # (nb, nl)
+        hdus.append(fits.ImageHDU(data, header=hdr, name=name))
+    return hdus
+
+
 def write_fits_cubes(
     workdir, prediction: dict[str, np.ndarray], grid: LBDGrid, meta: dict[str, Any] | None = None
 ) -> list[Path]:
@@ -81,7 +103,10 @@ def write_fits_cubes(
         ("extinction.fits", "extinction_pct", "mag"),
     ):
         path = workdir / name
-        write_fits(path, _cube_hdus(prediction[key], grid, unit, meta))
+        hdus = _cube_hdus(prediction[key], grid, unit, meta)
+        if name == "density.fits" and "foreground_pct" in prediction:
+            hdus += _foreground_hdus(prediction["foreground_pct"], grid)
+        write_fits(path, hdus)
         out.append(path)
     hdus = [fits.PrimaryHDU()]
     for name, img in zip(PERCENTILE_NAMES, prediction["total_extinction_pct"], strict=True):

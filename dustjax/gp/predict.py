@@ -66,7 +66,9 @@ def prediction_grid(train_grid: LBDGrid, shape) -> LBDGrid:
     return grid
 
 
-@functools.partial(jax.jit, static_argnames=("link", "num_samples", "nd_total", "roi_end"))
+@functools.partial(
+    jax.jit, static_argnames=("link", "num_samples", "nd_total", "roi_start", "roi_end")
+)
 def _column_chunk(
     params,
     key,
@@ -78,6 +80,7 @@ def _column_chunk(
     link,
     num_samples,
     nd_total,
+    roi_start,
     roi_end,
     jitter,
 ):
@@ -86,8 +89,9 @@ def _column_chunk(
     ``roi_shell_volumes`` ``(nd_total,)``: (d1^3 - d0^3) / 3 (pc^3 per sr) of the region-of-
     interest cells, zero for ghost and background cells.
 
-    Returns (rho_pct (3, C, nd), ext_pct (3, C, nd), total extinction samples (S, C), the
-    samples of sum_roi rho (d1^3 - d0^3) / 3 per column (S, C), mag pc^2 per sr).
+    Returns a dict: ``rho_pct`` (3, C, nd), ``ext_pct`` (3, C, nd), and per sample (S, C): the
+    extinction to d_max ``total``, to d_min ``foreground`` (the ghost cells' dust; 0 without
+    them) and ``volume``, sum_roi rho (d1^3 - d0^3) / 3 (mag pc^2 per sr).
     """
     num_cells = cells_xyz.shape[0]
     eps_cells = jax.random.normal(key, (num_samples, num_cells), cells_xyz.dtype)
@@ -98,11 +102,12 @@ def _column_chunk(
     total = to_edge[..., roi_end - 1] + rho[..., roi_end - 1] * d_widths[roi_end - 1]
     column_volume_integral = jnp.sum(rho * roi_shell_volumes, axis=-1)
     q = jnp.asarray(PERCENTILES, cells_xyz.dtype)
-    return (
-        jnp.percentile(rho, q, axis=0),
-        jnp.percentile(to_centre, q, axis=0),
-        total,
-        column_volume_integral,
+    return dict(
+        rho_pct=jnp.percentile(rho, q, axis=0),
+        ext_pct=jnp.percentile(to_centre, q, axis=0),
+        total=total,
+        foreground=to_edge[..., roi_start],
+        volume=column_volume_integral,
     )
 
 
@@ -121,7 +126,9 @@ def predict_maps(
 
     Returns a dict of numpy arrays: ``density_pct`` and ``extinction_pct`` of shape
     ``(3, nl, nb, nd_total)`` (16/50/84th percentiles; mag/pc and mag, extinction to the cell
-    centres), ``total_extinction_pct`` ``(3, nl, nb)`` (to d_max), and sample arrays
+    centres), ``total_extinction_pct`` ``(3, nl, nb)`` (to d_max), ``foreground_pct``
+    ``(3, nl, nb)`` (to d_min: the dust of the ghost cells in front of the region of interest,
+    zero without ghost cells; mag), and sample arrays
     ``(num_samples,)`` of the dust and gas masses (M_sun): ``dust_mass_eq9_msun`` /
     ``gas_mass_eq9_msun`` the paper's eq. 9, ``dust_mass_in_box_msun`` / ``gas_mass_in_box_msun``
     the volume integral over the region of interest.
@@ -141,12 +148,12 @@ def predict_maps(
     cols_per_chunk = max(1, min(nl * nb, max_chunk_cells // nd_total))
     # Keep every chunk the same shape (one compilation): pad the last one with copies.
     num_chunks = -(-nl * nb // cols_per_chunk)
-    rho_pct, ext_pct, totals, volume = [], [], [], []
+    parts = []
     for i in tqdm(range(num_chunks), desc="GP predict", disable=not progress, leave=False):
         start = i * cols_per_chunk
         idx = np.minimum(np.arange(start, start + cols_per_chunk), nl * nb - 1)
         cells = jnp.asarray(xyz[idx].reshape(-1, 3), dtype)
-        r, e, t, v = _column_chunk(
+        out = _column_chunk(
             params,
             jax.random.fold_in(key_cells, i),
             eps_inducing,
@@ -156,18 +163,21 @@ def predict_maps(
             link=link,
             num_samples=num_samples,
             nd_total=nd_total,
+            roi_start=grid.ghost_cells,
             roi_end=roi_end,
             jitter=jnp.asarray(jitter, dtype),
         )
         n_valid = min(cols_per_chunk, nl * nb - start)
-        rho_pct.append(np.asarray(r)[:, :n_valid])
-        ext_pct.append(np.asarray(e)[:, :n_valid])
-        totals.append(np.asarray(t)[:, :n_valid])
-        volume.append(np.asarray(v)[:, :n_valid])
-    rho_pct = np.concatenate(rho_pct, axis=1).reshape(3, nl, nb, nd_total)
-    ext_pct = np.concatenate(ext_pct, axis=1).reshape(3, nl, nb, nd_total)
-    totals = np.concatenate(totals, axis=1).reshape(num_samples, nl, nb)
-    volume = np.concatenate(volume, axis=1).reshape(num_samples, nl, nb)
+        parts.append({k: np.asarray(v)[:, :n_valid] for k, v in out.items()})
+
+    def joined(name, lead):
+        return np.concatenate([p[name] for p in parts], axis=1).reshape(lead, nl, nb, -1)
+
+    rho_pct = joined("rho_pct", 3)
+    ext_pct = joined("ext_pct", 3)
+    totals, foreground, volume = (
+        joined(k, num_samples)[..., 0] for k in ("total", "foreground", "volume")
+    )
     dust = dust_mass_msun(totals, grid)
     in_box = _mass_from_volume_integral(
         np.sum(volume.astype(np.float64) * grid.column_solid_angle_sr(), axis=(-2, -1))
@@ -176,6 +186,7 @@ def predict_maps(
         density_pct=rho_pct,
         extinction_pct=ext_pct,
         total_extinction_pct=np.percentile(totals, PERCENTILES, axis=0),
+        foreground_pct=np.percentile(foreground, PERCENTILES, axis=0),
         dust_mass_eq9_msun=dust,
         gas_mass_eq9_msun=GAS_TO_DUST * dust,
         dust_mass_in_box_msun=in_box,
