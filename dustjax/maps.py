@@ -201,6 +201,9 @@ class DustMap:
       foreground: spherical maps: ``(n0, n1)`` extinction (mag) from the Sun to the first
         distance edge per (l, b) pixel, added to integrated queries; None: zero.
       foreground_uncertainty: its uncertainty (mag), ``(n0, n1)``, or None.
+      samples: ``(K, n0, n1, n2)`` posterior density samples (mag/pc, GP maps: ``SAMPLES``), or
+        None; integrated queries take their percentiles over these (see `query`).
+      foreground_samples: ``(K, n0, n1)`` the foreground of each sample (mag), or None.
     """
 
     grid: str
@@ -211,6 +214,8 @@ class DustMap:
     meta: dict[str, Any] = dataclasses.field(default_factory=dict)
     foreground: np.ndarray | None = None
     foreground_uncertainty: np.ndarray | None = None
+    samples: np.ndarray | None = None
+    foreground_samples: np.ndarray | None = None
 
     # ---- construction -------------------------------------------------------------------------
     @classmethod
@@ -275,6 +280,14 @@ class DustMap:
                 foreground = cube(names["FG_P50"])
                 if "FG_P16" in names and "FG_P84" in names:
                     fg_unc = 0.5 * (cube(names["FG_P84"]) - cube(names["FG_P16"]))
+            samples = fg_samples = None
+            if "SAMPLES" in names:  # (K, n2, n1, n0) in numpy order -> (K, n0, n1, n2)
+                planes = [_Plane(names["SAMPLES"], k) for k in range(len(names["SAMPLES"].data))]
+                samples = np.stack([cube(plane, density_scale) for plane in planes])
+                if "FG_SAMP" in names:
+                    fg_samples = np.stack(
+                        [cube(_Plane(names["FG_SAMP"], k)) for k in range(len(samples))]
+                    )
             return cls(
                 grid=grid,
                 density=cube(primary, density_scale),
@@ -284,6 +297,8 @@ class DustMap:
                 meta={k: header[k] for k in header if k not in ("COMMENT", "HISTORY", "")},
                 foreground=foreground,
                 foreground_uncertainty=fg_unc,
+                samples=samples,
+                foreground_samples=fg_samples,
             )
 
     # ---- geometry -----------------------------------------------------------------------------
@@ -326,12 +341,32 @@ class DustMap:
         return idx, inside
 
     # ---- queries ------------------------------------------------------------------------------
-    def query(self, coords, integrated: bool = False, return_uncertainty: bool = False):
+    def query(
+        self,
+        coords,
+        integrated: bool = False,
+        return_uncertainty: bool = False,
+        mode: str = "median",
+        pct=None,
+        rng=None,
+    ):
         """Density (mag/pc) or, with ``integrated=True``, extinction (mag) at `SkyCoord` points.
 
         ``coords`` is an astropy `SkyCoord` in any frame, with distances; the result has its
         shape. Points outside the map give NaN (and one `OutsideMapWarning`). With
         ``return_uncertainty=True`` returns ``(value, uncertainty)``.
+
+        ``mode`` (as in `dustmaps`), for maps with posterior samples (`samples`):
+
+        * ``"median"`` (default): the density of the median cube; integrated, the median over
+          the samples of each sample's integral (sums of log-normal cells are not the sum of the
+          cells' medians), and with ``return_uncertainty`` half their 16-84 % range. Without
+          samples: the integral of the median cube and the stored uncertainty;
+        * ``"percentile"``: the ``pct`` percentile(s) (a number or a sequence: trailing axis) over
+          the samples;
+        * ``"samples"``: every sample, on a trailing axis of length ``num_samples``;
+        * ``"random_sample"``: one sample chosen at random for each point (``rng``: a seed or a
+          `numpy.random.Generator`).
         """
         from dustjax.geometry import skycoord_to_cartesian
 
@@ -341,22 +376,41 @@ class DustMap:
             )
         xyz = skycoord_to_cartesian(coords)
         shape = np.shape(xyz)[:-1]
-        out = self.query_xyz(xyz.reshape(-1, 3), integrated, return_uncertainty)
+        out = self.query_xyz(
+            xyz.reshape(-1, 3), integrated, return_uncertainty, mode=mode, pct=pct, rng=rng
+        )
         if return_uncertainty:
             return out[0].reshape(shape), out[1].reshape(shape)
-        return out.reshape(shape)
+        return out.reshape(shape + out.shape[1:])
 
     __call__ = query
 
-    def query_xyz(self, xyz_pc, integrated: bool = False, return_uncertainty: bool = False):
+    @property
+    def num_samples(self) -> int:
+        """Posterior samples the map carries (0: none)."""
+        return 0 if self.samples is None else len(self.samples)
+
+    def query_xyz(
+        self,
+        xyz_pc,
+        integrated: bool = False,
+        return_uncertainty: bool = False,
+        mode: str = "median",
+        pct=None,
+        rng=None,
+    ):
         """As `query` for heliocentric Galactic XYZ ``(N, 3)`` in pc (no astropy needed)."""
+        modes = ("median", "percentile", "samples", "random_sample")
+        if mode not in modes:
+            raise MapError(f"mode must be one of {modes}, got {mode!r}")
+        if mode != "median" and self.samples is None:
+            raise MapError(f"mode={mode!r} needs a map with posterior samples (SAMPLES)")
+        if mode == "percentile" and pct is None:
+            raise MapError("mode='percentile' needs pct (a number or a sequence, in %)")
+        if return_uncertainty and mode != "median":
+            raise MapError("return_uncertainty goes with mode='median'")
         xyz = np.asarray(xyz_pc, np.float64).reshape(-1, 3)
         idx, inside = self.cell_of(xyz)
-        if integrated:
-            value = self._integrate(xyz, idx)
-        else:
-            value = self.density[idx[:, 0], idx[:, 1], idx[:, 2]].astype(np.float64)
-        value = np.where(inside, value, np.nan)
         if not inside.all():
             warnings.warn(
                 f"{int((~inside).sum())} of {len(xyz)} points lie outside the map; their "
@@ -364,8 +418,30 @@ class DustMap:
                 OutsideMapWarning,
                 stacklevel=3,
             )
+        per_sample = None
+        if mode != "median" or (integrated and self.samples is not None):
+            per_sample = self._sample_values(xyz, idx, integrated)  # (N, K)
+            per_sample = np.where(inside[:, None], per_sample, np.nan)
+        if mode == "samples":
+            return per_sample
+        if mode == "random_sample":
+            pick = np.random.default_rng(rng).integers(0, per_sample.shape[1], len(xyz))
+            return per_sample[np.arange(len(xyz)), pick]
+        if mode == "percentile":
+            out = np.percentile(per_sample, np.asarray(pct, np.float64), axis=1)
+            return np.moveaxis(out, 0, -1) if np.ndim(pct) else out
+        if per_sample is not None:  # integrated, median over the samples
+            value = np.median(per_sample, axis=1)
+        elif integrated:
+            value = self._integrate(xyz, idx)
+        else:
+            value = self.density[idx[:, 0], idx[:, 1], idx[:, 2]].astype(np.float64)
+        value = np.where(inside, value, np.nan)
         if not return_uncertainty:
             return value
+        if per_sample is not None:
+            p16, p84 = np.percentile(per_sample, [16.0, 84.0], axis=1)
+            return value, 0.5 * (p84 - p16)
         source = self.extinction_uncertainty if integrated else self.uncertainty
         if source is None:
             what = "integrated extinction" if integrated else "density"
@@ -373,27 +449,56 @@ class DustMap:
         sigma = source[idx[:, 0], idx[:, 1], idx[:, 2]].astype(np.float64)
         return value, np.where(inside, sigma, np.nan)
 
-    def _integrate(self, xyz, idx):
+    def _sample_values(self, xyz, idx, integrated):
+        """``(N, K)``: each posterior sample's density at, or integral to, the points."""
+        out = np.empty((len(xyz), self.num_samples))
+        for k in range(self.num_samples):
+            if integrated:
+                fg = None if self.foreground_samples is None else self.foreground_samples[k]
+                out[:, k] = self._integrate(xyz, idx, self.samples[k], fg)
+            else:
+                out[:, k] = self.samples[k][idx[:, 0], idx[:, 1], idx[:, 2]]
+        return out
+
+    def _integrate(self, xyz, idx, density=None, foreground=None):
+        if density is None:
+            density, foreground = self.density, self.foreground
         if self.grid == "cartesian":
             lower = [e[0] for e in self.edges]
             cell = [(e[-1] - e[0]) / (len(e) - 1) for e in self.edges]
-            return np.asarray(integrate_cartesian(self.density, lower, cell, xyz), np.float64)
+            return np.asarray(integrate_cartesian(density, lower, cell, xyz), np.float64)
         # Spherical: the foreground (Sun to the first distance edge), the full distance cells
         # in front and the partial last one (eqs. 7-8).
         d_edges = self.edges[2]
         dist = np.linalg.norm(xyz, axis=-1)
         width = np.diff(d_edges)
-        column = self.density[idx[:, 0], idx[:, 1], :].astype(np.float64)  # (N, nd)
+        column = density[idx[:, 0], idx[:, 1], :].astype(np.float64)  # (N, nd)
         cum = np.concatenate(
             [np.zeros((len(xyz), 1)), np.cumsum(column * width, axis=1)], axis=1
         )  # extinction at each near edge
         j = idx[:, 2]
         rows = np.arange(len(xyz))
         partial = column[rows, j] * np.clip(dist - d_edges[j], 0.0, width[j])
-        foreground = 0.0
-        if self.foreground is not None:
-            foreground = self.foreground[idx[:, 0], idx[:, 1]].astype(np.float64)
-        return foreground + cum[rows, j] + partial
+        fg = 0.0
+        if foreground is not None:
+            fg = foreground[idx[:, 0], idx[:, 1]].astype(np.float64)
+        return fg + cum[rows, j] + partial
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plane:
+    """Sample ``k`` of a FITS image with a trailing sample axis, read like an HDU."""
+
+    hdu: Any
+    k: int
+
+    @property
+    def data(self):
+        return self.hdu.data[self.k]
+
+    @property
+    def name(self):
+        return f"{self.hdu.name}[{self.k}]"
 
 
 def _gp_extinction_uncertainty(path: Path, cube):

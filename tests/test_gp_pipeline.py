@@ -82,6 +82,11 @@ def test_fits_cubes_have_a_wcs_that_maps_pixels_to_the_grid_cells(run):
         p16, p50, p84 = (hdul[n].data for n in ("P16", "P50", "P84"))
         assert p50.shape == (grid.shape[2], grid.shape[1], grid.shape[0])
         assert np.all(p16 <= p50) and np.all(p50 <= p84) and np.all(p16 > 0)
+        samples = hdul["SAMPLES"].data  # 12 posterior draws by default
+        assert samples.shape == (12, *p50.shape) and hdul["SAMPLES"].header["NSAMPLES"] == 12
+        assert hdul["SAMPLES"].header["BUNIT"] == "mag/pc" and np.all(samples > 0)
+        # the draws scatter about the median cube (percentiles from 16 draws, 12 of them kept)
+        assert 0.25 < np.mean(samples < p50[None]) < 0.75
         wcs = WCS(hdul["P50"].header)
     i, j, k = 3, 5, 7
     lon, lat, dist = wcs.pixel_to_world_values(i, j, k)
@@ -246,3 +251,11 @@ def test_the_library_never_switches_jax_to_64_bit(tmp_path):
         assert jax.config.jax_enable_x64
     finally:
         jax.config.update("jax_enable_x64", before)
+
+
+def test_more_posterior_samples_than_prediction_draws_is_refused_before_the_fit(tmp_path):
+    c = _small_config()
+    c.predict.posterior_samples = c.predict.num_samples + 1
+    with pytest.raises(ValueError, match="posterior_samples"):
+        pipeline.fit_and_predict(c, tmp_path / "w", progress=False)
+    assert not (tmp_path / "w").exists()

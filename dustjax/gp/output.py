@@ -13,6 +13,13 @@ break the linear distance axis); ``total_extinction.fits`` holds the 2D map to d
 the ghost cells, which the cubes leave out; zero when the fit had no ghost cells), as 2D
 (GLAT, GLON) images ``FG_P16``, ``FG_P50``, ``FG_P84`` (mag), so that an integrated query of the
 density (`dustjax.maps.DustMap`) starts from the Sun, not from d_min.
+
+With posterior samples (``predict.posterior_samples`` = K, 12 by default), ``density.fits`` also
+holds ``SAMPLES``, K joint posterior draws of the density (mag/pc), ``(K, nd, nb, nl)`` in numpy
+order (FITS axis 4 = ``SAMPLE``), and ``FG_SAMP``, the foreground of each draw ``(K, nb, nl)``
+(mag), header keywords ``POSTSAMP = 'posterior density samples'`` and ``NSAMPLES = K``.
+Percentiles of any integrated quantity (extinction to a point, a mass, a column sum) are to be
+computed over these draws, not from the per-cell percentiles (`DustMap.query` does so).
 """
 
 from __future__ import annotations
@@ -88,6 +95,33 @@ def _foreground_hdus(foreground_pct, grid: LBDGrid):
     return hdus
 
 
+def _with_sample_axis(hdr, axis: int, num_samples: int):
+    hdr["WCSAXES"] = axis
+    hdr[f"CTYPE{axis}"] = ("SAMPLE", "posterior draw number")
+    hdr[f"CRPIX{axis}"], hdr[f"CRVAL{axis}"], hdr[f"CDELT{axis}"] = 1.0, 1.0, 1.0
+    hdr["POSTSAMP"] = ("posterior density samples", "joint draws of the GP posterior")
+    hdr["NSAMPLES"] = (num_samples, "number of posterior draws")
+    return hdr
+
+
+def _sample_hdus(density_samples, foreground_samples, grid: LBDGrid):
+    from astropy.io import fits
+
+    k = len(density_samples)
+    cube = np.asarray(density_samples, np.float32)[..., grid.ghost_cells :]  # (K, nl, nb, nd)
+    hdr = _with_sample_axis(wcs_header(grid), 4, k)
+    hdr["BUNIT"] = "mag/pc"
+    hdr["QUANTITY"] = ("density", "dust density per posterior draw")
+    hdus = [fits.ImageHDU(np.ascontiguousarray(np.transpose(cube, (0, 3, 2, 1))), hdr, "SAMPLES")]
+    fg = np.asarray(foreground_samples, np.float32)  # (K, nl, nb)
+    hdr = _with_sample_axis(wcs_header(grid, with_distance=False), 3, k)
+    hdr["BUNIT"] = "mag"
+    hdr["DMIN_PC"] = (grid.d_range_pc[0], "foreground: extinction from 0 to d_min (pc)")
+    hdr["QUANTITY"] = ("foreground extinction", "per posterior draw, Sun to DMIN_PC")
+    hdus.append(fits.ImageHDU(np.ascontiguousarray(np.transpose(fg, (0, 2, 1))), hdr, "FG_SAMP"))
+    return hdus
+
+
 def write_fits_cubes(
     workdir, prediction: dict[str, np.ndarray], grid: LBDGrid, meta: dict[str, Any] | None = None
 ) -> list[Path]:
@@ -106,6 +140,10 @@ def write_fits_cubes(
         hdus = _cube_hdus(prediction[key], grid, unit, meta)
         if name == "density.fits" and "foreground_pct" in prediction:
             hdus += _foreground_hdus(prediction["foreground_pct"], grid)
+        if name == "density.fits" and "density_samples" in prediction:
+            hdus += _sample_hdus(
+                prediction["density_samples"], prediction["foreground_samples"], grid
+            )
         write_fits(path, hdus)
         out.append(path)
     hdus = [fits.PrimaryHDU()]

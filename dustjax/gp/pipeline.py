@@ -14,7 +14,9 @@ is an `ml_collections.ConfigDict` laid out as in `experiments/configs/gp_test.py
     model.*               num_inducing, scale_lengths_pc, amplitude_dex, mean_dex (None: from
                           the stars), q_std
     fit.*                 `fit.FitSettings` fields
-    predict.*             shape, num_samples, chunk_cells, star_samples
+    predict.*             shape, num_samples, chunk_cells, star_samples, posterior_samples
+                          (joint posterior density draws written to density.fits, default 12,
+                          at most num_samples; 0: none)
     output.*              fits, plots, slice_distances_pc, sightlines
 """
 
@@ -106,6 +108,7 @@ OUTPUT_NAMES = (
     "figB1_sightlines.png",
 )
 PREVIOUS_RUN_DIR = "previous_run"
+DEFAULT_POSTERIOR_SAMPLES = 12
 
 
 def set_aside_previous_outputs(workdir: Path, *, keep=()) -> list[str]:
@@ -161,9 +164,22 @@ def fit_and_predict(config, workdir: str | Path, *, progress: bool = True) -> di
         return _fit_and_predict(config, workdir, progress=progress)
 
 
+def _posterior_samples(config) -> int:
+    """``predict.posterior_samples`` (default 12), checked before anything runs."""
+    k = config.predict.get("posterior_samples", DEFAULT_POSTERIOR_SAMPLES)
+    k = DEFAULT_POSTERIOR_SAMPLES if k is None else int(k)
+    if not 0 <= k <= int(config.predict.num_samples):
+        raise ValueError(
+            f"predict.posterior_samples = {k} must be between 0 and predict.num_samples = "
+            f"{config.predict.num_samples} (the posterior samples are the first of those draws)"
+        )
+    return k
+
+
 def _fit_and_predict(config, workdir, *, progress):
     t_total = time.perf_counter()
     dtype = _dtype(config)
+    num_posterior_samples = _posterior_samples(config)
     grid = LBDGrid.from_dict(dict(config.grid))
     logger.info("%s", grid)
     catalog, counts, truth = load_stars(config, grid)
@@ -242,6 +258,7 @@ def _fit_and_predict(config, workdir, *, progress):
         seed=int(config.seed) + 2,
         max_chunk_cells=int(config.predict.chunk_cells),
         progress=progress,
+        num_posterior_samples=num_posterior_samples,
     )
     summary["timings"]["predict_s"] = time.perf_counter() - t0
     summary["prediction_grid"] = pgrid.to_dict()

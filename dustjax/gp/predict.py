@@ -67,7 +67,8 @@ def prediction_grid(train_grid: LBDGrid, shape) -> LBDGrid:
 
 
 @functools.partial(
-    jax.jit, static_argnames=("link", "num_samples", "nd_total", "roi_start", "roi_end")
+    jax.jit,
+    static_argnames=("link", "num_samples", "nd_total", "roi_start", "roi_end", "num_kept"),
 )
 def _column_chunk(
     params,
@@ -83,6 +84,7 @@ def _column_chunk(
     roi_start,
     roi_end,
     jitter,
+    num_kept=0,
 ):
     """Percentiles of rho and of the extinction to each cell centre for one chunk of columns.
 
@@ -91,7 +93,8 @@ def _column_chunk(
 
     Returns a dict: ``rho_pct`` (3, C, nd), ``ext_pct`` (3, C, nd), and per sample (S, C): the
     extinction to d_max ``total``, to d_min ``foreground`` (the ghost cells' dust; 0 without
-    them) and ``volume``, sum_roi rho (d1^3 - d0^3) / 3 (mag pc^2 per sr).
+    them) and ``volume``, sum_roi rho (d1^3 - d0^3) / 3 (mag pc^2 per sr); and ``samples``,
+    the first ``num_kept`` density samples (num_kept, C, nd).
     """
     num_cells = cells_xyz.shape[0]
     eps_cells = jax.random.normal(key, (num_samples, num_cells), cells_xyz.dtype)
@@ -108,6 +111,7 @@ def _column_chunk(
         total=total,
         foreground=to_edge[..., roi_start],
         volume=column_volume_integral,
+        samples=rho[:num_kept],
     )
 
 
@@ -121,6 +125,7 @@ def predict_maps(
     seed=0,
     max_chunk_cells=2**20 // 4,
     progress=True,
+    num_posterior_samples=0,
 ):
     """Percentile cubes of density and extinction on ``grid`` and dust-mass samples.
 
@@ -132,7 +137,17 @@ def predict_maps(
     ``(num_samples,)`` of the dust and gas masses (M_sun): ``dust_mass_eq9_msun`` /
     ``gas_mass_eq9_msun`` the paper's eq. 9, ``dust_mass_in_box_msun`` / ``gas_mass_in_box_msun``
     the volume integral over the region of interest.
+
+    With ``num_posterior_samples`` = K > 0 (at most ``num_samples``) also ``density_samples``
+    ``(K, nl, nb, nd_total)`` (mag/pc, float32) and ``foreground_samples`` ``(K, nl, nb)`` (mag):
+    K joint posterior draws of the whole grid (draw k shares its inducing-point sample across
+    all chunks), from which any integrated quantity's percentiles can be computed.
     """
+    if not 0 <= num_posterior_samples <= num_samples:
+        raise ValueError(
+            f"posterior samples to keep ({num_posterior_samples}) must be between 0 and the "
+            f"number of prediction samples ({num_samples})"
+        )
     from tqdm.auto import tqdm
 
     dtype = params["mean"].dtype
@@ -166,8 +181,10 @@ def predict_maps(
             roi_start=grid.ghost_cells,
             roi_end=roi_end,
             jitter=jnp.asarray(jitter, dtype),
+            num_kept=int(num_posterior_samples),
         )
         n_valid = min(cols_per_chunk, nl * nb - start)
+        out["samples"] = out["samples"].astype(jnp.float32)
         parts.append({k: np.asarray(v)[:, :n_valid] for k, v in out.items()})
 
     def joined(name, lead):
@@ -182,7 +199,14 @@ def predict_maps(
     in_box = _mass_from_volume_integral(
         np.sum(volume.astype(np.float64) * grid.column_solid_angle_sr(), axis=(-2, -1))
     )
+    extra = {}
+    if num_posterior_samples:
+        extra = dict(
+            density_samples=joined("samples", num_posterior_samples),
+            foreground_samples=foreground[:num_posterior_samples],
+        )
     return dict(
+        **extra,
         density_pct=rho_pct,
         extinction_pct=ext_pct,
         total_extinction_pct=np.percentile(totals, PERCENTILES, axis=0),
