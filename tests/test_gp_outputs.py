@@ -27,19 +27,28 @@ def _bright_pixel_lb(fig, ax):
 
 
 @pytest.mark.parametrize("which", ["fig4", "fig5"])
-def test_maps_draw_a_pixel_at_its_own_longitude_with_l_increasing_to_the_left(which, monkeypatch):
-    figures = []
-    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or path)
+def test_maps_draw_a_pixel_at_its_own_longitude_with_l_increasing_to_the_left(
+    which, monkeypatch, tmp_path
+):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    monkeypatch.setattr(plt, "close", lambda *args, **kwargs: None)  # keep the figure to read
+    before = set(plt.get_fignums())
     i, j = 1, 2  # l in [55, 60], b in [0, 5]
     img = np.zeros(GRID.shape[:2])
     img[i, j] = 1.0
     if which == "fig4":
-        plots.plot_extinction_maps(GRID, img, "unused.png")
+        plots.plot_extinction_maps(GRID, img, tmp_path / "fig4.png")
     else:
         cube = np.zeros(GRID.full_shape)
         cube[i, j, 2] = 1.0
-        plots.plot_density_slices(GRID, cube, [GRID.d_centres_pc()[2]], "unused.png")
-    (fig,) = figures
+        plots.plot_density_slices(GRID, cube, [GRID.d_centres_pc()[2]], tmp_path / "fig5.png")
+    (num,) = set(plt.get_fignums()) - before
+    fig = plt.figure(num)
+    monkeypatch.undo()
     ax = fig.axes[0]
     lon, lat = _bright_pixel_lb(fig, ax)
     assert lon == pytest.approx(GRID.l_centres_deg()[i], abs=0.5)
@@ -47,6 +56,7 @@ def test_maps_draw_a_pixel_at_its_own_longitude_with_l_increasing_to_the_left(wh
     left, right = ax.get_xlim()
     assert left > right  # l increases to the left, as on the sky
     assert (min(left, right), max(left, right)) == pytest.approx(GRID.l_range_deg)
+    plt.close(fig)
 
 
 def _uniform_posterior(rho, dtype=np.float64):

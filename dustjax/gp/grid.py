@@ -229,7 +229,7 @@ class LBDGrid:
         (float64 when ``jax_enable_x64`` is on, else float32), so float64 runs are not rounded
         through float32.
         """
-        dtype = jax.dtypes.canonicalize_dtype(np.float64) if dtype is None else np.dtype(dtype)
+        dtype = np.dtype(jnp.result_type(float) if dtype is None else dtype)
         column, cell, inside = self.locate(l_deg, b_deg, distance_pc)
         if not np.all(inside):
             raise GridError(
