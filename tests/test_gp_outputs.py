@@ -238,3 +238,29 @@ def test_posterior_samples_round_trip_through_the_fits_file(tmp_path):
     lengths = np.clip(d - edges[:-1], 0.0, np.diff(edges))
     expected = np.sum(samples[:, i, j, :].astype(np.float64) * lengths, axis=1)
     np.testing.assert_allclose(got, expected, rtol=2e-6)
+
+
+def test_star_bands_with_a_model_error_have_its_analytic_width():
+    """A posterior without spread: the bands are the model error's alone, 2 sqrt((f A)^2 + s^2)
+    wide around A = rho d; without it they have no width."""
+    import jax
+    from scipy.stats import norm
+
+    from dustjax.gp import predict
+
+    grid = LBDGrid((50.0, 90.0), (-10.0, 10.0), (180.0, 500.0), (2, 2, 4))
+    rho, f, s = 2e-3, 0.1, 0.02
+    rng = np.random.default_rng(1)
+    d = rng.uniform(180, 500, 40)
+    op = grid.star_operator(rng.uniform(50, 90, 40), rng.uniform(-10, 10, 40), d)
+    with jax.enable_x64(True):
+        params = _uniform_posterior(rho)
+        args = (params, grid, np.asarray(op.flat_index), np.asarray(op.partial_pc, np.float64))
+        plain = predict.predict_star_extinctions(*args, num_samples=8)
+        wide = predict.predict_star_extinctions(*args, num_samples=2000, model_error=(f, s))
+    a = rho * (d - 180.0)  # no ghost cells: the grid starts at 180 pc
+    np.testing.assert_allclose(plain, np.broadcast_to(a, (3, 40)), rtol=1e-7)
+    half = np.sqrt((f * a) ** 2 + s**2)
+    mc = half * np.sqrt(0.16 * 0.84 / 2000) / norm.pdf(1.0)  # sd of a 16/84 % estimate
+    np.testing.assert_array_less(np.abs(0.5 * (wide[2] - wide[0]) - half), 4 * mc)
+    np.testing.assert_array_less(np.abs(wide[1] - a), 4 * 1.25 * half / np.sqrt(2000))

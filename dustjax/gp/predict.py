@@ -261,8 +261,14 @@ def predict_star_extinctions(
     num_samples=64,
     seed=1,
     star_chunk=262_144,
+    model_error=None,
 ):
-    """Percentiles ``(3, num_stars)`` of the model extinction of stars on the training grid."""
+    """Percentiles ``(3, num_stars)`` of the model extinction of stars on the training grid.
+
+    ``model_error`` = (f, s) (a fit's learned model error, `svgp.model_error_scales`): each
+    sample gets N(0, (f A)^2 + s^2) added, so the percentiles are those of the true extinction
+    (what the grid and the GP cannot represent included), not of the model's alone.
+    """
     dtype = params["mean"].dtype
     cells = jnp.asarray(grid.cell_centres_xyz(), dtype)
     model = svgp.SVGPModel(link=link, num_samples=num_samples, max_log10_density=None)
@@ -273,14 +279,18 @@ def predict_star_extinctions(
     flat_index = np.asarray(flat_index)
     partial_pc = np.asarray(partial_pc)
     out = []
-    for start in range(0, len(flat_index), star_chunk):
+    noise_key = jax.random.fold_in(jax.random.key(seed), 1)
+    for i, start in enumerate(range(0, len(flat_index), star_chunk)):
         sl = slice(start, start + star_chunk)
         idx = jnp.asarray(flat_index[sl])
-        out.append(
-            np.asarray(
-                _star_percentiles(density, idx, jnp.asarray(partial_pc[sl], dtype), d_widths)
-            )
-        )
+        partial = jnp.asarray(partial_pc[sl], dtype)
+        if model_error is None:
+            pct = _star_percentiles(density, idx, partial, d_widths)
+        else:
+            frac, floor = (jnp.asarray(v, dtype) for v in model_error)
+            key = jax.random.fold_in(noise_key, i)
+            pct = _star_percentiles_with_error(density, idx, partial, d_widths, key, frac, floor)
+        out.append(np.asarray(pct))
     return np.concatenate(out, axis=1)
 
 
@@ -293,6 +303,15 @@ def _star_percentiles(density, flat_index, partial_pc, d_widths):
     are an argument, not a closed-over constant: XLA would otherwise fold the column integral
     at compile time on the host (seconds to tens of seconds at the paper's size)."""
     ext = apply_star_operator(density, flat_index, partial_pc, d_widths)
+    return jnp.percentile(ext, jnp.asarray(PERCENTILES, density.dtype), axis=0)
+
+
+@jax.jit
+def _star_percentiles_with_error(density, flat_index, partial_pc, d_widths, key, frac, floor):
+    """As `_star_percentiles`, each sample plus N(0, (frac A)^2 + floor^2) (the model error)."""
+    ext = apply_star_operator(density, flat_index, partial_pc, d_widths)
+    scale = jnp.sqrt((frac * ext) ** 2 + floor**2)
+    ext = ext + scale * jax.random.normal(key, ext.shape, ext.dtype)
     return jnp.percentile(ext, jnp.asarray(PERCENTILES, density.dtype), axis=0)
 
 
