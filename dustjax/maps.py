@@ -454,7 +454,8 @@ class DustMap:
         out = np.empty((len(xyz), self.num_samples))
         for k in range(self.num_samples):
             if integrated:
-                fg = None if self.foreground_samples is None else self.foreground_samples[k]
+                fg = self.foreground  # the median foreground where draws of it are missing
+                fg = fg if self.foreground_samples is None else self.foreground_samples[k]
                 out[:, k] = self._integrate(xyz, idx, self.samples[k], fg)
             else:
                 out[:, k] = self.samples[k][idx[:, 0], idx[:, 1], idx[:, 2]]

@@ -195,6 +195,10 @@ def test_integrated_percentiles_come_from_the_samples_of_a_known_gaussian():
     np.testing.assert_allclose(value, got[:, 1])  # the default mode: median over the samples
     np.testing.assert_allclose(sigma, sd, rtol=0.05)
     assert m.query_xyz(xyz, integrated=True, mode="samples").shape == (2, k)
+    # without draws of the foreground, each draw starts from the median foreground
+    m_fg = DustMap("spherical", m.density, edges, foreground=m.foreground, samples=samples)
+    got = m_fg.query_xyz(xyz, integrated=True, mode="samples")
+    np.testing.assert_allclose(got, mf + c[None, :] * (d[:, None] - 100.0), rtol=1e-12)
     one = m.query_xyz(xyz, integrated=True, mode="random_sample", rng=0)
     assert np.all(np.isin(one[0], m.query_xyz(xyz[:1], integrated=True, mode="samples")))
 
