@@ -221,3 +221,83 @@ def test_tiny_fit_recovers_a_clump_position_within_one_scale_length():
         scale = float(np.mean(np.asarray(svgp.hyperparameters(p)["scale_lengths_pc"])))
         offset = np.linalg.norm(peak - field.centres_xyz[0])
         assert offset < max(scale, 1e-9), (offset, scale)
+
+
+def test_plateau_rule_waits_for_a_noisy_rising_elbo_and_stops_on_a_noisy_flat_one():
+    rng = np.random.default_rng(0)
+    t = np.arange(1000)
+    # the real-sky trace of issue 18: ~-4e4, climbing ~15 nats an iteration, MC noise ~100 nats
+    rising = list(-47_800 + 15.0 * t + 100.0 * rng.standard_normal(1000))
+    flat = list(-39_700 + 100.0 * rng.standard_normal(1000))
+    kw = dict(window=100, z=2.0, min_iterations=200)
+    # the paper's rule is fooled by the rising trace (range 10 iterations ~ 700 < 1 % of 4e4) ...
+    assert any(
+        fit.converged(rising[:n], tol=0.01, window=10, min_iterations=400) for n in range(400, 1001)
+    )
+    # ... the plateau rule is not, at any point of it
+    assert not any(fit.plateau_converged(rising[:n], **kw) for n in range(200, 1001, 10))
+    assert fit.plateau_converged(flat[:400], **kw)
+    assert not fit.plateau_converged(flat[:150], **kw)  # before min_iterations / 2 windows
+    # a clear rise is seen even early
+    assert not fit.plateau_converged(list(np.arange(400) * 50.0 + flat[:400]), **kw)
+    # noise-free: the relative floor stops a fit whose rise no longer matters
+    smooth = list(-1e4 + 1e-3 * np.arange(400))
+    assert not fit.plateau_converged(smooth, **kw)
+    assert fit.plateau_converged(smooth, **kw, rel_floor=1e-4)  # rise 0.1 < 1 nat per window
+    assert not fit.plateau_converged(flat[:399] + [float("nan")], **kw)
+
+
+def test_should_stop_dispatches_on_the_rule_and_bad_rules_are_refused():
+    flat = [-1000.0 + 0.1 * np.sin(i) for i in range(300)]
+    paper = fit.FitSettings(min_iterations=20)
+    plateau = fit.FitSettings(min_iterations=20, stop_rule="plateau", plateau_window=100)
+    assert fit.should_stop(flat[:30], paper)
+    assert not fit.should_stop(flat[:30], plateau)  # needs two windows
+    assert fit.should_stop(flat, plateau)
+    with pytest.raises(ValueError, match="stop_rule"):
+        fit.FitSettings(stop_rule="patience")
+
+
+def test_model_error_term_is_learned_and_enters_the_sharded_elbo():
+    cat = _catalog()
+    stars = fit.make_star_data(cat, GRID)
+    params = fit.initial_params(
+        cat,
+        dict(num_inducing=6, scale_lengths_pc=30.0, amplitude_dex=0.3, mean_dex=-2.5, q_std=0.3),
+        model_error=(0.1, 0.02),
+    )
+    model = svgp.SVGPModel(num_samples=4)
+    elbo_fn = fit.make_elbo_fn(
+        fit.make_mesh(), GRID, model, batch_size=None, num_stars_padded=stars.num_stars
+    )
+    key = jax.random.key(3)
+    # the single-device ELBO with the same samples (elbo_fn splits the key the same way)
+    key_phi, _ = jax.random.split(key)
+    single = svgp.elbo(
+        params,
+        key_phi,
+        jnp.asarray(GRID.cell_centres_xyz(), jnp.float32),
+        stars,
+        jnp.asarray(GRID.d_widths_pc(), jnp.float32),
+        GRID.full_shape,
+        model,
+        1e-4,
+    )
+    np.testing.assert_allclose(float(elbo_fn(params, key, stars, 1e-4)), float(single), rtol=1e-5)
+    without = {k: v for k, v in params.items() if k not in svgp.MODEL_ERROR_KEYS}
+    assert float(elbo_fn(without, key, stars, 1e-4)) != float(elbo_fn(params, key, stars, 1e-4))
+    grads = jax.grad(lambda p: elbo_fn(p, key, stars, 1e-4))(params)
+    for k in svgp.MODEL_ERROR_KEYS:
+        assert np.isfinite(float(grads[k])) and float(grads[k]) != 0.0
+    # fit() adds the term when asked, starting from the configured values
+    res = fit.fit(
+        without,
+        stars,
+        GRID,
+        fit.FitSettings(
+            model_error=True, model_error_init=(0.2, 0.05), max_iterations=10, num_samples=2,
+            jitter=1e-4,
+        ),
+        progress=False,
+    )  # fmt: skip
+    assert set(svgp.MODEL_ERROR_KEYS) <= set(res.params)

@@ -35,7 +35,11 @@ Parameters live in a plain dict (a pytree) with logarithms of the positive hyper
 
     log_scale_lengths (3,) [log pc], log_amplitude () [log dex], mean () [dex],
     inducing_points (M, 3) [pc], q_mean (M,), q_chol_raw (M, M)
-    (S = tril(q_chol_raw, -1) + diag(exp(diag(q_chol_raw)))).
+    (S = tril(q_chol_raw, -1) + diag(exp(diag(q_chol_raw)))),
+
+and optionally ``log_model_error_frac``, ``log_model_error_abs`` (`with_model_error`): a learned
+model-error variance (f A_mod)^2 + s^2 added to each star's sigma^2 in the likelihood, for what
+the grid of uniform cells and the GP cannot represent (issue 18).
 """
 
 from __future__ import annotations
@@ -135,6 +139,28 @@ def init_params(
         q_mean=jnp.zeros((m,), dtype),
         q_chol_raw=jnp.full((m,), math.log(q_std), dtype) * jnp.eye(m, dtype=dtype),
     )
+
+
+MODEL_ERROR_KEYS = ("log_model_error_frac", "log_model_error_abs")
+
+
+def with_model_error(params, frac: float = 0.05, floor_mag: float = 0.01):
+    """``params`` plus the learned model-error term: sigma_eff^2 = sigma^2 + (f A)^2 + s^2."""
+    if frac <= 0 or floor_mag <= 0:
+        raise ValueError("model-error fraction and floor must be positive")
+    dtype = params["mean"].dtype
+    return {
+        **params,
+        MODEL_ERROR_KEYS[0]: jnp.asarray(math.log(frac), dtype),
+        MODEL_ERROR_KEYS[1]: jnp.asarray(math.log(floor_mag), dtype),
+    }
+
+
+def model_error_scales(params):
+    """(f, s) of the learned model-error term, or None when the parameters have none."""
+    if MODEL_ERROR_KEYS[0] not in params:
+        return None
+    return jnp.exp(params[MODEL_ERROR_KEYS[0]]), jnp.exp(params[MODEL_ERROR_KEYS[1]])
 
 
 def hyperparameters(params) -> dict[str, jax.Array]:
@@ -252,17 +278,25 @@ def density_from_phi(phi, link: str):
 
 
 # ---- the likelihood ----------------------------------------------------------------------------
-def gaussian_log_likelihood(model_extinction, stars: StarData):
-    """log N(A_obs | A_mod, sigma^2) per star ``(..., num_stars)``, zero where weight is 0."""
-    resid = (stars.extinction - model_extinction) / stars.sigma
-    log_norm = -jnp.log(stars.sigma) - 0.5 * math.log(2.0 * math.pi)
+def gaussian_log_likelihood(model_extinction, stars: StarData, model_error=None):
+    """log N(A_obs | A_mod, sigma^2) per star ``(..., num_stars)``, zero where weight is 0.
+
+    ``model_error`` = (f, s) (`model_error_scales`): sigma^2 -> sigma^2 + (f A_mod)^2 + s^2.
+    """
+    if model_error is None:
+        sigma = stars.sigma
+    else:
+        frac, floor = model_error
+        sigma = jnp.sqrt(stars.sigma**2 + (frac * model_extinction) ** 2 + floor**2)
+    resid = (stars.extinction - model_extinction) / sigma
+    log_norm = -jnp.log(sigma) - 0.5 * math.log(2.0 * math.pi)
     return stars.weight * (log_norm - 0.5 * resid * resid)
 
 
-def expected_log_likelihood_samples(density, stars: StarData, d_widths_pc):
+def expected_log_likelihood_samples(density, stars: StarData, d_widths_pc, model_error=None):
     """Sum over stars of log p(A_obs | rho_s) for each sample: density ``(S, nl, nb, nd)``."""
     model_ext = apply_star_operator(density, stars.flat_index, stars.partial_pc, d_widths_pc)
-    return jnp.sum(gaussian_log_likelihood(model_ext, stars), axis=-1)
+    return jnp.sum(gaussian_log_likelihood(model_ext, stars, model_error), axis=-1)
 
 
 def draw_eps(key, num_samples, num_inducing, num_cells, dtype):
@@ -292,7 +326,10 @@ def elbo(params, key, cells_xyz, stars: StarData, d_widths_pc, full_shape, model
     """
     density = density_samples(params, key, cells_xyz, full_shape, model, jitter)
     # E_q[log p(A_obs | phi)] by Monte Carlo over joint samples
-    expected_ll = jnp.mean(expected_log_likelihood_samples(density, stars, d_widths_pc))
+    model_error = model_error_scales(params)
+    expected_ll = jnp.mean(
+        expected_log_likelihood_samples(density, stars, d_widths_pc, model_error)
+    )
     # KL[q(v) || p(v)], closed form
     return expected_ll - kl_divergence(params)
 

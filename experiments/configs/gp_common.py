@@ -77,11 +77,27 @@ def gp_config(name: str) -> ml_collections.ConfigDict:
             warmup_iterations=0,
             scale_q_offdiagonal=True,  # Adam on the off-diagonal of S at lr/sqrt(M): see docs/gp.md
             max_log10_density=3.0,  # soft cap of phi samples in the likelihood only (dex)
+            # "plateau": stop once the ELBO no longer rises beyond its Monte Carlo noise
+            # (issue 18); "paper": the paper's 1 % over `window` iterations
+            stop_rule="plateau",
+            plateau_window=100,
+            plateau_z=2.0,
+            plateau_rel_floor=1e-5,
+            # learned model error (f A)^2 + s^2 in the likelihood (off: the paper's model)
+            model_error=False,
+            model_error_init=(0.05, 0.01),
+            max_fit_seconds=config_dict.placeholder(float),
         )
     )
 
     c.predict = ml_collections.ConfigDict(
-        dict(shape=(100, 100, 105), num_samples=100, chunk_cells=2**18, star_samples=64)
+        dict(
+            shape=(100, 100, 105),
+            num_samples=100,
+            chunk_cells=2**18,
+            star_samples=64,
+            posterior_samples=12,  # density samples written to density.fits (<= num_samples)
+        )
     )
     c.output = ml_collections.ConfigDict(
         dict(

@@ -1,0 +1,148 @@
+r"""Issue 18's table in one process: the real-sky test and three simulated fields, GP and kNN.
+
+    python -m tools.gp_realsky_suite --suite=cpu --out=/tmp/realsky_suite     # slow on 2 cores
+    python -m tools.gp_realsky_suite --suite=device \
+        --cube=.device_carry/real/bayestar19_LR_anticentre.npy --out=$OUT            # one H200
+
+Each test is `dustjax.gp.realsky.run_test` (stars drawn in the truth, exact extinctions, noise
+sigma = max(0.1 A, 0.02), validation and held-out stars, the GP fit, the GP's bands scored several
+ways and the 10-nearest-neighbour median scored the same way). Suites:
+
+* ``cpu``: the paper's box (l 50-90, b -10..10, d 180-500 pc) with the project's clump simulator
+  (seeds 1, 2) and a log-normal random field (seed 3), at the size of `gp_paper_sim_cpu` (20,000
+  stars, 12 x 12 x 20, 300 inducing points); and the real sky (Bayestar19, Taurus-Perseus,
+  20,000 stars, 20 x 15 x 35, 300 inducing points).
+* ``device``: the same simulated fields and CPU-size real sky, then the real sky at the paper's
+  size (120,000 stars, 1,000+ inducing points, finer grids), each fit bounded in time.
+* ``smoke``: one tiny real-sky test (seconds).
+
+Writes ``suite.json`` (every result) to --out after each test, and prints one table row per test.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from pathlib import Path
+
+from absl import app, flags
+
+from dustjax.gp import realsky
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("suite", "cpu", ["cpu", "device", "smoke"], "Which tests.")
+flags.DEFINE_string("cube", "../shared/data/real/bayestar19_LR_anticentre.fits", "Real cube.")
+flags.DEFINE_string("out", "/tmp/gp_realsky_suite", "Output directory (suite.json).")
+flags.DEFINE_list("only", [], "Run only the tests of these names.")
+flags.DEFINE_float("max_fit_seconds", 0.0, "Bound every fit (0: the suite's own bounds).")
+
+PAPER_BOX = (50.0, 90.0, -10.0, 10.0, 180.0, 500.0)
+
+
+def _fit(**kw):
+    base = dict(
+        learning_rate=0.03,
+        max_iterations=3000,
+        min_iterations=300,
+        stop_rule="plateau",
+        plateau_window=100,
+        model_error=True,
+        jitter=1e-4,
+        max_jitter=1e-1,
+    )
+    return base | kw
+
+
+def _sim(name, spec, **kw):
+    settings = dict(
+        field=PAPER_BOX, num_stars=20_000, shape=(12, 12, 20), ghost_cells=0, num_inducing=300,
+        scale_lengths_pc=20.0, predict_factor=(2, 2, 2), fit=_fit(),
+    )  # fmt: skip
+    settings.update(kw)
+    return name, spec, settings
+
+
+def _real(name, **kw):
+    settings = dict(
+        field=realsky.TAURUS_PERSEUS, num_stars=20_000, shape=(20, 15, 35), ghost_cells=2,
+        num_inducing=300, scale_lengths_pc=30.0, predict_factor=(2, 2, 2), fit=_fit(),
+    )  # fmt: skip
+    settings.update(kw)
+    return name, "CUBE", settings
+
+
+def suite(name):
+    sims = [
+        _sim("clumps1", "clumps:1"),
+        _sim("clumps2", "clumps:2"),
+        _sim("lognormal3", "lognormal:3"),
+    ]
+    real_cpu = _real("real_cpu")
+    if name == "smoke":
+        return [
+            _real(
+                "smoke",
+                num_stars=3000,
+                num_validation=300,
+                num_holdout=300,
+                shape=(8, 6, 12),
+                num_inducing=50,
+                star_samples=16,
+                fit=_fit(max_iterations=30, min_iterations=10, num_samples=4),
+            )  # fmt: skip
+        ]
+    if name == "cpu":
+        return [*sims, real_cpu]
+    paper = dict(num_stars=120_000, num_validation=5_000, num_holdout=5_000, star_samples=64)
+    return [
+        *[(n, s, kw | dict(fit=_fit(max_fit_seconds=12.0))) for n, s, kw in sims],
+        _real("real_cpu", fit=_fit(max_fit_seconds=20.0)),
+        _real("real_paper_60x40x100_m1000", shape=(60, 40, 100), num_inducing=1000,
+              scale_lengths_pc=20.0, predict_factor=(1, 1, 1),
+              fit=_fit(max_iterations=8000, max_fit_seconds=55.0), **paper),
+        _real("real_paper_40x30x60_m1500", shape=(40, 30, 60), num_inducing=1500,
+              scale_lengths_pc=20.0, predict_factor=(1, 1, 1),
+              fit=_fit(max_iterations=8000, max_fit_seconds=45.0), **paper),
+    ]  # fmt: skip
+
+
+def main(argv):
+    del argv
+    out = Path(FLAGS.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = {}
+    for name, spec, kw in suite(FLAGS.suite):
+        if FLAGS.only and name not in FLAGS.only:
+            continue
+        if FLAGS.max_fit_seconds:
+            kw = kw | dict(fit=kw["fit"] | dict(max_fit_seconds=FLAGS.max_fit_seconds))
+        t0 = time.perf_counter()
+        try:
+            truth = realsky.make_truth(FLAGS.cube if spec == "CUBE" else spec, kw["field"])
+            result = realsky.run_test(truth, realsky.TestSettings(**kw))
+        except Exception as err:  # keep going: one failed test must not cost the others
+            traceback.print_exc()
+            results[name] = dict(error=repr(err))
+            continue
+        results[name] = result
+        row = realsky.summary_row(result)
+        fit = result["fit"]
+        ms = fit["timings"].get("per_iteration_ms", float("nan"))
+        cells = ", ".join(
+            f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()
+        )
+        print(
+            f"{name}: {time.perf_counter() - t0:.0f} s, fit {fit['status']} at {fit['iterations']}"
+            f" ({ms:.1f} ms/it), {cells}",
+            flush=True,
+        )
+        for band, s in result["gp"]["stars"].items():
+            print(f"   {band:<24} " + ", ".join(f"{k} {v:.3f}" for k, v in s.items()), flush=True)
+        print(f"   discretisation {result['discretisation']}", flush=True)
+        print(f"   calibration {result['gp']['calibration']}", flush=True)
+        (out / "suite.json").write_text(json.dumps(results, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    app.run(main)
