@@ -30,6 +30,7 @@ def run(tmp_path_factory):
     x64_before = bool(jax.config.jax_enable_x64)
     summary = pipeline.fit_and_predict(_small_config(), workdir, progress=False)
     assert bool(jax.config.jax_enable_x64) == x64_before  # a float32 run leaves the flag alone
+    assert summary["star_bands"] == "model extinction" and summary["posterior_samples"] == 12
     return workdir, summary
 
 
@@ -123,8 +124,10 @@ def test_catalog_source_reads_a_csv_and_names_missing_columns(tmp_path):
     assert not (tmp_path / "bad").exists()  # a bad catalogue leaves no (empty) workdir behind
     c.data.columns.extinction = "Aobs"
     c.fit.max_iterations = 10
+    c.fit.model_error = True  # the star bands then hold the learned model error too
     c.output.plots = False
     summary = pipeline.fit_and_predict(c, tmp_path / "ok", progress=False)
+    assert summary["star_bands"].startswith("true extinction")
     assert summary["stars"]["num_dropped_outside_grid"] == 3
     assert summary["stars"]["num_stars"] == 597
     assert "simulation" not in summary
@@ -251,6 +254,11 @@ def test_the_library_never_switches_jax_to_64_bit(tmp_path):
         assert jax.config.jax_enable_x64
     finally:
         jax.config.update("jax_enable_x64", before)
+
+
+def test_posterior_samples_is_a_config_key_settable_from_the_command_line():
+    assert _parse_config().predict.posterior_samples == 12
+    assert _parse_config("--config.predict.posterior_samples=5").predict.posterior_samples == 5
 
 
 def test_more_posterior_samples_than_prediction_draws_is_refused_before_the_fit(tmp_path):

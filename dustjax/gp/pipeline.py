@@ -238,6 +238,7 @@ def _fit_and_predict(config, workdir, *, progress):
     # ---- predict --------------------------------------------------------------------------
     t0 = time.perf_counter()
     params = jax.tree.map(lambda x: jnp.asarray(x, dtype), result.params)
+    model_error = svgp.model_error_scales(params)
     star_pct = predict.predict_star_extinctions(
         params,
         grid,
@@ -247,6 +248,12 @@ def _fit_and_predict(config, workdir, *, progress):
         jitter=result.jitter,
         num_samples=int(config.predict.star_samples),
         seed=int(config.seed) + 1,
+        model_error=model_error,
+    )
+    summary["star_bands"] = (
+        "model extinction"
+        if model_error is None
+        else "true extinction: model plus the learned model error N(0, (f A)^2 + s^2)"
     )
     pgrid = predict.prediction_grid(grid, tuple(config.predict.shape))
     maps = predict.predict_maps(
@@ -266,6 +273,7 @@ def _fit_and_predict(config, workdir, *, progress):
                 "gas_mass_in_box_msun"):  # fmt: skip
         summary[key] = predict.percentile_summary(maps[key])
     summary["mass_notes"] = MASS_NOTES
+    summary["posterior_samples"] = num_posterior_samples
     summary["star_fit"] = _star_fit(catalog, star_pct, stars)
 
     true_density = true_total = true_ext_cube = None
