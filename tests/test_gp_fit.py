@@ -295,9 +295,11 @@ def test_model_error_term_is_learned_and_enters_the_sharded_elbo():
         stars,
         GRID,
         fit.FitSettings(
-            model_error=True, model_error_init=(0.2, 0.05), max_iterations=10, num_samples=2,
-            jitter=1e-4,
+            model_error=True, model_error_init=(0.2, 0.05), max_iterations=20, num_samples=2,
+            jitter=1e-4, max_fit_seconds=1e-9,
         ),
         progress=False,
     )  # fmt: skip
     assert set(svgp.MODEL_ERROR_KEYS) <= set(res.params)
+    # the time limit is checked after each call (the first, compiling, call is not counted)
+    assert res.status == "time_limit" and res.iterations == 10

@@ -167,6 +167,7 @@ def test_realsky_test_runs_end_to_end_on_a_small_lognormal_field():
     settings = realsky.TestSettings(
         field=(50.0, 90.0, -10.0, 10.0, 180.0, 500.0), num_stars=3000, num_validation=300,
         num_holdout=300, shape=(6, 6, 10), num_inducing=40, star_samples=16,
+        kernel_coords="log_spherical", ghost_cells=2,
         fit=dict(max_iterations=40, min_iterations=10, num_samples=4, jitter=1e-4,
                  model_error=True),
     )  # fmt: skip
@@ -174,7 +175,7 @@ def test_realsky_test_runs_end_to_end_on_a_small_lognormal_field():
     row = realsky.summary_row(result)
     assert 0 <= row["gp_coverage"] <= 1 and row["knn_rel_error"] > 0
     assert set(result["gp"]["stars"]) == {
-        "diagonal", "column", "column+learned", "column+learned+posthoc"
+        "diagonal", "diagonal+posthoc", "column", "column+learned", "column+learned+posthoc"
     }  # fmt: skip
 
 
@@ -185,3 +186,29 @@ def test_bayestar_cube_gives_taurus_extinction():
     taurus = cube.extinction([172.0], [-15.0], [400.0])[0]
     assert 0.3 < taurus < 5.0
     assert cube.extinction([172.0], [-15.0], [100.0])[0] < taurus
+
+
+def test_log_spherical_coordinates_scale_physical_steps_by_d_ref_over_d():
+    from dustjax.gp.coords import KernelCoords
+
+    grid = LBDGrid((-10, 20), (-10, 10), (100, 400), (3, 3, 3))
+    kc = KernelCoords.for_grid(grid, "log_spherical")
+    assert kc.l_centre_deg == pytest.approx(5.0) and kc.d_ref_pc == pytest.approx(200.0)
+    rng = np.random.default_rng(5)
+    for _ in range(5):
+        lon, lat, d = rng.uniform(-10, 15), rng.uniform(-9, 9), rng.uniform(100, 400)
+        x0 = galactic_to_cartesian_np(lon, lat, d)
+        step = rng.normal(size=3) * 1e-3  # a tiny physical step (pc)
+        from dustjax.catalog import cartesian_to_galactic_np
+
+        u0 = kc(lon, lat, d)
+        u1 = kc(*cartesian_to_galactic_np(x0 + step))
+        # conformal up to cos b: the length of the step grows by d_ref / d
+        ratio = np.linalg.norm(u1 - u0) / np.linalg.norm(step)
+        assert ratio == pytest.approx(200.0 / d, rel=0.02)
+    # the wrap through l = 0 is continuous
+    assert np.linalg.norm(kc(359.999, 0.0, 200.0) - kc(0.001, 0.0, 200.0)) < 0.01
+    # "xyz" is the paper's Cartesian frame
+    np.testing.assert_allclose(
+        KernelCoords.for_grid(grid).grid_cells(grid), grid.cell_centres_xyz()
+    )

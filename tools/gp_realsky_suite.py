@@ -15,6 +15,9 @@ ways and the 10-nearest-neighbour median scored the same way). Suites:
 * ``device``: the same simulated fields and CPU-size real sky, then the real sky at the paper's
   size (120,000 stars, 1,000+ inducing points, finer grids), each fit bounded in time.
 * ``smoke``: one tiny real-sky test (seconds).
+* ``grids``: no fit: for several training grids, the error of the extinction the grid can
+  represent (the cube averaged over each cell, eqs. 7-8) on the real sky, and the kNN baseline
+  with 20,000 and 120,000 stars (`realsky.representation_errors`; ~1 min on a CPU).
 
 Writes ``suite.json`` (every result) to --out after each test, and prints one table row per test.
 """
@@ -31,7 +34,7 @@ from absl import app, flags
 from dustjax.gp import realsky
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("suite", "cpu", ["cpu", "device", "smoke"], "Which tests.")
+flags.DEFINE_enum("suite", "cpu", ["cpu", "device", "smoke", "grids"], "Which tests.")
 flags.DEFINE_string("cube", "../shared/data/real/bayestar19_LR_anticentre.fits", "Real cube.")
 flags.DEFINE_string("out", "/tmp/gp_realsky_suite", "Output directory (suite.json).")
 flags.DEFINE_list("only", [], "Run only the tests of these names.")
@@ -78,32 +81,25 @@ def suite(name):
         _sim("clumps2", "clumps:2"),
         _sim("lognormal3", "lognormal:3"),
     ]
-    real_cpu = _real("real_cpu")
+    smoke = _real(
+        "smoke", num_stars=3000, num_validation=300, num_holdout=300, shape=(8, 6, 12),
+        num_inducing=50, star_samples=16, kernel_coords="log_spherical",
+        fit=_fit(max_iterations=30, min_iterations=10, num_samples=4),
+    )  # fmt: skip
     if name == "smoke":
-        return [
-            _real(
-                "smoke",
-                num_stars=3000,
-                num_validation=300,
-                num_holdout=300,
-                shape=(8, 6, 12),
-                num_inducing=50,
-                star_samples=16,
-                fit=_fit(max_iterations=30, min_iterations=10, num_samples=4),
-            )  # fmt: skip
-        ]
+        return [smoke]
     if name == "cpu":
-        return [*sims, real_cpu]
+        return [*sims, _real("real_cpu"), _real("real_cpu_logsph", kernel_coords="log_spherical")]
     paper = dict(num_stars=120_000, num_validation=5_000, num_holdout=5_000, star_samples=64)
+    fine = dict(shape=(60, 40, 100), num_inducing=1000, scale_lengths_pc=20.0,
+                predict_factor=(1, 1, 1))  # fmt: skip
     return [
-        *[(n, s, kw | dict(fit=_fit(max_fit_seconds=12.0))) for n, s, kw in sims],
-        _real("real_cpu", fit=_fit(max_fit_seconds=20.0)),
-        _real("real_paper_60x40x100_m1000", shape=(60, 40, 100), num_inducing=1000,
-              scale_lengths_pc=20.0, predict_factor=(1, 1, 1),
-              fit=_fit(max_iterations=8000, max_fit_seconds=55.0), **paper),
-        _real("real_paper_40x30x60_m1500", shape=(40, 30, 60), num_inducing=1500,
-              scale_lengths_pc=20.0, predict_factor=(1, 1, 1),
-              fit=_fit(max_iterations=8000, max_fit_seconds=45.0), **paper),
+        smoke,
+        *[(n, s, kw | dict(star_samples=64, fit=_fit(max_fit_seconds=6.0))) for n, s, kw in sims],
+        _real("real_paper_logsph", kernel_coords="log_spherical",
+              fit=_fit(max_iterations=8000, max_fit_seconds=45.0), **paper, **fine),
+        _real("real_paper_xyz", fit=_fit(max_iterations=8000, max_fit_seconds=30.0),
+              **paper, **fine),
     ]  # fmt: skip
 
 
@@ -112,6 +108,17 @@ def main(argv):
     out = Path(FLAGS.out)
     out.mkdir(parents=True, exist_ok=True)
     results = {}
+    if FLAGS.suite == "grids":
+        truth = realsky.make_truth(FLAGS.cube)
+        shapes = [(20, 15, 35), (30, 20, 50), (40, 30, 60), (60, 40, 100), (90, 60, 100)]
+        for n in (20_000, 120_000):
+            res = realsky.representation_errors(
+                truth, realsky.TAURUS_PERSEUS, shapes if n == 120_000 else [], num_stars=n
+            )
+            results[f"{n}_stars"] = res
+            print(json.dumps(res, indent=1), flush=True)
+        (out / "grids.json").write_text(json.dumps(results, indent=1) + "\n")
+        return
     for name, spec, kw in suite(FLAGS.suite):
         if FLAGS.only and name not in FLAGS.only:
             continue
@@ -123,6 +130,8 @@ def main(argv):
             result = realsky.run_test(truth, realsky.TestSettings(**kw))
         except Exception as err:  # keep going: one failed test must not cost the others
             traceback.print_exc()
+            if name == "smoke":
+                raise SystemExit(3) from err
             results[name] = dict(error=repr(err))
             continue
         results[name] = result
