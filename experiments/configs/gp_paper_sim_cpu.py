@@ -7,7 +7,8 @@ r"""The paper's simulated test (Dharmawardena et al. 2022, sect. 3) sized for a 
 Same field as `gp_paper_sim` (background 1.6e-3 mag/pc, three clumps, 10 % noise) with 20,000
 stars, a 12 x 12 x 20 training grid, 300 inducing points and a 50 x 50 x 52 prediction grid.
 Hardware: any CPU, float32. Time: 35-45 s on 2 cores (converged by the paper's rule at iteration
-400, the minimum). Metric (docs/gp.md): typical density residual 4.4 %, worst clump peak offset
+400, the minimum; the default is now the plateau rule, `--config.fit.stop_rule=paper` for the
+old). Metric (docs/gp.md): typical density residual 4.4 %, worst clump peak offset
 0.51 scale lengths, 47 % of the true star extinctions inside the 16-84 % band.
 """
 
