@@ -212,3 +212,16 @@ def test_log_spherical_coordinates_scale_physical_steps_by_d_ref_over_d():
     np.testing.assert_allclose(
         KernelCoords.for_grid(grid).grid_cells(grid), grid.cell_centres_xyz()
     )
+
+
+def test_representation_error_vanishes_for_a_uniform_field():
+    # a uniform cube far larger than the field: every grid represents it exactly
+    cube = realsky.CubeField(
+        np.full((8, 8, 8), 2e-3, np.float32), (-100.0, -400.0, -400.0), (100.0,) * 3
+    )
+    field = (-20.0, 20.0, -10.0, 10.0, 50.0, 300.0)
+    res = realsky.representation_errors(
+        cube, field, [(4, 3, 5)], num_stars=2000, num_holdout=500, ghost_cells=1
+    )
+    assert res["4x3x5"]["median_rel_error"] < 1e-4
+    assert res["knn"]["median_rel_error"] > 0
