@@ -1,22 +1,26 @@
-"""Figures of the V-net paper (Chen, Qin & Li): loss curves (fig. 6), density PDFs (fig. 7),
-predicted vs true density (fig. 8) and the cross-correlation coefficient c_r(k) (fig. 9).
+"""Shared figure helpers: `pyplot()` and `save_figure()`, used by every method's plots.
 
-matplotlib is imported inside each function with the non-interactive Agg backend, so importing
-this module costs nothing and plotting works on headless machines. Every figure is written
-atomically (`dustjax.io.atomic_path`).
+matplotlib is imported inside `pyplot()` with the non-interactive Agg backend, so importing this
+module costs nothing and plotting works on headless machines. `save_figure` writes atomically
+(`dustjax.io.atomic_path`) and closes the figure.
+
+The V-net paper's figures (Chen, Qin & Li: loss curves, fig. 6; density PDFs, fig. 7; predicted vs
+true density, fig. 8; c_r(k), fig. 9) still live below until they move to `dustjax.vnet.plots`.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
 from dustjax.io import atomic_path
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot with the non-interactive Agg backend, imported on first use."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -25,16 +29,23 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: str | os.PathLike) -> None:
-    plt = _pyplot()
+def save_figure(fig, path: str | os.PathLike, *, dpi: int = 110, **kwargs) -> Path:
+    """Write `fig` as a PNG atomically (a temporary file, then a rename) and close it.
+
+    Keyword arguments go to `fig.savefig` (`bbox_inches` defaults to "tight"). Returns the path.
+    """
+    path = Path(path)
+    kwargs.setdefault("bbox_inches", "tight")
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
+        fig.savefig(tmp, format="png", dpi=dpi, **kwargs)
+    pyplot().close(fig)
+    return path
 
 
+# The V-net figures below are drawn at 120 dpi (the others at 110), as they always were.
 def loss_curve(history: Sequence[dict], path: str | os.PathLike, title: str = "") -> None:
     """Fig. 6: training (blue) and validation (orange) loss (eq. 3) against epoch, log scale."""
-    plt = _pyplot()
+    plt = pyplot()
     epochs = [r["epoch"] for r in history]
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(epochs, [r["train_loss"] for r in history], color="tab:blue", label="training")
@@ -46,14 +57,14 @@ def loss_curve(history: Sequence[dict], path: str | os.PathLike, title: str = ""
     ax.set_yscale("log")
     ax.legend()
     ax.set_title(title)
-    _save(fig, path)
+    save_figure(fig, path, dpi=120)
 
 
 def density_pdfs(
     edges: np.ndarray, pdf_true: np.ndarray, pdf_pred: np.ndarray, path, title: str = ""
 ) -> None:
     """Fig. 7: probability densities of the true (pink) and predicted (green) density."""
-    plt = _pyplot()
+    plt = pyplot()
     centres = 0.5 * (edges[1:] + edges[:-1])
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.step(centres, pdf_true, where="mid", color="tab:pink", label=r"true $\rho_t$")
@@ -63,12 +74,12 @@ def density_pdfs(
     ax.set_yscale("log")
     ax.legend()
     ax.set_title(title)
-    _save(fig, path)
+    save_figure(fig, path, dpi=120)
 
 
 def density_scatter(edges: np.ndarray, hist_2d: np.ndarray, path, title: str = "") -> None:
     """Fig. 8: predicted against true density as a 2D histogram (log counts), with y = x."""
-    plt = _pyplot()
+    plt = pyplot()
     from matplotlib.colors import LogNorm
 
     fig, ax = plt.subplots(figsize=(5, 5))
@@ -79,7 +90,7 @@ def density_scatter(edges: np.ndarray, hist_2d: np.ndarray, path, title: str = "
     ax.set_xlabel(r"true $\rho_t$ (mag pc$^{-1}$)")
     ax.set_ylabel(r"predicted $\rho_p$ (mag pc$^{-1}$)")
     ax.set_title(title)
-    _save(fig, path)
+    save_figure(fig, path, dpi=120)
 
 
 def cross_correlation(
@@ -94,7 +105,7 @@ def cross_correlation(
 
     ``c_r`` is one curve, or a mapping ``label -> curve`` (all on the same `k`) to compare runs.
     """
-    plt = _pyplot()
+    plt = pyplot()
     curves = dict(c_r) if isinstance(c_r, dict) else {None: c_r}
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, values in curves.items():
@@ -113,13 +124,13 @@ def cross_correlation(
     ax.set_xlabel(r"$k$ (pc$^{-1}$)")
     ax.set_ylabel(r"$c_r(k)$")
     ax.set_title(title)
-    _save(fig, path)
+    save_figure(fig, path, dpi=120)
 
 
 def slices(true: np.ndarray, pred: np.ndarray, extinction: np.ndarray, path, title="") -> None:
     """Mid-plane XY slices of one test cube: extinction (mag), true and predicted density
     (mag/pc), and their difference."""
-    plt = _pyplot()
+    plt = pyplot()
     z = true.shape[2] // 2
     fig, axes = plt.subplots(1, 4, figsize=(16, 4), layout="constrained")
     vmax = float(max(true[:, :, z].max(), pred[:, :, z].max()))
@@ -140,4 +151,4 @@ def slices(true: np.ndarray, pred: np.ndarray, extinction: np.ndarray, path, tit
         ax.set_ylabel("Y cell")
         fig.colorbar(im, ax=ax, shrink=0.8)
     fig.suptitle(title)
-    _save(fig, path)
+    save_figure(fig, path, dpi=120)
