@@ -36,6 +36,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dustjax.geometry import cartesian_to_galactic_np, galactic_to_cartesian_np
+
 logger = logging.getLogger(__name__)
 
 
@@ -446,27 +448,6 @@ def galactic_box(l_range_deg, b_range_deg, distance_range_pc) -> Callable[[dict]
         return in_l & (lat >= b0) & (lat <= b1) & (dist >= d0) & (dist <= d1)
 
     return mask
-
-
-# ---- coordinates (numpy float64; the jnp versions in dustjax.geometry run in float32) --------
-def galactic_to_cartesian_np(l_deg, b_deg, distance_pc) -> np.ndarray:
-    """(l, b in deg; distance in pc) -> heliocentric Galactic XYZ ``(..., 3)`` in pc (float64)."""
-    l_rad, b_rad = np.deg2rad(l_deg), np.deg2rad(b_deg)
-    d = np.asarray(distance_pc, dtype=np.float64)
-    cos_b = np.cos(b_rad)
-    return np.stack(
-        [d * cos_b * np.cos(l_rad), d * cos_b * np.sin(l_rad), d * np.sin(b_rad)], axis=-1
-    )
-
-
-def cartesian_to_galactic_np(xyz_pc):
-    """XYZ ``(..., 3)`` in pc -> (l in [0, 360) deg, b deg, distance pc), float64."""
-    xyz = np.asarray(xyz_pc, dtype=np.float64)
-    x, y, z = xyz[..., 0], xyz[..., 1], xyz[..., 2]
-    distance = np.sqrt(x**2 + y**2 + z**2)
-    l_deg = np.mod(np.rad2deg(np.arctan2(y, x)), 360.0)
-    b_deg = np.rad2deg(np.arctan2(z, np.hypot(x, y)))
-    return l_deg, b_deg, distance
 
 
 # ---- catalogue -> extinction cube (Chen, Qin & Li sect. 4.2, eq. 5) ---------------------------

@@ -25,8 +25,8 @@ import dataclasses
 import jax
 import numpy as np
 
-from dustjax.catalog import StarCatalog, cartesian_to_galactic_np, galactic_to_cartesian_np
-from dustjax.geometry import Region
+from dustjax.catalog import StarCatalog
+from dustjax.geometry import Region, cartesian_to_galactic_np, galactic_to_cartesian_np
 from dustjax.maps import integrate_cartesian
 
 

@@ -294,7 +294,7 @@ class DustMap:
         if self.grid == "cartesian":
             coords = xyz.T
         else:
-            from dustjax.catalog import cartesian_to_galactic_np
+            from dustjax.geometry import cartesian_to_galactic_np
 
             lon, lat, dist = cartesian_to_galactic_np(xyz)
             l0 = self.edges[0][0]

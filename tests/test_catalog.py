@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from dustjax import catalog as cat
+from dustjax import geometry
 from dustjax.geometry import Region, galactic_to_cartesian_astropy
 
 
@@ -115,7 +116,7 @@ def test_stars_outside_region_dropped(tmp_path):
     assert len(c) == n_in and c.num_dropped_outside == 400 - n_in > 0
     assert region.contains(c.xyz_pc).all()
     # Galactic angles recomputed from XYZ.
-    back = cat.galactic_to_cartesian_np(c.l_deg, c.b_deg, c.distance_pc)
+    back = geometry.galactic_to_cartesian_np(c.l_deg, c.b_deg, c.distance_pc)
     np.testing.assert_allclose(back, c.xyz_pc, atol=1e-9)
 
 

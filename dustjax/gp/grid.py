@@ -177,7 +177,7 @@ class LBDGrid:
 
     def cell_centres_xyz(self) -> np.ndarray:
         """Heliocentric XYZ (pc) of every cell centre, ``(nl * nb * nd_total, 3)`` float64."""
-        from dustjax.catalog import galactic_to_cartesian_np
+        from dustjax.geometry import galactic_to_cartesian_np
 
         lon, lat, dist = self.cell_centres_lbd()
         return galactic_to_cartesian_np(lon, lat, dist).reshape(-1, 3)

@@ -412,7 +412,7 @@ def _write_outputs(
             or [(float(np.mean(pgrid.l_range_deg)), float(np.mean(pgrid.b_range_deg)))]
         )
         if truth is not None:  # through each clump, as in fig. B.1
-            from dustjax.catalog import cartesian_to_galactic_np
+            from dustjax.geometry import cartesian_to_galactic_np
 
             lon, lat, _ = cartesian_to_galactic_np(truth["field"].centres_xyz)
             sightlines = [(float(a), float(c)) for a, c in zip(lon, lat, strict=True)]
