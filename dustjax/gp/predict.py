@@ -31,7 +31,8 @@ import numpy as np
 
 from dustjax.geometry import PC_CM
 from dustjax.gp import svgp
-from dustjax.gp.grid import LBDGrid, apply_star_operator, exclusive_column_integral
+from dustjax.gp.grid import LBDGrid
+from dustjax.los import apply_star_operator, exclusive_column_integral
 
 KAPPA_547NM_CM2_PER_G = 26_000.0
 GAS_TO_DUST = 124.0
