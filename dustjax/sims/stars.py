@@ -1,4 +1,4 @@
-"""A demo star catalogue sampled from a simulated dust cube: the apply path with no download.
+"""Star catalogues sampled from a simulated dust cube: the apply path with no download.
 
 `demo_catalog(region, num_stars, seed)`:
 
@@ -6,7 +6,7 @@
    Levy flights for SR, the log-normal field for LR), or takes the one given;
 2. places stars uniformly in the region's volume (true positions);
 3. gives each star its true extinction, the exact integral of the density from the Sun to the
-   star (`dustjax.maps.integrate_cartesian`);
+   star (`dustjax.los.integrate_to_points`);
 4. adds realistic errors. Distances: Gaia-like parallax errors, sigma_parallax log-normal around
    ``parallax_error_mas`` (default 0.05 mas, scatter 0.5 dex), so sigma_d = d^2 sigma_parallax
    (d in kpc, parallax in mas: sigma_d/d = d[kpc] sigma_parallax[mas]): about 1% at 200 pc and
@@ -27,7 +27,7 @@ import numpy as np
 
 from dustjax.catalog import StarCatalog
 from dustjax.geometry import Region, cartesian_to_galactic_np, galactic_to_cartesian_np
-from dustjax.maps import integrate_cartesian
+from dustjax.los import integrate_to_points
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,9 +69,7 @@ def demo_catalog(
         raise ValueError(f"density has shape {density.shape}, the region {tuple(region.shape)}")
     rng = np.random.default_rng(seed)
     true_xyz = rng.uniform(region.lower_pc, region.upper_pc, (num_stars, 3))
-    true_ext = np.asarray(
-        integrate_cartesian(density, region.lower_pc, region.cell_size_pc, true_xyz), np.float64
-    )
+    true_ext = np.asarray(integrate_to_points(density, region, true_xyz), np.float64)
     lon, lat, dist = cartesian_to_galactic_np(true_xyz)
     sigma_plx = parallax_error_mas * 10 ** rng.normal(0.0, 0.5, num_stars)
     sigma_d = (dist / 1000.0) ** 2 * sigma_plx * 1000.0  # pc
