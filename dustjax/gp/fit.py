@@ -42,9 +42,9 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from dustjax import sharding
 from dustjax.gp import svgp
 from dustjax.gp.grid import LBDGrid
-from dustjax.sharding import make_mesh
 
 logger = logging.getLogger(__name__)
 
@@ -425,7 +425,7 @@ def fit(
 
     ``stars`` must be padded to a multiple of the mesh size (`make_star_data(num_shards=...)`).
     """
-    mesh = make_mesh(axis=STAR_AXIS) if mesh is None else mesh
+    mesh = sharding.make_mesh(axis=STAR_AXIS) if mesh is None else mesh
     dtype = params["mean"].dtype
     if stars.num_stars % mesh.devices.size:
         raise ValueError(
