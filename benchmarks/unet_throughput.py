@@ -4,10 +4,10 @@ r"""Images per second of the POLARIS U-Net: training steps and prediction, any d
         --models=unet --base_features=16 --levels=3 --steps=5          # CPU (minutes)
     python -m benchmarks.unet_throughput --out=bench/unet_h200                  # one H200
 
-Times the engine's own jitted train step (`dustjax.train.make_train_step` on the "polaris" task:
-dihedral augmentation, forward, MSE, backward, Adam) and the jitted prediction, on random
-(B, S, S, 1) batches, after a warm-up (compilation excluded); FLOPs per step come from XLA's cost
-analysis of the compiled step, and the achieved FLOP/s is given as a fraction of the device's
+Times the engine's own jitted train step (`dustjax.training.steps.make_train_step` on the
+"polaris" task: dihedral augmentation, forward, MSE, backward, Adam) and the jitted prediction, on
+random (B, S, S, 1) batches, after a warm-up (compilation excluded); FLOPs per step come from XLA's
+cost analysis of the compiled step, and the achieved FLOP/s is given as a fraction of the device's
 dense bf16 peak (H200/H100 SXM: 989 TFLOP/s; unknown devices: no fraction). Writes
 ``<out>/unet_throughput.json`` and ``<out>/unet_throughput.png`` and prints a table.
 """
@@ -57,9 +57,17 @@ def bench_model(name, *, image_size, batch_size, levels, base_features, steps, d
     import ml_collections
     import numpy as np
 
-    from dustjax import polaris, train
+    from dustjax import polaris
+    from dustjax.sharding import make_mesh
+    from dustjax.training.optim import make_optimizer
+    from dustjax.training.steps import (
+        build_model,
+        create_train_state,
+        jit_steps,
+        resolve_compute_dtype,
+    )
+    from dustjax.training.tasks import get_task
 
-    polaris.register_with_engine()
     kwargs = dict(levels=levels, base_features=base_features)
     if name == "ukan":
         kwargs.update(levels=levels + 1, kan_levels=3)
@@ -67,20 +75,20 @@ def bench_model(name, *, image_size, batch_size, levels, base_features, steps, d
         dict(model=dict(name=name, kwargs=kwargs), compute_dtype=dtype,
              optimizer=dict(name="adam", learning_rate=1e-3), schedule=dict(name="constant"))
     )  # fmt: skip
-    model = train.build_model(config)
-    task = train.get_task("polaris")
-    mesh = train.make_mesh(1)
-    tx = train.make_optimizer(config, 1)
+    model = build_model(config)
+    task = get_task("polaris")
+    mesh = make_mesh(1)
+    tx = make_optimizer(config, 1)
     rng = np.random.default_rng(0)
     shape = (batch_size, image_size, image_size, 1)
     batch = {
         polaris.INPUT_KEY: jnp.asarray(rng.normal(size=shape), jnp.float32),
         polaris.TARGET_KEY: jnp.asarray(rng.normal(size=shape), jnp.float32),
     }
-    state = train.create_train_state(model, tx, batch[polaris.INPUT_KEY][:1], jax.random.key(0),
+    state = create_train_state(model, tx, batch[polaris.INPUT_KEY][:1], jax.random.key(0),
                                      mesh)  # fmt: skip
     num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
-    train_step, _ = train.jit_steps(task, state, mesh)
+    train_step, _ = jit_steps(task, state, mesh)
     step_rng = jax.random.key(1)
     flops_train = _flops(train_step.lower(state, batch, step_rng).compile())
     for _ in range(2):
@@ -105,7 +113,7 @@ def bench_model(name, *, image_size, batch_size, levels, base_features, steps, d
     peak = _peak(device.device_kind)
     row = dict(
         model=name, params=num_params, image_size=image_size, batch_size=batch_size,
-        compute_dtype=jnp.dtype(train.resolve_compute_dtype(dtype)).name,
+        compute_dtype=jnp.dtype(resolve_compute_dtype(dtype)).name,
         train_images_per_s=batch_size / train_s, predict_images_per_s=batch_size / predict_s,
         train_step_ms=1e3 * train_s, predict_step_ms=1e3 * predict_s,
         train_tflops=flops_train / train_s / 1e12, predict_tflops=flops_predict / predict_s / 1e12,

@@ -10,7 +10,7 @@ r"""Apply a trained V-net to a star catalogue or a literature cube (thin entry p
 
 The region's box comes from --region; its cube size from the model (a model trained on SR at
 16^3 maps SR at 16^3), unless --shape asks for one, which must then match the model. All logic
-lives in `dustjax.apply`; outputs (density.fits, summary.json, PNGs) go to --workdir.
+lives in `dustjax.vnet.apply`; outputs (density.fits, summary.json, PNGs) go to --workdir.
 See docs/apply.md.
 """
 
@@ -26,7 +26,7 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
     """Define the command-line flags (only when run as a program: importing this module never
     collides with another entry point's flags)."""
-    from dustjax.symmetry import GROUPS
+    from dustjax.vnet.symmetry import GROUPS
 
     flags.DEFINE_string("region", "SR", "Region box: SR or LR.")
     flags.DEFINE_list("shape", None, "Cells per axis (default: the model's), e.g. 32,32,32.")
@@ -51,7 +51,7 @@ def define_flags() -> None:
     flags.DEFINE_enum(
         "symmetry", "none", list(GROUPS),
         "Average the V-net over the region's symmetries: dihedral (8, SR), flip_y (2, LR's "
-        "log-normal field), flips (4, LR's Levy flights); one pass each (dustjax.symmetry).",
+        "log-normal field), flips (4, LR's Levy flights); one pass each (dustjax.vnet.symmetry).",
     )  # fmt: skip
     flags.DEFINE_bool("write_fits", True, "Write density.fits.")
     flags.DEFINE_bool("plots", True, "Write the PNG figures.")
@@ -59,9 +59,10 @@ def define_flags() -> None:
 
 def main(argv):
     del argv
-    from dustjax.apply import ApplyError
-    from dustjax.catalog import CatalogError, GriddingError
+    from dustjax.catalog import CatalogError
     from dustjax.maps import MapError
+    from dustjax.vnet.apply import ApplyError
+    from dustjax.vnet.gridding import GriddingError
 
     try:
         run()
@@ -71,10 +72,11 @@ def main(argv):
 
 
 def run():
-    from dustjax import apply as ap
     from dustjax import catalog as cat
     from dustjax import maps
     from dustjax.geometry import Region
+    from dustjax.vnet import apply as ap
+    from dustjax.vnet.output import write_outputs
 
     if (FLAGS.catalog is None) == (FLAGS.literature_cube is None):
         raise app.UsageError("give exactly one of --catalog and --literature_cube")
@@ -98,7 +100,7 @@ def run():
     else:
         truth = None
         if FLAGS.catalog == "demo":
-            from dustjax.demo import demo_catalog
+            from dustjax.sims.stars import demo_catalog
 
             d = demo_catalog(region, FLAGS.demo_stars, seed=FLAGS.seed)
             catalog, truth = d.catalog, d.density
@@ -127,7 +129,7 @@ def run():
             truth=truth,
         )
     result.summary["model_workdir"] = str(FLAGS.model)
-    files = ap.write_outputs(
+    files = write_outputs(
         outdir,
         result,
         write_fits=FLAGS.write_fits,

@@ -35,7 +35,6 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from dustjax.models import register_model
 from dustjax.models.kan import KANMLP, KANConv
 
 
@@ -191,8 +190,3 @@ UNetPaper = functools.partial(AttentionUNet, levels=4, base_features=64, convs_p
 KNet = functools.partial(AttentionUNet, kan_output=True)
 UKAN = functools.partial(AttentionUNet, levels=5, kan_levels=3)  # paper: 5 levels, 3 KAN
 UNetKANBranch = functools.partial(AttentionUNet, kan_branch=(10, 10, 10, 1))
-
-register_model("unet", "dustjax.models.unet:AttentionUNet")
-register_model("knet", "dustjax.models.unet:KNet")
-register_model("ukan", "dustjax.models.unet:UKAN")
-register_model("unet_kan_branch", "dustjax.models.unet:UNetKANBranch")

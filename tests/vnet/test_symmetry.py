@@ -6,9 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dustjax import symmetry as sym
 from dustjax.geometry import Region, RegionError
 from dustjax.los import los_operator
+from dustjax.vnet import symmetry as sym
 
 SR, LR = Region.named("SR"), Region.named("LR")
 

@@ -1,11 +1,11 @@
-"""experiments.compare_cr: several evaluations on one c_r figure, with checked input."""
+"""tools.compare_cr: several evaluations on one c_r figure, with checked input."""
 
 import json
 
 import numpy as np
 import pytest
 
-from experiments import compare_cr
+from tools import compare_cr
 
 
 def _write(path, k, c_r, loss=1e-4):
@@ -18,7 +18,7 @@ def _write(path, k, c_r, loss=1e-4):
 
 
 def test_table_and_figure(tmp_path):
-    from dustjax import plots
+    from dustjax.vnet import plots
 
     k = np.geomspace(0.03, 0.9, 12)
     a = _write(tmp_path / "run/eval/test_metrics.json", k, np.linspace(1, 0.80, 12))

@@ -1,10 +1,10 @@
-"""experiments.guard_replay: the collapse guard's verdicts on recorded runs, with checked input."""
+"""tools.guard_replay: the collapse guard's verdicts on recorded runs, with checked input."""
 
 import json
 
 import pytest
 
-from experiments import guard_replay
+from tools import guard_replay
 
 
 def _write(path, losses):

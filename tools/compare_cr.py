@@ -1,6 +1,6 @@
 r"""Plot c_r(k) (paper eq. 4, fig. 9) of several evaluations on one figure, and print a table.
 
-    python -m experiments.compare_cr --out=cr.png \
+    python -m tools.compare_cr --out=cr.png \
         --metrics=workdirs/run/eval/test_metrics.json,workdirs/run/eval_dihedral/test_metrics.json \
         --labels="plain,averaged over 8 symmetries"
 
@@ -74,7 +74,7 @@ def table(runs: dict[str, dict]) -> str:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from dustjax import plots
+    from dustjax.vnet import plots
 
     if not FLAGS.metrics or not FLAGS.out:
         raise app.UsageError("--metrics and --out are required")
@@ -82,7 +82,7 @@ def main(argv):
         runs = load(FLAGS.metrics, FLAGS.labels)
     except (OSError, ValueError) as err:
         sys.exit(f"error: {err}")
-    from experiments.evaluate import PAPER
+    from dustjax.vnet.evaluate import PAPER
 
     first = next(iter(runs.values()))
     sr = first.get("region", {}).get("name") == "SR"

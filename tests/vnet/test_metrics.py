@@ -1,9 +1,9 @@
-"""The paper's evaluation metrics (dustjax.metrics): eq. 4 and the power-spectrum normalisation."""
+"""The evaluation metrics (dustjax.vnet.metrics): eq. 4 and the power-spectrum normalisation."""
 
 import numpy as np
 import pytest
 
-from dustjax import metrics
+from dustjax.vnet import metrics
 
 
 def _grf(rng, num, shape, cell, slope=-2.0):

@@ -1,6 +1,6 @@
 r"""Does rounding the input extinction to bfloat16 lose the small-scale density? (issue 3)
 
-    python -m experiments.bf16_input_check --num_cubes=4 --iterations=3000
+    python -m tools.bf16_input_check --num_cubes=4 --iterations=3000
 
 Simulates SR cubes, then recovers the density from the extinction by least squares through the
 exact LOS operator (conjugate gradients on the normal equations, no learning involved), once
@@ -20,9 +20,10 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from dustjax import metrics, sims, transforms
+from dustjax import sims
 from dustjax.geometry import Region
 from dustjax.los import los_operator
+from dustjax.vnet import metrics, transforms
 
 FLAGS = flags.FLAGS
 

@@ -1,6 +1,6 @@
 r"""Why the latent GP's 16-84 % star-extinction bands hold the truth less than 68 % of the time.
 
-    python -m experiments.gp_coverage_check --workdir=/tmp/gp_cov     # ~1 min on 2 CPU cores
+    python -m tools.gp_coverage_check --workdir=/tmp/gp_cov     # ~1 min on 2 CPU cores
 
 Fits the CPU-sized simulated test (`experiments/configs/gp_paper_sim_cpu.py`: 20,000 stars,
 12 x 12 x 20 grid, 300 inducing points), then compares each star's predicted 16-84 % band with
@@ -19,7 +19,8 @@ from absl import app, flags
 
 from dustjax.gp import fit as gpfit
 from dustjax.gp import pipeline, predict
-from dustjax.gp.grid import LBDGrid, apply_star_operator
+from dustjax.gp.grid import LBDGrid
+from dustjax.los import apply_star_operator
 from experiments.configs.gp_paper_sim_cpu import get_config
 
 FLAGS = flags.FLAGS

@@ -1,15 +1,15 @@
 r"""What the collapse guard would have done on recorded training runs: a markdown table.
 
-    python -m experiments.guard_replay --factor=3 --train_factor=1.3 \
+    python -m tools.guard_replay --factor=3 --train_factor=1.3 \
         --metrics=docs/results/vnet_sr_lr5e-4_h200_metrics.jsonl,docs/results/vnet_sr_x4_b32_125ep_metrics.jsonl
 
-Reads each run's ``metrics.jsonl`` (written by `dustjax.train.train_and_evaluate`) and prints,
-for every epoch where the guard (`dustjax.train.collapse_verdict`) would have spoken, the ratio
-of the validation loss to the best before it, the ratio of the training loss to the lowest before
-it, and the verdict: "collapse" (roll back) or "validation" (a validation-only spike, left alone).
-Epochs after a run's first collapse are marked: a guarded run would have gone on from older
-weights, so the recorded curve is no longer what it would have seen. A run that was itself
-guarded (rows with ``rolled_back_to_epoch``) is replayed as recorded.
+Reads each run's ``metrics.jsonl`` (written by `dustjax.training.train_and_evaluate`) and prints,
+for every epoch where the guard (`dustjax.training.guard.collapse_verdict`) would have spoken, the
+ratio of the validation loss to the best before it, the ratio of the training loss to the lowest
+before it, and the verdict: "collapse" (roll back) or "validation" (a validation-only spike, left
+alone). Epochs after a run's first collapse are marked: a guarded run would have gone on from older
+weights, so the recorded curve is no longer what it would have seen. A run that was itself guarded
+(rows with ``rolled_back_to_epoch``) is replayed as recorded.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def read_rows(path: Path) -> list[dict]:
 
 
 def table(runs: dict[str, list[dict]], guard: dict) -> str:
-    from dustjax.train import replay_collapse_guard
+    from dustjax.training.guard import replay_collapse_guard
 
     lines = [
         "| run | epoch | val / best val | train / lowest train | verdict |",

@@ -278,17 +278,17 @@ def test_los_frame_adds_four_input_channels_that_change_the_output():
 
 
 def test_build_model_takes_the_los_frame_from_the_region():
-    from dustjax import train
+    from dustjax.training.steps import build_model
     from experiments.configs import vnet_sr
 
     config = vnet_sr.get_config()
-    assert train.build_model(config).los_frame_pc is None
+    assert build_model(config).los_frame_pc is None
     config.model.los_channels = True
-    assert train.build_model(config).los_frame_pc == (-192.0, -96.0, -96.0, 6.0, 6.0, 6.0)
+    assert build_model(config).los_frame_pc == (-192.0, -96.0, -96.0, 6.0, 6.0, 6.0)
 
 
 def test_vnet_sr_los_is_vnet_sr_plus_the_documented_changes_only():
-    from dustjax import train
+    from dustjax.training import workdir
     from experiments.configs import vnet_sr, vnet_sr_los
 
     def flat(d, prefix=""):
@@ -300,8 +300,8 @@ def test_vnet_sr_los_is_vnet_sr_plus_the_documented_changes_only():
                 out[prefix + key] = value
         return out
 
-    paper = flat(train.config_to_dict(vnet_sr.get_config()))
-    ours = flat(train.config_to_dict(vnet_sr_los.get_config()))
+    paper = flat(workdir.config_to_dict(vnet_sr.get_config()))
+    ours = flat(workdir.config_to_dict(vnet_sr_los.get_config()))
     changed = {k: ours[k] for k in ours if paper.get(k) != ours[k]}
     assert changed == {
         "name": "vnet_sr_los",

@@ -1,4 +1,6 @@
-"""XLA settings that make dustjax's models fast, applied before JAX starts its backend.
+"""Process set-up for the entry points: XLA flags (before JAX starts its backend) and logging.
+
+`quiet_library_logs()` drops orbax's per-save INFO chatter. The rest is about XLA flags:
 
 XLA assigns 3D convolutions NCDHW layouts on Hopper GPUs (only 2D ones get NHWC), and cuDNN then
 transposes every activation to NHWC and back around each call. ``--xla_gpu_force_conv_nhwc``
@@ -37,9 +39,26 @@ def configure_xla(flags=GPU_FLAGS) -> list[str]:
     if started:
         logger.warning(
             "JAX's backend has already started, so %s will not take effect; call "
-            "dustjax.accel.configure_xla() before any JAX computation",
+            "dustjax.runtime.configure_xla() before any JAX computation",
             " ".join(added),
         )
         return []
     os.environ["XLA_FLAGS"] = " ".join([current, *added]).strip()
     return added
+
+
+def quiet_library_logs() -> None:
+    """Drop orbax's per-save INFO chatter from absl logging (warnings and errors still show)."""
+
+    class _Filter(logging.Filter):
+        def filter(self, record):
+            return record.levelno >= logging.WARNING or "orbax" not in record.pathname
+
+    for handler in logging.getLogger("absl").handlers + logging.getLogger().handlers:
+        handler.addFilter(_Filter())
+    try:
+        from absl import logging as absl_logging
+
+        absl_logging.get_absl_handler().addFilter(_Filter())
+    except ImportError:
+        pass

@@ -1,9 +1,9 @@
 """Defaults shared by the V-net configs (every key a run may override lives here).
 
 A config module defines ``get_config()`` returning an ml_collections ConfigDict;
-experiments/train.py
-loads it with ``--config=experiments/configs/NAME.py`` and any key can be overridden on the command
-line (``--config.optimizer.learning_rate=3e-4``); a key that does not exist is an error naming it.
+experiments/train.py loads it with ``--config=experiments/configs/NAME.py`` and any key can be
+overridden on the command line (``--config.optimizer.learning_rate=3e-4``); a key that does not
+exist is an error naming it.
 """
 
 from __future__ import annotations
@@ -81,7 +81,8 @@ def vnet_config(name: str, region: str) -> ml_collections.ConfigDict:
     # data stream go on), and continue; at most `max_rollbacks` times a run. Only if the epoch's
     # training loss also rose above `train_factor` x its lowest (0: any validation spike): a
     # validation spike alone comes from the batch-norm running statistics, not the weights
-    # (dustjax.train.collapse_verdict; both kinds seen in one 4-GPU run, docs/validation.md).
+    # (dustjax.training.guard.collapse_verdict; both kinds seen in one 4-GPU run,
+    # docs/validation.md).
     c.collapse_guard = ml_collections.ConfigDict(
         dict(factor=0.0, train_factor=1.3, max_rollbacks=5)
     )

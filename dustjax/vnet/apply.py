@@ -4,8 +4,8 @@ Chen, Qin & Li sect. 4 and appendix A, as one library (the CLI `experiments/appl
 notebook `colab/vnet_apply.ipynb` and `benchmarks/apply.py` all call these functions):
 
 1. **Catalogue -> extinction cube** (sect. 4.2): each cell is the eq.-5 weighted mean of its k
-   nearest stars (`dustjax.catalog.knn_weights`). Negative gridded extinctions (noisy catalogues)
-   are clipped to 0 before eq. 1, which needs E > -1 and a physical E >= 0.
+   nearest stars (`dustjax.vnet.gridding.knn_weights`). Negative gridded extinctions (noisy
+   catalogues) are clipped to 0 before eq. 1, which needs E > -1 and a physical E >= 0.
 2. **Literature cube -> extinction cube** (sect. 4.1): a Cartesian density cube (Vergely et al.
    2022 format or a WCS) regridded onto the region by nearest neighbour, smoothed first with a
    Gaussian of FWHM sqrt(cell^2 - step^2) where the region's cells are coarser than the cube's
@@ -22,8 +22,9 @@ notebook `colab/vnet_apply.ipynb` and `benchmarks/apply.py` all call these funct
    E_rho = `dustjax.maps.integrate_cartesian` (exact path lengths through the cells, the LOS
    operator's construction evaluated at the star instead of a cell centre; dust outside the
    region counts as zero), against the catalogue's E.
-7. **Outputs**: FITS cubes with a Cartesian WCS and the Sun's position (`dustjax.maps`), a JSON
-   summary, XY/XZ slices (figs. A1-A4, A6), a face-on map of |Z| < 400 pc (fig. A5).
+7. **Outputs** (`dustjax.vnet.output`): FITS cubes with a Cartesian WCS and the Sun's position
+   (`dustjax.maps`), a JSON summary, and the figures of `dustjax.vnet.plots`: XY/XZ slices
+   (figs. A1-A4, A6), a face-on map of |Z| < 400 pc (fig. A5).
 
 Nothing here imports tensorflow; astropy and matplotlib are imported only to write files.
 """
@@ -32,7 +33,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
 import time
 from collections.abc import Callable
@@ -47,7 +47,8 @@ from dustjax import catalog as cat
 from dustjax import maps
 from dustjax.geometry import Region
 from dustjax.los import los_operator
-from dustjax.transforms import denormalise_density, normalise_extinction
+from dustjax.vnet import gridding
+from dustjax.vnet.transforms import denormalise_density, normalise_extinction
 
 log = logging.getLogger(__name__)
 
@@ -73,35 +74,37 @@ def density_predictor(model, variables) -> Predictor:
 
 def model_region(workdir: str | os.PathLike) -> Region:
     """The region (box and cube size) a training workdir was trained on."""
-    from dustjax import train
+    from dustjax.training.workdir import CONFIG_FILE, load_config
+    from dustjax.vnet.data import region_of
 
     workdir = Path(workdir)
-    if not (workdir / train.CONFIG_FILE).exists():
-        raise ApplyError(f"{workdir} is not a training workdir (no {train.CONFIG_FILE})")
-    return train.region_of(train.load_config(workdir))
+    if not (workdir / CONFIG_FILE).exists():
+        raise ApplyError(f"{workdir} is not a training workdir (no {CONFIG_FILE})")
+    return region_of(load_config(workdir))
 
 
 def load_predictor(
     workdir: str | os.PathLike, region: Region | None = None, which="best", symmetry="none"
 ):
-    """``(predictor, region, config)`` of a trained run in `workdir` (via `dustjax.train`).
+    """``(predictor, region, config)`` of a trained run in `workdir` (via `dustjax.training`).
 
     With ``region`` given, the run must have been trained on the same box and cube size:
     otherwise `ApplyError` names both (a V-net trained for SR has no meaning on LR data).
-    ``symmetry`` ("none", "flip_y", "flips", "dihedral"; `dustjax.symmetry`) averages the
+    ``symmetry`` ("none", "flip_y", "flips", "dihedral"; `dustjax.vnet.symmetry`) averages the
     prediction over the reflections (and Y-Z swaps) of the region that map its lines of sight
     onto each other and that the training simulations share (both checked).
     """
-    from dustjax import symmetry as sym
-    from dustjax import train
+    from dustjax.training import load_config, load_trained
+    from dustjax.vnet import symmetry as sym
+    from dustjax.vnet.data import simulator_name
 
     trained = model_region(workdir)
     if region is not None:
         check_model_region(trained, region, workdir)
     # the symmetry is checked against the box and the training data before the slow load
-    simulator = train.simulator_name(train.load_config(workdir))
+    simulator = simulator_name(load_config(workdir))
     transforms = sym.region_symmetries(trained, symmetry, simulator)
-    model, variables, config = train.load_trained(workdir, which=which)
+    model, variables, config = load_trained(workdir, which=which)
     return sym.symmetrised(density_predictor(model, variables), transforms), trained, config
 
 
@@ -124,47 +127,6 @@ def check_model_region(trained: Region, region: Region, workdir="the model") -> 
 
 
 # ==== literature cubes (sect. 4.1) ================================================================
-def regrid_nearest(dustmap: maps.DustMap, region: Region, smooth: bool | None = None) -> np.ndarray:
-    """A Cartesian map's density on `region`'s cells: nearest cell, smoothed first if coarser.
-
-    ``smooth=None`` smooths exactly when the region's cells are larger than the map's along some
-    axis, with a Gaussian of FWHM sqrt(cell^2 - step^2) on that axis (so the result has the
-    region's resolution, as the paper does for LR). Raises `ApplyError` if the map does not
-    cover every cell centre of the region.
-    """
-    if dustmap.grid != "cartesian":
-        raise ApplyError("literature cubes must be Cartesian (X, Y, Z) grids")
-    centres = [region.centres_pc(a) for a in range(3)]
-    steps = np.array([np.mean(np.diff(e)) for e in dustmap.edges])
-    for a, name in enumerate("XYZ"):
-        lo, hi = dustmap.edges[a][0], dustmap.edges[a][-1]
-        if centres[a][0] < lo or centres[a][-1] > hi:
-            raise ApplyError(
-                f"the cube covers {name} in [{lo:g}, {hi:g}] pc but the region's cell centres "
-                f"span [{centres[a][0]:g}, {centres[a][-1]:g}] pc: it does not cover {region}"
-            )
-    # Index of the cube cell holding each region cell centre, per axis.
-    index = [
-        np.clip(np.searchsorted(dustmap.edges[a], centres[a], side="right") - 1, 0, None)
-        for a in range(3)
-    ]
-    index = [np.minimum(i, dustmap.shape[a] - 1) for a, i in enumerate(index)]
-    cell = np.asarray(region.cell_size_pc)
-    sigma_pix = np.sqrt(np.clip(cell**2 - steps**2, 0.0, None)) / (2 * math.sqrt(2 * math.log(2)))
-    sigma_pix = sigma_pix / steps
-    do_smooth = bool(np.any(sigma_pix > 0)) if smooth is None else bool(smooth)
-    if not do_smooth:
-        return dustmap.density[np.ix_(*index)].astype(np.float32)
-    from scipy.ndimage import gaussian_filter
-
-    # Smooth only a crop around the region (padded by 4 sigma): the 2022 cubes are large.
-    pad = np.ceil(4 * sigma_pix).astype(int) + 1
-    lo = [max(int(i.min()) - p, 0) for i, p in zip(index, pad, strict=True)]
-    hi = [min(int(i.max()) + p + 1, n) for i, p, n in zip(index, pad, dustmap.shape, strict=True)]
-    crop = dustmap.density[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]].astype(np.float64)
-    smoothed = gaussian_filter(crop, sigma=sigma_pix, mode="nearest")
-    local = [i - o for i, o in zip(index, lo, strict=True)]
-    return smoothed[np.ix_(*local)].astype(np.float32)
 
 
 # ==== sub-regions (appendix A) ====================================================================
@@ -244,7 +206,7 @@ def predict_one(predictor: Predictor, extinction) -> np.ndarray:
 
 def monte_carlo(
     predictor: Predictor,
-    knn: cat.KNNWeights,
+    knn: gridding.KNNWeights,
     catalog: cat.StarCatalog,
     region: Region,
     *,
@@ -369,7 +331,7 @@ def run_catalog(
         catalog = catalog.select(keep)
     if len(catalog) == 0:
         raise ApplyError("no star left in the region (or sub-region) to grid")
-    knn = cat.knn_weights(region, catalog, k, backend=knn_backend)
+    knn = gridding.knn_weights(region, catalog, k, backend=knn_backend)
     extinction = np.maximum(knn.apply(catalog.extinction), 0.0).astype(np.float32)
     timings["knn_s"] = time.perf_counter() - t0
 
@@ -449,7 +411,7 @@ def run_literature(
 ) -> MapResult:
     """Sect. 4.1: literature density -> regrid -> LOS integral -> V-net -> residuals (fig. 10)."""
     t0 = time.perf_counter()
-    truth = regrid_nearest(dustmap, region, smooth)
+    truth = maps.regrid_nearest(dustmap, region, smooth)
     extinction = np.asarray(los_operator(region)(truth), np.float32)
     inside = None
     model_input = extinction
@@ -507,254 +469,3 @@ def _cube_stats(cube, inside_mask=None) -> dict[str, float]:
         p99=float(q[2]),
         max=float(values.max()),
     )
-
-
-# ==== outputs =====================================================================================
-def write_outputs(
-    outdir: str | os.PathLike,
-    result: MapResult,
-    *,
-    write_fits: bool = True,
-    plots: bool = True,
-    header: dict | None = None,
-) -> dict[str, str]:
-    """FITS map, JSON summary and figures into `outdir`; returns ``{what: path}``.
-
-    Files: ``density.fits`` (primary: density; UNCERT: MC dispersion; EXTINCT: the input
-    extinction cube; EXTUNC: MC dispersion of the integrated extinction), ``summary.json``,
-    ``slices.png`` (XY and XZ through the Sun's cell: extinction, density, dispersion, truth and
-    residual when known), ``face_on.png`` (fig. A5), ``consistency.png`` (fig. 11),
-    ``truth_vs_prediction.png`` (fig. 10) and ``edge_effect.png`` (fig. A8) when they apply.
-    Every file is written atomically; the summary last.
-    """
-    from dustjax import io as dio
-
-    outdir = dio.ensure_writable_dir(outdir)
-    files: dict[str, str] = {}
-    if write_fits:
-        files["fits"] = str(
-            maps.write_cartesian_map(
-                outdir / "density.fits",
-                result.region,
-                result.density,
-                uncertainty=result.density_std,
-                extinction=result.extinction,
-                extinction_uncertainty=result.extinction_std,
-                header={"ORIGIN": "dustjax apply", **(header or {})},
-            )
-        )
-    if plots:
-        files.update(_plots(outdir, result))
-    summary = dict(result.summary, files=files)
-    dio.write_json(outdir / "summary.json", summary)
-    files["summary"] = str(outdir / "summary.json")
-    return files
-
-
-# ==== figures (matplotlib imported here only) =====================================================
-def _plots(outdir: Path, result: MapResult) -> dict[str, str]:
-    from dustjax.io import atomic_path
-
-    files = {}
-    figures = {
-        "slices": plot_slices,
-        "face_on": plot_face_on,
-        "consistency": plot_consistency,
-        "truth_vs_prediction": plot_truth_vs_prediction,
-        "edge_effect": plot_edge_effect,
-    }
-    for name, draw in figures.items():
-        fig = draw(result)
-        if fig is None:
-            continue
-        path = outdir / f"{name}.png"
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=110, format="png", bbox_inches="tight")
-        _close(fig)
-        files[name] = str(path)
-    return files
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _close(fig):
-    _pyplot().close(fig)
-
-
-def sun_slab_index(region: Region, axis: int) -> int:
-    """Index of the slab whose lower edge is at 0 along `axis` (the paper's "0 to 6 pc" slice),
-    or the middle slab when the region does not reach 0."""
-    e = region.edges_pc(axis)
-    i = int(np.searchsorted(e, 0.0, side="right") - 1)
-    return i if 0 <= i < region.shape[axis] else region.shape[axis] // 2
-
-
-def plot_slices(result: MapResult):
-    """XY (Z in the slab at Z = 0) and XZ (Y in the slab at Y = 0) maps, figs. A1-A4, A6."""
-    plt = _pyplot()
-    region = result.region
-    panels = [("extinction (mag)", result.extinction, "viridis")]
-    if result.truth is not None:
-        panels.append(("true density (mag/pc)", result.truth, "magma"))
-    panels.append(("predicted density (mag/pc)", result.density, "magma"))
-    if result.truth is not None:
-        panels.append(("residual pred - true (mag/pc)", result.density - result.truth, "RdBu_r"))
-    if result.density_std is not None:
-        panels.append(("MC dispersion (mag/pc)", result.density_std, "cividis"))
-    iz, iy = sun_slab_index(region, 2), sun_slab_index(region, 1)
-    ez, ey = region.edges_pc(2), region.edges_pc(1)
-    fig, axes = plt.subplots(2, len(panels), figsize=(3.6 * len(panels), 6.6), squeeze=False)
-    ex = region.edges_pc(0)
-    for col, (title, cube, cmap) in enumerate(panels):
-        cube = np.asarray(cube, np.float64)
-        for row, (plane, label, extent) in enumerate(
-            [
-                (cube[:, :, iz], f"Z in [{ez[iz]:g}, {ez[iz + 1]:g}] pc", (ey[0], ey[-1])),
-                (cube[:, iy, :], f"Y in [{ey[iy]:g}, {ey[iy + 1]:g}] pc", (ez[0], ez[-1])),
-            ]
-        ):
-            ax = axes[row, col]
-            kw = {}
-            if cmap == "RdBu_r":
-                vmax = float(np.nanmax(np.abs(cube))) or 1.0
-                kw = dict(vmin=-vmax, vmax=vmax)
-            im = ax.imshow(
-                plane.T,
-                origin="lower",
-                extent=(ex[0], ex[-1], *extent),
-                cmap=cmap,
-                aspect="equal",
-                **kw,
-            )
-            fig.colorbar(im, ax=ax, shrink=0.8)
-            if result.inside_mask is not None:
-                m = result.inside_mask[:, :, iz] if row == 0 else result.inside_mask[:, iy, :]
-                ax.contour(
-                    np.asarray(m, float).T,
-                    levels=[0.5],
-                    colors="w",
-                    linewidths=0.8,
-                    extent=(ex[0], ex[-1], *extent),
-                    origin="lower",
-                )
-            ax.set_title(f"{title}\n{label}", fontsize=8)
-            ax.set_xlabel("X (pc)")
-            ax.set_ylabel("Y (pc)" if row == 0 else "Z (pc)")
-    fig.suptitle(f"{region}", fontsize=9)
-    fig.tight_layout()
-    return fig
-
-
-def face_on_map(density, region: Region, z_max_pc: float = 400.0) -> np.ndarray:
-    """Fig. A5: sum over the cells with |Z_centre| < z_max of density x cell height (mag):
-    the extinction through the slab seen from above the Galactic plane, ``(nx, ny)``."""
-    zc = region.centres_pc(2)
-    sel = np.abs(zc) < z_max_pc
-    if not sel.any():
-        raise ApplyError(f"no cell of {region} has |Z| < {z_max_pc} pc")
-    return np.asarray(density, np.float64)[:, :, sel].sum(axis=2) * region.cell_size_pc[2]
-
-
-def plot_face_on(result: MapResult, z_max_pc: float = 400.0):
-    """Fig. A5: face-on map with Galactic longitude lines and distance circles around the Sun."""
-    plt = _pyplot()
-    region = result.region
-    try:
-        image = face_on_map(result.density, region, z_max_pc)
-    except ApplyError:
-        return None
-    ex, ey = region.edges_pc(0), region.edges_pc(1)
-    fig, ax = plt.subplots(figsize=(6, 5.5))
-    im = ax.imshow(image.T, origin="lower", extent=(ex[0], ex[-1], ey[0], ey[-1]), cmap="magma")
-    fig.colorbar(im, ax=ax, label=f"sum of density x dZ over |Z| < {z_max_pc:g} pc (mag)")
-    reach = float(np.max(np.abs([ex[0], ex[-1], ey[0], ey[-1]])) * math.sqrt(2))
-    # Longitude lines every 45 deg from the Sun (the paper draws 135, 180 and 225 deg for LR).
-    for lon in range(0, 360, 45):
-        lr = math.radians(lon)
-        ax.plot([0, reach * math.cos(lr)], [0, reach * math.sin(lr)], "w-", lw=0.7, alpha=0.8)
-        tx, ty = 0.9 * reach * math.cos(lr), 0.9 * reach * math.sin(lr)
-        if ex[0] <= tx <= ex[-1] and ey[0] <= ty <= ey[-1]:
-            ax.text(tx, ty, f"{lon}°", color="w", fontsize=7)
-    # Distance circles at round steps (1 and 2 kpc for LR).
-    extent = max(ex[-1] - ex[0], ey[-1] - ey[0])
-    step = 10 ** math.floor(math.log10(extent / 2))
-    if extent / step > 4:
-        step *= 2 if extent / step < 10 else 5
-    for r in np.arange(step, reach + step, step):
-        t = np.linspace(0, 2 * np.pi, 361)
-        ax.plot(r * np.cos(t), r * np.sin(t), "w--", lw=0.6, alpha=0.7)
-    ax.plot([0], [0], "c*", ms=8)
-    ax.set_xlim(ex[0], ex[-1])
-    ax.set_ylim(ey[0], ey[-1])
-    ax.set_xlabel("X (pc)")
-    ax.set_ylabel("Y (pc)")
-    ax.set_title(f"face-on, |Z| < {z_max_pc:g} pc; circles every {step:g} pc", fontsize=9)
-    return fig
-
-
-def plot_consistency(result: MapResult):
-    """Fig. 11: catalogue E against E_rho integrated from the predicted density."""
-    if result.star_e_rho is None:
-        return None
-    plt = _pyplot()
-    e, e_rho = result.star_extinction, result.star_e_rho
-    fig, ax = plt.subplots(figsize=(5, 4.5))
-    hi = float(np.percentile(np.concatenate([e, e_rho]), 99.9))
-    if len(e) > 5000:
-        h = ax.hexbin(e, e_rho, gridsize=80, extent=(0, hi, 0, hi), bins="log", mincnt=1)
-        fig.colorbar(h, ax=ax, label="stars")
-    else:
-        ax.scatter(e, e_rho, s=3, alpha=0.5)
-    ax.plot([0, hi], [0, hi], "b--", lw=1)
-    c = result.summary.get("consistency", {})
-    ax.set_title(
-        f"median E_rho - E = {c.get('median_difference_mag', np.nan):.3f} mag, "
-        f"spread {c.get('spread_difference_mag', np.nan):.3f}",
-        fontsize=9,
-    )
-    ax.set_xlabel("E (catalogue, mag)")
-    ax.set_ylabel("E_rho (integrated map, mag)")
-    return fig
-
-
-def plot_truth_vs_prediction(result: MapResult):
-    """Fig. 10: predicted against true density per cell."""
-    if result.truth is None:
-        return None
-    plt = _pyplot()
-    t, p = result.truth.reshape(-1), result.density.reshape(-1)
-    if result.inside_mask is not None:
-        t, p = result.truth[result.inside_mask], result.density[result.inside_mask]
-    fig, ax = plt.subplots(figsize=(5, 4.5))
-    hi = float(max(t.max(), p.max())) or 1.0
-    ax.hexbin(t, p, gridsize=70, extent=(0, hi, 0, hi), bins="log", mincnt=1)
-    ax.plot([0, hi], [0, hi], "b--", lw=1)
-    r = result.summary.get("residual_vs_truth", {})
-    ax.set_title(
-        f"median {r.get('median', np.nan):.2e}, dispersion {r.get('dispersion', np.nan):.2e}",
-        fontsize=9,
-    )
-    ax.set_xlabel("true density (mag/pc)")
-    ax.set_ylabel("predicted density (mag/pc)")
-    return fig
-
-
-def plot_edge_effect(result: MapResult):
-    """Fig. A8 companion: residual RMS inside the sub-region against depth from its edge."""
-    profile = result.summary.get("edge_profile")
-    if not profile:
-        return None
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.plot(profile["depth_pc"], profile["rms"], "o-")
-    ax.set_xlabel("depth inside the sub-region (pc)")
-    ax.set_ylabel("RMS of pred - true (mag/pc)")
-    ax.set_title("edge effect of the random fill (appendix A)", fontsize=9)
-    return fig

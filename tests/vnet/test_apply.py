@@ -10,11 +10,14 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from dustjax import apply as ap
 from dustjax import catalog as cat
-from dustjax import demo, maps
+from dustjax import maps
 from dustjax.geometry import Region
 from dustjax.los import los_operator
+from dustjax.sims import stars as demo
+from dustjax.vnet import apply as ap
+from dustjax.vnet import gridding, plots
+from dustjax.vnet.output import write_outputs
 
 REGION = Region.named("SR").with_shape((8, 8, 8))  # 24 pc cells, k = 3
 
@@ -40,7 +43,7 @@ def test_monte_carlo_dispersion_matches_the_analytic_value():
         extinction=rng.uniform(3.0, 5.0, n),  # far from 0: no clipping
         sigma_extinction=rng.uniform(0.05, 0.3, n),
     )
-    knn = cat.knn_weights(REGION, catalog)
+    knn = gridding.knn_weights(REGION, catalog)
     c = 0.01
     predictor = lambda e: c * e  # noqa: E731
     nominal = c * knn.apply(catalog.extinction)
@@ -101,24 +104,24 @@ def test_regrid_same_grid_is_exact_and_coarser_grid_is_smoothed(tmp_path):
     rng = np.random.default_rng(2)
     big = rng.uniform(0, 0.01, (16, 16, 16)).astype(np.float32)
     m = maps.DustMap.from_fits(_vergely_file(tmp_path / "c.fits", big, 24.0, (12, 8, 8)))
-    out = ap.regrid_nearest(m, REGION)
+    out = maps.regrid_nearest(m, REGION)
     np.testing.assert_array_equal(out, big[4:12, 4:12, 4:12])
     # Finer literature cube (8 pc) onto 24 pc cells: smoothing keeps a constant constant and
     # spreads a spike over ~ the cell size.
     fine = np.full((40, 40, 40), 0.003, np.float32)
     m = maps.DustMap.from_fits(_vergely_file(tmp_path / "f.fits", fine, 8.0, (30, 20, 20)))
-    np.testing.assert_allclose(ap.regrid_nearest(m, REGION), 0.003, rtol=1e-5)
+    np.testing.assert_allclose(maps.regrid_nearest(m, REGION), 0.003, rtol=1e-5)
     spike = np.zeros((40, 40, 40), np.float32)
     spike[18, 21, 21] = 1.0  # X in [-96, -88] pc
     m = maps.DustMap.from_fits(_vergely_file(tmp_path / "s.fits", spike, 8.0, (30, 20, 20)))
-    sharp = ap.regrid_nearest(m, REGION, smooth=False)
-    smooth = ap.regrid_nearest(m, REGION)
+    sharp = maps.regrid_nearest(m, REGION, smooth=False)
+    smooth = maps.regrid_nearest(m, REGION)
     assert sharp.max() == 0.0 or sharp.max() == 1.0
     assert 0 < smooth.max() < 0.1 and np.count_nonzero(smooth > 1e-4) > 1
     # A cube that does not cover the region: named axis and extents.
     m = maps.DustMap.from_fits(_vergely_file(tmp_path / "n.fits", big[:6], 24.0, (12, 8, 8)))
-    with pytest.raises(ap.ApplyError, match=r"covers X in \[-288, -144\] pc"):
-        ap.regrid_nearest(m, REGION)
+    with pytest.raises(maps.MapError, match=r"covers X in \[-288, -144\] pc"):
+        maps.regrid_nearest(m, REGION)
 
 
 def test_literature_path_with_a_perfect_model_and_subregion(tmp_path):
@@ -171,7 +174,7 @@ def test_model_for_another_region_or_size_is_refused(tmp_path):
 def test_face_on_map_analytic():
     lr = Region.named("LR")
     rho = np.full(lr.shape, 0.001, np.float32)
-    image = ap.face_on_map(rho, lr)
+    image = plots.face_on_map(rho, lr)
     # Cells of 60 pc with |Z centre| < 400 pc: centres +-30 ... +-390 -> 14 cells.
     np.testing.assert_allclose(image, 0.001 * 14 * 60.0, rtol=1e-6)
 
@@ -210,7 +213,7 @@ def test_run_catalog_with_a_vnet_writes_every_output(tmp_path):
     )
     assert result.density.shape == REGION.shape and np.all(result.density >= 0)
     assert result.density_std.shape == REGION.shape
-    files = ap.write_outputs(tmp_path / "out", result)
+    files = write_outputs(tmp_path / "out", result)
     for name in (
         "fits",
         "summary",

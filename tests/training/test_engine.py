@@ -1,4 +1,4 @@
-"""The training engine (dustjax.train) and its entry points: end to end on the `vnet_test` config
+"""The training engine (dustjax.training) and its entry points: end to end on the `vnet_test` config
 (train, checkpoint, resume, evaluate), sharding on fake devices, bad input."""
 
 import functools
@@ -12,12 +12,15 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import optax
 import pytest
 
-from dustjax import train
+from dustjax import sharding
+from dustjax import training as train
+from dustjax.training import guard, loop, optim, steps, tasks, workdir
 from experiments.configs import vnet_test
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -99,7 +102,7 @@ def test_end_to_end_train_resume_evaluate(tmp_path):
     best = min(rows, key=lambda r: r["val_loss"])["epoch"]
     assert resumed["best_checkpoint_step"] == best
 
-    from experiments.evaluate import evaluate
+    from dustjax.vnet.evaluate import evaluate
 
     out = evaluate(tmp_path / "full")
     assert out["num_cubes"] == 8  # the simulated test split of vnet_test
@@ -170,7 +173,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_p
     config.log_every_steps = 1
     with pytest.raises(train.NonFiniteLossError, match=r"step 4 \(epoch 2\).*epoch 1"):
         train.train_and_evaluate(config, tmp_path)
-    manager = train.checkpoint_manager(tmp_path, read_only=True)
+    manager = workdir.checkpoint_manager(tmp_path, read_only=True)
     assert manager.latest_step() == 1
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 1
@@ -182,17 +185,16 @@ def test_collapse_guard_rolls_back_to_the_best_weights_and_keeps_the_counters(
     """A validation loss above factor x the best restores the best epoch's weights and Adam
     moments, keeps the step and optimiser counts (the schedule goes on), and a run interrupted
     after the rollback resumes to the same end."""
-    import optax
 
-    real = train.evaluate_loss
+    real = steps.evaluate_loss
     spike = {"epoch": 0}
 
     def spiking(eval_step, state, *args, **kwargs):
         loss = real(eval_step, state, *args, **kwargs)
-        steps = int(state.step) // 3  # the epoch that just ended (3 steps an epoch)
-        return 100.0 * loss if steps == spike["epoch"] else loss
+        epoch = int(state.step) // 3  # the epoch that just ended (3 steps an epoch)
+        return 100.0 * loss if epoch == spike["epoch"] else loss
 
-    monkeypatch.setattr(train, "evaluate_loss", spiking)
+    monkeypatch.setattr(loop, "evaluate_loss", spiking)
     config = _random_config()
     config.collapse_guard.factor = 3.0
     config.collapse_guard.train_factor = 0.0  # any validation spike counts as a collapse
@@ -208,15 +210,15 @@ def test_collapse_guard_rolls_back_to_the_best_weights_and_keeps_the_counters(
     _, rolled, _ = train.load_trained(tmp_path / "split", "latest")
     for x, y in zip(jax.tree.leaves(first), jax.tree.leaves(rolled), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))  # epoch 1's weights
-    assert train.checkpoint_manager(tmp_path / "split", read_only=True).best_step() == 1
+    assert workdir.checkpoint_manager(tmp_path / "split", read_only=True).best_step() == 1
 
-    model = train.build_model(config)
+    model = steps.build_model(config)
     example = jax.numpy.zeros((1, *config.data.shape, 1))
-    state = train.create_train_state(model, train.make_optimizer(config, 3), example,
-                                     jax.random.key(0), train.make_mesh(1))  # fmt: skip
-    manager = train.checkpoint_manager(tmp_path / "split", read_only=True)
-    restored, loop = train.restore_checkpoint(manager, 2, state)
-    assert int(restored.step) == 6 and loop["rollbacks"] == 1  # two epochs of steps, not one
+    state = steps.create_train_state(model, optim.make_optimizer(config, 3), example,
+                                     jax.random.key(0), sharding.make_mesh(1))  # fmt: skip
+    manager = workdir.checkpoint_manager(tmp_path / "split", read_only=True)
+    restored, loop_state = workdir.restore_checkpoint(manager, 2, state)
+    assert int(restored.step) == 6 and loop_state["rollbacks"] == 1  # two epochs of steps, not one
     counts = [int(c) for c in jax.tree.leaves(restored.opt_state)
               if np.issubdtype(np.asarray(c).dtype, np.integer)]  # fmt: skip
     assert counts and all(c == 6 for c in counts), counts
@@ -234,21 +236,21 @@ def test_collapse_verdict_tells_a_collapse_from_a_validation_spike():
     """Known answers: below `factor` nothing; above it a collapse only if the training loss rose
     above `train_factor` x its lowest; train_factor 0 makes every spike a collapse; the replay
     of a recorded curve marks what follows the first collapse."""
-    guard = dict(factor=3.0, train_factor=1.3)
-    verdict = functools.partial(train.collapse_verdict, guard, best_val_loss=1.0,
+    settings = dict(factor=3.0, train_factor=1.3)
+    verdict = functools.partial(guard.collapse_verdict, settings, best_val_loss=1.0,
                                 best_train_loss=1.0)  # fmt: skip
     assert verdict(val_loss=2.9, train_loss=5.0) == ""
     assert verdict(val_loss=3.1, train_loss=1.29) == "validation"
     assert verdict(val_loss=3.1, train_loss=1.31) == "collapse"
-    every = functools.partial(train.collapse_verdict, dict(factor=3.0, train_factor=0.0),
+    every = functools.partial(guard.collapse_verdict, dict(factor=3.0, train_factor=0.0),
                               best_val_loss=1.0, best_train_loss=1.0)  # fmt: skip
     assert every(val_loss=3.1, train_loss=1.0) == "collapse"
-    off = functools.partial(train.collapse_verdict, dict(factor=0.0), best_val_loss=1.0,
+    off = functools.partial(guard.collapse_verdict, dict(factor=0.0), best_val_loss=1.0,
                             best_train_loss=1.0)  # fmt: skip
     assert off(val_loss=1e9, train_loss=1e9) == ""
     losses = [(4.0, 5.0), (2.0, 2.0), (2.0, 7.0), (2.1, 1.9), (3.0, 6.5), (2.0, 1.8)]
     rows = [dict(epoch=e, train_loss=t, val_loss=v) for e, (t, v) in enumerate(losses, 1)]
-    events = train.replay_collapse_guard(rows, guard)
+    events = guard.replay_collapse_guard(rows, settings)
     assert [(e["epoch"], e["verdict"], e["after_collapse"]) for e in events] == [
         (3, "validation", False),  # val 7 > 3 x 2, train 2 = its lowest
         (5, "collapse", False),  # val 6.5 > 3 x 2, train 3 > 1.3 x 2
@@ -260,13 +262,13 @@ def test_collapse_verdict_tells_a_collapse_from_a_validation_spike():
 def test_a_validation_only_spike_is_not_rolled_back(tmp_path, monkeypatch):
     """With the default train_factor a validation spike whose training loss is normal is marked
     and left alone: no rollback, the weights train on, the best checkpoint stays."""
-    real = train.evaluate_loss
+    real = steps.evaluate_loss
 
     def spiking(eval_step, state, *args, **kwargs):
         loss = real(eval_step, state, *args, **kwargs)
         return 100.0 * loss if int(state.step) // 3 == 2 else loss
 
-    monkeypatch.setattr(train, "evaluate_loss", spiking)
+    monkeypatch.setattr(loop, "evaluate_loss", spiking)
     config = _random_config()
     config.collapse_guard.factor = 3.0
     config.num_epochs = 1
@@ -279,7 +281,7 @@ def test_a_validation_only_spike_is_not_rolled_back(tmp_path, monkeypatch):
     second = _latest_params(tmp_path / "run")
     pairs = zip(jax.tree.leaves(first), jax.tree.leaves(second), strict=True)
     assert any(not np.array_equal(np.asarray(x), np.asarray(y)) for x, y in pairs)
-    assert train.checkpoint_manager(tmp_path / "run", read_only=True).best_step() == 1
+    assert workdir.checkpoint_manager(tmp_path / "run", read_only=True).best_step() == 1
 
 
 def _checker(shape, axes):
@@ -293,26 +295,26 @@ def test_gradient_mse_known_answers():
     a = 0.5
     # the corner mode: every difference is 2a on all three axes -> (2a)^2 / 2 = 2 a^2
     corner = a * _checker((6, 6, 6), (0, 1, 2))
-    np.testing.assert_allclose(train.gradient_mse_per_example(corner, zero), [2 * a**2], rtol=1e-6)
-    np.testing.assert_allclose(train.h1_per_example(corner, zero), [3 * a**2], rtol=1e-6)
+    np.testing.assert_allclose(tasks.gradient_mse_per_example(corner, zero), [2 * a**2], rtol=1e-6)
+    np.testing.assert_allclose(tasks.h1_per_example(corner, zero), [3 * a**2], rtol=1e-6)
     # the Nyquist mode of one axis: 2a^2 on that axis, 0 on the other two
     axis = a * _checker((6, 6, 6), (0,))
-    got = train.gradient_mse_per_example(axis, zero)
+    got = tasks.gradient_mse_per_example(axis, zero)
     np.testing.assert_allclose(got, [2 * a**2 / 3], rtol=1e-6)
     # an error smooth on the cell scale costs nothing beyond the MSE
     offset = np.full_like(zero, a)
-    np.testing.assert_allclose(train.gradient_mse_per_example(offset, zero), [0.0], atol=1e-12)
+    np.testing.assert_allclose(tasks.gradient_mse_per_example(offset, zero), [0.0], atol=1e-12)
     np.testing.assert_allclose(
-        train.h1_per_example(offset, zero, gradient_weight=5.0),
-        train.mse_per_example(offset, zero),
+        tasks.h1_per_example(offset, zero, gradient_weight=5.0),
+        tasks.mse_per_example(offset, zero),
         rtol=1e-6,
     )
     # white noise: its variance, as from the MSE (2-D images work too)
     noise = np.random.default_rng(0).normal(0.0, 0.3, size=(2, 256, 256, 1)).astype(np.float32)
-    got = train.gradient_mse_per_example(noise, np.zeros_like(noise))
+    got = tasks.gradient_mse_per_example(noise, np.zeros_like(noise))
     np.testing.assert_allclose(got, [0.09, 0.09], rtol=0.02)
     with pytest.raises(ValueError, match="no spatial axes"):
-        train.gradient_mse_per_example(np.zeros((3, 1)), np.zeros((3, 1)))
+        tasks.gradient_mse_per_example(np.zeros((3, 1)), np.zeros((3, 1)))
 
 
 def test_h1_task_trains_through_the_engine(tmp_path):
@@ -321,7 +323,7 @@ def test_h1_task_trains_through_the_engine(tmp_path):
     c.num_epochs = 1
     summary = train.train_and_evaluate(c, tmp_path / "wd")
     assert summary["epochs_run"] == 1 and np.isfinite(summary["best_val_loss"])
-    assert train.get_task(c.task).per_example_loss is train.h1_per_example
+    assert train.get_task(c.task).per_example_loss is tasks.h1_per_example
 
 
 def test_old_layout_checkpoint_gets_a_hint(tmp_path):
@@ -369,7 +371,7 @@ def test_reduce_on_plateau_schedule_accepts_the_loss():
 
     config = _random_config()
     config.schedule.name = "reduce_on_plateau"
-    tx = train.make_optimizer(config, steps_per_epoch=3)
+    tx = optim.make_optimizer(config, steps_per_epoch=3)
     params = {"w": jnp.ones(3)}
     state = tx.init(params)
     updates, state = tx.update({"w": jnp.ones(3)}, state, params, value=jnp.asarray(1.0))
@@ -382,7 +384,10 @@ SHARDING_SCRIPT = textwrap.dedent(
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
     import jax, jax.numpy as jnp, numpy as np
     from jax.sharding import NamedSharding, PartitionSpec as P
-    from dustjax import train
+    import optax
+    from dustjax import sharding
+    from dustjax import training as train
+    from dustjax.training import steps
     from dustjax.models import VNet
     assert jax.device_count() == 4
     model = VNet(features=(2, 4))
@@ -392,32 +397,32 @@ SHARDING_SCRIPT = textwrap.dedent(
     task = train.Task()
     out, hlo = {}, {}
     for n in (1, 4):
-        mesh = train.make_mesh(n)
-        tx = train.optax.adam(1e-3)
-        state = train.create_train_state(model, tx, jnp.asarray(ext[:1]), jax.random.key(0), mesh)
+        mesh = sharding.make_mesh(n)
+        tx = optax.adam(1e-3)
+        state = steps.create_train_state(model, tx, jnp.asarray(ext[:1]), jax.random.key(0), mesh)
         rep = NamedSharding(mesh, P())
         data = NamedSharding(mesh, P("data"))
-        fn = jax.jit(train.make_loss_and_grads(task), in_shardings=(
+        fn = jax.jit(steps.make_loss_and_grads(task), in_shardings=(
             jax.tree.map(lambda _: rep, state), data, rep))
         sharded = jax.device_put(batch, data)
         assert len(sharded["extinction"].sharding.device_set) == n
         (loss, stats), grads = fn(state, sharded, jax.random.key(1))
         out[n] = (float(loss), jax.device_get(grads), jax.device_get(stats))
-        step, _ = train.jit_steps(task, state, mesh)
+        step, _ = steps.jit_steps(task, state, mesh)
         compiled = step.lower(state, sharded, jax.random.key(1)).compile()  # compiled once
         hlo[n] = compiled.as_text()
         new_state, metrics = compiled(state, sharded, jax.random.key(1))
         new_state, metrics = compiled(new_state, sharded, jax.random.key(2))
         out[n] += (float(metrics["loss"]), jax.device_get(new_state.params))
     # ZeRO-1: Adam moments split over the 4 devices; two steps give the replicated result.
-    mesh = train.make_mesh(4)
-    state = train.create_train_state(model, train.optax.adam(1e-3), jnp.asarray(ext[:1]),
+    mesh = sharding.make_mesh(4)
+    state = steps.create_train_state(model, optax.adam(1e-3), jnp.asarray(ext[:1]),
                                      jax.random.key(0), mesh, shard_optimizer_state=True)
     mu = state.opt_state[0].mu
     split = [x for x in jax.tree.leaves(mu) if not x.sharding.is_fully_replicated]
     assert split and all(x.addressable_shards[0].data.size * 4 == x.size for x in split), mu
     assert jax.tree.leaves(state.params)[0].sharding.is_fully_replicated
-    step, _ = train.jit_steps(task, state, mesh)
+    step, _ = steps.jit_steps(task, state, mesh)
     sharded = jax.device_put(batch, NamedSharding(mesh, P("data")))
     zstate, _ = step(state, sharded, jax.random.key(1))
     zstate, zmetrics = step(zstate, sharded, jax.random.key(2))
@@ -437,10 +442,10 @@ SHARDING_SCRIPT = textwrap.dedent(
     # devices compute (that it differs from whole-batch statistics: tests/test_norm.py).
     grouped = {}
     for n in (1, 4):
-        mesh = train.make_mesh(n)
-        state = train.create_train_state(VNet(features=(2, 4), bn_groups=4), train.optax.adam(1e-3),
+        mesh = sharding.make_mesh(n)
+        state = steps.create_train_state(VNet(features=(2, 4), bn_groups=4), optax.adam(1e-3),
                                          jnp.asarray(ext[:1]), jax.random.key(0), mesh)
-        step, _ = train.jit_steps(task, state, mesh)
+        step, _ = steps.jit_steps(task, state, mesh)
         sharded = jax.device_put(batch, NamedSharding(mesh, P("data")))
         compiled = step.lower(state, sharded, jax.random.key(1)).compile()
         grouped_hlo = compiled.as_text()
@@ -471,7 +476,7 @@ SHARDING_SCRIPT = textwrap.dedent(
         np.testing.assert_allclose(sims[1][key], sims[4][key], rtol=1e-6, atol=1e-9)
     assert float(np.std(sims[1]["density"])) > 0
     try:
-        train.check_batch_size(6, train.make_mesh(4))
+        sharding.check_batch_size(6, sharding.make_mesh(4))
     except ValueError as err:
         assert "does not divide over the 4 devices" in str(err), err
     else:
@@ -508,7 +513,7 @@ def test_cli_rejects_an_unknown_config_key(tmp_path):
 
 
 def test_default_config_choice():
-    from experiments.train import CONFIG_DIR, default_config_names
+    from experiments.configs import CONFIG_DIR, default_config_names
 
     assert default_config_names("vnet", "LR", accelerator=True) == ["vnet_lr"]
     assert default_config_names("vnet", "LR", accelerator=False) == ["vnet_lr_cpu"]

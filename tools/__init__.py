@@ -1,0 +1,1 @@
+"""One-off studies and result comparisons (not entry points): ``python -m tools.NAME``."""
