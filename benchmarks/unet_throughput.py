@@ -57,7 +57,7 @@ def bench_model(name, *, image_size, batch_size, levels, base_features, steps, d
     import ml_collections
     import numpy as np
 
-    from dustjax import polaris
+    from dustjax.polaris.data import INPUT_KEY, TARGET_KEY
     from dustjax.sharding import make_mesh
     from dustjax.training.optim import make_optimizer
     from dustjax.training.steps import (
@@ -82,10 +82,10 @@ def bench_model(name, *, image_size, batch_size, levels, base_features, steps, d
     rng = np.random.default_rng(0)
     shape = (batch_size, image_size, image_size, 1)
     batch = {
-        polaris.INPUT_KEY: jnp.asarray(rng.normal(size=shape), jnp.float32),
-        polaris.TARGET_KEY: jnp.asarray(rng.normal(size=shape), jnp.float32),
+        INPUT_KEY: jnp.asarray(rng.normal(size=shape), jnp.float32),
+        TARGET_KEY: jnp.asarray(rng.normal(size=shape), jnp.float32),
     }
-    state = create_train_state(model, tx, batch[polaris.INPUT_KEY][:1], jax.random.key(0),
+    state = create_train_state(model, tx, batch[INPUT_KEY][:1], jax.random.key(0),
                                      mesh)  # fmt: skip
     num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
     train_step, _ = jit_steps(task, state, mesh)
@@ -102,11 +102,11 @@ def bench_model(name, *, image_size, batch_size, levels, base_features, steps, d
 
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     predict = jax.jit(lambda v, x: model.apply(v, x, train=False))
-    flops_predict = _flops(predict.lower(variables, batch[polaris.INPUT_KEY]).compile())
-    out = predict(variables, batch[polaris.INPUT_KEY]).block_until_ready()
+    flops_predict = _flops(predict.lower(variables, batch[INPUT_KEY]).compile())
+    out = predict(variables, batch[INPUT_KEY]).block_until_ready()
     start = time.perf_counter()
     for _ in range(steps):
-        out = predict(variables, batch[polaris.INPUT_KEY])
+        out = predict(variables, batch[INPUT_KEY])
     out.block_until_ready()
     predict_s = (time.perf_counter() - start) / steps
     device = jax.devices()[0]
@@ -135,12 +135,9 @@ def main(argv):
     import datetime
 
     import jax
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     from dustjax import io as dio
+    from dustjax.plots import pyplot, save_figure
 
     out = dio.ensure_writable_dir(FLAGS.out)
     rows = []
@@ -159,7 +156,7 @@ def main(argv):
                       "steps", "dtype")),
     )  # fmt: skip
     dio.write_json(out / "unet_throughput.json", result)
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = pyplot().subplots(figsize=(7, 4))
     x = range(len(rows))
     ax.bar([i - 0.2 for i in x], [r["train_images_per_s"] for r in rows], 0.4, label="train")
     ax.bar([i + 0.2 for i in x], [r["predict_images_per_s"] for r in rows], 0.4, label="predict")
@@ -168,8 +165,7 @@ def main(argv):
     ax.set_yscale("log")
     ax.legend()
     ax.set_title(f"POLARIS U-Net throughput on {result['device']}")
-    with dio.atomic_path(out / "unet_throughput.png") as tmp:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+    save_figure(fig, out / "unet_throughput.png")
     header = f"{'model':<16}{'params':>10}{'train img/s':>13}{'pred img/s':>12}{'train TF/s':>12}"
     header += f"{'% bf16 peak':>13}"
     print("\n" + header)
