@@ -1,8 +1,8 @@
 """The POLARIS 2D attention U-Net and its KAN variants (Ribeiro 2025, part II, sect. 2.2, 3.3).
 
-Input ``(batch, H, W, 1)``: log10 column density shifted by `dustjax.polaris.LOG10_COLUMN_SHIFT`;
-output the same shape: log10 of the target density shifted by `LOG10_DENSITY_SHIFT` (no output
-activation: a regression in log10). Layout NHWC.
+Input ``(batch, H, W, 1)``: log10 column density shifted by `LOG10_COLUMN_SHIFT`; output the same
+shape: log10 of the target density shifted by `LOG10_DENSITY_SHIFT` (both in
+`dustjax.polaris.projection`; no output activation: a regression in log10). Layout NHWC.
 
 Architecture for ``levels`` = L and ``base_features`` = f (paper default L = 4, f = 64, one conv
 per block):
