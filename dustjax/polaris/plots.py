@@ -1,4 +1,5 @@
-"""The POLARIS figures: examples (fig. 8), diagnostics (figs. 10-13 analogues), a predicted map.
+"""The POLARIS figures: a simulated cloud (figs. 5-7), validation examples (fig. 8), diagnostics
+(figs. 10-13 analogues) and a predicted map (appendix D).
 
 matplotlib through `dustjax.plots` (Agg backend, imported lazily; atomic writes).
 """
