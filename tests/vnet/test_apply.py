@@ -17,7 +17,7 @@ from dustjax.los import los_operator
 from dustjax.sims import stars as demo
 from dustjax.vnet import apply as ap
 from dustjax.vnet import gridding, plots
-from dustjax.vnet.output import write_outputs
+from dustjax.vnet.output import make_map, write_outputs
 
 REGION = Region.named("SR").with_shape((8, 8, 8))  # 24 pc cells, k = 3
 
@@ -257,3 +257,34 @@ def test_cli_bad_input_is_one_line_without_traceback(tmp_path):
     assert proc.stderr.strip().splitlines()[-1].startswith("apply: ")
     assert "not a training workdir" in proc.stderr
     assert not (tmp_path / "out").exists()  # nothing half-written
+
+
+def test_make_map_checks_its_inputs_before_any_work(tmp_path):
+    with pytest.raises(ap.ApplyError, match="exactly one of a catalogue and a literature cube"):
+        make_map(tmp_path, "SR", tmp_path / "out")
+    with pytest.raises(ap.ApplyError, match="exactly one"):
+        make_map(tmp_path, "SR", tmp_path / "out", catalog="demo", literature_cube="c.fits")
+    with pytest.raises(ap.ApplyError, match="not a training workdir"):
+        make_map(tmp_path, "SR", tmp_path / "out", catalog="demo")
+    assert not (tmp_path / "out").exists()
+
+
+def test_make_map_runs_the_demo_catalogue_end_to_end(tmp_path, monkeypatch):
+    """`make_map` (what experiments/apply.py calls) with the model's loading replaced by a
+    zero predictor on REGION: the region comes from the model, the outputs are all written."""
+    monkeypatch.setattr(ap, "model_region", lambda model: REGION)
+    seen = {}
+
+    def load_predictor(model, region, symmetry="none"):
+        seen.update(region=region, symmetry=symmetry)
+        return (lambda extinction: jnp.zeros_like(extinction)), region, None
+
+    monkeypatch.setattr(ap, "load_predictor", load_predictor)
+    files = make_map("wd", "SR", tmp_path / "out", catalog="demo", demo_stars=300,
+                     num_redraws=2, batch_size=2, symmetry="flip_y", plots=False)  # fmt: skip
+    assert seen["region"].shape == REGION.shape and seen["symmetry"] == "flip_y"
+    assert seen["region"].lower_pc == REGION.lower_pc
+    assert set(files) == {"fits", "summary"} and (tmp_path / "out/demo_catalog.fits").exists()
+    summary = json.loads((tmp_path / "out/summary.json").read_text())
+    assert summary["model_workdir"] == "wd"
+    np.testing.assert_array_equal(maps.DustMap.from_fits(files["fits"]).density, 0.0)
