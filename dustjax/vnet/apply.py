@@ -19,9 +19,9 @@ notebook `colab/vnet_apply.ipynb` and `benchmarks/apply.py` all call these funct
    cell gets an independent uniform random value in [min, max] of the data inside the sub-box
    (a new draw for every Monte Carlo redraw); the prediction is kept inside the sub-box.
 6. **Consistency** (fig. 11): the predicted density integrated back to every star,
-   E_rho = `dustjax.maps.integrate_cartesian` (exact path lengths through the cells, the LOS
-   operator's construction evaluated at the star instead of a cell centre; dust outside the
-   region counts as zero), against the catalogue's E.
+   E_rho = `dustjax.los.integrate_to_points` (exact path lengths through the cells, the LOS
+   operator's kernel evaluated at the star instead of a cell centre; dust outside the region
+   counts as zero), against the catalogue's E.
 7. **Outputs** (`dustjax.vnet.output`): FITS cubes with a Cartesian WCS and the Sun's position
    (`dustjax.maps`), a JSON summary, and the figures of `dustjax.vnet.plots`: XY/XZ slices
    (figs. A1-A4, A6), a face-on map of |Z| < 400 pc (fig. A5).
@@ -46,7 +46,7 @@ import numpy as np
 from dustjax import catalog as cat
 from dustjax import maps
 from dustjax.geometry import Region
-from dustjax.los import los_operator
+from dustjax.los import integrate_to_points, los_operator
 from dustjax.vnet import gridding
 from dustjax.vnet.transforms import denormalise_density, normalise_extinction
 
@@ -281,10 +281,7 @@ def monte_carlo(
 
 def consistency(density, region: Region, catalog: cat.StarCatalog) -> tuple[np.ndarray, dict]:
     """Fig. 11: E_rho (the density integrated to each star) and statistics of E_rho - E."""
-    e_rho = np.asarray(
-        maps.integrate_cartesian(density, region.lower_pc, region.cell_size_pc, catalog.xyz_pc),
-        np.float64,
-    )
+    e_rho = np.asarray(integrate_to_points(density, region, catalog.xyz_pc), np.float64)
     diff = e_rho - catalog.extinction
     q16, q50, q84 = np.percentile(diff, [16, 50, 84])
     pull = diff / catalog.sigma_extinction
