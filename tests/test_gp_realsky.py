@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dustjax.catalog import galactic_to_cartesian_np
+from dustjax.geometry import galactic_to_cartesian_np
 from dustjax.gp import realsky, svgp
 from dustjax.gp.grid import LBDGrid
 
@@ -199,7 +199,7 @@ def test_log_spherical_coordinates_scale_physical_steps_by_d_ref_over_d():
         lon, lat, d = rng.uniform(-10, 15), rng.uniform(-9, 9), rng.uniform(100, 400)
         x0 = galactic_to_cartesian_np(lon, lat, d)
         step = rng.normal(size=3) * 1e-3  # a tiny physical step (pc)
-        from dustjax.catalog import cartesian_to_galactic_np
+        from dustjax.geometry import cartesian_to_galactic_np
 
         u0 = kc(lon, lat, d)
         u1 = kc(*cartesian_to_galactic_np(x0 + step))

@@ -1,1 +1,1 @@
-"""One-off studies and result comparisons (not entry points; see docs/layout in shared guides)."""
+"""One-off studies and result comparisons (not entry points): ``python -m tools.NAME``."""

@@ -25,7 +25,7 @@ import math
 
 import numpy as np
 
-from dustjax.catalog import galactic_to_cartesian_np
+from dustjax.geometry import galactic_to_cartesian_np
 
 KINDS = ("xyz", "log_spherical")
 

@@ -5,7 +5,7 @@ the truth is any density field with a point value and an exact line-of-sight int
 
 * `CubeField`: a Cartesian cube (a real map such as the shared Bayestar19 cut, or a simulated
   cube): the density of the cell holding a point, and the exact integral through the cells
-  (`dustjax.maps.integrate_cartesian`, the project's one Cartesian integral);
+  (`dustjax.los.integrate_to_points`, the project's one Cartesian integral);
 * `dustjax.gp.simulate.ClumpField`: the paper's background plus Gaussian clumps (error functions);
 * `lognormal_field`: a log-normal Gaussian random field on a Cartesian cube (another generator).
 
@@ -48,11 +48,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dustjax.catalog import StarCatalog, galactic_to_cartesian_np
+from dustjax import sharding
+from dustjax.catalog import StarCatalog
+from dustjax.geometry import galactic_to_cartesian_np
 from dustjax.gp import fit as gpfit
 from dustjax.gp import svgp
 from dustjax.gp.coords import KernelCoords
-from dustjax.gp.grid import LBDGrid, apply_star_operator
+from dustjax.gp.grid import LBDGrid
+from dustjax.los import apply_star_operator, integrate_to_points
 
 logger = logging.getLogger(__name__)
 
@@ -86,10 +89,13 @@ class CubeField:
 
     def extinction(self, l_deg, b_deg, distance_pc) -> np.ndarray:
         """The exact integral from the Sun through the cells (mag)."""
-        from dustjax.maps import integrate_cartesian
-
         xyz = galactic_to_cartesian_np(l_deg, b_deg, distance_pc).reshape(-1, 3)
-        out = integrate_cartesian(self.density_cube, self.lower_pc, self.cell_pc, xyz)
+        shape = self.density_cube.shape
+        edges = [
+            lo + step * np.arange(n + 1)
+            for lo, step, n in zip(self.lower_pc, self.cell_pc, shape, strict=True)
+        ]
+        out = integrate_to_points(self.density_cube, edges, xyz)
         return np.asarray(out, np.float64).reshape(np.shape(distance_pc))
 
     def to_dict(self) -> dict[str, Any]:
@@ -564,7 +570,7 @@ def run_test(truth, settings: TestSettings, *, progress: bool = False) -> dict[s
     dtype = jnp.float64 if settings.dtype == "float64" else jnp.float32
     fit_settings = gpfit.FitSettings(**(settings.fit | dict(kernel_coords=settings.kernel_coords)))
     catalog = to_catalog(stars, fit_sl)
-    mesh = gpfit.make_mesh()
+    mesh = sharding.make_mesh(axis=gpfit.STAR_AXIS)
     star_data = gpfit.make_star_data(catalog, grid, num_shards=mesh.devices.size, dtype=dtype)
     model = dict(
         num_inducing=settings.num_inducing,
