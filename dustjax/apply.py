@@ -334,6 +334,7 @@ def consistency(density, region: Region, catalog: cat.StarCatalog) -> tuple[np.n
         median_pull=float(np.median(pull)),
         fraction_within_1sigma=float(np.mean(np.abs(pull) < 1)),
         fraction_within_3sigma=float(np.mean(np.abs(pull) < 3)),
+        median_sigma_extinction_mag=float(np.median(catalog.sigma_extinction)),
     )
     return e_rho, stats
 
@@ -351,13 +352,22 @@ def run_catalog(
     subregion=None,
     truth=None,
     progress: bool = True,
+    model_config=None,
 ) -> MapResult:
     """A star catalogue -> density map with Monte Carlo uncertainties and the fig.-11 check.
 
     ``subregion`` ``((x0, x1), (y0, y1), (z0, z1))`` (pc) keeps only the stars inside it and
     fills the cells outside with random values (appendix A). ``truth`` (a density cube, e.g.
     the demo's) adds residual statistics. ``num_redraws=0`` skips the Monte Carlo.
+    A failed fig.-11 check logs a WARNING and sets ``summary["consistency_warning"]``; with the
+    model's training ``model_config``, a catalogue unlike the training data (or a model trained
+    without the observation loop) sets ``summary["input_warnings"]`` (`dustjax.vnet.checks`).
     """
+    from dustjax.vnet import checks
+
+    input_warnings = checks.training_mismatch_warnings(catalog, model_config)
+    for line in input_warnings:
+        log.warning("bad input: %s", line)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     inside = None
@@ -406,6 +416,9 @@ def run_catalog(
         stars = catalog.select(ok)
     e_rho, check = consistency(density, region, stars)
     timings["consistency_s"] = time.perf_counter() - t
+    warning = checks.consistency_warning(check, check.get("median_sigma_extinction_mag", 0.0))
+    if warning:
+        log.warning("%s", warning)
 
     summary = dict(
         input="catalogue",
@@ -417,6 +430,10 @@ def run_catalog(
         density=_cube_stats(density, inside),
         timings_s=timings,
     )
+    if warning:
+        summary["consistency_warning"] = warning
+    if input_warnings:
+        summary["input_warnings"] = input_warnings
     if mc:
         summary["density_std"] = _cube_stats(mc["density_std"], inside)
     if subregion is not None:

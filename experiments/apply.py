@@ -7,6 +7,7 @@ r"""Apply a trained V-net to a star catalogue or a literature cube (thin entry p
     python -m experiments.apply --region=LR --literature_cube=vergely2022_10pc.fits \
         --model=workdirs/vnet_lr
     make apply REGION=SR CATALOG=stars.fits MODEL=workdirs/vnet_sr
+    python -m experiments.apply --region=SR --catalog=stars.fits --method=nnls  # no network
 
 The region's box comes from --region; its cube size from the model (a model trained on SR at
 16^3 maps SR at 16^3), unless --shape asks for one, which must then match the model. All logic
@@ -34,7 +35,14 @@ def define_flags() -> None:
     flags.DEFINE_string(
         "literature_cube", None, "A Cartesian density cube (FITS) instead of stars."
     )
-    flags.DEFINE_string("model", None, "Training workdir of the V-net.", required=True)
+    flags.DEFINE_string("model", None, "Training workdir of the V-net (--method=vnet).")
+    flags.DEFINE_enum(
+        "method", "vnet", ["vnet", "nnls"],
+        "vnet: the trained model in --model; nnls: non-negative least squares through the LOS "
+        "operator, no network (dustjax.inversion; the region's cells are 32^3 unless --shape).",
+    )  # fmt: skip
+    flags.DEFINE_float("nnls_smoothness", None, "NNLS gradient-regulariser weight (default: lib).")
+    flags.DEFINE_integer("nnls_steps", None, "NNLS accelerated projected-gradient iterations.")
     flags.DEFINE_string("workdir", None, "Output directory (default workdirs/apply_<region>).")
     flags.DEFINE_list("columns", [], "Column names, logical=name, e.g. extinction=A0,l=GLON.")
     flags.DEFINE_enum("coords", "galactic", ["galactic", "cartesian"], "Catalogue positions.")
@@ -79,11 +87,24 @@ def run():
     if (FLAGS.catalog is None) == (FLAGS.literature_cube is None):
         raise app.UsageError("give exactly one of --catalog and --literature_cube")
     box = Region.named(FLAGS.region)
-    model_region = ap.model_region(FLAGS.model)
-    shape = tuple(int(n) for n in FLAGS.shape) if FLAGS.shape else model_region.shape
-    region = box if shape == box.shape else box.with_shape(shape)
-    predictor, region, _ = ap.load_predictor(FLAGS.model, region, symmetry=FLAGS.symmetry)
-    logging.info("model %s, %s", FLAGS.model, region)
+    config = None
+    if FLAGS.method == "nnls":
+        from dustjax import inversion
+
+        shape = tuple(int(n) for n in FLAGS.shape) if FLAGS.shape else box.shape
+        region = box if shape == box.shape else box.with_shape(shape)
+        kw = {k: v for k, v in (("smoothness", FLAGS.nnls_smoothness),
+                                ("num_steps", FLAGS.nnls_steps)) if v is not None}  # fmt: skip
+        predictor = inversion.nnls_predictor(region, **kw)
+        logging.info("NNLS %s, %s", predictor.nnls_settings, region)
+    else:
+        if FLAGS.model is None:
+            raise app.UsageError("--method=vnet needs --model (a training workdir)")
+        model_region = ap.model_region(FLAGS.model)
+        shape = tuple(int(n) for n in FLAGS.shape) if FLAGS.shape else model_region.shape
+        region = box if shape == box.shape else box.with_shape(shape)
+        predictor, region, config = ap.load_predictor(FLAGS.model, region, symmetry=FLAGS.symmetry)
+        logging.info("model %s, %s", FLAGS.model, region)
     outdir = Path(FLAGS.workdir or f"workdirs/apply_{FLAGS.region}")
     subregion = None
     if FLAGS.subregion:
@@ -125,14 +146,19 @@ def run():
             knn_backend=FLAGS.knn_backend,
             subregion=subregion,
             truth=truth,
+            model_config=config,
         )
-    result.summary["model_workdir"] = str(FLAGS.model)
+    result.summary["method"] = FLAGS.method
+    if FLAGS.method == "nnls":
+        result.summary["nnls"] = predictor.nnls_settings
+    else:
+        result.summary["model_workdir"] = str(FLAGS.model)
     files = ap.write_outputs(
         outdir,
         result,
         write_fits=FLAGS.write_fits,
         plots=FLAGS.plots,
-        header={"MODELDIR": str(FLAGS.model)[-60:]},
+        header={"MODELDIR": str(FLAGS.model)[-60:] if FLAGS.method == "vnet" else "nnls"},
     )
     for name, path in files.items():
         logging.info("wrote %s: %s", name, path)

@@ -1,0 +1,1 @@
+"""One-off studies and result comparisons (run as ``python -m tools.NAME``; not entry points)."""
