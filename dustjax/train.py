@@ -334,8 +334,16 @@ def _simulate_source(config, split, *, batch_size, seed, epoch, train):
     return _Sized(batches, steps)
 
 
+def _simulate_observed_source(config, split, **kw):
+    """Simulated cubes observed as star catalogues (`dustjax.vnet.observe`)."""
+    from dustjax.vnet.observe import simulate_observed_source
+
+    return simulate_observed_source(config, split, **kw)
+
+
 register_data_source("tfrecord", _tfrecord_source)
 register_data_source("simulate", _simulate_source)
+register_data_source("simulate_observed", _simulate_observed_source)
 
 
 # ---- optimiser and schedules ---------------------------------------------------------------------

@@ -1,0 +1,26 @@
+r"""LR V-net for the real sky (issue 17): sky-like cubes, catalogue observation in the loop,
+asinh normalisation, variance head. Not the paper's recipe (that is `vnet_lr.py`).
+
+    python -m experiments.train --config=experiments/configs/vnet_sky_lr.py \
+        --workdir=workdirs/vnet_sky_lr
+    # the device recipe (train ~N s, then calibrate the variance head):
+    python -m tools.vnet_sky_device --regions=LR --train_seconds=150 --out=OUT
+
+Hardware: one GPU (bfloat16, input block float32). Data: VS's "sky" simulator,
+3 x 10^5 - 1.2 x 10^6 stars per cube uniform in the box, sigma_E = hypot(a, b E) with a in
+[0.02, 0.10] mag, b in [0.02, 0.10], distance errors 0-8 %, eq. 5 with k = 30
+(`dustjax.vnet.observe`).
+Time and metric: see docs/validation.md, "Real sky" (filled in from the device runs).
+"""
+
+from experiments.configs.vnet_sky_common import vnet_sky_config
+
+
+def get_config():
+    c = vnet_sky_config("vnet_sky_lr", "LR")
+    c.model.kwargs.features = (64, 128, 256, 512)
+    c.data.eval_steps = 4
+    c.observation.group = 8  # 8 cubes at a time: bounds the k-nearest search's memory
+    c.data.steps_per_epoch = 500
+    c.num_epochs = 8
+    return c
