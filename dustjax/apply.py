@@ -102,7 +102,12 @@ def load_predictor(
     simulator = train.simulator_name(train.load_config(workdir))
     transforms = sym.region_symmetries(trained, symmetry, simulator)
     model, variables, config = train.load_trained(workdir, which=which)
-    return sym.symmetrised(density_predictor(model, variables), transforms), trained, config
+    # The run's own normalisation and head (eq. 1-2 + ReLU for the paper's runs: the same numbers
+    # as `density_predictor`; asinh / variance head for the real-sky runs).
+    from dustjax.vnet.normalisation import predictor_from_config
+
+    point = predictor_from_config(config, model, variables, workdir).density
+    return sym.symmetrised(point, transforms), trained, config
 
 
 def check_model_region(trained: Region, region: Region, workdir="the model") -> None:

@@ -26,9 +26,10 @@ largest eigenvalue of A^T A, so one value means the same on any region or cell s
 - ``"gradient"``: 1/2 sum over the three axes of the squared differences of neighbouring cells
   (first-order Tikhonov; favours smooth maps, pulls nothing towards zero);
 - ``"ridge"``: 1/2 |rho|^2 (zeroth-order Tikhonov).
-The default weight was chosen on simulations (docs/validation.md, "Real sky"), not on the real
-cubes. Uncertainties: the apply pipeline's Monte Carlo over the catalogue extinctions, which
-propagates the noise of E only; it ignores model error (the choice of regulariser and its
+The default weight (`DEFAULT_SMOOTHNESS`, per kind of input: exact literature cubes or noisy
+gridded catalogues) was chosen on sky-like simulations (docs/validation.md, "Real sky"), not on
+the real cubes. Uncertainties: the apply pipeline's Monte Carlo over the catalogue extinctions,
+which propagates the noise of E only; it ignores model error (the choice of regulariser and its
 weight, the piecewise-constant cells, the truncation of the iterations).
 """
 
@@ -44,7 +45,11 @@ import numpy as np
 from dustjax.geometry import Region
 from dustjax.los import _crossings, los_operator
 
-DEFAULT_SMOOTHNESS = 0.0
+# Default regularisation weights per kind of input, chosen on sky-like simulations
+# (tools/nnls_smoothness.py; docs/validation.md, "Real sky"): exact extinction cubes (literature
+# route) want only a touch of smoothing (it mostly stabilises the truncated iteration); gridded,
+# noisy catalogue extinctions want ten times more.
+DEFAULT_SMOOTHNESS = {"literature": 1e-5, "catalogue": 1e-4}
 DEFAULT_STEPS = 1000
 REGULARISERS = ("gradient", "ridge")
 # Largest eigenvalue of R'' for each regulariser: the 3D difference operator D^T D (Neumann
@@ -208,7 +213,7 @@ def solve_nnls(
     op,
     data,
     *,
-    smoothness: float = DEFAULT_SMOOTHNESS,
+    smoothness: float = 0.0,
     regulariser: str = "gradient",
     num_steps: int = DEFAULT_STEPS,
     accelerate: bool = True,
@@ -246,19 +251,32 @@ def solve_nnls(
 
 
 # ==== the two routes ==============================================================================
+def default_smoothness(input_kind: str) -> float:
+    """`DEFAULT_SMOOTHNESS` of "literature" (exact cubes) or "catalogue" (gridded, noisy) input."""
+    if input_kind not in DEFAULT_SMOOTHNESS:
+        raise ValueError(
+            f"input_kind must be one of {sorted(DEFAULT_SMOOTHNESS)}, got {input_kind!r}"
+        )
+    return DEFAULT_SMOOTHNESS[input_kind]
+
+
 def nnls_predictor(
     region: Region,
     *,
-    smoothness: float = DEFAULT_SMOOTHNESS,
+    smoothness: float | None = None,
+    input_kind: str = "catalogue",
     regulariser: str = "gradient",
     num_steps: int = DEFAULT_STEPS,
     accelerate: bool = True,
 ):
     """A `dustjax.apply.Predictor`: extinction cubes ``(B, nx, ny, nz)`` -> NNLS density.
 
-    The operator and its L are built once; the returned function is jit-able (the apply
-    pipeline's Monte Carlo calls it on batches of redraws).
+    ``smoothness`` None takes the default of ``input_kind`` ("literature": exact extinction
+    cubes; "catalogue": gridded catalogue extinctions). The operator and its L are built once;
+    the returned function is jit-able (the apply pipeline's Monte Carlo calls it on batches).
     """
+    if smoothness is None:
+        smoothness = default_smoothness(input_kind)
     op = los_operator(region)
     l_a = largest_eigenvalue(op)
     lam = float(smoothness) * l_a
@@ -291,7 +309,7 @@ def invert_catalog(
     catalog,
     region: Region,
     *,
-    smoothness: float = DEFAULT_SMOOTHNESS,
+    smoothness: float = 0.0,
     regulariser: str = "gradient",
     num_steps: int = DEFAULT_STEPS,
     accelerate: bool = True,

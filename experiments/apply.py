@@ -41,7 +41,7 @@ def define_flags() -> None:
         "vnet: the trained model in --model; nnls: non-negative least squares through the LOS "
         "operator, no network (dustjax.inversion; the region's cells are 32^3 unless --shape).",
     )  # fmt: skip
-    flags.DEFINE_float("nnls_smoothness", None, "NNLS gradient-regulariser weight (default: lib).")
+    flags.DEFINE_float("nnls_smoothness", None, "NNLS regulariser weight (default: per input).")
     flags.DEFINE_integer("nnls_steps", None, "NNLS accelerated projected-gradient iterations.")
     flags.DEFINE_string("workdir", None, "Output directory (default workdirs/apply_<region>).")
     flags.DEFINE_list("columns", [], "Column names, logical=name, e.g. extinction=A0,l=GLON.")
@@ -95,7 +95,8 @@ def run():
         region = box if shape == box.shape else box.with_shape(shape)
         kw = {k: v for k, v in (("smoothness", FLAGS.nnls_smoothness),
                                 ("num_steps", FLAGS.nnls_steps)) if v is not None}  # fmt: skip
-        predictor = inversion.nnls_predictor(region, **kw)
+        kind = "literature" if FLAGS.literature_cube else "catalogue"
+        predictor = inversion.nnls_predictor(region, input_kind=kind, **kw)
         logging.info("NNLS %s, %s", predictor.nnls_settings, region)
     else:
         if FLAGS.model is None:

@@ -115,12 +115,21 @@ def test_predictor_solves_a_batch_and_clips_negative_input():
     op = los_operator(SMALL)
     rho = np.stack([_density(SMALL, 9), 2 * _density(SMALL, 10)])
     e = np.asarray(op(rho))
-    predict = inv.nnls_predictor(SMALL, num_steps=20000)
+    predict = inv.nnls_predictor(SMALL, smoothness=0.0, num_steps=20000)
     out = np.asarray(jax.jit(predict)(jnp.asarray(e)))
     assert out.shape == rho.shape
     np.testing.assert_allclose(out, rho, atol=1e-3 * rho.max())
     zero = np.asarray(predict(-jnp.ones((1, *SMALL.shape))))
     assert np.all(zero == 0)
+
+
+def test_default_smoothness_depends_on_the_input():
+    lit = inv.nnls_predictor(SMALL, input_kind="literature", num_steps=10)
+    cat_ = inv.nnls_predictor(SMALL, num_steps=10)
+    assert lit.nnls_settings["smoothness"] == inv.DEFAULT_SMOOTHNESS["literature"]
+    assert cat_.nnls_settings["smoothness"] == inv.DEFAULT_SMOOTHNESS["catalogue"]
+    with pytest.raises(ValueError, match="input_kind"):
+        inv.nnls_predictor(SMALL, input_kind="exact")
 
 
 def test_bad_settings_are_refused():

@@ -160,7 +160,7 @@ def test_distance_power_shapes_the_distance_distribution():
 def test_literature_route_nnls_is_near_exact_on_a_uniform_slab(tmp_path):
     density, header = _slab_cube()
     cube = realsky.cube_from_array(density.T, header)
-    predictor, _, info = realsky.load_model("nnls", REGION, nnls_steps=5000)
+    predictor, _, info = realsky.load_model("nnls", REGION, nnls_steps=5000, route="literature")
     report, result = realsky.evaluate(cube, REGION, predictor, route="literature")
     s = report["scores"]
     assert s["skill"] > 0.99 and s["dust_recovered"] == pytest.approx(1.0, abs=0.01)

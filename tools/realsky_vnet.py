@@ -39,7 +39,12 @@ def parse_args(argv=None):
     p.add_argument("--num_redraws", type=int, default=32, help="Monte Carlo redraws (0: none)")
     p.add_argument("--batch_size", type=int, default=8, help="redraws per device batch")
     p.add_argument("--nnls_steps", type=int, default=None, help="NNLS iterations")
-    p.add_argument("--nnls_smoothness", type=float, default=None, help="NNLS gradient weight")
+    p.add_argument(
+        "--nnls_smoothness",
+        type=float,
+        default=None,
+        help="NNLS gradient weight (default: dustjax.inversion.DEFAULT_SMOOTHNESS of the route)",
+    )
     p.add_argument(
         "--reflect",
         choices=["auto", "none"],
@@ -63,7 +68,11 @@ def main(argv=None) -> dict:
     cube = realsky.load_cube(args.cube, density_scale=args.density_scale)
     cube, reflected = realsky.fit_to_region(cube, region, args.reflect)
     predictor, hat_model, model_info = realsky.load_model(
-        args.model, region, nnls_steps=args.nnls_steps, nnls_smoothness=args.nnls_smoothness
+        args.model,
+        region,
+        nnls_steps=args.nnls_steps,
+        nnls_smoothness=args.nnls_smoothness,
+        route=args.route,
     )
     report, result = realsky.evaluate(
         cube,

@@ -345,7 +345,9 @@ def _pearson(a, b) -> float:
 
 
 # ==== models ======================================================================================
-def load_model(model: str, region: Region, *, nnls_steps=None, nnls_smoothness=None):
+def load_model(
+    model: str, region: Region, *, nnls_steps=None, nnls_smoothness=None, route="catalogue"
+):
     """``(predictor, hat_model or None, info)`` for a training workdir or ``"nnls"``.
 
     ``hat_model`` is the workdir's model when it has a variance head (VT's
@@ -361,33 +363,21 @@ def load_model(model: str, region: Region, *, nnls_steps=None, nnls_smoothness=N
             kw["num_steps"] = int(nnls_steps)
         if nnls_smoothness is not None:
             kw["smoothness"] = float(nnls_smoothness)
-        predictor = inversion.nnls_predictor(region, **kw)
+        predictor = inversion.nnls_predictor(region, input_kind=route, **kw)
         return predictor, None, dict(model="nnls", **predictor.nnls_settings)
-    predictor, _, config = ap.load_predictor(model, region)
-    hat_model = None
-    try:
-        from dustjax.vnet import normalisation
-    except ImportError:
-        normalisation = None
-    loader = getattr(normalisation, "load_model_predictor", None)
-    if loader is not None:
-        candidate = loader(model, region)
-        sigma = getattr(candidate, "predict_hat", None)
-        if sigma is not None and _has_variance_head(config):
-            hat_model = candidate
+    from dustjax import train
+    from dustjax.vnet import normalisation
+
+    model_predictor = normalisation.load_model_predictor(model, region)
+    config = train.load_config(model)
+    predictor = model_predictor.density
+    hat_model = model_predictor if model_predictor.has_variance else None
     info = dict(model=str(model), variance_head=hat_model is not None)
     try:
         info["config"] = json.loads(config.to_json_best_effort())
     except Exception:  # the config is provenance only
         info["config"] = None
     return predictor, hat_model, info
-
-
-def _has_variance_head(config) -> bool:
-    try:
-        return int(config.model.kwargs.get("num_outputs", 1)) == 2
-    except (AttributeError, TypeError, ValueError):
-        return False
 
 
 def monte_carlo_band(
