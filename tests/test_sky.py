@@ -21,6 +21,7 @@ from dustjax.sims.sky import (
     deposit_gaussians,
     preset_name,
     sky_density,
+    smoothed_exponential,
 )
 
 # Small boxes with the paper regions' cell sizes, so that the tests compile in seconds.
@@ -132,6 +133,21 @@ def test_deposit_gaussians_keeps_mass_and_peak():
         jnp.array([[33.0, 33.0, 33.0]]), jnp.array([40.0]), jnp.ones(1), region
     )
     np.testing.assert_allclose(float(wide[5, 5, 5]), 1.0, rtol=3e-3)
+
+
+def test_smoothed_exponential_is_the_convolution():
+    u = np.linspace(-800.0, 800.0, 16_001)  # 0.1 pc steps
+    h, sigma = 100.0, 25.0
+    offsets = np.arange(-1500, 1501) * 0.1  # the kernel to +-6 sigma
+    gauss = np.exp(-0.5 * (offsets / sigma) ** 2)
+    numeric = np.convolve(np.exp(-np.abs(u) / h), gauss / gauss.sum(), mode="same")
+    inner = np.abs(u) < 500
+    analytic = np.asarray(smoothed_exponential(jnp.asarray(u), h, sigma))
+    np.testing.assert_allclose(analytic[inner], numeric[inner], rtol=1e-4)
+    # Far from the cusp it is exp(-|u| / h) times exp(sigma^2 / 2 h^2); finite far out.
+    far = np.asarray(smoothed_exponential(jnp.asarray([400.0, 5000.0]), h, sigma))
+    np.testing.assert_allclose(far[0], np.exp(-4.0 + 0.5 * (sigma / h) ** 2), rtol=1e-5)
+    assert np.isfinite(far[1]) and far[1] >= 0
 
 
 def test_through_the_registry_and_the_los_operator():

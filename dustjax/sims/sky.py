@@ -22,8 +22,10 @@ LR, custom boxes and cell counts). One cube is
   field with P(k) ~ (k^2 + k_0^2)^(-beta/2): beta in [3.3, 4.0] around Kolmogorov's 11/3 (the
   log-density of supersonic turbulence, Kowal et al. 2007; Federrath et al. 2010; the shared
   cubes' log-density spectra fall as k^-3 .. k^-4 over the resolved range, see
-  tools/sky_vs_real.py), an outer (driving) scale 2 pi / k_0 in [50, 300] pc (supernova-driven
-  turbulence, ~100 pc: Joung & Mac Low 2006; Haverkorn et al. 2008), and a log-normal width sigma
+  tools/sky_vs_real.py), an outer scale 2 pi / k_0 drawn log-uniform in [100, 2000] pc (supernova
+  driving injects at ~100 pc, Joung & Mac Low 2006, but the ISM keeps a single power law up to kpc
+  scales, e.g. the LMC's HI, Elmegreen, Kim & Staveley-Smith 2001; a 50-300 pc outer scale
+  leaves 60 pc cells white, far flatter than the shared LR cube), and a log-normal width sigma
   in [0.8, 2.0] (sigma^2 = ln(1 + b^2 M^2), Padoan & Nordlund 2002, for M ~ 1-10, b ~ 0.3-1).
   rho_mid, the mid-plane mean of the diffuse dust, is drawn log-uniform in [2e-5, 5e-3] mag/pc
   (A_V/L = 0.02 - 5 mag/kpc: the classic plane average 1.8 mag/kpc, Whittet 2003, and
@@ -46,8 +48,12 @@ LR, custom boxes and cell counts). One cube is
 
 No ceiling is imposed: Bayestar19's rendering clips at 0.036 mag/pc and is a posterior mean
 (smoother than the sky), so the simulator keeps structure down to the cell scale and peaks above
-that clip. Regions: `SKY_SR` and `SKY_LR` differ only in the cloud population (count, clump
-radii, walk steps); `SkyParams()` (the registry default) takes them from the region by name
+that clip. Each cube's effective resolution is drawn too: a Gaussian smoothing of FWHM 0-1 cell
+(the literature route smooths a map to the region's cells, FWHM ~1 cell for LR) applied to the
+random fields, the clumps (mass kept) and the cavity edges.
+
+Regions: `SKY_SR` and `SKY_LR` differ only in the cloud population (count, clump radii, walk
+steps); `SkyParams()` (the registry default) takes them from the region by name
 ("SR", "LR", "SR@..."), or by cell size for custom regions (>= 20 pc: LR's).
 
 Pure JAX: jit- and vmap-able, deterministic given the PRNG key, on CPU or GPU; every random knob
@@ -62,7 +68,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.scipy.special import erf, ndtri
+from jax.scipy.special import erf, erfc, ndtri
 
 from dustjax.geometry import Region
 
@@ -118,12 +124,14 @@ class SkyParams:
       bubble_probability: chance that a cube has a cavity around the Sun.
       bubble_radius_range_pc: uniform prior of that cavity's radius (pc).
       depletion_range: log-uniform prior of the factor applied inside emptied regions.
+      smoothing_fwhm_cells_range: uniform prior of the effective resolution, the FWHM (in cells)
+        of a Gaussian applied to the random fields, the clumps and the cavity edges.
     """
 
     diffuse_mid_range_mag_per_pc: tuple[float, float] = (2e-5, 5e-3)
     sigma_ln_range: tuple[float, float] = (0.8, 2.0)
     spectral_index_range: tuple[float, float] = (3.3, 4.0)
-    driving_scale_range_pc: tuple[float, float] = (50.0, 300.0)
+    driving_scale_range_pc: tuple[float, float] = (100.0, 2000.0)
     padding: int = 2
     scale_height_range_pc: tuple[float, float] = (50.0, 200.0)
     midplane_range_pc: tuple[float, float] = (-80.0, 40.0)
@@ -144,6 +152,7 @@ class SkyParams:
     bubble_probability: float = 0.8
     bubble_radius_range_pc: tuple[float, float] = (50.0, 200.0)
     depletion_range: tuple[float, float] = (1e-4, 1e-1)
+    smoothing_fwhm_cells_range: tuple[float, float] = (0.0, 1.0)
 
     def __post_init__(self):
         for name in (
@@ -206,10 +215,11 @@ def _log_uniform(key, bounds, shape=()):
     return jnp.exp(jax.random.uniform(key, shape, minval=math.log(lo), maxval=math.log(hi)))
 
 
-def _standard_field(key, shape, cell_size, spectral_index, outer_scale_pc):
-    """A periodic unit-variance Gaussian field, P(k) ~ (k^2 + k_0^2)^(-spectral_index / 2).
+def _standard_field(key, shape, cell_size, spectral_index, outer_scale_pc, smoothing_pc=0.0):
+    """A periodic unit-variance Gaussian field, P(k) ~ (k^2 + k_0^2)^(-spectral_index / 2),
+    smoothed by a Gaussian of standard deviation ``smoothing_pc``.
 
-    ``spectral_index`` and ``outer_scale_pc`` may be traced; k in rad/pc.
+    ``spectral_index``, ``outer_scale_pc`` and ``smoothing_pc`` may be traced; k in rad/pc.
     """
     noise = jax.random.normal(key, shape, jnp.float32)
     pairs = zip(shape[:-1], cell_size[:-1], strict=True)
@@ -218,9 +228,25 @@ def _standard_field(key, shape, cell_size, spectral_index, outer_scale_pc):
     k2 = sum(np.meshgrid(*[f**2 for f in freqs], indexing="ij")).astype(np.float32)
     k0 = 2 * jnp.pi / outer_scale_pc
     amplitude = (jnp.asarray(k2) + k0**2) ** (-spectral_index / 4.0)
+    amplitude = amplitude * jnp.exp(-0.5 * jnp.asarray(k2) * smoothing_pc**2)
     amplitude = amplitude.at[(0,) * len(shape)].set(0.0)  # no power in the mean
     field = jnp.fft.irfftn(jnp.fft.rfftn(noise) * amplitude, s=shape)
     return (field - field.mean()) / field.std()
+
+
+def smoothed_exponential(u, scale, sigma):
+    """exp(-|u| / scale) convolved with a unit Gaussian of standard deviation ``sigma`` (> 0):
+
+    0.5 exp(s^2 / 2h^2) [exp(-a / h) erfc((s^2 / h - a) / (sqrt 2 s))
+                         + exp(a / h) erfc((s^2 / h + a) / (sqrt 2 s))],  a = |u|, h = scale.
+    """
+    a = jnp.abs(u)
+    r2s = math.sqrt(2.0) * sigma
+    lead = jnp.exp(-a / scale) * erfc((sigma**2 / scale - a) / r2s)
+    # exp(a/h) erfc(x) with x >= a / (sqrt 2 s): written as exp(a/h - x^2) erfcx(x) would be
+    # exact; erfc underflows to 0 first (x > ~10), long before exp(a/h) overflows (a/h > 88).
+    trail = jnp.exp(jnp.minimum(a / scale, 80.0)) * erfc((sigma**2 / scale + a) / r2s)
+    return 0.5 * jnp.exp(0.5 * (sigma / scale) ** 2) * (lead + trail)
 
 
 def _crop(field, shape):
@@ -238,6 +264,11 @@ def sky_density(key: jax.Array, region: Region, params: SkyParams = SKY) -> jax.
     x, y, z = jnp.meshgrid(*centres, indexing="ij")
     centre = 0.5 * (np.asarray(region.lower_pc) + np.asarray(region.upper_pc))
 
+    # Effective resolution: a Gaussian smoothing of FWHM in [0, 1] cell (Bayestar19 regridded to
+    # the region is ~1 cell; the true sky is sharper), applied to the fields, clumps and edges.
+    fwhm_cells = _uniform(next(keys), p.smoothing_fwhm_cells_range)
+    smoothing_pc = fwhm_cells * float(np.mean(cell)) / (2.0 * math.sqrt(2.0 * math.log(2.0)))
+
     # Disc: exponential in |Z - z_mid(X, Y)|, a radial gradient in a random direction.
     scale_height = _uniform(next(keys), p.scale_height_range_pc)
     tilt = jax.random.uniform(next(keys), (2,), minval=-p.tilt_max, maxval=p.tilt_max)
@@ -246,7 +277,12 @@ def sky_density(key: jax.Array, region: Region, params: SkyParams = SKY) -> jax.
     def z_mid(xs, ys):
         return z_mid_centre + tilt[0] * (xs - centre[0]) + tilt[1] * (ys - centre[1])
 
-    disc = jnp.exp(-jnp.abs(z - z_mid(x, y)) / scale_height)
+    # The cusp of exp(-|u| / h) is rounded by the resolution: the cell's width (variance
+    # dz^2 / 12) and the drawn smoothing, added in quadrature.
+    dz = float(region.cell_size_pc[2])
+    disc = smoothed_exponential(
+        z - z_mid(x, y), scale_height, jnp.hypot(smoothing_pc, dz / 12**0.5)
+    )
     if p.scale_length_range_pc is not None:
         angle = jax.random.uniform(next(keys), maxval=2 * jnp.pi)
         length = _uniform(next(keys), p.scale_length_range_pc)
@@ -258,24 +294,26 @@ def sky_density(key: jax.Array, region: Region, params: SkyParams = SKY) -> jax.
     sigma_ln = _uniform(next(keys), p.sigma_ln_range)
     beta = _uniform(next(keys), p.spectral_index_range)
     outer = _log_uniform(next(keys), p.driving_scale_range_pc)
-    g = _crop(_standard_field(next(keys), padded, tuple(cell), beta, outer), shape)
+    g = _standard_field(next(keys), padded, tuple(cell), beta, outer, smoothing_pc)
+    g = _crop(g, shape)
     diffuse = jnp.exp(sigma_ln * g - 0.5 * sigma_ln**2)
     rho_mid = _log_uniform(next(keys), p.diffuse_mid_range_mag_per_pc)
     density = rho_mid * disc * diffuse
 
     # Clouds.
-    clouds = _clouds(next(keys), region, p, scale_height, z_mid)
+    clouds = _clouds(next(keys), region, p, scale_height, z_mid, smoothing_pc)
     density = density + clouds
 
     # Cavities: a random fraction emptied by a smooth field, and a bubble around the Sun.
     depletion = _log_uniform(next(keys), p.depletion_range)
     empty_fraction = _uniform(next(keys), p.empty_fraction_range)
-    smooth = _crop(_standard_field(next(keys), padded, tuple(cell), p.empty_smoothness, 1e9), shape)
+    smooth = _standard_field(next(keys), padded, tuple(cell), p.empty_smoothness, 1e9, smoothing_pc)
+    smooth = _crop(smooth, shape)
     threshold = ndtri(jnp.clip(empty_fraction, 1e-6, 1 - 1e-6))
     keep = jax.nn.sigmoid((smooth - threshold) / 0.1)
     has_bubble = jax.random.uniform(next(keys)) < p.bubble_probability
     radius = _uniform(next(keys), p.bubble_radius_range_pc)
-    edge = max(10.0, 0.5 * float(cell.max()))
+    edge = jnp.sqrt(max(10.0, 0.5 * float(cell.max())) ** 2 + smoothing_pc**2)
     distance = jnp.sqrt(x**2 + y**2 + z**2)
     outside = jax.nn.sigmoid((distance - radius) / edge)
     keep = keep * jnp.where(has_bubble, outside, 1.0)
@@ -283,7 +321,7 @@ def sky_density(key: jax.Array, region: Region, params: SkyParams = SKY) -> jax.
     return density.astype(jnp.float32)
 
 
-def _clouds(key, region: Region, p: SkyParams, scale_height, z_mid) -> jax.Array:
+def _clouds(key, region: Region, p: SkyParams, scale_height, z_mid, smoothing_pc) -> jax.Array:
     """Cloud complexes: Levy walks of Gaussian clumps, deposited as exact cell averages."""
     n_complex = int(p.num_complexes_range[1])
     n_clump = int(p.clumps_per_complex)
@@ -331,6 +369,9 @@ def _clouds(key, region: Region, p: SkyParams, scale_height, z_mid) -> jax.Array
     )
     active = (jnp.arange(n_complex) < count)[:, None]
     peak = jnp.where(active, amplitude * factor * (radius / 10.0) ** (-p.larson_index), 0.0)
+    # Smoothing widens each clump and keeps its mass (peak s^3 constant).
+    smoothed = jnp.sqrt(radius**2 + smoothing_pc**2)
+    peak, radius = peak * (radius / smoothed) ** 3, smoothed
 
     return deposit_gaussians(positions.reshape(-1, 3), radius.reshape(-1), peak.reshape(-1), region)
 
