@@ -19,14 +19,15 @@ LR, custom boxes and cell counts). One cube is
   a random horizontal direction g (a box can lie anywhere in the disc), normalised to 1 at the
   region's centre.
 - **Diffuse medium** S(x) = exp(sigma g(x) - sigma^2 / 2) (mean 1), g a unit Gaussian random
-  field with P(k) ~ (k^2 + k_0^2)^(-beta/2): beta in [3.3, 4.0] around Kolmogorov's 11/3 (the
+  field with P(k) ~ (k^2 + k_0^2)^(-beta/2): beta in [3.0, 4.0] around Kolmogorov's 11/3 (the
   log-density of supersonic turbulence, Kowal et al. 2007; Federrath et al. 2010; the shared
-  cubes' log-density spectra fall as k^-3 .. k^-4 over the resolved range, see
-  tools/sky_vs_real.py), an outer scale 2 pi / k_0 drawn log-uniform in [100, 2000] pc (supernova
-  driving injects at ~100 pc, Joung & Mac Low 2006, but the ISM keeps a single power law up to kpc
-  scales, e.g. the LMC's HI, Elmegreen, Kim & Staveley-Smith 2001; a 50-300 pc outer scale
-  leaves 60 pc cells white, far flatter than the shared LR cube), and a log-normal width sigma
-  in [0.8, 2.0] (sigma^2 = ln(1 + b^2 M^2), Padoan & Nordlund 2002, for M ~ 1-10, b ~ 0.3-1).
+  cubes' log-density spectra fall as k^-3.05 at 3 pc (SR) and k^-3.44 at 20 pc (LR), and as
+  k^-3.5 / k^-4.2 once regridded to 6 / 60 pc cells, see tools/sky_vs_real.py); an outer scale
+  2 pi / k_0 drawn log-uniform in [100, 2000] pc (supernova driving injects at ~100 pc, Joung &
+  Mac Low 2006, but the ISM keeps a single power law up to kpc scales, e.g. the LMC's HI,
+  Elmegreen, Kim & Staveley-Smith 2001; a 50-300 pc outer scale leaves 60 pc cells white, far
+  flatter than the shared LR cube); and a log-normal width sigma in [0.8, 2.0]
+  (sigma^2 = ln(1 + b^2 M^2), Padoan & Nordlund 2002, for M ~ 1-10, b ~ 0.3-1).
   rho_mid, the mid-plane mean of the diffuse dust, is drawn log-uniform in [2e-5, 5e-3] mag/pc
   (A_V/L = 0.02 - 5 mag/kpc: the classic plane average 1.8 mag/kpc, Whittet 2003, and
   n_H ~ 1 cm^-3 with A_V/N_H = 5.3e-22 mag cm^2, Bohlin et al. 1978, i.e. 1.6e-3 mag/pc, lie
@@ -44,7 +45,9 @@ LR, custom boxes and cell counts). One cube is
 - **Cavities**: a random fraction (uniform in [0, 0.5]) of the box is emptied by thresholding a
   smooth random field, and a Local-Bubble-like cavity around the Sun (radius 50-200 pc in
   Lallement et al. 2014 and Pelgrims et al. 2020; present with probability 0.8) is emptied too;
-  "emptied" multiplies the density by a depletion drawn log-uniform in [1e-4, 1e-1].
+  "emptied" multiplies the density by a depletion drawn log-uniform in [1e-5, 1e-1] (the Local
+  Bubble's gas, n_H ~ 1e-3 - 1e-2 cm^-3 against ~1 outside, holds even less dust; Bayestar19 puts
+  exact zeros there).
 
 No ceiling is imposed: Bayestar19's rendering clips at 0.036 mag/pc and is a posterior mean
 (smoother than the sky), so the simulator keeps structure down to the cell scale and peaks above
@@ -130,7 +133,7 @@ class SkyParams:
 
     diffuse_mid_range_mag_per_pc: tuple[float, float] = (2e-5, 5e-3)
     sigma_ln_range: tuple[float, float] = (0.8, 2.0)
-    spectral_index_range: tuple[float, float] = (3.3, 4.0)
+    spectral_index_range: tuple[float, float] = (3.0, 4.0)
     driving_scale_range_pc: tuple[float, float] = (100.0, 2000.0)
     padding: int = 2
     scale_height_range_pc: tuple[float, float] = (50.0, 200.0)
@@ -151,7 +154,7 @@ class SkyParams:
     empty_smoothness: float = 5.0
     bubble_probability: float = 0.8
     bubble_radius_range_pc: tuple[float, float] = (50.0, 200.0)
-    depletion_range: tuple[float, float] = (1e-4, 1e-1)
+    depletion_range: tuple[float, float] = (1e-5, 1e-1)
     smoothing_fwhm_cells_range: tuple[float, float] = (0.0, 1.0)
 
     def __post_init__(self):
