@@ -175,3 +175,18 @@ def test_sky_test_config_trains_and_beats_zero(tmp_path):
     pred = nz.load_model_predictor(tmp_path)
     e = jnp.zeros((1, *train.region_of(config).shape))
     assert pred.density(e).shape == e.shape and pred.has_variance
+
+
+def test_echoed_batches_repeat_and_mirror_in_y():
+    from experiments.configs.vnet_sky_test import get_config
+
+    config = get_config()
+    config.observation.echo = 2
+    batches = list(
+        ob.simulate_observed_source(config, "train", batch_size=2, seed=0, epoch=0, train=True)
+    )[:4]
+    for key in ("extinction", "density"):
+        np.testing.assert_array_equal(
+            np.asarray(batches[1][key]), np.flip(np.asarray(batches[0][key]), axis=2)
+        )
+        assert not np.array_equal(np.asarray(batches[2][key]), np.asarray(batches[0][key]))

@@ -27,7 +27,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m tools.vnet_sky_device")
     p.add_argument("--regions", default="SR,LR")
     p.add_argument("--train_seconds", default="150,150", help="per region, comma-separated")
-    p.add_argument("--epochs", type=int, default=6, help="epochs the training time is cut into")
+    p.add_argument("--epochs", type=int, default=3, help="epochs the training time is cut into")
     p.add_argument("--measure_steps", type=int, default=20)
     p.add_argument("--workdir_root", default="/tmp/vt_workdirs")
     p.add_argument("--out", required=True)
@@ -189,6 +189,10 @@ def calibrate(workdir, config, num_batches: int = 4) -> dict:
     res["sim_dust_recovered"] = float(rho_p.sum() / rho_t.sum())
     lp, lt = np.log10(rho_p + 1e-5), np.log10(rho_t + 1e-5)
     res["sim_log_r"] = float(np.corrcoef(lp.ravel(), lt.ravel())[0, 1])
+    for lo, hi in ((1e-5, 1e-4), (1e-4, 1e-3), (1e-3, np.inf)):
+        sel = (rho_t >= lo) & (rho_t < hi)
+        if sel.any():
+            res[f"sim_dust_recovered_{lo:g}_{hi:g}"] = float(rho_p[sel].sum() / rho_t[sel].sum())
     res["sim_hat_mse"] = float(np.mean((mu - truth) ** 2))
     res["sim_hat_mse_zero"] = float(np.mean(truth**2))
     log.info("calibration %s: %s", workdir, res)
@@ -260,7 +264,7 @@ def main(argv=None):
             dio.write_json(out / f"{region}_summary.json", summary)
             continue
         dio.write_json(out / f"{region}_summary.json", summary)
-        if args.skip_train:
+        if args.skip_train or budget <= 0:
             continue
         if args.deadline_s:
             left = args.deadline_s - (time.perf_counter() - t_start)

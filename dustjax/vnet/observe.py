@@ -355,6 +355,8 @@ def simulate_observed_source(config, split, *, batch_size, seed, epoch, train):
     when ``enabled``), gridded by eq. 5 and normalised by ``config.data.normalisation``.
 
     Steps and splits as the engine's "simulate" source (`dustjax.train._simulate_source`).
+    ``config.observation.echo`` = E > 1 feeds each observed training batch to E consecutive steps
+    (`_echoed`): the observation costs 1/E of its time per step.
     """
     from dustjax import train
     from dustjax.vnet.normalisation import normalisation_of
@@ -379,5 +381,34 @@ def simulate_observed_source(config, split, *, batch_size, seed, epoch, train):
     )  # fmt: skip
     split_seed = train._derived_seed(seed, train.SPLITS.get(split, 9))
     first = epoch * steps if train else 0
-    batches = (make(split_seed, step) for step in range(first, first + steps))
+    echo = max(1, int((obs or {}).get("echo", 1) or 1)) if train else 1
+    if echo == 1:
+        batches = (make(split_seed, step) for step in range(first, first + steps))
+    else:
+        batches = _echoed(make, split_seed, first, steps, echo, _y_flip_allowed(config))
     return train._Sized(batches, steps)
+
+
+def _y_flip_allowed(config) -> bool:
+    """Y -> -Y maps the box's lines of sight onto each other (Sun at Y = 0, box symmetric)."""
+    from dustjax import train
+
+    region = train.region_of(config)
+    return bool(np.isclose(region.lower_pc[1], -region.upper_pc[1]))
+
+
+@jax.jit
+def _flip_y(batch):
+    return jax.tree.map(lambda x: jnp.flip(x, axis=2), batch)
+
+
+def _echoed(make, split_seed, first, steps, echo, flip):
+    """Data echoing (Choi et al. 2019): each observed batch serves ``echo`` consecutive steps,
+    every other time mirrored in Y when that is a symmetry of the box. Step s uses batch
+    s // echo of the stream, so a resumed run continues the same sequence."""
+    current, batch = None, None
+    for step in range(first, first + steps):
+        unique, repeat = divmod(step, echo)
+        if unique != current:
+            current, batch = unique, make(split_seed, unique)
+        yield _flip_y(batch) if (flip and repeat % 2) else batch

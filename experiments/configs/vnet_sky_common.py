@@ -16,9 +16,9 @@ from experiments.configs.common import vnet_config
 # k = 3; LR: 10^6 stars, hypot(0.05, 0.05 E), 5 % distance errors, k = 30) lie inside these
 # training ranges; the ranges are wider so that other catalogues are covered too.
 OBSERVATION = {
-    "SR": dict(num_stars_range=(10_000.0, 100_000.0), sigma_a_range=(0.01, 0.08),
+    "SR": dict(num_stars_range=(15_000.0, 60_000.0), sigma_a_range=(0.01, 0.08),
                sigma_b_range=(0.02, 0.10), distance_error_range=(0.0, 0.08)),
-    "LR": dict(num_stars_range=(300_000.0, 1_200_000.0), sigma_a_range=(0.02, 0.10),
+    "LR": dict(num_stars_range=(500_000.0, 1_200_000.0), sigma_a_range=(0.02, 0.10),
                sigma_b_range=(0.02, 0.10), distance_error_range=(0.0, 0.08)),
 }  # fmt: skip
 
@@ -37,7 +37,8 @@ def vnet_sky_config(name: str, region: str) -> ml_collections.ConfigDict:
     c.model.los_channels = True
     c.observation = ml_collections.ConfigDict(
         dict(enabled=True, distribution="box", distance_power=2.0, k=0, bucket_cap=0,
-             select="auto", star_chunk=65536, bisect_steps=24, group=0, **OBSERVATION[region])
+             select="auto", star_chunk=65536, bisect_steps=24, group=0, echo=1,
+             **OBSERVATION[region])
     )  # fmt: skip
     c.optimizer.learning_rate = 5e-4
     c.optimizer.grad_clip_norm = 1.0

@@ -7,7 +7,7 @@ asinh normalisation, variance head. Not the paper's recipe (that is `vnet_lr.py`
     python -m tools.vnet_sky_device --regions=LR --train_seconds=150 --out=OUT
 
 Hardware: one GPU (bfloat16, input block float32). Data: VS's "sky" simulator,
-3 x 10^5 - 1.2 x 10^6 stars per cube uniform in the box, sigma_E = hypot(a, b E) with a in
+5 x 10^5 - 1.2 x 10^6 stars per cube uniform in the box, sigma_E = hypot(a, b E) with a in
 [0.02, 0.10] mag, b in [0.02, 0.10], distance errors 0-8 %, eq. 5 with k = 30
 (`dustjax.vnet.observe`).
 Time and metric: see docs/validation.md, "Real sky" (filled in from the device runs).
@@ -20,6 +20,7 @@ def get_config():
     c = vnet_sky_config("vnet_sky_lr", "LR")
     c.model.kwargs.features = (64, 128, 256, 512)
     c.data.eval_steps = 4
+    c.observation.echo = 16  # each observed batch feeds 16 steps (mirrored in Y every other one)
     c.observation.group = 8  # 8 cubes at a time: bounds the k-nearest search's memory
     c.data.steps_per_epoch = 500
     c.num_epochs = 8
