@@ -205,7 +205,29 @@ CATALOGUES = {  # the issue's validation catalogues
 }
 
 
-def evaluate(region: str, workdir, cubes: str, out: Path, nnls: bool) -> dict:
+def _median_row(args, name) -> dict:
+    """The same row with the median as the point map (calibration.json "point")."""
+    from dustjax.vnet import normalisation as nz
+    from tools import realsky_vnet
+
+    model = next(a.split("=", 1)[1] for a in args if a.startswith("--model="))
+    path = Path(model) / nz.CALIBRATION_FILE
+    if not path.exists():
+        return dict(error="no calibration.json")
+    original = path.read_text()
+    try:
+        path.write_text(json.dumps(dict(json.loads(original), point="median")))
+        argv = [a for a in args if not a.startswith("--out=")] + [f"--out=/tmp/vt_eval/{name}_m"]
+        realsky_vnet.main(argv + ["--no_figure"])
+        return json.loads(Path(f"/tmp/vt_eval/{name}_m/realsky.json").read_text())
+    except Exception as err:
+        log.exception("median row %s failed", name)
+        return dict(error=repr(err))
+    finally:
+        path.write_text(original)
+
+
+def evaluate(region: str, workdir, cubes: str, out: Path, nnls: bool, median_too=True) -> dict:
     """VE's real-sky scores of `workdir` (and NNLS) on both routes; {name: realsky.json}."""
     from tools import realsky_vnet
 
@@ -227,6 +249,8 @@ def evaluate(region: str, workdir, cubes: str, out: Path, nnls: bool) -> dict:
                 log.exception("evaluation %s failed", name)
                 results[name] = dict(error=repr(err))
             results[name]["eval_wall_s"] = time.perf_counter() - t0
+            if model != "nnls" and route == "literature" and median_too:
+                results[name + "_median"] = _median_row(args, name)
             png = Path(f"/tmp/vt_eval/{name}/realsky.png")
             if png.exists() and model != "nnls" and route == "catalogue":
                 (out / f"{name}.png").write_bytes(png.read_bytes())

@@ -18,7 +18,9 @@ log-likelihood (`gaussian_nll_per_example`, with the beta-NLL weighting of Seitz
 which keeps the mean's fit close to the MSE's). In mag/pc the Gaussian maps to a skewed
 distribution: the point map is its mean, ``rho0 sinh(mu) exp(sigma^2 / 2)`` for asinh
 (E[sinh X] = sinh(mu) exp(sigma^2/2) for X ~ N(mu, sigma^2)), and the 16-84 % band is the image
-of mu -/+ sigma (quantiles map through monotone functions). A scalar ``sigma_scale`` fitted on
+of mu -/+ sigma (quantiles map through monotone functions); ``"point": "median"`` in
+``calibration.json`` makes the point map the median rho0 sinh(mu) instead. A scalar
+``sigma_scale`` fitted on
 validation simulations (`fit_sigma_scale`, stored in the workdir's ``calibration.json``)
 calibrates sigma. Monte Carlo redraws of the catalogue combine by the law of total variance in
 the normalised space (`combine_redraws`).
@@ -151,6 +153,7 @@ class ModelPredictor:
     normalisation: Normalisation
     num_outputs: int = 1
     sigma_scale: float = 1.0
+    point: str = "mean"  # variance head: the point map is the mean or the median in mag/pc
 
     @property
     def has_variance(self) -> bool:
@@ -169,7 +172,7 @@ class ModelPredictor:
     def density(self, extinction):
         mu, sigma = self.predict_hat(extinction)
         n = self.normalisation
-        if sigma is None:
+        if sigma is None or self.point == "median":
             rho = n.density_inverse(mu)
         else:
             rho = n.density_mean(mu, sigma)
@@ -197,15 +200,16 @@ class ModelPredictor:
 def predictor_from_config(config, model, variables, workdir=None) -> ModelPredictor:
     """The `ModelPredictor` of a loaded run (``dustjax.train.load_trained``'s outputs)."""
     kwargs = config.model.get("kwargs") or {}
-    scale = 1.0
+    calibration = {}
     if workdir is not None and (Path(workdir) / CALIBRATION_FILE).exists():
-        scale = float(json.loads((Path(workdir) / CALIBRATION_FILE).read_text())["sigma_scale"])
+        calibration = json.loads((Path(workdir) / CALIBRATION_FILE).read_text())
     return ModelPredictor(
         model=model,
         variables=variables,
         normalisation=normalisation_of(config),
         num_outputs=int(kwargs.get("num_outputs", 1) or 1),
-        sigma_scale=scale,
+        sigma_scale=float(calibration.get("sigma_scale", 1.0)),
+        point=str(calibration.get("point", "mean")),
     )
 
 
