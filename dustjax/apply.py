@@ -341,6 +341,16 @@ def consistency(density, region: Region, catalog: cat.StarCatalog) -> tuple[np.n
         fraction_within_3sigma=float(np.mean(np.abs(pull) < 3)),
         median_sigma_extinction_mag=float(np.median(catalog.sigma_extinction)),
     )
+    if catalog.sigma_distance is not None:
+        # Distance errors folded into the extinction's: sigma_eff = hypot(sigma_E, rho sigma_d),
+        # rho the map's density in the star's cell (dE/dd there).
+        cells = region.cell_index(catalog.xyz_pc)
+        ok = np.all(cells >= 0, axis=-1)
+        rho = np.zeros(len(diff))
+        rho[ok] = np.asarray(density, np.float64)[tuple(cells[ok].T)]
+        sigma_eff = np.hypot(catalog.sigma_extinction, rho * catalog.sigma_distance)
+        stats["median_sigma_eff_mag"] = float(np.median(sigma_eff))
+        stats["fraction_within_1sigma_eff"] = float(np.mean(np.abs(diff) < sigma_eff))
     return e_rho, stats
 
 
@@ -421,7 +431,7 @@ def run_catalog(
         stars = catalog.select(ok)
     e_rho, check = consistency(density, region, stars)
     timings["consistency_s"] = time.perf_counter() - t
-    warning = checks.consistency_warning(check, check.get("median_sigma_extinction_mag", 0.0))
+    warning = checks.consistency_warning(check)
     if warning:
         log.warning("%s", warning)
 

@@ -127,3 +127,28 @@ def test_run_catalog_carries_the_input_warnings(caplog):
     assert any("bad input" in r.getMessage() for r in caplog.records)
     plain = ap.run_catalog(catalog, REGION, _oracle(truth), num_redraws=0, progress=False)
     assert "input_warnings" not in plain.summary
+
+
+def test_distance_errors_are_folded_into_the_check():
+    # A dusty cube and 20 % distance errors: with sigma_E alone the true map looks inconsistent,
+    # with sigma_eff = hypot(sigma_E, rho sigma_d) it does not.
+    truth = 5 * _density()
+    rng = np.random.default_rng(4)
+    n = 4000
+    xyz = rng.uniform(REGION.lower_pc, REGION.upper_pc, (n, 3))
+    e = np.asarray(maps.integrate_cartesian(truth, REGION.lower_pc, REGION.cell_size_pc, xyz))
+    factor = 1 + 0.2 * rng.standard_normal(n)
+    sigma = 0.01
+    catalog = cat.StarCatalog.from_arrays(
+        xyz_pc=xyz * factor[:, None],
+        extinction=e + sigma * rng.standard_normal(n),
+        sigma_extinction=np.full(n, sigma),
+        sigma_distance=0.2 * np.linalg.norm(xyz, axis=1),
+        region=REGION,
+    )
+    _, check = ap.consistency(truth, REGION, catalog)
+    assert check["fraction_within_1sigma"] < 0.5  # sigma_E alone: "inconsistent"
+    assert check["fraction_within_1sigma_eff"] > 0.6
+    assert checks.consistency_warning(check) is None
+    plain = {k: v for k, v in check.items() if "_eff" not in k}
+    assert checks.consistency_warning(plain) is not None

@@ -68,7 +68,10 @@ def main(argv=None):
                 median_over_sigma=check["median_difference_mag"] / sig,
                 within_1sigma=check["fraction_within_1sigma"],
                 median_sigma=sig,
-                warns=checks.consistency_warning(check, sig) is not None,
+                median_over_sigma_eff=check["median_difference_mag"]
+                / check.get("median_sigma_eff_mag", sig),
+                within_1sigma_eff=check.get("fraction_within_1sigma_eff"),
+                warns=checks.consistency_warning(check) is not None,
             )
             rows.append(row)
             print(json.dumps(row), flush=True)

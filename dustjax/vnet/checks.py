@@ -33,21 +33,32 @@ WITHIN_1SIGMA_MIN = 0.5
 FAR_FACTOR = 2.0  # "far outside": beyond the trained range by more than this factor
 
 
-def consistency_warning(check: dict[str, Any], median_sigma: float) -> str | None:
-    """A one-line warning when the fig.-11 statistics ``check`` (`apply.consistency`) fail."""
+def consistency_warning(check: dict[str, Any], median_sigma: float | None = None) -> str | None:
+    """A one-line warning when the fig.-11 statistics ``check`` (`apply.consistency`) fail.
+
+    With distance uncertainties in the catalogue, the check uses the effective sigma
+    hypot(sigma_E, rho sigma_d) (``*_sigma_eff*`` keys of `apply.consistency`): a star whose
+    distance is uncertain has an uncertain E_rho too. ``median_sigma`` overrides the check's own.
+    """
     if not check or not check.get("num_stars"):
         return None
+    eff = "fraction_within_1sigma_eff" in check
+    if median_sigma is None:
+        median_sigma = check.get(
+            "median_sigma_eff_mag" if eff else "median_sigma_extinction_mag", math.nan
+        )
+    what = "sigma_eff = hypot(sigma_E, rho sigma_d)" if eff else "sigma_E"
     med = float(check["median_difference_mag"])
-    within = float(check["fraction_within_1sigma"])
+    within = float(check["fraction_within_1sigma_eff" if eff else "fraction_within_1sigma"])
     problems = []
     if abs(med) > MEDIAN_BIAS_MAX * median_sigma:
         problems.append(
             f"median E_rho - E = {med:+.3f} mag exceeds {MEDIAN_BIAS_MAX:g} x the median "
-            f"sigma_E ({median_sigma:.3f} mag)"
+            f"{what} ({median_sigma:.3f} mag)"
         )
     if within < WITHIN_1SIGMA_MIN:
         problems.append(
-            f"only {100 * within:.0f} % of stars have |E_rho - E| < sigma_E "
+            f"only {100 * within:.0f} % of stars have |E_rho - E| < {what} "
             f"(a consistent map gives 55-70 %; threshold {100 * WITHIN_1SIGMA_MIN:.0f} %)"
         )
     if not problems:
