@@ -89,6 +89,7 @@ def test_mean_vertical_profile_follows_the_scale_height(preset):
         tilt_max=0.0,
         scale_length_range_pc=None,
         bubble_probability=0.0,
+        cone_probability=0.0,
         empty_fraction_range=(0.0, 0.0),
     )
     region = Region((-300.0, -300.0, -600.0), (300.0, 300.0, 600.0), (6, 6, 60))
@@ -99,6 +100,29 @@ def test_mean_vertical_profile_follows_the_scale_height(preset):
     assert abs(-1.0 / slope - h) < 0.15 * h, -1.0 / slope
     # Both sides of the plane alike (the profile is symmetric in expectation).
     np.testing.assert_allclose(profile[fit & (z > 0)].sum() / profile[fit & (z < 0)].sum(), 1, 0.2)
+
+
+def test_empty_cone_is_a_cone_of_directions_from_the_sun():
+    """Same key with and without the cone: the ratio is 1 outside and the depletion inside, and
+    the emptied cells' directions fit in a cone of 45 deg half-angle (pairwise <= 90 deg)."""
+    region = Region((-480.0, -480.0, -480.0), (480.0, 480.0, 480.0), (12, 12, 12), name="LR@c")
+    base = dataclasses.replace(
+        SKY, bubble_probability=0.0, empty_fraction_range=(0.0, 0.0), depletion_range=(1e-5, 1e-5)
+    )
+    cone = dataclasses.replace(base, cone_probability=1.0, cone_half_angle_range_deg=(45.0, 45.0))
+    with_cone = _batch(region, cone, 4, seed=2)
+    without = _batch(region, dataclasses.replace(base, cone_probability=0.0), 4, seed=2)
+    directions = (
+        region.cell_centres_pc() / np.linalg.norm(region.cell_centres_pc(), axis=-1)[..., None]
+    )
+    for a, b in zip(with_cone, without, strict=True):
+        ratio = a / b
+        emptied = ratio < 1e-3
+        assert 0.05 < emptied.mean() < 0.5  # a 45-deg cone holds ~15 % of the directions
+        assert np.mean((ratio > 1e-3) & (ratio < 0.99)) < 0.1  # a sharp edge
+        d = directions[emptied]
+        assert (d @ d.T).min() > -0.1  # no two emptied directions more than ~95 deg apart
+        np.testing.assert_allclose(np.median(ratio[emptied]), 1e-5, rtol=0.5)
 
 
 def test_dynamic_range_and_amplitude_spread():

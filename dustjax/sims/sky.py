@@ -45,6 +45,9 @@ LR, custom boxes and cell counts). One cube is
 - **Cavities**: a random fraction (uniform in [0, 0.5]) of the box is emptied by thresholding a
   smooth random field, and a Local-Bubble-like cavity around the Sun (radius 50-200 pc in
   Lallement et al. 2014 and Pelgrims et al. 2020; present with probability 0.8) is emptied too;
+  with probability 0.25 a cone of directions from the Sun (half-angle 10-60 deg, isotropic axis)
+  is emptied as well (low-extinction windows; the maps' survey gaps such as Bayestar19's sky
+  south of declination -30 deg, exact zeros in a box that reaches it);
   "emptied" multiplies the density by a depletion drawn log-uniform in [1e-5, 1e-1] (the Local
   Bubble's gas, n_H ~ 1e-3 - 1e-2 cm^-3 against ~1 outside, holds even less dust; Bayestar19 puts
   exact zeros there).
@@ -127,6 +130,8 @@ class SkyParams:
       bubble_probability: chance that a cube has a cavity around the Sun.
       bubble_radius_range_pc: uniform prior of that cavity's radius (pc).
       depletion_range: log-uniform prior of the factor applied inside emptied regions.
+      cone_probability: chance that a cube has an empty cone of directions from the Sun.
+      cone_half_angle_range_deg: uniform prior of that cone's half-angle (its axis is isotropic).
       smoothing_fwhm_cells_range: uniform prior of the effective resolution, the FWHM (in cells)
         of a Gaussian applied to the random fields, the clumps and the cavity edges.
     """
@@ -155,6 +160,8 @@ class SkyParams:
     bubble_probability: float = 0.8
     bubble_radius_range_pc: tuple[float, float] = (50.0, 200.0)
     depletion_range: tuple[float, float] = (1e-5, 1e-1)
+    cone_probability: float = 0.25
+    cone_half_angle_range_deg: tuple[float, float] = (10.0, 60.0)
     smoothing_fwhm_cells_range: tuple[float, float] = (0.0, 1.0)
 
     def __post_init__(self):
@@ -320,6 +327,15 @@ def sky_density(key: jax.Array, region: Region, params: SkyParams = SKY) -> jax.
     distance = jnp.sqrt(x**2 + y**2 + z**2)
     outside = jax.nn.sigmoid((distance - radius) / edge)
     keep = keep * jnp.where(has_bubble, outside, 1.0)
+    # Empty sky: a cone of directions from the Sun without dust (low-extinction windows and
+    # the maps' survey gaps, e.g. Bayestar19's sky south of declination -30 deg).
+    has_cone = jax.random.uniform(next(keys)) < p.cone_probability
+    axis = jax.random.normal(next(keys), (3,))
+    axis = axis / (jnp.linalg.norm(axis) + 1e-12)
+    half_angle = jnp.deg2rad(_uniform(next(keys), p.cone_half_angle_range_deg))
+    cosine = (axis[0] * x + axis[1] * y + axis[2] * z) / jnp.maximum(distance, 1e-6)
+    in_cone = jax.nn.sigmoid((cosine - jnp.cos(half_angle)) / 0.005)  # a sharp edge, ~1 deg
+    keep = keep * jnp.where(has_cone, 1.0 - in_cone, 1.0)
     density = density * (depletion + (1.0 - depletion) * keep)
     return density.astype(jnp.float32)
 
