@@ -66,8 +66,10 @@ def test_consistency_thresholds_each_fire_alone():
     sig = 0.05
     ok = dict(num_stars=100, median_difference_mag=0.01, fraction_within_1sigma=0.65)
     assert checks.consistency_warning(ok, sig) is None
-    biased = dict(ok, median_difference_mag=-0.03)  # 0.6 sigma
-    assert "median E_rho - E = -0.030" in checks.consistency_warning(biased, sig)
+    assert checks.consistency_warning(dict(ok, median_difference_mag=-0.029), sig) is None
+    biased = dict(ok, median_difference_mag=-0.04)  # 0.8 sigma
+    assert "median E_rho - E = -0.040" in checks.consistency_warning(biased, sig)
+    assert checks.consistency_warning(dict(ok, fraction_within_1sigma=0.46), sig) is None
     spread = dict(ok, fraction_within_1sigma=0.37)
     msg = checks.consistency_warning(spread, sig)
     assert "37 %" in msg and "median E_rho" not in msg

@@ -8,10 +8,11 @@
 
    Thresholds (docs/validation.md, "Real sky", measured by ``tools/consistency_thresholds.py``):
    the regridded TRUE density of sky-like simulations (`dustjax.sims.sky`) is as good as a map on
-   the region's cells can be; it scores a median offset of a few hundredths of sigma_E and
-   55-70 % of stars within 1 sigma (below the ideal 68 % because a star sees the cell-averaged
-   density, not the fine one). A failing map (the paper-recipe V-net on the real SR catalogue:
-   median offset 0.04 mag ~ 1 sigma_E, 37 % within 1 sigma) lies far outside both.
+   the region's cells can be; over 10 SR and LR cubes it scores |median offset| <= 0.39 sigma_E
+   and 50-68 % of stars within 1 sigma (below the ideal 68 % where a star sees the cell-averaged
+   density, not the fine one, and where distances are uncertain). A failing map (the
+   paper-recipe V-net on the real SR catalogue: median offset 0.04 mag ~ 1.3 sigma_E, 37 % within
+   1 sigma; maps with twice the true dust on LR: 0.8-1.4 sigma_E) lies outside.
 2. **Input unlike the training data**: `training_mismatch_warnings` compares a catalogue with the
    observation settings of the model's training config (``config.observation``: VT's keys
    ``enabled``, ``num_stars_range``, ``sigma_a_range``, ``sigma_b_range``; ``config.data.source ==
@@ -28,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-MEDIAN_BIAS_MAX = 0.5  # x median sigma_E
-WITHIN_1SIGMA_MIN = 0.5
+MEDIAN_BIAS_MAX = 0.6  # x median sigma_E
+WITHIN_1SIGMA_MIN = 0.45
 FAR_FACTOR = 2.0  # "far outside": beyond the trained range by more than this factor
 
 
@@ -59,7 +60,7 @@ def consistency_warning(check: dict[str, Any], median_sigma: float | None = None
     if within < WITHIN_1SIGMA_MIN:
         problems.append(
             f"only {100 * within:.0f} % of stars have |E_rho - E| < {what} "
-            f"(a consistent map gives 55-70 %; threshold {100 * WITHIN_1SIGMA_MIN:.0f} %)"
+            f"(a consistent map gives 50-68 %; threshold {100 * WITHIN_1SIGMA_MIN:.0f} %)"
         )
     if not problems:
         return None
