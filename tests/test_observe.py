@@ -190,3 +190,23 @@ def test_echoed_batches_repeat_and_mirror_in_y():
             np.asarray(batches[1][key]), np.flip(np.asarray(batches[0][key]), axis=2)
         )
         assert not np.array_equal(np.asarray(batches[2][key]), np.asarray(batches[0][key]))
+
+
+def test_model_predictor_point_maps_and_band():
+    class Stub:  # a "network" that outputs mu = 2, log sigma = log 0.5 everywhere
+        def apply(self, variables, x, train=False):
+            return jnp.concatenate([jnp.full_like(x, 2.0), jnp.full_like(x, np.log(0.5))], -1)
+
+    norm = nz.get_normalisation("asinh")
+    pred = nz.ModelPredictor(Stub(), {}, norm, num_outputs=2, sigma_scale=2.0)
+    e = jnp.zeros((1, 2, 2, 2))
+    np.testing.assert_allclose(np.asarray(pred.density(e)), 1e-4 * np.sinh(2.0), rtol=1e-6)
+    mean = nz.ModelPredictor(Stub(), {}, norm, num_outputs=2, sigma_scale=2.0, point="mean")
+    np.testing.assert_allclose(
+        np.asarray(mean.density(e)), 1e-4 * np.sinh(2.0) * np.exp(0.5), rtol=1e-6
+    )
+    mu, sigma = pred.predict_hat(e)
+    band = pred.band(jnp.stack([mu, mu + 1.0]), jnp.stack([sigma, sigma]))
+    total = np.sqrt(0.5 + 1.0)  # var over 2 redraws (ddof 1) + calibrated sigma^2
+    np.testing.assert_allclose(np.asarray(band["p84"]), 1e-4 * np.sinh(2.5 + total), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(band["p16"]), 1e-4 * np.sinh(2.5 - total), rtol=1e-5)

@@ -180,7 +180,10 @@ def calibrate(workdir, config, num_batches: int = 4) -> dict:
         scale = nz.fit_sigma_scale(truth, mu, sigma, mask)
         res["sigma_scale"] = scale
         res["coverage_calibrated"] = nz.coverage(truth, mu, scale * sigma, mask)
-        rho_p = np.maximum(np.asarray(norm.density_mean(mu, scale * sigma, xp=np)), 0.0)
+        rho_mean = np.maximum(np.asarray(norm.density_mean(mu, scale * sigma, xp=np)), 0.0)
+        res["sim_skill_mean_point"] = float(1.0 - np.mean((rho_mean - rho_t) ** 2) / np.var(rho_t))
+        res["sim_dust_recovered_mean_point"] = float(rho_mean.sum() / rho_t.sum())
+        rho_p = np.maximum(np.asarray(norm.density_inverse(mu, xp=np)), 0.0)  # the median
         nz.write_calibration(workdir, scale, **{k: v for k, v in res.items() if k != "sigma_scale"})
     else:
         rho_p = np.maximum(np.asarray(norm.density_inverse(mu, xp=np)), 0.0)

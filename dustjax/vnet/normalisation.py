@@ -16,14 +16,16 @@ A **variance head** (``config.model.kwargs.num_outputs = 2``): the network's sec
 is log sigma of a Gaussian in the normalised space, trained by the Gaussian negative
 log-likelihood (`gaussian_nll_per_example`, with the beta-NLL weighting of Seitzer et al. 2022,
 which keeps the mean's fit close to the MSE's). In mag/pc the Gaussian maps to a skewed
-distribution: the point map is its mean, ``rho0 sinh(mu) exp(sigma^2 / 2)`` for asinh
-(E[sinh X] = sinh(mu) exp(sigma^2/2) for X ~ N(mu, sigma^2)), and the 16-84 % band is the image
-of mu -/+ sigma (quantiles map through monotone functions); ``"point": "median"`` in
-``calibration.json`` makes the point map the median rho0 sinh(mu) instead. A scalar
-``sigma_scale`` fitted on
-validation simulations (`fit_sigma_scale`, stored in the workdir's ``calibration.json``)
-calibrates sigma. Monte Carlo redraws of the catalogue combine by the law of total variance in
-the normalised space (`combine_redraws`).
+distribution. The point map is its median, rho0 sinh(mu); its mean, ``rho0 sinh(mu)
+exp(sigma^2 / 2)`` for asinh (E[sinh X] = sinh(mu) exp(sigma^2/2) for X ~ N(mu, sigma^2)), is
+available with ``"point": "mean"`` in ``calibration.json``, but the exp(sigma^2 / 2) factor
+multiplies every overshoot where the network is unsure: on the real LR cube (one H200 run,
+docs/results/realsky_vnet_run2_h200.json) the median gave skill 0.85 and 84 % of the dust where
+the mean gave 0.72 and 123 %, and on LR validation simulations the mean's skill was -4.3. The
+16-84 % band is the image of mu -/+ sigma (quantiles map through monotone functions). A scalar
+``sigma_scale`` fitted on validation simulations (`fit_sigma_scale`, stored in the workdir's
+``calibration.json``) calibrates sigma. Monte Carlo redraws of the catalogue combine by the law of
+total variance in the normalised space (`combine_redraws`).
 """
 
 from __future__ import annotations
@@ -142,7 +144,8 @@ class ModelPredictor:
     """A trained V-net with its normalisation (and variance head, if any).
 
     ``density(extinction (B, nx, ny, nz) mag) -> (B, nx, ny, nz) mag/pc``: the point map (the
-    `dustjax.apply.Predictor` signature; the linear-space mean for a variance head).
+    `dustjax.apply.Predictor` signature; for a variance head the median, or the mean with
+    ``point="mean"``).
     ``predict_hat(extinction) -> (mu_hat, sigma_hat)``: normalised mean and calibrated standard
     deviation (sigma None without a variance head). ``band(mu_hat, sigma_hat)`` -> (mean, p16,
     p84) in mag/pc.
@@ -153,7 +156,7 @@ class ModelPredictor:
     normalisation: Normalisation
     num_outputs: int = 1
     sigma_scale: float = 1.0
-    point: str = "mean"  # variance head: the point map is the mean or the median in mag/pc
+    point: str = "median"  # variance head: the point map is the median or the mean in mag/pc
 
     @property
     def has_variance(self) -> bool:
@@ -209,7 +212,7 @@ def predictor_from_config(config, model, variables, workdir=None) -> ModelPredic
         normalisation=normalisation_of(config),
         num_outputs=int(kwargs.get("num_outputs", 1) or 1),
         sigma_scale=float(calibration.get("sigma_scale", 1.0)),
-        point=str(calibration.get("point", "mean")),
+        point=str(calibration.get("point", "median")),
     )
 
 
