@@ -56,6 +56,17 @@ def test_npy_cube_reads_like_the_region_and_the_fits_writer(tmp_path):
         np.testing.assert_allclose(fits_cube.edges[a], cube.edges[a])
 
 
+def test_blank_cells_become_zero(tmp_path):
+    density, header = _slab_cube()
+    density[0, 0, 0] = np.nan
+    density[1, 0, 0] = -1.0
+    np.save(tmp_path / "c.npy", density.T)
+    (tmp_path / "c.header.json").write_text(json.dumps(header))
+    cube = realsky.load_cube(tmp_path / "c.npy")
+    assert np.all(np.isfinite(cube.density)) and cube.density.min() == 0.0
+    assert cube.meta["NUMBAD"] == 2
+
+
 def test_npy_without_header_and_non_cartesian_wcs_are_refused(tmp_path):
     np.save(tmp_path / "c.npy", np.zeros((2, 2, 2), np.float32))
     with pytest.raises(realsky.RealSkyError, match="header"):

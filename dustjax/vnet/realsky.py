@@ -71,11 +71,23 @@ def load_cube(path: str | os.PathLike, density_scale: float | None = None) -> ma
         if not header_path.is_file():
             raise RealSkyError(f"{path} needs its header beside it as {header_path.name}")
         header = json.loads(header_path.read_text())
-        return cube_from_array(np.load(path), header, density_scale=density_scale)
+        return _finite(cube_from_array(np.load(path), header, density_scale=density_scale), path)
     dustmap = maps.DustMap.from_fits(path, density_scale=density_scale)
     if dustmap.grid != "cartesian":
         raise RealSkyError(f"{path} is not a Cartesian (X, Y, Z) cube")
-    return dustmap
+    return _finite(dustmap, path)
+
+
+def _finite(dustmap: maps.DustMap, path) -> maps.DustMap:
+    """Blank (NaN) or negative cells -> 0 mag/pc, with one warning (surveys leave holes)."""
+    bad = ~np.isfinite(dustmap.density) | (dustmap.density < 0)
+    if not bad.any():
+        return dustmap
+    log.warning("%s: %d of %d cells are NaN or negative; set to 0", path, bad.sum(), bad.size)
+    density = np.where(bad, 0.0, dustmap.density).astype(np.float32)
+    return maps.DustMap(
+        "cartesian", density, dustmap.edges, meta=dict(dustmap.meta, NUMBAD=int(bad.sum()))
+    )
 
 
 _LENGTH_UNITS = {"pc": 1.0, "kpc": 1000.0}
