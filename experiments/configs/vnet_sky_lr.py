@@ -10,7 +10,12 @@ Hardware: one GPU (bfloat16, input block float32). Data: VS's "sky" simulator,
 5 x 10^5 - 1.2 x 10^6 stars per cube uniform in the box, sigma_E = hypot(a, b E) with a in
 [0.02, 0.10] mag, b in [0.02, 0.10], distance errors 0-8 %, eq. 5 with k = 30
 (`dustjax.vnet.observe`).
-Time and metric: see docs/validation.md, "Real sky" (filled in from the device runs).
+Measured (one H200, 2026-11-29, docs/results/realsky_vnet_run2_h200.json): `REAL=../real bash
+tools/vnet_sky_device.sh SR,LR 0,400 452 LR` (LR: 2 epochs x 1,980 steps, 4.5 min of training
+wall time, 8 min with evaluations): 29.8 steps/s against 49.2 noiseless (ratio 0.61; 3.5 steps/s
+without echo). Real LR cube, literature route: skill 0.845, dust 84 %, log-r 0.971 (median point
+map; the mean: 0.72, 123 %); catalogue (10^6 stars, hypot(0.05, 0.05 E), 5 % distance errors,
+mean point map): skill -3.7, dust 147 %, log-r 0.94, band coverage 0.83. NNLS: 0.958 and 0.26.
 """
 
 from experiments.configs.vnet_sky_common import vnet_sky_config

@@ -10,7 +10,14 @@ Hardware: one GPU (bfloat16, input block float32). Data: VS's "sky" simulator,
 1.5 x 10^4 - 6 x 10^4 stars per cube uniform in the box, sigma_E = hypot(a, b E) with a in
 [0.01, 0.08] mag, b in
 [0.02, 0.10], distance errors 0-8 %, eq. 5 with k = 3 (`dustjax.vnet.observe`).
-Time and metric: see docs/validation.md, "Real sky" (filled in from the device runs).
+Measured (one H200, 2026-11-29, docs/results/realsky_vnet_run1_h200.json): `python -m
+tools.vnet_sky_device --regions=SR --train_seconds=180 --epochs=6 --evaluate=REAL --nnls` with echo
+1 (before data echoing): 3,060 steps at 17.0 steps/s (noiseless step 47.2/s: ratio 0.36; with
+echo 8, the setting here, 44.3 vs 49.4 steps/s, ratio 0.90), 6 min of wall time with evaluations.
+Validation simulations: skill 0.65, log-r 0.87, band coverage 0.68 after sigma_scale 1.11.
+Real SR cube (mean point map): literature skill 0.24, dust 159 %, log-r 0.93; catalogue (30,000
+stars) skill 0.15, dust 156 %, log-r 0.92, band coverage 0.72. NNLS: 0.96 and 0.79. The skill
+targets (>= 0.95 literature, >= 0.75 catalogue) are not met.
 """
 
 from experiments.configs.vnet_sky_common import vnet_sky_config
