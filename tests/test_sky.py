@@ -20,6 +20,7 @@ from dustjax.sims.sky import (
     SkyParams,
     deposit_gaussians,
     preset_name,
+    radial_smear,
     sky_density,
     smoothed_exponential,
 )
@@ -90,6 +91,7 @@ def test_mean_vertical_profile_follows_the_scale_height(preset):
         scale_length_range_pc=None,
         bubble_probability=0.0,
         cone_probability=0.0,
+        radial_smearing_probability=0.0,
         empty_fraction_range=(0.0, 0.0),
     )
     region = Region((-300.0, -300.0, -600.0), (300.0, 300.0, 600.0), (6, 6, 60))
@@ -107,7 +109,11 @@ def test_empty_cone_is_a_cone_of_directions_from_the_sun():
     the emptied cells' directions fit in a cone of 45 deg half-angle (pairwise <= 90 deg)."""
     region = Region((-480.0, -480.0, -480.0), (480.0, 480.0, 480.0), (12, 12, 12), name="LR@c")
     base = dataclasses.replace(
-        SKY, bubble_probability=0.0, empty_fraction_range=(0.0, 0.0), depletion_range=(1e-5, 1e-5)
+        SKY,
+        bubble_probability=0.0,
+        empty_fraction_range=(0.0, 0.0),
+        depletion_range=(1e-5, 1e-5),
+        radial_smearing_probability=0.0,
     )
     cone = dataclasses.replace(base, cone_probability=1.0, cone_half_angle_range_deg=(45.0, 45.0))
     with_cone = _batch(region, cone, 4, seed=2)
@@ -157,6 +163,40 @@ def test_deposit_gaussians_keeps_mass_and_peak():
         jnp.array([[33.0, 33.0, 33.0]]), jnp.array([40.0]), jnp.ones(1), region
     )
     np.testing.assert_allclose(float(wide[5, 5, 5]), 1.0, rtol=3e-3)
+
+
+def test_radial_smear_stretches_along_the_line_of_sight():
+    """A clump at distance ~300 pc on the X axis: smearing by 20 % in distance widens it along X
+    (the line of sight) to ~sqrt(s^2 + (0.2 d)^2) and leaves Y, Z nearly alone; 0 returns the
+    input."""
+    region = Region((-600.0, -150.0, -150.0), (0.0, 150.0, 150.0), (40, 20, 20))  # 15 pc cells
+    clump = deposit_gaussians(
+        jnp.array([[-307.5, 7.5, 7.5]]), jnp.array([20.0]), jnp.ones(1), region
+    )
+    unsmeared = np.asarray(radial_smear(clump, region, 0.0))
+    np.testing.assert_allclose(unsmeared, clump, rtol=1e-5, atol=1e-6 * float(clump.max()))
+    smeared = np.asarray(jax.jit(lambda c: radial_smear(c, region, 0.2))(clump))
+
+    def widths(cube):
+        total = cube.sum()
+        out = []
+        for axis in range(3):
+            c = region.centres_pc(axis)
+            marginal = cube.sum(axis=tuple(a for a in range(3) if a != axis)) / total
+            mean = (marginal * c).sum()
+            out.append(np.sqrt((marginal * (c - mean) ** 2).sum()))
+        return np.array(out)
+
+    before, after = widths(np.asarray(clump)), widths(smeared)
+    assert after[0] > 2.5 * before[0]  # sqrt(20^2 + 60^2) / 20 ~ 3.2
+    # Across the line of sight only the trilinear interpolation's blur (< 1 cell in quadrature).
+    assert np.all(after[1:] < np.hypot(before[1:], 15.0)) and np.all(after[1:] >= before[1:])
+    # Columns along the rays are kept, so the volume integral grows by E[exp(-2 f t)] = e^(2 f^2).
+    np.testing.assert_allclose(smeared.sum() / float(clump.sum()), np.exp(2 * 0.2**2), rtol=0.03)
+    # ... and the extinction behind the clump (at the far face, X = -600 pc) is unchanged.
+    operator = los_operator(region)
+    far = [np.asarray(operator(jnp.asarray(c)[None]))[0, 0] for c in (np.asarray(clump), smeared)]
+    np.testing.assert_allclose(far[1].sum(), far[0].sum(), rtol=0.05)
 
 
 def test_smoothed_exponential_is_the_convolution():
