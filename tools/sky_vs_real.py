@@ -144,8 +144,12 @@ def summarise(per_cube: list[dict], real: dict) -> dict:
 
 # ---- cubes -------------------------------------------------------------------------------------
 def real_cube(region, real_dir: Path) -> np.ndarray:
-    from dustjax.apply import regrid_nearest
     from dustjax.maps import DustMap
+
+    try:  # the layout refactor (issue 16) moves regrid_nearest from apply.py to maps.py
+        from dustjax.maps import regrid_nearest
+    except ImportError:
+        from dustjax.apply import regrid_nearest
 
     dustmap = DustMap.from_fits(real_dir / CUBES[region.name])
     return regrid_nearest(dustmap, region), dustmap
