@@ -172,6 +172,10 @@ def test_sky_test_config_trains_and_beats_zero(tmp_path):
     assert res["sim_hat_mse"] < 0.6 * res["sim_hat_mse_zero"]
     assert 0.6 < res["coverage_calibrated"] < 0.76
     assert (tmp_path / nz.CALIBRATION_FILE).exists()
+    # against the apply route's band: Monte Carlo redraws + the scaled model variance
+    res = calibrate(tmp_path, config, num_batches=1, num_redraws=3)
+    assert 0.6 < res["coverage_mc_plus_scaled_model"] < 0.76
+    assert res["coverage_mc_only"] <= res["coverage_mc_plus_model"]
     pred = nz.load_model_predictor(tmp_path)
     e = jnp.zeros((1, *train.region_of(config).shape))
     assert pred.density(e).shape == e.shape and pred.has_variance

@@ -40,6 +40,9 @@ def parse_args(argv=None):
     p.add_argument("--deadline_s", type=float, default=0.0,
                    help="whole-run wall budget: training is cut to end in time")  # fmt: skip
     p.add_argument("--eval_reserve_s", type=float, default=100.0)
+    p.add_argument("--calibration_redraws", type=int, default=0,
+                   help="fit the sigma scale with this many Monte Carlo redraws per cube "
+                   "(the apply route's band); 0: against the model variance alone")  # fmt: skip
     return p.parse_args(argv)
 
 
@@ -146,7 +149,73 @@ def measure(config, n: int) -> dict:
     return out
 
 
-def calibrate(workdir, config, num_batches: int = 4) -> dict:
+def _redraw_batches(cfg, num_batches: int, num_redraws: int, batch_size: int):
+    """Validation-like cubes with `num_redraws` Monte Carlo redraws of each catalogue:
+    yields (normalised extinctions (B, 1 + R, nx, ny, nz, 1), normalised density (B, ...))."""
+    import jax
+
+    from dustjax import sims, train
+    from dustjax.vnet import normalisation as nz
+    from dustjax.vnet import observe as ob
+
+    region = train.region_of(cfg)
+    name, sim_params = train._simulator_params(cfg)
+    simulate = sims.simulate_batch_fn(region, name, sim_params)
+    params = ob.ObservationParams.from_config(cfg.observation)
+    norm = nz.normalisation_of(cfg)
+
+    @jax.jit
+    def make(key):
+        density, _ = simulate(jax.random.split(key, batch_size))
+        keys = jax.random.split(jax.random.fold_in(key, 1), batch_size)
+        cubes, _ = jax.lax.map(
+            lambda a: ob.observe_one(a[0], a[1], region, params, num_redraws), (keys, density)
+        )
+        return norm.extinction(cubes)[..., None], norm.density(density)
+
+    for i in range(num_batches):
+        yield make(jax.random.fold_in(jax.random.key(int(cfg.seed) + 7_777), i))
+
+
+def calibrate_with_redraws(workdir, num_batches=2, num_redraws=8, batch_size=8) -> dict:
+    """The sigma scale fitted against the apply route's band: Monte Carlo spread of `num_redraws`
+    redraws plus the scaled model variance (`dustjax.vnet.normalisation.combine_redraws`)."""
+    import jax
+    import numpy as np
+
+    from dustjax import train
+    from dustjax.vnet import normalisation as nz
+
+    model, variables, cfg = train.load_trained(workdir)
+    norm = nz.normalisation_of(cfg)
+    apply = jax.jit(lambda x: model.apply(variables, x, train=False))
+    mus, sds_mc, sds_model, truths = [], [], [], []
+    for x, t in _redraw_batches(cfg, num_batches, num_redraws, batch_size):
+        b, r1 = x.shape[:2]
+        out = np.asarray(apply(x.reshape(b * r1, *x.shape[2:])), np.float64)
+        out = out.reshape(b, r1, *out.shape[1:])
+        mu, sigma = out[:, 1:, ..., 0], np.exp(np.clip(out[:, 1:, ..., 1], *nz.LOG_SIGMA_RANGE))
+        mus.append(mu.mean(axis=1))
+        sds_mc.append(mu.std(axis=1, ddof=1))
+        sds_model.append(np.sqrt(np.mean(sigma**2, axis=1)))
+        truths.append(np.asarray(t, np.float64))
+    mu, sd_mc, sd_model, truth = (np.concatenate(a) for a in (mus, sds_mc, sds_model, truths))
+    mask = np.asarray(norm.density_inverse(truth, xp=np)) > 1e-4
+    total = np.sqrt(sd_mc**2 + sd_model**2)
+    scale = nz.fit_sigma_scale(truth, mu, sd_model, mask, mc_sigma=sd_mc)
+    return dict(
+        num_redraws=num_redraws,
+        num_cubes=int(mu.shape[0]),
+        coverage_mc_only=nz.coverage(truth, mu, sd_mc, mask),
+        coverage_mc_plus_model=nz.coverage(truth, mu, total, mask),
+        sigma_scale_with_mc=scale,
+        coverage_mc_plus_scaled_model=nz.coverage(
+            truth, mu, np.sqrt(sd_mc**2 + (scale * sd_model) ** 2), mask
+        ),
+    )
+
+
+def calibrate(workdir, config, num_batches: int = 4, num_redraws: int = 0) -> dict:
     """Fit the variance head's sigma scale on validation simulations (truth > 1e-4 mag/pc)."""
     import jax
     import numpy as np
@@ -184,6 +253,10 @@ def calibrate(workdir, config, num_batches: int = 4) -> dict:
         res["sim_skill_mean_point"] = float(1.0 - np.mean((rho_mean - rho_t) ** 2) / np.var(rho_t))
         res["sim_dust_recovered_mean_point"] = float(rho_mean.sum() / rho_t.sum())
         rho_p = np.maximum(np.asarray(norm.density_inverse(mu, xp=np)), 0.0)  # the median
+        if num_redraws:  # fit against the apply route's band (Monte Carlo + model variance)
+            res.update(calibrate_with_redraws(workdir, num_redraws=num_redraws))
+            res["sigma_scale_without_mc"] = scale
+            scale = res["sigma_scale"] = res["sigma_scale_with_mc"]
         nz.write_calibration(workdir, scale, **{k: v for k, v in res.items() if k != "sigma_scale"})
     else:
         rho_p = np.maximum(np.asarray(norm.density_inverse(mu, xp=np)), 0.0)
@@ -313,7 +386,7 @@ def main(argv=None):
         summary["train"]["workdir"] = str(workdir)
         metrics = (workdir / train.METRICS_FILE).read_text()
         summary["train"]["metrics"] = [json.loads(x) for x in metrics.splitlines() if x.strip()]
-        summary["calibration"] = calibrate(workdir, config)
+        summary["calibration"] = calibrate(workdir, config, num_redraws=args.calibration_redraws)
         dio.write_json(out / f"{region}_summary.json", summary)
         if args.evaluate:
             summary["realsky"] = evaluate(region, workdir, args.evaluate, out, args.nnls)

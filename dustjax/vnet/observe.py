@@ -281,18 +281,33 @@ def grid_eq5(
 
 
 # ---- the whole observation ----------------------------------------------------------------------
-def observe_one(key, density, region: Region, params: ObservationParams):
-    """One density cube -> ``(gridded extinction (nx, ny, nz) clipped >= 0, diagnostics)``."""
-    k_star, k_noise = jax.random.split(key)
+def observe_one(key, density, region: Region, params: ObservationParams, num_redraws: int = 0):
+    """One density cube -> ``(gridded extinction (nx, ny, nz) clipped >= 0, diagnostics)``.
+
+    ``num_redraws`` > 0 returns ``(1 + num_redraws, nx, ny, nz)`` instead: the catalogue's cube,
+    then the cubes of `dustjax.apply.monte_carlo`'s redraws E_obs + sigma_E N(0, 1) of the same
+    stars (same neighbours and weights), for calibrating against the apply route's band.
+    """
+    k_star, k_noise, k_redraw = jax.random.split(key, 3)
     stars = draw_stars(k_star, region, params)
     e_true = integrate_stars(density, region, stars["xyz_true"], params.star_chunk)
     sigma = jnp.hypot(stars["sigma_a"], stars["sigma_b"] * jnp.maximum(e_true, 0.0))
     e_obs = e_true + sigma * jax.random.normal(k_noise, e_true.shape)
-    cube, not_exact = grid_eq5(
-        stars["xyz_obs"], e_obs, sigma, stars["valid"], region, params.k_for(region),
-        cap=params.cap_for(region), select=params.select_for(region),
-        bisect_steps=params.bisect_steps,
-    )  # fmt: skip
+
+    def grid(values):
+        return grid_eq5(
+            stars["xyz_obs"], values, sigma, stars["valid"], region, params.k_for(region),
+            cap=params.cap_for(region), select=params.select_for(region),
+            bisect_steps=params.bisect_steps,
+        )  # fmt: skip
+
+    if num_redraws:
+        noise = jax.random.normal(k_redraw, (num_redraws, *e_obs.shape))
+        values = jnp.concatenate([e_obs[None], e_obs + sigma * noise])
+        cube, not_exact = jax.lax.map(grid, values)
+        not_exact = not_exact[0]
+    else:
+        cube, not_exact = grid(e_obs)
     diag = dict(
         num_stars=jnp.sum(stars["valid"]),
         not_exact_fraction=jnp.mean(not_exact.astype(jnp.float32)),
