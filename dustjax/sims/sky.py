@@ -341,21 +341,26 @@ def sky_density(key: jax.Array, region: Region, params: SkyParams = SKY) -> jax.
     keep = keep * jnp.where(has_bubble, outside, 1.0)
     # Empty sky: a cone of directions from the Sun without dust (low-extinction windows and
     # the maps' survey gaps, e.g. Bayestar19's sky south of declination -30 deg).
-    has_cone = jax.random.uniform(next(keys)) < p.cone_probability
-    axis = jax.random.normal(next(keys), (3,))
-    axis = axis / (jnp.linalg.norm(axis) + 1e-12)
-    half_angle = jnp.deg2rad(_uniform(next(keys), p.cone_half_angle_range_deg))
-    cosine = (axis[0] * x + axis[1] * y + axis[2] * z) / jnp.maximum(distance, 1e-6)
-    in_cone = jax.nn.sigmoid((cosine - jnp.cos(half_angle)) / 0.005)  # a sharp edge, ~1 deg
-    keep = keep * jnp.where(has_cone, 1.0 - in_cone, 1.0)
+    # (Skipped when off, so that cubes equal those of the simulator before cones: 2ea20ba.)
+    k_has_cone, k_axis, k_angle = next(keys), next(keys), next(keys)
+    if p.cone_probability > 0:
+        has_cone = jax.random.uniform(k_has_cone) < p.cone_probability
+        axis = jax.random.normal(k_axis, (3,))
+        axis = axis / (jnp.linalg.norm(axis) + 1e-12)
+        half_angle = jnp.deg2rad(_uniform(k_angle, p.cone_half_angle_range_deg))
+        cosine = (axis[0] * x + axis[1] * y + axis[2] * z) / jnp.maximum(distance, 1e-6)
+        in_cone = jax.nn.sigmoid((cosine - jnp.cos(half_angle)) / 0.005)  # a sharp edge, ~1 deg
+        keep = keep * jnp.where(has_cone, 1.0 - in_cone, 1.0)
     density = density * (depletion + (1.0 - depletion) * keep)
 
     # Map-like radial smearing ("fingers of God"): maps built from stars smear each cloud along
     # the line of sight by the distance uncertainty; drawn for a fraction of the cubes.
-    has_smearing = jax.random.uniform(next(keys)) < p.radial_smearing_probability
-    fraction = _uniform(next(keys), p.radial_smearing_range)
-    smeared = radial_smear(density, region, jnp.where(has_smearing, fraction, 0.0))
-    return smeared.astype(jnp.float32)
+    k_has_smearing, k_fraction = next(keys), next(keys)
+    if p.radial_smearing_probability > 0:
+        has_smearing = jax.random.uniform(k_has_smearing) < p.radial_smearing_probability
+        fraction = _uniform(k_fraction, p.radial_smearing_range)
+        density = radial_smear(density, region, jnp.where(has_smearing, fraction, 0.0))
+    return density.astype(jnp.float32)
 
 
 def radial_smear(density, region: Region, fraction, num_nodes: int = 11) -> jax.Array:
