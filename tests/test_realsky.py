@@ -264,3 +264,29 @@ def test_monte_carlo_band_of_a_linear_model_has_the_analytic_width():
         None, knn, catalog, num_redraws=400, batch_size=50, hat_model=Hat()
     )
     assert hat["p16"].shape == REGION.shape and "variance head" in hat["source"]
+
+
+@pytest.mark.slow
+def test_cli_with_a_trained_workdir_warns_about_a_model_without_the_observation_loop(tmp_path):
+    from dustjax import train
+    from experiments.configs import vnet_test
+    from tools import realsky_vnet
+
+    config = vnet_test.get_config()  # SR at 16^3, trained on exact extinction cubes
+    config.num_epochs = 1
+    config.data.steps_per_epoch = 2
+    config.progress_bar = False
+    train.train_and_evaluate(config, tmp_path / "wd")
+    density, header = _slab_cube()
+    np.save(tmp_path / "c.npy", density.T)
+    (tmp_path / "c.header.json").write_text(json.dumps(header))
+    common = [f"--cube={tmp_path / 'c.npy'}", "--region=SR", "--shape=16,16,16",
+              f"--model={tmp_path / 'wd'}", "--no_figure"]  # fmt: skip
+    lit = realsky_vnet.main([*common, "--route=literature", f"--out={tmp_path / 'lit'}"])
+    assert lit["model"]["variance_head"] is False and np.isfinite(lit["scores"]["skill"])
+    cat_ = realsky_vnet.main(
+        [*common, "--route=catalogue", "--num_stars=3000", "--num_redraws=2",
+         f"--out={tmp_path / 'cat'}"]
+    )  # fmt: skip
+    assert "without the observation loop" in cat_["input_warnings"][0]
+    assert cat_["band"].startswith("Monte Carlo (2 redraws)")
