@@ -10,7 +10,9 @@ Hardware: one GPU (bfloat16, input block float32). Data: VS's "sky" simulator,
 5 x 10^5 - 1.2 x 10^6 stars per cube uniform in the box, sigma_E = hypot(a, b E) with a in
 [0.02, 0.10] mag, b in [0.02, 0.10], distance errors 0-8 %, eq. 5 with k = 30
 (`dustjax.vnet.observe`).
-Measured (one H200, 2026-11-29, docs/results/realsky_vnet_run2_h200.json): `REAL=../real bash
+Measured with the sky simulator of then (2ea20ba: no empty cones, no map-like smearing; to
+reproduce, `--config.data.simulator_params` cone_probability=0, radial_smearing_probability=0)
+(one H200, 2026-11-29, docs/results/realsky_vnet_run2_h200.json): `REAL=../real bash
 tools/vnet_sky_device.sh SR,LR 0,400 452 LR` (LR: 2 epochs x 1,980 steps, 4.5 min of training
 wall time, 8 min with evaluations): 29.8 steps/s against 49.2 noiseless (ratio 0.61; 3.5 steps/s
 without echo). Real LR cube, literature route: skill 0.845, dust 84 %, log-r 0.971 (median point

@@ -10,7 +10,9 @@ Hardware: one GPU (bfloat16, input block float32). Data: VS's "sky" simulator,
 1.5 x 10^4 - 6 x 10^4 stars per cube uniform in the box, sigma_E = hypot(a, b E) with a in
 [0.01, 0.08] mag, b in
 [0.02, 0.10], distance errors 0-8 %, eq. 5 with k = 3 (`dustjax.vnet.observe`).
-Measured (one H200, 2026-11-29, docs/results/realsky_vnet_run1_h200.json): `python -m
+Measured with the sky simulator of then (sims v1, 3917168: no empty cones, no map-like smearing; to
+reproduce, `--config.data.simulator_params` cone_probability=0, radial_smearing_probability=0)
+(one H200, 2026-11-29, docs/results/realsky_vnet_run1_h200.json): `python -m
 tools.vnet_sky_device --regions=SR --train_seconds=180 --epochs=6 --evaluate=REAL --nnls` with echo
 1 (before data echoing): 3,060 steps at 17.0 steps/s (noiseless step 47.2/s: ratio 0.36; with
 echo 8, the setting here, 44.3 vs 49.4 steps/s, ratio 0.90), 6 min of wall time with evaluations.
