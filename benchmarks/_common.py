@@ -42,11 +42,12 @@ def build_vnet_step(name: str, batch_size: int, num_devices: int = 1, small: boo
     import jax
     import jax.numpy as jnp
     import numpy as np
-    from jax.sharding import NamedSharding
-    from jax.sharding import PartitionSpec as P
+    import optax
 
-    from dustjax import train
+    from dustjax import sharding
     from dustjax.models import VNet
+    from dustjax.training import steps
+    from dustjax.training.tasks import Task
 
     opts = dict(VNET_VARIANTS[name])
     global_batch = batch_size * opts.pop("batch_factor", 1)
@@ -54,24 +55,24 @@ def build_vnet_step(name: str, batch_size: int, num_devices: int = 1, small: boo
     dtype = opts.pop("dtype", None) or ("bfloat16" if jax.default_backend() != "cpu" else "float32")
     features = (4, 8, 16, 32) if small else (128, 256, 512, 1024)
     size = 16 if small else 32
-    mesh = train.make_mesh(num_devices)
+    mesh = sharding.make_mesh(num_devices)
     if opts.get("bn_groups") == "devices":
         opts["bn_groups"] = mesh.size
-    train.check_batch_size(global_batch, mesh)
+    sharding.check_batch_size(global_batch, mesh)
     model = VNet(features=features, dtype=jnp.dtype(dtype).type, **opts)
     rng = np.random.default_rng(0)
     extinction = rng.uniform(0, 2, (global_batch, size, size, size, 1)).astype(np.float32)
     batch = {"extinction": extinction, "density": np.sqrt(extinction)}
-    state = train.create_train_state(
+    state = steps.create_train_state(
         model,
-        train.optax.adam(1e-4),
+        optax.adam(1e-4),
         jnp.asarray(extinction[:1]),
         jax.random.key(0),
         mesh,
         shard_optimizer_state=shard_opt,
     )
-    step, _ = train.jit_steps(train.Task(), state, mesh)
-    batch = jax.device_put(batch, NamedSharding(mesh, P("data")))
+    step, _ = steps.jit_steps(Task(), state, mesh)
+    batch = jax.device_put(batch, sharding.batch_sharding(mesh))
     return dict(
         step=step,
         state=state,

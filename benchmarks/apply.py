@@ -9,7 +9,7 @@ r"""Benchmark: star catalogue -> 3D dust map, with Monte Carlo uncertainties (is
         --out=bench_out/apply_cpu
 
 Runs unchanged on CPU and GPU and needs neither tensorflow nor astropy: the demo catalogue is
-generated in memory (`dustjax.demo`), FITS writing is off unless --write_fits. Stages timed
+generated in memory (`dustjax.sims.stars`), FITS writing is off unless --write_fits. Stages timed
 (each after `block_until_ready`): catalogue simulation (input, not counted), kNN gridding (eq. 5),
 the nominal prediction (includes compilation), the Monte Carlo redraws (includes compilation),
 the fig.-11 consistency check and the outputs. "end to end" = gridding + prediction + Monte
@@ -57,10 +57,11 @@ def define_flags() -> None:
 
 def main(argv):
     del argv
-    from dustjax import apply as ap
-    from dustjax import catalog as cat
-    from dustjax import demo
     from dustjax.geometry import Region
+    from dustjax.sims import stars as demo
+    from dustjax.vnet import apply as ap
+    from dustjax.vnet import gridding
+    from dustjax.vnet.output import write_outputs
 
     out = Path(FLAGS.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -91,7 +92,7 @@ def main(argv):
 
     t_all = time.perf_counter()
     knn, times["knn_s"] = timed(
-        cat.knn_weights,
+        gridding.knn_weights,
         region,
         catalog,
         backend=FLAGS.knn_backend,
@@ -124,7 +125,7 @@ def main(argv):
         **mc,
     )
     t = time.perf_counter()
-    files = ap.write_outputs(out / "map", result, write_fits=FLAGS.write_fits, plots=FLAGS.plots)
+    files = write_outputs(out / "map", result, write_fits=FLAGS.write_fits, plots=FLAGS.plots)
     times["outputs_s"] = time.perf_counter() - t
     times["end_to_end_s"] = time.perf_counter() - t_all
 

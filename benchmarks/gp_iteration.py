@@ -29,6 +29,7 @@ from absl import app, flags
 
 from dustjax.gp import fit, simulate
 from dustjax.gp.grid import LBDGrid
+from dustjax.sharding import make_mesh
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("size", "paper", ["paper", "1m", "small"], "Problem size.")
@@ -60,7 +61,7 @@ def main(argv):
     dtype = jnp.float64 if FLAGS.dtype == "float64" else jnp.float32
     _, catalog, _ = simulate.paper_simulation(seed=0, num_stars=size["num_stars"])
     grid = LBDGrid((50.0, 90.0), (-10.0, 10.0), (180.0, 500.0), size["shape"])
-    mesh = fit.make_mesh()
+    mesh = make_mesh(axis=fit.STAR_AXIS)
     stars = fit.make_star_data(catalog, grid, num_shards=mesh.devices.size, dtype=dtype)
     params = fit.initial_params(
         catalog,

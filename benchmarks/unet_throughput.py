@@ -4,10 +4,10 @@ r"""Images per second of the POLARIS U-Net: training steps and prediction, any d
         --models=unet --base_features=16 --levels=3 --steps=5          # CPU (minutes)
     python -m benchmarks.unet_throughput --out=bench/unet_h200                  # one H200
 
-Times the engine's own jitted train step (`dustjax.train.make_train_step` on the "polaris" task:
-dihedral augmentation, forward, MSE, backward, Adam) and the jitted prediction, on random
-(B, S, S, 1) batches, after a warm-up (compilation excluded); FLOPs per step come from XLA's cost
-analysis of the compiled step, and the achieved FLOP/s is given as a fraction of the device's
+Times the engine's own jitted train step (`dustjax.training.steps.make_train_step` on the
+"polaris" task: dihedral augmentation, forward, MSE, backward, Adam) and the jitted prediction, on
+random (B, S, S, 1) batches, after a warm-up (compilation excluded); FLOPs per step come from XLA's
+cost analysis of the compiled step, and the achieved FLOP/s is given as a fraction of the device's
 dense bf16 peak (H200/H100 SXM: 989 TFLOP/s; unknown devices: no fraction). Writes
 ``<out>/unet_throughput.json`` and ``<out>/unet_throughput.png`` and prints a table.
 """
@@ -57,9 +57,17 @@ def bench_model(name, *, image_size, batch_size, levels, base_features, steps, d
     import ml_collections
     import numpy as np
 
-    from dustjax import polaris, train
+    from dustjax.polaris.data import INPUT_KEY, TARGET_KEY
+    from dustjax.sharding import make_mesh
+    from dustjax.training.optim import make_optimizer
+    from dustjax.training.steps import (
+        build_model,
+        create_train_state,
+        jit_steps,
+        resolve_compute_dtype,
+    )
+    from dustjax.training.tasks import get_task
 
-    polaris.register_with_engine()
     kwargs = dict(levels=levels, base_features=base_features)
     if name == "ukan":
         kwargs.update(levels=levels + 1, kan_levels=3)
@@ -67,20 +75,20 @@ def bench_model(name, *, image_size, batch_size, levels, base_features, steps, d
         dict(model=dict(name=name, kwargs=kwargs), compute_dtype=dtype,
              optimizer=dict(name="adam", learning_rate=1e-3), schedule=dict(name="constant"))
     )  # fmt: skip
-    model = train.build_model(config)
-    task = train.get_task("polaris")
-    mesh = train.make_mesh(1)
-    tx = train.make_optimizer(config, 1)
+    model = build_model(config)
+    task = get_task("polaris")
+    mesh = make_mesh(1)
+    tx = make_optimizer(config, 1)
     rng = np.random.default_rng(0)
     shape = (batch_size, image_size, image_size, 1)
     batch = {
-        polaris.INPUT_KEY: jnp.asarray(rng.normal(size=shape), jnp.float32),
-        polaris.TARGET_KEY: jnp.asarray(rng.normal(size=shape), jnp.float32),
+        INPUT_KEY: jnp.asarray(rng.normal(size=shape), jnp.float32),
+        TARGET_KEY: jnp.asarray(rng.normal(size=shape), jnp.float32),
     }
-    state = train.create_train_state(model, tx, batch[polaris.INPUT_KEY][:1], jax.random.key(0),
+    state = create_train_state(model, tx, batch[INPUT_KEY][:1], jax.random.key(0),
                                      mesh)  # fmt: skip
     num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
-    train_step, _ = train.jit_steps(task, state, mesh)
+    train_step, _ = jit_steps(task, state, mesh)
     step_rng = jax.random.key(1)
     flops_train = _flops(train_step.lower(state, batch, step_rng).compile())
     for _ in range(2):
@@ -94,18 +102,18 @@ def bench_model(name, *, image_size, batch_size, levels, base_features, steps, d
 
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     predict = jax.jit(lambda v, x: model.apply(v, x, train=False))
-    flops_predict = _flops(predict.lower(variables, batch[polaris.INPUT_KEY]).compile())
-    out = predict(variables, batch[polaris.INPUT_KEY]).block_until_ready()
+    flops_predict = _flops(predict.lower(variables, batch[INPUT_KEY]).compile())
+    out = predict(variables, batch[INPUT_KEY]).block_until_ready()
     start = time.perf_counter()
     for _ in range(steps):
-        out = predict(variables, batch[polaris.INPUT_KEY])
+        out = predict(variables, batch[INPUT_KEY])
     out.block_until_ready()
     predict_s = (time.perf_counter() - start) / steps
     device = jax.devices()[0]
     peak = _peak(device.device_kind)
     row = dict(
         model=name, params=num_params, image_size=image_size, batch_size=batch_size,
-        compute_dtype=jnp.dtype(train.resolve_compute_dtype(dtype)).name,
+        compute_dtype=jnp.dtype(resolve_compute_dtype(dtype)).name,
         train_images_per_s=batch_size / train_s, predict_images_per_s=batch_size / predict_s,
         train_step_ms=1e3 * train_s, predict_step_ms=1e3 * predict_s,
         train_tflops=flops_train / train_s / 1e12, predict_tflops=flops_predict / predict_s / 1e12,
@@ -127,12 +135,9 @@ def main(argv):
     import datetime
 
     import jax
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     from dustjax import io as dio
+    from dustjax.plots import pyplot, save_figure
 
     out = dio.ensure_writable_dir(FLAGS.out)
     rows = []
@@ -151,7 +156,7 @@ def main(argv):
                       "steps", "dtype")),
     )  # fmt: skip
     dio.write_json(out / "unet_throughput.json", result)
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = pyplot().subplots(figsize=(7, 4))
     x = range(len(rows))
     ax.bar([i - 0.2 for i in x], [r["train_images_per_s"] for r in rows], 0.4, label="train")
     ax.bar([i + 0.2 for i in x], [r["predict_images_per_s"] for r in rows], 0.4, label="predict")
@@ -160,8 +165,7 @@ def main(argv):
     ax.set_yscale("log")
     ax.legend()
     ax.set_title(f"POLARIS U-Net throughput on {result['device']}")
-    with dio.atomic_path(out / "unet_throughput.png") as tmp:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+    save_figure(fig, out / "unet_throughput.png")
     header = f"{'model':<16}{'params':>10}{'train img/s':>13}{'pred img/s':>12}{'train TF/s':>12}"
     header += f"{'% bf16 peak':>13}"
     print("\n" + header)

@@ -7,7 +7,7 @@ the GPU's bf16 peak, and data-parallel scaling.
     python -m benchmarks.vnet_throughput --small --out=/tmp/bench          # CPU smoke run
 
 Each row is one variant of the model/step (`--variants`), timed as the real engine's jitted
-``train_step`` (dustjax.train: sharded batch, replicated params, donated state, Adam) on a global
+``train_step`` (dustjax.training: sharded batch, replicated params, donated state, Adam) on a global
 batch of ``--batch_size`` per device count (``--scaling=strong``: the global batch fixed, default
 32, split over the devices; ``weak``: ``--batch_size`` per device). XLA-flag variants
 (`--xla_variants`) need a fresh process each (flags are read when the backend starts): the script
@@ -34,7 +34,7 @@ Variants (names in the table):
               the same as base on one device): no all-reduces inside the layers
 XLA flag sets: default; autotune4 (--xla_gpu_autotune_level=4); lhs (latency-hiding scheduler,
 overlaps the gradient all-reduce with the backward pass); cmdbuf_off (no CUDA graphs); nhwc
-(--xla_gpu_force_conv_nhwc: channels-last 3D convolutions, see `dustjax.accel`); nhwc_lhs (both);
+(--xla_gpu_force_conv_nhwc: channels-last 3D convolutions, see `dustjax.runtime`); nhwc_lhs (both);
 nhwc_lhs_split (both, gradient all-reduces combined only up to 32 MB: for overlap on 4 GPUs).
 Rows are printed as each flag set's child process produces them (`--child_timeout` bounds each).
 

@@ -45,15 +45,17 @@ def make_clouds(data_config, out: str, num: int, seed: int, *, overwrite: bool =
 
     import dustjax
     from dustjax import io as dio
-    from dustjax import polaris
+    from dustjax.polaris import crops as pcrops
+    from dustjax.polaris import data as pdata
+    from dustjax.polaris import projection
 
-    grid = polaris.grid_from_config(data_config)
-    selection = polaris.selection_from_config(data_config)
-    splits = polaris.split_counts(num, float(data_config.get("validation_fraction", 0.2)))
+    grid = pdata.grid_from_config(data_config)
+    selection = pdata.selection_from_config(data_config)
+    splits = pdata.split_counts(num, float(data_config.get("validation_fraction", 0.2)))
     target = data_config.get("target", "mass_weighted")
-    features, info = polaris.simulate_crop_dataset(
+    features, info = pcrops.simulate_crop_dataset(
         seed, num, grid, selection,
-        param_sampler=polaris.param_sampler_from_config(data_config),
+        param_sampler=pdata.param_sampler_from_config(data_config),
         score_target=target, progress=True,
     )  # fmt: skip
     size = selection.crop_size
@@ -76,7 +78,7 @@ def make_clouds(data_config, out: str, num: int, seed: int, *, overwrite: bool =
     return dio.write_sharded_dataset(
         out,
         splits=splits,
-        features={name: (size, size) for name in polaris.FEATURE_NAMES},
+        features={name: (size, size) for name in projection.FEATURE_NAMES},
         make_examples=make_examples,
         metadata=metadata,
         examples_per_shard=examples_per_shard,

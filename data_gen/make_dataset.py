@@ -3,25 +3,28 @@ r"""Simulate a V-net training set: paired (extinction, density) cubes as TFRecor
     python -m data_gen.make_dataset --region=SR --num=10000 --out=data/SR --seed=0
     make data REGION=SR N=10000
 
-Splits follow the paper (sect. 2.2): 10 % test, and the other 90 % split 80/20 into train and
-validation (7,200 / 1,800 / 1,000 for 10,000 cubes). Features ``extinction`` (mag) and ``density``
-(mag/pc) are float32 cubes in physical units; `dataset_info.json` records the region, simulator,
-its parameters, seed and version, and is written last: an interrupted run never leaves a dataset
-that reads as complete, and re-running the same command resumes it. Example i is simulated from
-``fold_in(key(seed, impl="rbg"), i)``, so the same seed gives the same bytes, resumed or not.
+Splits follow the paper (sect. 2.2, `dustjax.vnet.data.split_sizes`): 10 % test, and the other 90 %
+split 80/20 into train and validation (7,200 / 1,800 / 1,000 for 10,000 cubes). Features
+``extinction`` (mag) and ``density`` (mag/pc) are float32 cubes in physical units;
+`dataset_info.json` records the region, simulator, its parameters, seed and version, and is written
+last: an interrupted run never leaves a dataset that reads as complete, and re-running the same
+command resumes it. Example i is simulated from ``fold_in(key(seed, impl="rbg"), i)``, so the same
+seed gives the same bytes, resumed or not.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import sys
+from pathlib import Path
 
 import numpy as np
 from absl import app, flags, logging
 
 import dustjax
 from dustjax.geometry import Region, RegionError
-from dustjax.io import DatasetError, OutputError, write_sharded_dataset
+from dustjax.io import DATASET_INFO, DatasetError, OutputError, write_sharded_dataset
+from dustjax.vnet.data import split_sizes
 
 FLAGS = flags.FLAGS
 
@@ -45,19 +48,6 @@ def define_flags() -> None:
     flags.DEFINE_integer("chunk", 16, "Cubes simulated per device call.")
 
 
-TEST_FRACTION = 0.10
-TRAIN_FRACTION_OF_REST = 0.80
-
-
-def split_counts(num: int) -> dict[str, int]:
-    """train/validation/test counts: 10 % test, the rest 80/20 (paper sect. 2.2)."""
-    if num < 1:
-        raise ValueError(f"--num must be a positive number of cubes, got {num}")
-    test = int(round(TEST_FRACTION * num))
-    train = int(round(TRAIN_FRACTION_OF_REST * (num - test)))
-    return {"train": train, "validation": num - test - train, "test": test}
-
-
 def make_dataset(
     region: str | Region,
     num: int,
@@ -70,13 +60,15 @@ def make_dataset(
     chunk: int = 16,
     progress: bool = True,
 ):
-    """Library entry point (used by `make data` and by `experiments.train`)."""
+    """Library entry point (used by `make data` and by `ensure_dataset`)."""
     import jax
 
     from dustjax.sims import SIMULATORS, default_simulator, simulate_batch_fn
 
     region = region if isinstance(region, Region) else Region.named(region)
-    splits = split_counts(num)
+    if num < 1:
+        raise ValueError(f"--num must be a positive number of cubes, got {num}")
+    splits = split_sizes(num)
     simulator = simulator or default_simulator(region)
     if simulator not in SIMULATORS:
         raise ValueError(f"unknown simulator {simulator!r}; known: {sorted(SIMULATORS)}")
@@ -117,6 +109,25 @@ def make_dataset(
         desc=f"simulating {region.name} ({simulator})",
         progress=progress,
     )
+
+
+def ensure_dataset(config) -> None:
+    """Make the TFRecord dataset of a V-net config with `make_dataset` if it is missing
+    (``experiments.train --make_data_if_missing``, the training notebook)."""
+    if config.data.get("source") != "tfrecord":
+        return
+    data_dir = Path(config.data.data_dir)
+    if (data_dir / DATASET_INFO).exists():
+        return
+    simulator = config.data.get("simulator") or None
+    logging.info(
+        "no dataset in %s: simulating %d %s cubes (%s) with data_gen.make_dataset",
+        data_dir, config.data.num_examples, config.data.region, simulator or "default simulator",
+    )  # fmt: skip
+    make_dataset(
+        config.data.region, int(config.data.num_examples), str(data_dir), int(config.seed),
+        simulator=simulator,
+    )  # fmt: skip
 
 
 def region_from_flags(name, shape=None, lower_pc=None, upper_pc=None) -> Region:

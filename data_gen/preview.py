@@ -17,7 +17,7 @@ import numpy as np
 from absl import app, flags
 
 from dustjax.geometry import Region, RegionError
-from dustjax.io import DatasetError, OutputError, atomic_path, read_dataset_info
+from dustjax.io import DatasetError, OutputError, read_dataset_info
 
 FLAGS = flags.FLAGS
 
@@ -52,12 +52,10 @@ def load_example(data_dir: str, split: str, index: int):
 
 def draw_preview(region: Region, density, extinction, out: str, title: str = "") -> None:
     """Write the figs. 1-4 panels for one (density, extinction) pair to `out` (PNG)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from dustjax.geometry import cartesian_to_galactic
+    from dustjax.plots import pyplot, save_figure
+
+    plt = pyplot()
 
     iz = int(np.searchsorted(region.edges_pc(2), 0.0, side="right") - 1)
     iy = int(np.searchsorted(region.edges_pc(1), 0.0, side="right") - 1)
@@ -102,9 +100,7 @@ def draw_preview(region: Region, density, extinction, out: str, title: str = "")
         ax.invert_xaxis()
         fig.colorbar(sc, ax=ax, label="E (mag)")
     fig.suptitle(title or str(region))
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, dpi=90, format="png")
-    plt.close(fig)
+    save_figure(fig, out, dpi=90, bbox_inches=None)  # constrained layout, no tight crop
 
 
 def main(argv):

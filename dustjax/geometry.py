@@ -9,9 +9,10 @@ counts the cells per axis. Cell (i, j, k) spans
 ``lower + (i, j, k) * cell_size`` to ``lower + (i + 1, j + 1, k + 1) * cell_size`` and its value is
 indexed ``cube[i, j, k]`` (axis 0 = X, axis 1 = Y, axis 2 = Z).
 
-Two transforms are provided for (l, b, d) <-> XYZ: `galactic_to_cartesian` / `cartesian_to_galactic`
-in jax.numpy (usable inside jit), and `*_astropy` versions through astropy's Galactic frame for the
-I/O boundary; the tests check that the two agree.
+Three pairs of transforms are provided for (l, b, d) <-> XYZ: `galactic_to_cartesian` /
+`cartesian_to_galactic` in jax.numpy (usable inside jit), `*_np` in numpy float64 (catalogues, the
+GP grid, map queries), and `*_astropy` through astropy's Galactic frame for the I/O boundary; the
+tests check that they agree. `PC_CM` is the one parsec-to-cm constant of the package.
 """
 
 from __future__ import annotations
@@ -22,6 +23,10 @@ from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
+
+# One parsec in cm: the IAU 2012 value, exactly astropy.constants.pc.cgs (a test checks it), typed
+# here so that the GPU path needs no astropy.
+PC_CM = 3.0856775814913673e18
 
 # The two regions of the V-net paper (sect. 2): 32^3 cells, towards the Galactic anticentre.
 _NAMED_REGIONS: dict[str, dict[str, Any]] = {
@@ -193,6 +198,27 @@ def cartesian_to_galactic(xyz_pc):
     distance = jnp.sqrt(x**2 + y**2 + z**2)
     l_deg = jnp.mod(jnp.rad2deg(jnp.arctan2(y, x)), 360.0)
     b_deg = jnp.rad2deg(jnp.arctan2(z, jnp.hypot(x, y)))
+    return l_deg, b_deg, distance
+
+
+# ---- coordinates (numpy float64: catalogues, the GP grid, map queries) ------------------------
+def galactic_to_cartesian_np(l_deg, b_deg, distance_pc) -> np.ndarray:
+    """As `galactic_to_cartesian`, in numpy float64 (the jnp one runs in float32 unless x64)."""
+    l_rad, b_rad = np.deg2rad(l_deg), np.deg2rad(b_deg)
+    d = np.asarray(distance_pc, dtype=np.float64)
+    cos_b = np.cos(b_rad)
+    return np.stack(
+        [d * cos_b * np.cos(l_rad), d * cos_b * np.sin(l_rad), d * np.sin(b_rad)], axis=-1
+    )
+
+
+def cartesian_to_galactic_np(xyz_pc):
+    """As `cartesian_to_galactic`, in numpy float64: (l in [0, 360) deg, b deg, distance pc)."""
+    xyz = np.asarray(xyz_pc, dtype=np.float64)
+    x, y, z = xyz[..., 0], xyz[..., 1], xyz[..., 2]
+    distance = np.sqrt(x**2 + y**2 + z**2)
+    l_deg = np.mod(np.rad2deg(np.arctan2(y, x)), 360.0)
+    b_deg = np.rad2deg(np.arctan2(z, np.hypot(x, y)))
     return l_deg, b_deg, distance
 
 

@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dustjax.geometry import Region
-from dustjax.los import _crossings, los_operator
+from dustjax.los import _operator_rows, los_operator
 
 # Default regularisation weights per kind of input, chosen on sky-like simulations
 # (tools/nnls_smoothness.py; docs/validation.md, "Real sky"): exact extinction cubes (literature
@@ -100,11 +100,15 @@ def star_operator(region: Region, xyz_pc, row_weights=None, chunk: int = 16384) 
 
     ``row_weights`` ``(N,)`` multiply each row (1 / sigma_E for a chi^2). Built with numpy in
     chunks (memory: N x (nx + ny + nz + 1) x 8 bytes at most); equals
-    `dustjax.maps.integrate_cartesian` (tested).
+    `dustjax.los.integrate_to_points` (tested).
     """
     xyz = np.asarray(xyz_pc, np.float64).reshape(-1, 3)
     edges = [region.edges_pc(a) for a in range(3)]
-    parts = [_crossings(xyz[s : s + chunk], edges, region) for s in range(0, len(xyz), chunk)]
+    lower, size = np.asarray(region.lower_pc), np.asarray(region.cell_size_pc)
+    parts = [
+        _operator_rows(xyz[s : s + chunk], edges, lower, size, region)
+        for s in range(0, len(xyz), chunk)
+    ]
     width = max(max(p[0].shape[1] for p in parts), 1)
     indices = np.zeros((len(xyz), width), np.int32)
     lengths = np.zeros((len(xyz), width), np.float32)

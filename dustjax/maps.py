@@ -14,16 +14,16 @@ Two grids are understood:
 `DustMap.query(coords)` takes an astropy `SkyCoord` in any frame, with distances; it returns the
 density (mag/pc) of the cell holding each point, or with ``integrated=True`` the extinction (mag)
 from the Sun to the point: the exact integral of the piecewise-constant density along the segment
-(Cartesian: the same path-length construction as `dustjax.los`; spherical: the full distance cells
+(Cartesian: the segment-crossing kernel of `dustjax.los`; spherical: the full distance cells
 in front of the point plus the partial last one, eqs. 7-8 of Dharmawardena et al.). Dust outside
 the map is unknown and counts as zero. Points outside the map give NaN and one warning per call.
 Where the map carries an uncertainty extension (``UNCERT`` for density, ``EXTUNC`` for integrated
 extinction), ``return_uncertainty=True`` returns it as well (the value of the cell holding the
 point).
 
-`integrate_cartesian` is also the consistency check of the apply pipeline (fig. 11 of Chen, Qin &
-Li): the predicted density integrated back to every star. It runs in JAX (jit, chunked), so
-10^6 stars take well under a second on a GPU.
+Both integrals are `dustjax.los`'s: `integrate_to_points` (the kernel of `los_operator`) on
+Cartesian maps and `apply_star_operator` (eqs. 7-8) on spherical ones. `integrate_cartesian` is kept
+as the name existing callers use for the first.
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
+from dustjax import los
 from dustjax.geometry import Region
 
 
@@ -54,59 +54,11 @@ class OutsideMapWarning(UserWarning):
 def integrate_cartesian(density, lower_pc, cell_pc, xyz_pc, *, chunk: int = 65536) -> jax.Array:
     """Extinction (mag) from the Sun to each point of ``xyz_pc`` ``(N, 3)`` through ``density``.
 
-    ``density`` ``(nx, ny, nz)`` (mag/pc) fills cells of size ``cell_pc`` from ``lower_pc``. The
-    segment from the origin to a point crosses the planes of the cell edges at fractions
-    ``t = edge / x``; between consecutive crossings it lies in one cell (found from the midpoint),
-    so E = sum |x| dt rho(cell), exactly. Parts of the segment outside the cube count as zero.
-    At a cell centre this equals `dustjax.los.LOSOperator` (tested).
+    ``density`` ``(nx, ny, nz)`` (mag/pc) fills cells of size ``cell_pc`` from ``lower_pc``. Kept
+    for existing callers: the integral is `dustjax.los.integrate_to_points` (same kernel as
+    `dustjax.los.los_operator`, which it equals at cell centres).
     """
-    density = jnp.asarray(density, jnp.float32)
-    xyz = jnp.asarray(xyz_pc, jnp.float32).reshape(-1, 3)
-    n = xyz.shape[0]
-    chunk = int(max(1, min(chunk, n)))
-    num_chunks = -(-n // chunk)
-    padded = jnp.zeros((num_chunks * chunk, 3), jnp.float32).at[:n].set(xyz)
-    shape = tuple(density.shape)
-    lower = np.asarray(lower_pc, np.float64)
-    cell = np.asarray(cell_pc, np.float64)
-    edges = tuple(lower[a] + cell[a] * np.arange(shape[a] + 1) for a in range(3))
-    out = _integrate_chunks(
-        density,
-        padded.reshape(num_chunks, chunk, 3),
-        tuple(jnp.asarray(e, jnp.float32) for e in edges),
-        jnp.asarray(lower, jnp.float32),
-        jnp.asarray(cell, jnp.float32),
-    )
-    return out.reshape(-1)[:n]
-
-
-@jax.jit
-def _integrate_chunks(density, points, edges, lower, cell):
-    shape = jnp.array(density.shape)
-    flat = density.reshape(-1)
-
-    def one_chunk(targets):
-        m = targets.shape[0]
-        ts = [jnp.zeros((m, 1)), jnp.ones((m, 1))]
-        for axis in range(3):
-            c = targets[:, axis : axis + 1]
-            safe = jnp.where(c == 0, 1.0, c)
-            t = edges[axis][None, :] / safe
-            ok = (c != 0) & (t > 0) & (t < 1)
-            ts.append(jnp.where(ok, t, 1.0))
-        t = jnp.sort(jnp.concatenate(ts, axis=1), axis=1)
-        dt = t[:, 1:] - t[:, :-1]
-        mid = 0.5 * (t[:, 1:] + t[:, :-1])
-        pos = mid[..., None] * targets[:, None, :]
-        idx = jnp.floor((pos - lower) / cell).astype(jnp.int32)
-        inside = jnp.all((idx >= 0) & (idx < shape), axis=-1)
-        idx = jnp.clip(idx, 0, shape - 1)
-        flat_idx = (idx[..., 0] * shape[1] + idx[..., 1]) * shape[2] + idx[..., 2]
-        norm = jnp.linalg.norm(targets, axis=-1, keepdims=True)
-        values = jnp.where(inside, flat[flat_idx], 0.0)
-        return jnp.sum(values * dt * norm, axis=1)
-
-    return jax.lax.map(one_chunk, points)
+    return los._integrate_points(density, lower_pc, cell_pc, xyz_pc, chunk=chunk)
 
 
 # ---- writing ------------------------------------------------------------------------------------
@@ -294,7 +246,7 @@ class DustMap:
         if self.grid == "cartesian":
             coords = xyz.T
         else:
-            from dustjax.catalog import cartesian_to_galactic_np
+            from dustjax.geometry import cartesian_to_galactic_np
 
             lon, lat, dist = cartesian_to_galactic_np(xyz)
             l0 = self.edges[0][0]
@@ -360,21 +312,15 @@ class DustMap:
 
     def _integrate(self, xyz, idx):
         if self.grid == "cartesian":
-            lower = [e[0] for e in self.edges]
-            cell = [(e[-1] - e[0]) / (len(e) - 1) for e in self.edges]
-            return np.asarray(integrate_cartesian(self.density, lower, cell, xyz), np.float64)
-        # Spherical: full distance cells in front + the partial last one (eqs. 7-8).
+            return np.asarray(los.integrate_to_points(self.density, self.edges, xyz), np.float64)
+        # Spherical: full distance cells in front + the partial last one (eqs. 7-8), in float64.
         d_edges = self.edges[2]
-        dist = np.linalg.norm(xyz, axis=-1)
-        width = np.diff(d_edges)
-        column = self.density[idx[:, 0], idx[:, 1], :].astype(np.float64)  # (N, nd)
-        cum = np.concatenate(
-            [np.zeros((len(xyz), 1)), np.cumsum(column * width, axis=1)], axis=1
-        )  # extinction at each near edge
         j = idx[:, 2]
-        rows = np.arange(len(xyz))
-        partial = column[rows, j] * np.clip(dist - d_edges[j], 0.0, width[j])
-        return cum[rows, j] + partial
+        dist = np.linalg.norm(xyz, axis=-1)
+        partial = np.clip(dist - d_edges[j], 0.0, np.diff(d_edges)[j])
+        flat_index = (idx[:, 0] * self.shape[1] + idx[:, 1]) * self.shape[2] + j
+        density = self.density.astype(np.float64)
+        return los.apply_star_operator(density, flat_index, partial, np.diff(d_edges), xp=np)
 
 
 def _gp_extinction_uncertainty(path: Path, cube):
@@ -458,3 +404,48 @@ def _length_scale(unit: str, path) -> float:
     if unit not in scales:
         raise MapError(f"{path}: length unit {unit!r} not understood (pc or kpc)")
     return scales[unit]
+
+
+def regrid_nearest(dustmap: DustMap, region: Region, smooth: bool | None = None) -> np.ndarray:
+    """A Cartesian map's density on `region`'s cells: nearest cell, smoothed first if coarser.
+
+    ``smooth=None`` smooths exactly when the region's cells are larger than the map's along some
+    axis, with a Gaussian of FWHM sqrt(cell^2 - step^2) on that axis (so the result has the
+    region's resolution, as the paper does for LR). Raises `MapError` if the map does not
+    cover every cell centre of the region.
+    """
+    import math
+
+    if dustmap.grid != "cartesian":
+        raise MapError("literature cubes must be Cartesian (X, Y, Z) grids")
+    centres = [region.centres_pc(a) for a in range(3)]
+    steps = np.array([np.mean(np.diff(e)) for e in dustmap.edges])
+    for a, name in enumerate("XYZ"):
+        lo, hi = dustmap.edges[a][0], dustmap.edges[a][-1]
+        if centres[a][0] < lo or centres[a][-1] > hi:
+            raise MapError(
+                f"the cube covers {name} in [{lo:g}, {hi:g}] pc but the region's cell centres "
+                f"span [{centres[a][0]:g}, {centres[a][-1]:g}] pc: it does not cover {region}"
+            )
+    # Index of the cube cell holding each region cell centre, per axis.
+    index = [
+        np.clip(np.searchsorted(dustmap.edges[a], centres[a], side="right") - 1, 0, None)
+        for a in range(3)
+    ]
+    index = [np.minimum(i, dustmap.shape[a] - 1) for a, i in enumerate(index)]
+    cell = np.asarray(region.cell_size_pc)
+    sigma_pix = np.sqrt(np.clip(cell**2 - steps**2, 0.0, None)) / (2 * math.sqrt(2 * math.log(2)))
+    sigma_pix = sigma_pix / steps
+    do_smooth = bool(np.any(sigma_pix > 0)) if smooth is None else bool(smooth)
+    if not do_smooth:
+        return dustmap.density[np.ix_(*index)].astype(np.float32)
+    from scipy.ndimage import gaussian_filter
+
+    # Smooth only a crop around the region (padded by 4 sigma): the 2022 cubes are large.
+    pad = np.ceil(4 * sigma_pix).astype(int) + 1
+    lo = [max(int(i.min()) - p, 0) for i, p in zip(index, pad, strict=True)]
+    hi = [min(int(i.max()) + p + 1, n) for i, p, n in zip(index, pad, dustmap.shape, strict=True)]
+    crop = dustmap.density[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]].astype(np.float64)
+    smoothed = gaussian_filter(crop, sigma=sigma_pix, mode="nearest")
+    local = [i - o for i, o in zip(index, lo, strict=True)]
+    return smoothed[np.ix_(*local)].astype(np.float32)

@@ -11,7 +11,8 @@ r"""Apply a trained V-net to a star catalogue or a literature cube (thin entry p
 
 The region's box comes from --region; its cube size from the model (a model trained on SR at
 16^3 maps SR at 16^3), unless --shape asks for one, which must then match the model. All logic
-lives in `dustjax.apply`; outputs (density.fits, summary.json, PNGs) go to --workdir.
+lives in `dustjax.vnet` (`output.make_map`); outputs (density.fits, summary.json, PNGs) go to
+--workdir.
 See docs/apply.md.
 """
 
@@ -27,7 +28,7 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
     """Define the command-line flags (only when run as a program: importing this module never
     collides with another entry point's flags)."""
-    from dustjax.symmetry import GROUPS
+    from dustjax.vnet.symmetry import GROUPS
 
     flags.DEFINE_string("region", "SR", "Region box: SR or LR.")
     flags.DEFINE_list("shape", None, "Cells per axis (default: the model's), e.g. 32,32,32.")
@@ -59,7 +60,7 @@ def define_flags() -> None:
     flags.DEFINE_enum(
         "symmetry", "none", list(GROUPS),
         "Average the V-net over the region's symmetries: dihedral (8, SR), flip_y (2, LR's "
-        "log-normal field), flips (4, LR's Levy flights); one pass each (dustjax.symmetry).",
+        "log-normal field), flips (4, LR's Levy flights); one pass each (dustjax.vnet.symmetry).",
     )  # fmt: skip
     flags.DEFINE_bool("write_fits", True, "Write density.fits.")
     flags.DEFINE_bool("plots", True, "Write the PNG figures.")
@@ -67,9 +68,10 @@ def define_flags() -> None:
 
 def main(argv):
     del argv
-    from dustjax.apply import ApplyError
-    from dustjax.catalog import CatalogError, GriddingError
+    from dustjax.catalog import CatalogError
     from dustjax.maps import MapError
+    from dustjax.vnet.apply import ApplyError
+    from dustjax.vnet.gridding import GriddingError
 
     try:
         run()
@@ -79,87 +81,44 @@ def main(argv):
 
 
 def run():
-    from dustjax import apply as ap
-    from dustjax import catalog as cat
-    from dustjax import maps
-    from dustjax.geometry import Region
+    from dustjax.vnet.output import make_map
 
     if (FLAGS.catalog is None) == (FLAGS.literature_cube is None):
         raise app.UsageError("give exactly one of --catalog and --literature_cube")
-    box = Region.named(FLAGS.region)
-    config = None
-    if FLAGS.method == "nnls":
-        from dustjax import inversion
-
-        shape = tuple(int(n) for n in FLAGS.shape) if FLAGS.shape else box.shape
-        region = box if shape == box.shape else box.with_shape(shape)
-        kw = {k: v for k, v in (("smoothness", FLAGS.nnls_smoothness),
-                                ("num_steps", FLAGS.nnls_steps)) if v is not None}  # fmt: skip
-        kind = "literature" if FLAGS.literature_cube else "catalogue"
-        predictor = inversion.nnls_predictor(region, input_kind=kind, **kw)
-        logging.info("NNLS %s, %s", predictor.nnls_settings, region)
-    else:
-        if FLAGS.model is None:
-            raise app.UsageError("--method=vnet needs --model (a training workdir)")
-        model_region = ap.model_region(FLAGS.model)
-        shape = tuple(int(n) for n in FLAGS.shape) if FLAGS.shape else model_region.shape
-        region = box if shape == box.shape else box.with_shape(shape)
-        predictor, region, config = ap.load_predictor(FLAGS.model, region, symmetry=FLAGS.symmetry)
-        logging.info("model %s, %s", FLAGS.model, region)
-    outdir = Path(FLAGS.workdir or f"workdirs/apply_{FLAGS.region}")
+    if FLAGS.method == "vnet" and FLAGS.model is None:
+        raise app.UsageError("--method=vnet needs --model (a training workdir)")
     subregion = None
     if FLAGS.subregion:
         if len(FLAGS.subregion) != 6:
             raise app.UsageError("--subregion needs six numbers: x0,x1,y0,y1,z0,z1 (pc)")
         v = [float(x) for x in FLAGS.subregion]
         subregion = ((v[0], v[1]), (v[2], v[3]), (v[4], v[5]))
-
-    if FLAGS.literature_cube:
-        dustmap = maps.DustMap.from_fits(FLAGS.literature_cube, density_scale=FLAGS.density_scale)
-        result = ap.run_literature(dustmap, region, predictor, subregion=subregion, seed=FLAGS.seed)
-    else:
-        truth = None
-        if FLAGS.catalog == "demo":
-            from dustjax.demo import demo_catalog
-
-            d = demo_catalog(region, FLAGS.demo_stars, seed=FLAGS.seed)
-            catalog, truth = d.catalog, d.density
-            cat.write_star_catalog(outdir / "demo_catalog.fits", catalog)
-        else:
-            columns = dict(item.split("=", 1) for item in FLAGS.columns)
-            catalog = cat.read_star_catalog(
-                FLAGS.catalog,
-                columns,
-                coords=FLAGS.coords,
-                region=region,
-                format=FLAGS.format,
-                distance_unit=FLAGS.distance_unit,
-            )
-        logging.info("%d stars (%d dropped)", len(catalog), catalog.num_dropped)
-        result = ap.run_catalog(
-            catalog,
-            region,
-            predictor,
-            k=FLAGS.k,
-            num_redraws=FLAGS.num_redraws,
-            batch_size=FLAGS.batch_size,
-            seed=FLAGS.seed,
-            knn_backend=FLAGS.knn_backend,
-            subregion=subregion,
-            truth=truth,
-            model_config=config,
-        )
-    result.summary["method"] = FLAGS.method
-    if FLAGS.method == "nnls":
-        result.summary["nnls"] = predictor.nnls_settings
-    else:
-        result.summary["model_workdir"] = str(FLAGS.model)
-    files = ap.write_outputs(
+    outdir = Path(FLAGS.workdir or f"workdirs/apply_{FLAGS.region}")
+    files = make_map(
+        FLAGS.model,
+        FLAGS.region,
         outdir,
-        result,
+        catalog=FLAGS.catalog,
+        literature_cube=FLAGS.literature_cube,
+        shape=tuple(int(n) for n in FLAGS.shape) if FLAGS.shape else None,
+        columns=dict(item.split("=", 1) for item in FLAGS.columns),
+        coords=FLAGS.coords,
+        format=FLAGS.format,
+        distance_unit=FLAGS.distance_unit,
+        k=FLAGS.k,
+        num_redraws=FLAGS.num_redraws,
+        batch_size=FLAGS.batch_size,
+        seed=FLAGS.seed,
+        knn_backend=FLAGS.knn_backend,
+        subregion=subregion,
+        density_scale=FLAGS.density_scale,
+        demo_stars=FLAGS.demo_stars,
+        symmetry=FLAGS.symmetry,
         write_fits=FLAGS.write_fits,
         plots=FLAGS.plots,
-        header={"MODELDIR": str(FLAGS.model)[-60:] if FLAGS.method == "vnet" else "nnls"},
+        method=FLAGS.method,
+        nnls_smoothness=FLAGS.nnls_smoothness,
+        nnls_steps=FLAGS.nnls_steps,
     )
     for name, path in files.items():
         logging.info("wrote %s: %s", name, path)

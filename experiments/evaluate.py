@@ -3,40 +3,17 @@ r"""Evaluate a trained V-net as in the paper (Chen, Qin & Li sect. 3.3) on the t
     python -m experiments.evaluate --workdir=workdirs/vnet_sr [--data_dir=data/SR] [--max_cubes=0]
     make evaluate WORKDIR=workdirs/vnet_sr
 
-Loads the minimum-validation-loss checkpoint, predicts the test cubes (the TFRecord test split,
-or, for ``source="simulate"``, the fixed-seed simulated test stream), denormalises (inverse of
-eqs. 1-2) and writes into ``<workdir>/eval/`` (``eval_<symmetry>/`` with ``--symmetry``: the
-prediction averaged over the region's reflections, and Y-Z swaps for ``dihedral``;
-`dustjax.symmetry`; a ``_popbn`` suffix with ``--bn_stats=population``: the batch-norm statistics
-recomputed as the mean over ``--bn_batches`` training batches instead of the running averages
-saved in training, `dustjax.train.population_batch_stats`):
-
-- ``test_metrics.json``: eq. 3 loss on the normalised test cubes, median and dispersion of
-  rho_p - rho_t (mag/pc), the c_r(k) table (eq. 4, k in pc^-1, shells out to the cube corner)
-  and the paper's checks (SR: min c_r for k in [0.046, 0.893] pc^-1; LR: min c_r overall and for
-  r > 167.6 pc);
-- ``pdf.png`` (fig. 7), ``scatter.png`` (fig. 8), ``cross_correlation.png`` (fig. 9) and
-  ``slices.png`` (one test cube).
+A thin entry point: the flags go to `dustjax.vnet.evaluate.evaluate`, which says what is
+computed and written (``<workdir>/eval*/test_metrics.json`` and the paper's figures 7-9).
 """
 
 from __future__ import annotations
 
-import itertools
-import math
 import sys
-import time
-from pathlib import Path
 
-import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 
 FLAGS = flags.FLAGS
-
-# The paper's numbers (sect. 3.3) for the comparison columns.
-PAPER = {
-    "SR": dict(dispersion=0.0003, c_r_min=0.90, k_range=(0.046, 0.893)),
-    "LR": dict(dispersion=0.0004, c_r_min_all=0.60, c_r_min_large_r=0.90, r_min_pc=167.6),
-}
 
 
 def define_flags() -> None:
@@ -47,12 +24,12 @@ def define_flags() -> None:
     flags.DEFINE_enum("which", "best", ["best", "latest"], "Which checkpoint to evaluate.")
     flags.DEFINE_integer("max_cubes", 0, "Evaluate at most this many test cubes (0 = all).")
     flags.DEFINE_string("split", "test", "Split to evaluate.")
-    from dustjax.symmetry import GROUPS
+    from dustjax.vnet.symmetry import GROUPS
 
     flags.DEFINE_enum(
         "symmetry", None, list(GROUPS),
         "Average the prediction over the region's symmetries: SR's Levy flights have all 8 "
-        "(dihedral), LR's log-normal field the Y reflection (flip_y); dustjax.symmetry "
+        "(dihedral), LR's log-normal field the Y reflection (flip_y); dustjax.vnet.symmetry "
         "(default: config.eval.symmetry, else none); results go to "
         "eval_<symmetry>/ instead of eval/.",
     )  # fmt: skip
@@ -64,152 +41,11 @@ def define_flags() -> None:
     flags.DEFINE_integer("bn_batches", 64, "Training batches for --bn_stats=population.")
 
 
-def evaluate(
-    workdir: str | Path,
-    data_dir: str | None = None,
-    *,
-    which: str = "best",
-    max_cubes: int = 0,
-    split: str = "test",
-    symmetry: str | None = None,
-    bn_stats: str = "running",
-    bn_batches: int = 64,
-) -> dict:
-    """Run the paper's evaluation of a training workdir; returns (and writes) the metrics."""
-    import jax
-    import jax.numpy as jnp
-
-    from dustjax import io as dio
-    from dustjax import metrics, plots, train, transforms
-    from dustjax import symmetry as sym
-
-    workdir = Path(workdir)
-    # the symmetry is checked against the box and the training data before the slow load
-    saved = train.load_config(workdir)
-    region = train.region_of(saved)
-    symmetry = symmetry or saved.eval.get("symmetry") or "none"
-    symmetries = sym.region_symmetries(region, symmetry, train.simulator_name(saved))
-    if bn_stats not in ("running", "population"):
-        raise ValueError(f"bn_stats must be 'running' or 'population', got {bn_stats!r}")
-    if bn_stats == "population" and bn_batches < 1:
-        raise ValueError(f"bn_batches must be >= 1, got {bn_batches}")
-    model, variables, config = train.load_trained(workdir, which)
-    if data_dir:
-        config.data.data_dir = data_dir
-    task = train.get_task(config.get("task", "density_from_extinction"))
-    source = train.get_data_source(config.data.source)
-    mesh = train.make_mesh(config.get("num_devices") or None)
-    batch_size = int(
-        config.eval.get("batch_size") or config.get("eval_batch_size") or config.batch_size
-    )
-    batch_size = max(mesh.size, (batch_size // mesh.size) * mesh.size)
-    if bn_stats == "population":
-        train_batches = source(config, "train", batch_size=batch_size, seed=int(config.seed),
-                               epoch=0, train=True)  # fmt: skip
-        inputs = (b[task.input_key] for b in itertools.islice(train_batches, bn_batches))
-        variables = dict(variables, batch_stats=train.population_batch_stats(
-            model, variables, inputs, mesh, rng=jax.random.key(int(config.seed))))  # fmt: skip
-    predict = sym.symmetrised(train.make_predict_fn(model, variables, mesh), symmetries)
-    max_cubes = max_cubes or int(config.eval.get("max_cubes") or 0)
-
-    spectra = metrics.SpectrumAccumulator(region.shape, region.cell_size_pc)
-    residuals = None
-    loss_sum, num_cubes, example = 0.0, 0, None
-    start = time.perf_counter()
-    batches = source(
-        config, split, batch_size=batch_size, seed=int(config.seed), epoch=0, train=False
-    )
-    for batch in batches:
-        batch = {k: np.asarray(v) for k, v in batch.items()}
-        n = len(batch[task.input_key])
-        if max_cubes:
-            n = min(n, max_cubes - num_cubes)
-        padded = train.pad_batch({k: v[:n] for k, v in batch.items()}, batch_size)
-        pred_hat = np.asarray(predict(jnp.asarray(padded[task.input_key])))[:n]
-        true_hat = batch[task.target_key][:n]
-        loss_sum += float(np.sum(np.mean((pred_hat - true_hat) ** 2, axis=(1, 2, 3, 4))))
-        # back to physical units: rho = exp(rho_hat / 10) - 1 (mag/pc), inverse of eq. 2
-        rho_p = np.asarray(transforms.denormalise_density(pred_hat[..., 0]))
-        rho_t = np.asarray(transforms.denormalise_density(true_hat[..., 0]))
-        if residuals is None:
-            top = float(np.quantile(rho_t, 0.9999)) * 1.5 or 1.0
-            residuals = metrics.ResidualAccumulator(
-                np.linspace(0.0, top, int(config.eval.get("density_bins", 100)) + 1)
-            )
-            extinction = np.asarray(
-                transforms.denormalise_extinction(batch[task.input_key][0, ..., 0])
-            )
-            example = (rho_t[0], rho_p[0], extinction)
-        residuals.add(rho_t, rho_p)
-        spectra.add(rho_t, rho_p)
-        num_cubes += n
-        if max_cubes and num_cubes >= max_cubes:
-            break
-    if num_cubes == 0:
-        raise ValueError(f"the {split} split yielded no cubes")
-    elapsed = time.perf_counter() - start
-
-    res = residuals.result()
-    table = spectra.result()
-    name = "eval" + ("" if symmetry == "none" else f"_{symmetry}")
-    out_dir = dio.ensure_writable_dir(
-        workdir / (name + ("_popbn" if bn_stats == "population" else ""))
-    )
-    region_key = str(config.data.region).upper()
-    checks = {}
-    if region_key == "SR":
-        lo, hi = PAPER["SR"]["k_range"]
-        checks["min_c_r_k_0.046_0.893"] = metrics.min_c_r_in_range(table, lo, hi)
-    if region_key == "LR":
-        checks["min_c_r_all"] = float(np.nanmin(table["c_r"]))
-        k_max = 2 * math.pi / PAPER["LR"]["r_min_pc"]
-        checks["min_c_r_r_gt_167.6pc"] = metrics.min_c_r_in_range(table, 0.0, k_max)
-    summary = dict(
-        workdir=str(workdir),
-        checkpoint=which,
-        split=split,
-        symmetry=symmetry,
-        bn_stats=bn_stats if bn_stats == "running" else f"population of {bn_batches} batches",
-        source=config.data.source,
-        region=region.to_dict(),
-        num_cubes=num_cubes,
-        loss_eq3=loss_sum / num_cubes,
-        residual_mag_per_pc={k: res[k] for k in
-                             ("median", "dispersion", "robust_dispersion", "mean", "rms")},
-        relative_rms=res["relative_rms"],
-        paper_checks=checks,
-        paper=PAPER.get(region_key, {}),
-        c_r_table={k: np.asarray(v).tolist() for k, v in table.items()},
-        seconds=elapsed,
-        backend=jax.default_backend(),
-    )  # fmt: skip
-    dio.write_json(out_dir / "test_metrics.json", summary)
-    title = f"{config.get('name', '')} ({region_key}, {num_cubes} {split} cubes)"
-    if symmetry != "none":
-        title += f", {symmetry} average"
-    if bn_stats == "population":
-        title += ", recomputed batch-norm statistics"
-    plots.density_pdfs(res["density_edges"], res["pdf_true"], res["pdf_pred"],
-                       out_dir / "pdf.png", title)  # fmt: skip
-    plots.density_scatter(res["density_edges"], res["hist_2d"], out_dir / "scatter.png", title)
-    plots.cross_correlation(
-        table["k"], table["c_r"], out_dir / "cross_correlation.png", title,
-        paper_range=PAPER["SR"]["k_range"] if region_key == "SR" else None,
-    )  # fmt: skip
-    plots.slices(*example, out_dir / "slices.png", title)
-    logging.info(
-        "%d %s cubes (symmetry %s): eq.3 loss %.4g; rho_p - rho_t median %.3g, dispersion %.3g "
-        "mag/pc; %s",
-        num_cubes, split, symmetry, summary["loss_eq3"], res["median"], res["dispersion"], checks,
-    )  # fmt: skip
-    return summary
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from dustjax.accel import configure_xla
-    from dustjax.train import quiet_library_logs
+    from dustjax.runtime import configure_xla, quiet_library_logs
+    from dustjax.vnet.evaluate import evaluate
 
     configure_xla()  # before anything starts JAX's backend
     quiet_library_logs()

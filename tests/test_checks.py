@@ -8,10 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dustjax import apply as ap
 from dustjax import catalog as cat
 from dustjax import maps
 from dustjax.geometry import Region
+from dustjax.vnet import apply as ap
 from dustjax.vnet import checks
 
 REGION = Region.named("SR").with_shape((8, 8, 8))

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from dustjax.geometry import PC_CM
 from dustjax.sims import clouds
 
 TURBULENCE_ONLY = clouds.CloudParams(
@@ -101,7 +102,7 @@ def test_default_cloud_is_deterministic_and_in_a_realistic_range():
     assert a.dtype == np.float32 and a.shape == (64, 64, 64)
     assert a.min() >= params.density_floor_cm3 and a.max() <= params.density_ceiling_cm3
     assert a.max() > 1e3  # filaments and cores reach dense gas
-    column = a.sum(axis=2) * 0.1 * clouds.PC_CM
+    column = a.sum(axis=2) * 0.1 * PC_CM
     assert 1e20 < np.median(column) < 1e23
 
 

@@ -8,13 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data_gen.make_dataset import make_dataset, split_counts
-from dustjax.input_pipeline import (
-    MissingDatasetError,
-    require_dataset,
-    simulated_batches,
-    tfrecord_batches,
-)
+from data_gen.make_dataset import ensure_dataset, make_dataset
 from dustjax.io import (
     DATASET_INFO,
     DatasetError,
@@ -23,15 +17,23 @@ from dustjax.io import (
     verify_dataset,
     write_sharded_dataset,
 )
+from dustjax.vnet.data import (
+    MissingDatasetError,
+    require_dataset,
+    simulate_source,
+    split_sizes,
+    tfrecord_batches,
+)
+from experiments.configs.vnet_common import vnet_config
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_split_counts_follow_the_paper():
-    assert split_counts(10_000) == {"train": 7200, "validation": 1800, "test": 1000}
-    assert sum(split_counts(37).values()) == 37
+def test_split_sizes_follow_the_paper():
+    assert split_sizes(10_000) == {"train": 7200, "validation": 1800, "test": 1000}
+    assert sum(split_sizes(37).values()) == 37
     with pytest.raises(ValueError, match="positive"):
-        split_counts(0)
+        split_sizes(0)
 
 
 def _fake_examples(start, count, fail_at=None):
@@ -124,7 +126,10 @@ def test_same_seed_same_bytes(lr_dataset, tmp_path):
 
 def test_both_sources_yield_identical_looking_batches(lr_dataset):
     from_files = next(tfrecord_batches(lr_dataset, "train", 4, shuffle=False))
-    simulated = next(simulated_batches("LR", 4, seed=7))
+    config = vnet_config("simulated", "LR")
+    config.data.source, config.num_devices = "simulate", 1
+    simulated = next(iter(simulate_source(config, "train", batch_size=4, seed=7, epoch=0,
+                                          train=True)))  # fmt: skip
     for batch in (from_files, simulated):
         assert set(batch) == {"extinction", "density"}
         for value in batch.values():
@@ -137,6 +142,21 @@ def test_both_sources_yield_identical_looking_batches(lr_dataset):
     np.testing.assert_allclose(
         from_files["density"][0, ..., 0], 10 * np.log1p(raw["density"]), rtol=1e-6
     )
+
+
+def test_ensure_dataset_makes_a_missing_dataset_once(tmp_path):
+    config = vnet_config("ensure", "LR")
+    config.data.data_dir, config.data.num_examples, config.seed = str(tmp_path / "d"), 10, 7
+    ensure_dataset(config)
+    info = read_dataset_info(tmp_path / "d")
+    assert info["splits"] == split_sizes(10) and info["metadata"]["seed"] == 7
+    stamp = (tmp_path / "d" / DATASET_INFO).stat().st_mtime_ns
+    ensure_dataset(config)  # there: nothing is rewritten
+    assert (tmp_path / "d" / DATASET_INFO).stat().st_mtime_ns == stamp
+    config.data.source = "simulate"
+    config.data.data_dir = str(tmp_path / "none")
+    ensure_dataset(config)  # a simulate config needs no dataset
+    assert not (tmp_path / "none").exists()
 
 
 def test_per_process_sharding_partitions_the_split(lr_dataset):

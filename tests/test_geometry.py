@@ -91,3 +91,23 @@ def test_axes_point_where_the_convention_says():
         galactic_to_cartesian(jnp.array([0.0, 90.0, 0.0]), jnp.array([0.0, 0, 90]), 1.0)
     )
     np.testing.assert_allclose(xyz, np.eye(3), atol=1e-6)
+
+
+def test_numpy_transforms_round_trip_and_match_jnp():
+    from dustjax.geometry import cartesian_to_galactic_np, galactic_to_cartesian_np
+
+    rng = np.random.default_rng(3)
+    l_deg, b_deg = rng.uniform(0, 360, 50), rng.uniform(-89, 89, 50)
+    d_pc = rng.uniform(10, 3000, 50)
+    xyz = galactic_to_cartesian_np(l_deg, b_deg, d_pc)
+    assert xyz.dtype == np.float64
+    np.testing.assert_allclose(xyz, galactic_to_cartesian_astropy(l_deg, b_deg, d_pc), atol=1e-9)
+    l2, b2, d2 = cartesian_to_galactic_np(xyz)
+    np.testing.assert_allclose(np.stack([l2, b2, d2]), np.stack([l_deg, b_deg, d_pc]), atol=1e-9)
+
+
+def test_pc_cm_is_astropys_parsec():
+    astropy_constants = pytest.importorskip("astropy.constants")
+    from dustjax.geometry import PC_CM
+
+    assert PC_CM == astropy_constants.pc.cgs.value

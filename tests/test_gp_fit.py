@@ -14,6 +14,7 @@ import pytest
 from dustjax.catalog import StarCatalog
 from dustjax.gp import fit, simulate, svgp
 from dustjax.gp.grid import LBDGrid
+from dustjax.sharding import make_mesh
 
 GRID = LBDGrid((60, 70), (-5, 5), (100, 200), (3, 3, 4), ghost_cells=1)
 
@@ -25,6 +26,7 @@ _SHARDED = textwrap.dedent(
     from dustjax.catalog import StarCatalog
     from dustjax.gp import fit, svgp
     from dustjax.gp.grid import LBDGrid
+    from dustjax.sharding import make_mesh
     grid = LBDGrid((60, 70), (-5, 5), (100, 200), (3, 3, 4), ghost_cells=1)
     rng = np.random.default_rng(0)
     n = 41  # padded to 44 over 4 devices: padding must not change anything
@@ -37,7 +39,7 @@ _SHARDED = textwrap.dedent(
     model = svgp.SVGPModel(num_samples=4)
     out = {}
     for ndev in (1, 4):
-        mesh = fit.make_mesh(jax.devices()[:ndev])
+        mesh = make_mesh(axis=fit.STAR_AXIS, devices=jax.devices()[:ndev])
         f = fit.make_elbo_fn(mesh, grid, model, batch_size=None, num_stars_padded=44,
                              dtype=jnp.float64)
         val, grad = jax.jit(jax.value_and_grad(f))(params, jax.random.key(3),
@@ -94,7 +96,7 @@ def test_minibatch_estimate_is_unbiased():
             ),
             dtype=jnp.float64,
         )
-        mesh = fit.make_mesh(jax.devices()[:1])
+        mesh = make_mesh(axis=fit.STAR_AXIS, devices=jax.devices()[:1])
         model = svgp.SVGPModel(num_samples=2)
         kw = dict(num_stars_padded=40, dtype=jnp.float64)
         full = fit.make_elbo_fn(mesh, GRID, model, batch_size=None, **kw)
@@ -137,7 +139,7 @@ def test_nan_elbo_stops_and_saves_the_last_good_state(tmp_path):
     assert all(np.all(np.isfinite(v)) for v in saved.values())
     # The saved state is the one whose ELBO was the last finite one: recompute it.
     model = settings.model
-    mesh = fit.make_mesh(jax.devices()[:1])
+    mesh = make_mesh(axis=fit.STAR_AXIS, devices=jax.devices()[:1])
     f = fit.make_elbo_fn(mesh, GRID, model, batch_size=None, num_stars_padded=40)
     key = jax.random.fold_in(jax.random.key(settings.seed), res.failed_iteration - 1)
     value = f(jax.tree.map(jnp.asarray, saved), key, stars, res.jitter)

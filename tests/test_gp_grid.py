@@ -86,7 +86,7 @@ def test_erf_integral_of_the_simulation_matches_quadrature():
         widths_pc=np.array([20.0, 12.0]),
         peaks=np.array([0.03, 0.02]),
     )
-    from dustjax.catalog import galactic_to_cartesian_np
+    from dustjax.geometry import galactic_to_cartesian_np
 
     lon, lat, d = 70.0, 1.0, 450.0
     s = np.linspace(0, d, 200001)

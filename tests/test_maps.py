@@ -1,4 +1,4 @@
-"""Queryable dust maps and exact integration to points (dustjax.maps)."""
+"""Queryable dust maps (dustjax.maps); their integrals are tested in test_los.py."""
 
 from __future__ import annotations
 
@@ -12,35 +12,13 @@ from astropy.io import fits
 
 from dustjax import maps
 from dustjax.geometry import Region
-from dustjax.los import los_operator
+from dustjax.los import integrate_to_points
 
 SMALL = Region((-48.0, -24.0, -24.0), (0.0, 24.0, 24.0), (8, 8, 8), name="small")
 
 
 def _density(region, seed=0):
     return np.random.default_rng(seed).uniform(0.0, 0.02, region.shape).astype(np.float32)
-
-
-def test_integrate_cartesian_equals_los_operator_at_cell_centres():
-    rho = _density(SMALL)
-    centres = SMALL.cell_centres_pc().reshape(-1, 3)
-    direct = maps.integrate_cartesian(rho, SMALL.lower_pc, SMALL.cell_size_pc, centres, chunk=100)
-    expect = np.asarray(los_operator(SMALL)(rho)).reshape(-1)
-    np.testing.assert_allclose(np.asarray(direct), expect, rtol=2e-5, atol=1e-7)
-
-
-def test_integrate_cartesian_uniform_and_two_slabs():
-    rng = np.random.default_rng(1)
-    pts = rng.uniform(SMALL.lower_pc, SMALL.upper_pc, (500, 3))
-    rho = np.full(SMALL.shape, 0.01, np.float32)
-    e = np.asarray(maps.integrate_cartesian(rho, SMALL.lower_pc, SMALL.cell_size_pc, pts))
-    np.testing.assert_allclose(e, 0.01 * np.linalg.norm(pts, axis=1), rtol=1e-5)
-    # Dust only in X < -24 pc: the path beyond the plane X = -24 carries it.
-    slab = np.zeros(SMALL.shape, np.float32)
-    slab[:4] = 0.02
-    e = np.asarray(maps.integrate_cartesian(slab, SMALL.lower_pc, SMALL.cell_size_pc, pts))
-    frac = np.clip(1.0 - (-24.0) / pts[:, 0], 0.0, None)  # fraction of the segment beyond X=-24
-    np.testing.assert_allclose(e, 0.02 * frac * np.linalg.norm(pts, axis=1), rtol=1e-4, atol=1e-6)
 
 
 def test_cartesian_round_trip_and_skycoord_query(tmp_path):
@@ -63,7 +41,7 @@ def test_cartesian_round_trip_and_skycoord_query(tmp_path):
     np.testing.assert_allclose(value, rho[2, 5, 7], rtol=1e-6)
     np.testing.assert_allclose(sigma, unc[2, 5, 7], rtol=1e-6)
     integ = m.query(icrs, integrated=True)
-    expect = maps.integrate_cartesian(rho, SMALL.lower_pc, SMALL.cell_size_pc, xyz[None])
+    expect = integrate_to_points(rho, SMALL, xyz[None])
     np.testing.assert_allclose(integ, np.asarray(expect)[0], rtol=1e-5)
 
 

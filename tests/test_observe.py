@@ -11,6 +11,7 @@ import pytest
 from dustjax import catalog as cat
 from dustjax import maps
 from dustjax.geometry import Region
+from dustjax.vnet import gridding
 from dustjax.vnet import normalisation as nz
 from dustjax.vnet import observe as ob
 
@@ -39,7 +40,7 @@ def _grid_jax(region, xyz, e, sig, k, select, cap, valid=None):
 def test_grid_eq5_equals_numpy_gridding_where_exact(k, select, n):
     region = Region.named("SR").with_shape((16, 16, 16))
     xyz, e, sig = _catalogue(region, n, seed=k + n)
-    ref = cat.grid_extinction(
+    ref = gridding.grid_extinction(
         region, cat.StarCatalog.from_arrays(extinction=e, sigma_extinction=sig, xyz_pc=xyz), k
     )
     cap = ob.ObservationParams(num_stars_range=(n, n)).cap_for(region)
@@ -52,7 +53,7 @@ def test_grid_eq5_ignores_invalid_stars_and_flags_overflow():
     region = Region.named("SR").with_shape((8, 8, 8))
     xyz, e, sig = _catalogue(region, 2000, seed=1)
     valid = np.arange(2000) < 1500
-    ref = cat.grid_extinction(
+    ref = gridding.grid_extinction(
         region,
         cat.StarCatalog.from_arrays(
             extinction=e[:1500], sigma_extinction=sig[:1500], xyz_pc=xyz[:1500]
@@ -161,12 +162,13 @@ def test_vnet_variance_head_and_paper_head_unchanged():
 def test_sky_test_config_trains_and_beats_zero(tmp_path):
     """experiments/configs/vnet_sky_test.py end to end on the CPU: observation loop, asinh,
     variance head; the mean beats predicting rho_hat = 0 on validation cubes."""
-    from dustjax import train
+    from dustjax import training
+    from dustjax.vnet.data import region_of
     from experiments.configs.vnet_sky_test import get_config
     from tools.vnet_sky_device import calibrate
 
     config = get_config()
-    summary = train.train_and_evaluate(config, tmp_path)
+    summary = training.train_and_evaluate(config, tmp_path)
     assert np.isfinite(summary["best_val_loss"])
     res = calibrate(tmp_path, config, num_batches=2)
     assert res["sim_hat_mse"] < 0.6 * res["sim_hat_mse_zero"]
@@ -177,7 +179,7 @@ def test_sky_test_config_trains_and_beats_zero(tmp_path):
     assert 0.6 < res["coverage_mc_plus_scaled_model"] < 0.76
     assert res["coverage_mc_only"] <= res["coverage_mc_plus_model"]
     pred = nz.load_model_predictor(tmp_path)
-    e = jnp.zeros((1, *train.region_of(config).shape))
+    e = jnp.zeros((1, *region_of(config).shape))
     assert pred.density(e).shape == e.shape and pred.has_variance
 
 

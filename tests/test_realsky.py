@@ -153,7 +153,7 @@ def test_lr_min_c_r_skips_the_single_corner_mode():
     pred = np.fft.ifftn(f).real
     s = realsky.scores(pred, truth, lr)
     assert s["min_c_r"] > 0.99
-    from dustjax import metrics
+    from dustjax.vnet import metrics
 
     assert (
         np.nanmin(metrics.cross_correlation_coefficient(truth, pred, lr.cell_size_pc)["c_r"])
@@ -234,6 +234,7 @@ def test_cli_catalogue_route_from_npy(tmp_path):
 
 def test_monte_carlo_band_of_a_linear_model_has_the_analytic_width():
     from dustjax import catalog as cat
+    from dustjax.vnet import gridding
 
     rng = np.random.default_rng(3)
     n = 3000
@@ -242,7 +243,7 @@ def test_monte_carlo_band_of_a_linear_model_has_the_analytic_width():
         extinction=rng.uniform(3.0, 5.0, n),  # far from 0: no clipping
         sigma_extinction=rng.uniform(0.05, 0.3, n),
     )
-    knn = cat.knn_weights(REGION, catalog)
+    knn = gridding.knn_weights(REGION, catalog)
     c = 0.01
     band = realsky.monte_carlo_band(lambda e: c * e, knn, catalog, num_redraws=400, batch_size=50)
     expected = c * np.sqrt(
@@ -268,7 +269,7 @@ def test_monte_carlo_band_of_a_linear_model_has_the_analytic_width():
 
 @pytest.mark.slow
 def test_cli_with_a_trained_workdir_warns_about_a_model_without_the_observation_loop(tmp_path):
-    from dustjax import train
+    from dustjax import training
     from experiments.configs import vnet_test
     from tools import realsky_vnet
 
@@ -276,7 +277,7 @@ def test_cli_with_a_trained_workdir_warns_about_a_model_without_the_observation_
     config.num_epochs = 1
     config.data.steps_per_epoch = 2
     config.progress_bar = False
-    train.train_and_evaluate(config, tmp_path / "wd")
+    training.train_and_evaluate(config, tmp_path / "wd")
     density, header = _slab_cube()
     np.save(tmp_path / "c.npy", density.T)
     (tmp_path / "c.header.json").write_text(json.dumps(header))

@@ -1,1 +1,1 @@
-"""One-off studies and result comparisons (run as ``python -m tools.NAME``; not entry points)."""
+"""One-off studies and result comparisons (not entry points): ``python -m tools.NAME``."""

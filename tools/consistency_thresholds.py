@@ -31,10 +31,10 @@ def main(argv=None):
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
 
-    from dustjax import apply as ap
     from dustjax import maps
     from dustjax.geometry import Region
     from dustjax.sims.sky import sky_density
+    from dustjax.vnet import apply as ap
     from dustjax.vnet import checks, realsky
 
     name = args.region.upper()
@@ -45,7 +45,7 @@ def main(argv=None):
     for c in range(args.num_cubes):
         density = np.asarray(sky_density(jax.random.key(args.seed + c), fine))
         dustmap = maps.DustMap.from_region(fine, density)
-        truth = ap.regrid_nearest(dustmap, region)
+        truth = maps.regrid_nearest(dustmap, region)
         catalog, _ = realsky.mock_catalog(
             dustmap,
             region,

@@ -39,13 +39,11 @@ def main(argv=None):
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
 
-    from dustjax import apply as ap
-    from dustjax import catalog as cat
     from dustjax import inversion, maps
     from dustjax.geometry import Region
     from dustjax.los import los_operator
     from dustjax.sims.sky import sky_density
-    from dustjax.vnet import realsky
+    from dustjax.vnet import gridding, realsky
 
     name = args.region.upper()
     s = SETTINGS[name]
@@ -59,7 +57,7 @@ def main(argv=None):
     for c in range(args.num_cubes):
         density = np.asarray(sky_density(jax.random.key(args.seed + c), fine))
         dustmap = maps.DustMap.from_region(fine, density)
-        truth = ap.regrid_nearest(dustmap, region)
+        truth = maps.regrid_nearest(dustmap, region)
         inputs = {"literature": np.asarray(op(truth))}
         catalog, _ = realsky.mock_catalog(
             dustmap,
@@ -70,7 +68,7 @@ def main(argv=None):
             distance_error=s["distance_error"],
             seed=args.seed + c,
         )
-        inputs["catalogue"] = np.maximum(cat.grid_extinction(region, catalog), 0.0)
+        inputs["catalogue"] = np.maximum(gridding.grid_extinction(region, catalog), 0.0)
         for route, e in inputs.items():
             for n in steps:
                 for w in weights:

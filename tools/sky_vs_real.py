@@ -3,7 +3,7 @@ r"""Simulated sky (`dustjax.sims.sky`) against the shared Bayestar19 cubes, SR a
     python -m tools.sky_vs_real --out=docs/figures/sky_vs_real.png
 
 For each region: N simulated cubes (default 64) and the real cube regridded to the region's cells
-as the literature route does it (`DustMap.from_fits` + `apply.regrid_nearest`: nearest cell, LR
+as the literature route does it (`DustMap.from_fits` + `maps.regrid_nearest`: nearest cell, LR
 smoothed to 60 pc first). Three panels a region: the density histogram (log axis; simulations as
 the median and 5-95 % band over cubes, the paper's simulator dashed), the isotropic power
 spectrum of log10(rho + 1e-5) (the floor of issue 17's log-r metric), and the mean vertical
@@ -149,7 +149,7 @@ def real_cube(region, real_dir: Path) -> np.ndarray:
     try:  # the layout refactor (issue 16) moves regrid_nearest from apply.py to maps.py
         from dustjax.maps import regrid_nearest
     except ImportError:
-        from dustjax.apply import regrid_nearest
+        from dustjax.maps import regrid_nearest
 
     dustmap = DustMap.from_fits(real_dir / CUBES[region.name])
     return regrid_nearest(dustmap, region), dustmap

@@ -35,7 +35,7 @@ def main(argv=None):
     p.add_argument("--arms", default=",".join(ARMS))
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    from dustjax import train
+    from dustjax import training
     from experiments.configs.vnet_sky_test import get_config
     from tools.vnet_sky_device import calibrate
 
@@ -56,7 +56,7 @@ def main(argv=None):
             c.model.kwargs[key] = arm[key]
         t0 = time.perf_counter()
         workdir = f"/tmp/vt_ab/{name}"
-        train.train_and_evaluate(c, workdir)
+        training.train_and_evaluate(c, workdir)
         res = calibrate(workdir, c, num_batches=4)
         res["wall_s"] = time.perf_counter() - t0
         results[name] = res

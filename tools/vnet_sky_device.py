@@ -94,7 +94,8 @@ def measure(config, n: int) -> dict:
     import jax
     import numpy as np
 
-    from dustjax import train
+    from dustjax import sharding
+    from dustjax.training import optim, steps, tasks
     from dustjax.vnet.observe import simulate_observed_source
 
     cfg = config.copy_and_resolve_references()
@@ -117,12 +118,12 @@ def measure(config, n: int) -> dict:
     if not smoke["finite"]:
         raise FloatingPointError(f"non-finite observed batch: {smoke}")
     clean = iter(simulate_observed_source(off, "train", **kw))
-    task = train.get_task(cfg.task)
-    mesh = train.make_mesh(cfg.get("num_devices") or None)
-    model = train.build_model(cfg)
-    tx = train.make_optimizer(cfg, 100)
-    state = train.create_train_state(model, tx, first["extinction"][:1], jax.random.key(0), mesh)
-    train_step, _ = train.jit_steps(task, state, mesh)
+    task = tasks.get_task(cfg.task)
+    mesh = sharding.make_mesh(cfg.get("num_devices") or None)
+    model = steps.build_model(cfg)
+    tx = optim.make_optimizer(cfg, 100)
+    state = steps.create_train_state(model, tx, first["extinction"][:1], jax.random.key(0), mesh)
+    train_step, _ = steps.jit_steps(task, state, mesh)
     rng = jax.random.key(1)
     t0 = time.perf_counter()
     state, m = train_step(state, first, rng)
@@ -154,12 +155,13 @@ def _redraw_batches(cfg, num_batches: int, num_redraws: int, batch_size: int):
     yields (normalised extinctions (B, 1 + R, nx, ny, nz, 1), normalised density (B, ...))."""
     import jax
 
-    from dustjax import sims, train
+    from dustjax import sims
+    from dustjax.vnet import data as vdata
     from dustjax.vnet import normalisation as nz
     from dustjax.vnet import observe as ob
 
-    region = train.region_of(cfg)
-    name, sim_params = train._simulator_params(cfg)
+    region = vdata.region_of(cfg)
+    name, sim_params = vdata._simulator_params(cfg)
     simulate = sims.simulate_batch_fn(region, name, sim_params)
     params = ob.ObservationParams.from_config(cfg.observation)
     norm = nz.normalisation_of(cfg)
@@ -183,10 +185,10 @@ def calibrate_with_redraws(workdir, num_batches=2, num_redraws=8, batch_size=8) 
     import jax
     import numpy as np
 
-    from dustjax import train
+    from dustjax import training
     from dustjax.vnet import normalisation as nz
 
-    model, variables, cfg = train.load_trained(workdir)
+    model, variables, cfg = training.load_trained(workdir)
     norm = nz.normalisation_of(cfg)
     apply = jax.jit(lambda x: model.apply(variables, x, train=False))
     mus, sds_mc, sds_model, truths = [], [], [], []
@@ -220,11 +222,11 @@ def calibrate(workdir, config, num_batches: int = 4, num_redraws: int = 0) -> di
     import jax
     import numpy as np
 
-    from dustjax import train
+    from dustjax import training
     from dustjax.vnet import normalisation as nz
     from dustjax.vnet.observe import simulate_observed_source
 
-    model, variables, cfg = train.load_trained(workdir)
+    model, variables, cfg = training.load_trained(workdir)
     norm = nz.normalisation_of(cfg)
     apply = jax.jit(lambda x: model.apply(variables, x, train=False))
     batches = simulate_observed_source(
@@ -336,15 +338,16 @@ def evaluate(region: str, workdir, cubes: str, out: Path, nnls: bool, median_too
 def main(argv=None):
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    from dustjax.accel import configure_xla
+    from dustjax.runtime import configure_xla, quiet_library_logs
 
     configure_xla()
     import jax
 
     from dustjax import io as dio
-    from dustjax import train
+    from dustjax import training
+    from dustjax.training.workdir import METRICS_FILE
 
-    train.quiet_library_logs()
+    quiet_library_logs()
     jax.config.update("jax_compilation_cache_dir", "/tmp/vt_jax_cache")
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     out = Path(args.out)
@@ -380,11 +383,11 @@ def main(argv=None):
             config.num_epochs = args.epochs
         workdir = Path(args.workdir_root) / f"vnet_sky_{region.lower()}"
         t0 = time.perf_counter()
-        summary["train"] = train.train_and_evaluate(config, workdir)
+        summary["train"] = training.train_and_evaluate(config, workdir)
         summary["train"]["wall_s"] = time.perf_counter() - t0
         summary["train"]["steps"] = config.data.steps_per_epoch * config.num_epochs
         summary["train"]["workdir"] = str(workdir)
-        metrics = (workdir / train.METRICS_FILE).read_text()
+        metrics = (workdir / METRICS_FILE).read_text()
         summary["train"]["metrics"] = [json.loads(x) for x in metrics.splitlines() if x.strip()]
         summary["calibration"] = calibrate(workdir, config, num_redraws=args.calibration_redraws)
         dio.write_json(out / f"{region}_summary.json", summary)

@@ -42,6 +42,7 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from dustjax import sharding
 from dustjax.gp import svgp
 from dustjax.gp.grid import LBDGrid
 
@@ -167,12 +168,6 @@ def make_star_data(catalog, grid: LBDGrid, *, num_shards: int = 1, dtype=jnp.flo
         sigma=jnp.asarray(padded(sigma, 1.0, np_dtype)),
         weight=jnp.asarray(padded(np.ones(n), 0.0, np_dtype)),
     )
-
-
-def make_mesh(devices=None) -> Mesh:
-    """A 1-D mesh over ``devices`` (default: all local devices) with the axis "stars"."""
-    devices = jax.local_devices() if devices is None else list(devices)
-    return Mesh(np.asarray(devices), (STAR_AXIS,))
 
 
 def shard_stars(stars: svgp.StarData, mesh: Mesh) -> svgp.StarData:
@@ -430,7 +425,7 @@ def fit(
 
     ``stars`` must be padded to a multiple of the mesh size (`make_star_data(num_shards=...)`).
     """
-    mesh = make_mesh() if mesh is None else mesh
+    mesh = sharding.make_mesh(axis=STAR_AXIS) if mesh is None else mesh
     dtype = params["mean"].dtype
     if stars.num_stars % mesh.devices.size:
         raise ValueError(

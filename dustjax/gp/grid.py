@@ -16,11 +16,9 @@ along its column plus the partial last cell. Along the distance axis the grid ha
 * ``background_cells`` padding cells of the same width beyond ``d_max`` that do hold stars, so that
   background stars constrain the dust inside the region.
 
-`StarOperator` stores, per star, the flat index of its cell and the length of its partial last
-cell; `StarOperator.apply` computes the cumulative sum of ``rho * delta_d`` along every column once
-(exclusive, so its value at cell ``j`` is the extinction to the near edge of cell ``j``) and
-gathers two numbers per star. This is the sparse operator of eq. 7 with O(cells + stars) work
-instead of O(stars x nd), and its gradient is a scatter-add.
+`star_operator` builds the `dustjax.los.StarOperator` of a set of stars: per star, the flat index
+of its cell and the length of its partial last cell. `dustjax.los` holds the operator and
+`apply_star_operator` with every other line-of-sight integral of the package.
 
 Longitude ranges may wrap through l = 0: ``l_range_deg = (-10, 10)`` and ``(350, 10)`` are the same.
 """
@@ -31,9 +29,10 @@ import dataclasses
 import logging
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
+
+from dustjax.los import StarOperator
 
 logger = logging.getLogger(__name__)
 
@@ -177,7 +176,7 @@ class LBDGrid:
 
     def cell_centres_xyz(self) -> np.ndarray:
         """Heliocentric XYZ (pc) of every cell centre, ``(nl * nb * nd_total, 3)`` float64."""
-        from dustjax.catalog import galactic_to_cartesian_np
+        from dustjax.geometry import galactic_to_cartesian_np
 
         lon, lat, dist = self.cell_centres_lbd()
         return galactic_to_cartesian_np(lon, lat, dist).reshape(-1, 3)
@@ -265,59 +264,3 @@ class LBDGrid:
             f" {nl}x{nb}x{nd} cells + {self.ghost_cells} ghost + {self.background_cells} "
             "background distance cells"
         )
-
-
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass(frozen=True)
-class StarOperator:
-    """Linear map from density on the grid ``(..., nl, nb, nd_total)`` to star extinctions.
-
-    ``flat_index[i]`` is the flat (column * nd_total + distance cell) index of star i's cell and
-    ``partial_pc[i]`` the distance (pc) from that cell's near edge to the star (eq. 8).
-    """
-
-    flat_index: jax.Array
-    partial_pc: jax.Array
-    d_widths_pc: jax.Array
-    full_shape: tuple[int, int, int] = dataclasses.field(metadata=dict(static=True))
-
-    def __call__(self, density):
-        return self.apply(density)
-
-    @property
-    def num_stars(self) -> int:
-        return int(self.flat_index.shape[0])
-
-    def apply(self, density):
-        """Model extinctions (mag) for density (mag/pc) of shape ``(..., nl, nb, nd_total)``."""
-        return apply_star_operator(density, self.flat_index, self.partial_pc, self.d_widths_pc)
-
-    def todense(self) -> np.ndarray:
-        """The operator as a dense ``(num_stars, num_cells)`` numpy matrix (tests only)."""
-        nd = self.full_shape[2]
-        n_cells = int(np.prod(self.full_shape))
-        flat = np.asarray(self.flat_index)
-        widths = np.asarray(self.d_widths_pc, np.float64)
-        mat = np.zeros((len(flat), n_cells))
-        for i, f in enumerate(flat):
-            col, cell = divmod(int(f), nd)
-            mat[i, col * nd : col * nd + cell] = widths[:cell]
-            mat[i, f] = float(self.partial_pc[i])
-        return mat
-
-
-def exclusive_column_integral(density, d_widths_pc):
-    """Extinction (mag) to the near edge of every cell: exclusive cumsum of rho * delta_d."""
-    slabs = density * d_widths_pc
-    return jnp.cumsum(slabs, axis=-1) - slabs
-
-
-def apply_star_operator(density, flat_index, partial_pc, d_widths_pc):
-    """eqs. 7-8 for density ``(..., nl, nb, nd_total)``; returns ``(..., num_stars)`` (mag)."""
-    batch = density.shape[:-3]
-    to_edge = exclusive_column_integral(density, d_widths_pc.astype(density.dtype))
-    to_edge = to_edge.reshape(*batch, -1)
-    flat_density = density.reshape(*batch, -1)
-    return jnp.take(to_edge, flat_index, axis=-1) + jnp.take(
-        flat_density, flat_index, axis=-1
-    ) * partial_pc.astype(density.dtype)

@@ -33,6 +33,7 @@ from dustjax.gp import fit as gpfit
 from dustjax.gp import predict, svgp
 from dustjax.gp.grid import LBDGrid
 from dustjax.io import ensure_writable_dir
+from dustjax.sharding import make_mesh
 
 logger = logging.getLogger(__name__)
 
@@ -135,7 +136,7 @@ def _fit_and_predict(config, workdir, *, progress):
     sigma = catalog.sigma_extinction
     if config.data.get("inflate_sigma", True) and catalog.sigma_distance is not None:
         sigma = gpfit.inflate_sigma_for_distance(catalog, grid)
-    mesh = gpfit.make_mesh()
+    mesh = make_mesh(axis=gpfit.STAR_AXIS)
     stars = gpfit.make_star_data(
         catalog, grid, num_shards=mesh.devices.size, dtype=dtype, sigma=sigma
     )
@@ -412,7 +413,7 @@ def _write_outputs(
             or [(float(np.mean(pgrid.l_range_deg)), float(np.mean(pgrid.b_range_deg)))]
         )
         if truth is not None:  # through each clump, as in fig. B.1
-            from dustjax.catalog import cartesian_to_galactic_np
+            from dustjax.geometry import cartesian_to_galactic_np
 
             lon, lat, _ = cartesian_to_galactic_np(truth["field"].centres_xyz)
             sightlines = [(float(a), float(c)) for a, c in zip(lon, lat, strict=True)]

@@ -6,34 +6,15 @@ imported lazily). Maps are drawn with l increasing to the left, as on the sky.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 from dustjax.gp.grid import LBDGrid
-from dustjax.io import atomic_path
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path):
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
-    _plt().close(fig)
-    return path
+from dustjax.plots import pyplot, save_figure
 
 
 def plot_elbo(history, path):
     """Fig. 2: the ELBO against iteration (symmetric-log axis: the ELBO may change sign)."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.5))
     h = np.asarray(history, np.float64)
     ax.plot(np.arange(1, len(h) + 1), h, lw=0.8)
@@ -42,12 +23,12 @@ def plot_elbo(history, path):
     ax.set_ylabel("ELBO (nats)")
     ax.set_title("ELBO (fig. 2)")
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_star_extinctions(predicted, reference, path, *, reference_label="true"):
     """Fig. 3: histograms of reference and predicted star extinctions, and of the residuals."""
-    plt = _plt()
+    plt = pyplot()
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(6, 6))
     predicted, reference = np.asarray(predicted), np.asarray(reference)
     bins = np.linspace(
@@ -67,7 +48,7 @@ def plot_star_extinctions(predicted, reference, path, *, reference_label="true")
     bottom.set_title(f"{100 * frac:.1f}% of stars below the {reference_label} value")
     fig.suptitle("Star extinctions (fig. 3)")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _extent(grid: LBDGrid):
@@ -78,7 +59,7 @@ def _extent(grid: LBDGrid):
 
 def plot_extinction_maps(grid: LBDGrid, predicted, path, *, true=None):
     """Fig. 4: total extinction to d_max, ``(nl, nb)`` arrays: truth, prediction, residual."""
-    plt = _plt()
+    plt = pyplot()
     panels = [("predicted", predicted)]
     if true is not None:
         panels = [
@@ -105,7 +86,7 @@ def plot_extinction_maps(grid: LBDGrid, predicted, path, *, true=None):
         ax.set_ylabel("b (deg)")
         fig.colorbar(im, ax=ax, label="mag")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_density_slices(grid: LBDGrid, predicted, distances_pc, path, *, true=None):
@@ -113,7 +94,7 @@ def plot_density_slices(grid: LBDGrid, predicted, distances_pc, path, *, true=No
 
     ``predicted`` and ``true`` are ``(nl, nb, nd_total)`` cubes (mag/pc) on ``grid``.
     """
-    plt = _plt()
+    plt = pyplot()
     d_centres = grid.d_centres_pc()
     idx = [int(np.argmin(np.abs(d_centres - d))) for d in distances_pc]
     rows = [("predicted", predicted)]
@@ -149,7 +130,7 @@ def plot_density_slices(grid: LBDGrid, predicted, distances_pc, path, *, true=No
                 ax.set_ylabel("b (deg)", fontsize=8)
         fig.colorbar(im, ax=axes[r, :].tolist(), label="mag/pc")
     fig.suptitle("Density slices (fig. 5)")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_los_profiles(
@@ -166,7 +147,7 @@ def plot_los_profiles(
 
     ``density_pct`` / ``extinction_pct`` are ``(3, nl, nb, nd_total)``; truths ``(nl, nb, nd)``.
     """
-    plt = _plt()
+    plt = pyplot()
     d = grid.d_centres_pc()
     lc, bc = grid.l_centres_deg(), grid.b_centres_deg()
     fig, axes = plt.subplots(2, len(sightlines), figsize=(3.2 * len(sightlines), 5), squeeze=False)
@@ -190,4 +171,4 @@ def plot_los_profiles(
         axes[0, 0].legend(fontsize=7)
     fig.suptitle("Lines of sight (fig. B.1)")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -29,12 +29,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dustjax.geometry import PC_CM
 from dustjax.gp import svgp
-from dustjax.gp.grid import LBDGrid, apply_star_operator, exclusive_column_integral
+from dustjax.gp.grid import LBDGrid
+from dustjax.los import apply_star_operator, exclusive_column_integral
 
 KAPPA_547NM_CM2_PER_G = 26_000.0
 GAS_TO_DUST = 124.0
-PC_CM = 3.085677581e18
 MSUN_G = 1.98847e33
 PERCENTILES = (16.0, 50.0, 84.0)
 

@@ -24,7 +24,8 @@ import math
 import numpy as np
 from scipy.special import erf
 
-from dustjax.catalog import StarCatalog, galactic_to_cartesian_np
+from dustjax.catalog import StarCatalog
+from dustjax.geometry import galactic_to_cartesian_np
 
 
 @dataclasses.dataclass(frozen=True)

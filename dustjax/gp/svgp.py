@@ -4,7 +4,7 @@ Model (Dharmawardena et al. 2022, sect. 2.2-2.3 and appendix A):
 
     phi ~ GP(c, k)                                 (eqs. 1-2; k = ARD RBF, `kernels.rbf`)
     rho = 10^phi  [mag/pc]                         (the "log10" link; "linear": rho = phi)
-    A_mod,i = sum_j H_ij rho_j                     (eqs. 7-8, `grid.StarOperator`)
+    A_mod,i = sum_j H_ij rho_j                     (eqs. 7-8, `los.StarOperator`)
     A_obs,i ~ N(A_mod,i, sigma_i^2)                (eq. A.1)
 
 Sparse variational posterior, whitened (Hensman et al. 2015): M inducing points Z,
@@ -50,7 +50,7 @@ from jax import lax
 from jax.scipy.linalg import solve_triangular
 
 from dustjax.gp import kernels
-from dustjax.gp.grid import apply_star_operator
+from dustjax.los import apply_star_operator
 
 LN10 = math.log(10.0)
 _HIGHEST = lax.Precision.HIGHEST

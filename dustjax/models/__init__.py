@@ -1,11 +1,13 @@
-"""Neural network models and the registry the training engine builds them from.
+"""Neural network models, by name: the names the training engine builds them from.
 
-`dustjax.train` builds the model named by ``config.model.name`` through `get_model`. A name is
-either a registered one or an import path ``"package.module:Attribute"``. To add a model (e.g.
-the POLARIS U-Net), register a constructor once, in the module that defines it:
+`dustjax.training` builds the model named by ``config.model.name`` through `get_model`. The
+built-in names (the V-net, the POLARIS U-Net and its KAN variants) resolve lazily from the table
+below, so a workdir's config.json alone is enough to rebuild its model in a fresh process. A name
+is looked up in this table and in what `register_model` added in-process, never imported as a
+module path from a config. To add a model from your own code:
 
     from dustjax.models import register_model
-    register_model("unet", "dustjax.models.unet:AttentionUNet")   # lazy: imported on first use
+    register_model("mynet", MyNet)   # or "mypackage.module:MyNet", imported on first use
 
 A constructor is called as ``ctor(**config.model.kwargs, dtype=compute_dtype)`` and must return a
 flax.linen Module whose ``__call__(inputs, train: bool)`` maps a batch to predictions; batch-norm
@@ -32,6 +34,10 @@ __all__ = [
 _MODELS: dict[str, Callable[..., Any] | str] = {
     "vnet": "dustjax.models.vnet:VNet",
     "vnet_paper": "dustjax.models.vnet:VNetPaper",
+    "unet": "dustjax.models.unet:AttentionUNet",
+    "knet": "dustjax.models.unet:KNet",
+    "ukan": "dustjax.models.unet:UKAN",
+    "unet_kan_branch": "dustjax.models.unet:UNetKANBranch",
 }
 
 
@@ -47,7 +53,9 @@ def registered_models() -> list[str]:
 
 
 def resolve(spec: Callable[..., Any] | str, kind: str = "object") -> Any:
-    """Import ``"package.module:attribute"`` (or return `spec` if it is already an object)."""
+    """Import ``"package.module:attribute"`` (or return `spec` if it is already an object).
+
+    Only for specs from dustjax's own tables or registered in-process: never a config's name."""
     if not isinstance(spec, str):
         return spec
     if ":" not in spec:
@@ -64,9 +72,7 @@ def resolve(spec: Callable[..., Any] | str, kind: str = "object") -> Any:
 
 
 def get_model(name: str) -> Callable[..., Any]:
-    """The constructor registered as `name`, or the object at the import path `name`."""
+    """The constructor of the model `name` (a `ValueError` naming the known ones if none)."""
     if name in _MODELS:
         return resolve(_MODELS[name], "model")
-    if ":" in name:
-        return resolve(name, "model")
-    raise ValueError(f"unknown model {name!r}; registered models: {registered_models()}")
+    raise ValueError(f"unknown model {name!r}; known models: {registered_models()}")

@@ -1,8 +1,8 @@
 """The POLARIS 2D attention U-Net and its KAN variants (Ribeiro 2025, part II, sect. 2.2, 3.3).
 
-Input ``(batch, H, W, 1)``: log10 column density shifted by `dustjax.polaris.LOG10_COLUMN_SHIFT`;
-output the same shape: log10 of the target density shifted by `LOG10_DENSITY_SHIFT` (no output
-activation: a regression in log10). Layout NHWC.
+Input ``(batch, H, W, 1)``: log10 column density shifted by `LOG10_COLUMN_SHIFT`; output the same
+shape: log10 of the target density shifted by `LOG10_DENSITY_SHIFT` (both in
+`dustjax.polaris.projection`; no output activation: a regression in log10). Layout NHWC.
 
 Architecture for ``levels`` = L and ``base_features`` = f (paper default L = 4, f = 64, one conv
 per block):
@@ -35,7 +35,6 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from dustjax.models import register_model
 from dustjax.models.kan import KANMLP, KANConv
 
 
@@ -191,8 +190,3 @@ UNetPaper = functools.partial(AttentionUNet, levels=4, base_features=64, convs_p
 KNet = functools.partial(AttentionUNet, kan_output=True)
 UKAN = functools.partial(AttentionUNet, levels=5, kan_levels=3)  # paper: 5 levels, 3 KAN
 UNetKANBranch = functools.partial(AttentionUNet, kan_branch=(10, 10, 10, 1))
-
-register_model("unet", "dustjax.models.unet:AttentionUNet")
-register_model("knet", "dustjax.models.unet:KNet")
-register_model("ukan", "dustjax.models.unet:UKAN")
-register_model("unet_kan_branch", "dustjax.models.unet:UNetKANBranch")

@@ -39,8 +39,6 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-PC_CM = 3.0856775814913673e18  # one parsec in cm
-
 
 @dataclasses.dataclass(frozen=True)
 class CloudGrid:

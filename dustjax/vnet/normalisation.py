@@ -115,11 +115,13 @@ def mean_mse_per_example(predictions, targets):
 
 
 def _tasks():
-    from dustjax.train import Task, mse_per_example
+    from dustjax.training.tasks import Task, mse_per_example
+    from dustjax.vnet.data import input_shape, model_kwargs
 
+    kw = dict(model_kwargs=model_kwargs, input_shape=input_shape)  # as the V-net's own tasks
     return (
-        Task(per_example_loss=gaussian_nll_per_example),
-        Task(per_example_loss=mse_per_example),
+        Task(per_example_loss=gaussian_nll_per_example, **kw),
+        Task(per_example_loss=mse_per_example, **kw),
     )
 
 
@@ -144,7 +146,7 @@ class ModelPredictor:
     """A trained V-net with its normalisation (and variance head, if any).
 
     ``density(extinction (B, nx, ny, nz) mag) -> (B, nx, ny, nz) mag/pc``: the point map (the
-    `dustjax.apply.Predictor` signature; for a variance head the median, or the mean with
+    `dustjax.vnet.apply.Predictor` signature; for a variance head the median, or the mean with
     ``point="mean"``).
     ``predict_hat(extinction) -> (mu_hat, sigma_hat)``: normalised mean and calibrated standard
     deviation (sigma None without a variance head). ``band(mu_hat, sigma_hat)`` -> (mean, p16,
@@ -201,7 +203,7 @@ class ModelPredictor:
 
 
 def predictor_from_config(config, model, variables, workdir=None) -> ModelPredictor:
-    """The `ModelPredictor` of a loaded run (``dustjax.train.load_trained``'s outputs)."""
+    """The `ModelPredictor` of a loaded run (``dustjax.training.load_trained``'s outputs)."""
     kwargs = config.model.get("kwargs") or {}
     calibration = {}
     if workdir is not None and (Path(workdir) / CALIBRATION_FILE).exists():
@@ -218,15 +220,16 @@ def predictor_from_config(config, model, variables, workdir=None) -> ModelPredic
 
 def load_model_predictor(workdir, region=None, which: str = "best") -> ModelPredictor:
     """Load a training workdir as a `ModelPredictor` (normalisation and calibration included);
-    with ``region``, refuse a model trained for another box (`dustjax.apply.check_model_region`).
+    with ``region``, refuse a model trained for another box
+    (`dustjax.vnet.apply.check_model_region`).
     """
-    from dustjax import train
+    from dustjax.training import load_trained
 
     if region is not None:
-        from dustjax import apply as ap
+        from dustjax.vnet import apply as ap
 
         ap.check_model_region(ap.model_region(workdir), region, workdir)
-    model, variables, config = train.load_trained(workdir, which=which)
+    model, variables, config = load_trained(workdir, which=which)
     return predictor_from_config(config, model, variables, workdir)
 
 

@@ -2,7 +2,7 @@
 
 A V-net trained on exact extinction cubes is applied to catalogue cubes it has never seen
 (issue 17). This module simulates, on the device and inside the jitted data path, what
-`dustjax.apply.run_catalog` does to a real catalogue, for every simulated density cube:
+`dustjax.vnet.apply.run_catalog` does to a real catalogue, for every simulated density cube:
 
 1. **Stars** (`draw_stars`): a number drawn log-uniformly in ``num_stars_range`` per cube, placed
    either uniformly in the box (``distribution="box"``) or with uniform directions and a distance
@@ -17,7 +17,7 @@ A V-net trained on exact extinction cubes is applied to catalogue cubes it has n
    position is the true one scaled by (1 + f N(0, 1)), f uniform per cube in
    ``distance_error_range``; stars whose catalogue position leaves the box are dropped (as
    `dustjax.catalog.read_star_catalog` drops them with ``region=``).
-4. **Gridding by eq. 5** exactly as `dustjax.catalog.knn_weights` + `KNNWeights.apply`: every
+4. **Gridding by eq. 5** exactly as `dustjax.vnet.gridding.knn_weights` + `KNNWeights.apply`: every
    cell centre takes its k nearest stars (k = `dustjax.catalog.default_k`: 3 SR, 30 LR), weights
    w = (1 - 0.75 (d/d_max)^2) / (sigma_E^2 + 1e-4) normalised over the k, and the weighted mean of
    their E_obs; negative cells are clipped to 0 (`run_catalog` clips before eq. 1).
@@ -45,8 +45,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dustjax.catalog import SIGMA_FLOOR_MAG2, default_k
 from dustjax.geometry import Region
+from dustjax.vnet.gridding import SIGMA_FLOOR_MAG2, default_k
 
 try:  # the layout refactor moves the point kernel to dustjax.los; import it through one place
     from dustjax.los import _integrate_chunks as _points_kernel
@@ -285,7 +285,7 @@ def observe_one(key, density, region: Region, params: ObservationParams, num_red
     """One density cube -> ``(gridded extinction (nx, ny, nz) clipped >= 0, diagnostics)``.
 
     ``num_redraws`` > 0 returns ``(1 + num_redraws, nx, ny, nz)`` instead: the catalogue's cube,
-    then the cubes of `dustjax.apply.monte_carlo`'s redraws E_obs + sigma_E N(0, 1) of the same
+    then the cubes of `dustjax.vnet.apply.monte_carlo`'s redraws E_obs + sigma_E N(0, 1) of the same
     stars (same neighbours and weights), for calibrating against the apply route's band.
     """
     k_star, k_noise, k_redraw = jax.random.split(key, 3)
@@ -369,15 +369,17 @@ def simulate_observed_source(config, split, *, batch_size, seed, epoch, train):
     """Fresh cubes simulated on the device, observed as a catalogue (``config.observation``,
     when ``enabled``), gridded by eq. 5 and normalised by ``config.data.normalisation``.
 
-    Steps and splits as the engine's "simulate" source (`dustjax.train._simulate_source`).
+    Steps and splits as the engine's "simulate" source (`dustjax.vnet.data.simulate_source`).
     ``config.observation.echo`` = E > 1 feeds each observed training batch to E consecutive steps
     (`_echoed`): the observation costs 1/E of its time per step.
     """
-    from dustjax import train
+    from dustjax import sharding
+    from dustjax.training.tasks import SizedBatches
+    from dustjax.vnet import data
     from dustjax.vnet.normalisation import normalisation_of
 
-    name, sim_params = train._simulator_params(config)
-    sizes = train.split_sizes(int(config.data.get("num_examples", 10_000)))
+    name, sim_params = data._simulator_params(config)
+    sizes = data.split_sizes(int(config.data.get("num_examples", 10_000)))
     if train:
         steps = int(config.data.get("steps_per_epoch") or 0) or sizes[split] // batch_size
     elif split == "validation":
@@ -386,29 +388,29 @@ def simulate_observed_source(config, split, *, batch_size, seed, epoch, train):
         steps = math.ceil(sizes[split] / batch_size)
     if steps < 1:
         raise ValueError(f"no {split} batch; raise config.data.num_examples")
-    mesh = train.make_mesh(config.get("num_devices") or None)
-    train.check_batch_size(batch_size, mesh)
+    mesh = sharding.make_mesh(config.get("num_devices") or None)
+    sharding.check_batch_size(batch_size, mesh)
     obs = config.get("observation")
     make = _observed_batch_fn(
-        train.region_of(config), name, sim_params, ObservationParams.from_config(obs),
+        data.region_of(config), name, sim_params, ObservationParams.from_config(obs),
         normalisation_of(config), observation_enabled(config), batch_size,
         int((obs or {}).get("group", 0) or 0), mesh,
     )  # fmt: skip
-    split_seed = train._derived_seed(seed, train.SPLITS.get(split, 9))
+    split_seed = data._derived_seed(seed, data.SPLITS.get(split, 9))
     first = epoch * steps if train else 0
     echo = max(1, int((obs or {}).get("echo", 1) or 1)) if train else 1
     if echo == 1:
         batches = (make(split_seed, step) for step in range(first, first + steps))
     else:
         batches = _echoed(make, split_seed, first, steps, echo, _y_flip_allowed(config))
-    return train._Sized(batches, steps)
+    return SizedBatches(batches, steps)
 
 
 def _y_flip_allowed(config) -> bool:
     """Y -> -Y maps the box's lines of sight onto each other (Sun at Y = 0, box symmetric)."""
-    from dustjax import train
+    from dustjax.vnet.data import region_of
 
-    region = train.region_of(config)
+    region = region_of(config)
     return bool(np.isclose(region.lower_pc[1], -region.upper_pc[1]))
 
 

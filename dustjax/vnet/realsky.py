@@ -4,10 +4,11 @@ A real 3D dust cube (e.g. Bayestar19 in the paper's SR / LR boxes, `../shared/da
 the truth; the method gets what an observer would give it, and is scored against the truth on
 the region's cells.
 
-- **Literature route** (`dustjax.apply.run_literature`): the cube regridded onto the region's cells
-  (nearest cell, smoothed to the region's resolution where coarser: `apply.regrid_nearest`) is
+- **Literature route** (`dustjax.vnet.apply.run_literature`): the cube regridded onto the
+  region's cells
+  (nearest cell, smoothed to the region's resolution where coarser: `maps.regrid_nearest`) is
   the truth; its exact LOS integral (`dustjax.los`) is the input.
-- **Catalogue route** (`dustjax.apply.run_catalog`): stars drawn in the ORIGINAL cube's box
+- **Catalogue route** (`dustjax.vnet.apply.run_catalog`): stars drawn in the ORIGINAL cube's box
   (uniform in volume by default; ``distance_power`` p gives a distance density ~ d^p, p = 2 being
   uniform), their extinctions integrated exactly through the cube at its own resolution
   (`maps.integrate_cartesian`), noise sigma_E = hypot(a, b E) added, optional fractional
@@ -47,10 +48,11 @@ from typing import Any
 
 import numpy as np
 
-from dustjax import apply as ap
 from dustjax import catalog as cat
-from dustjax import maps, metrics
+from dustjax import maps
 from dustjax.geometry import Region
+from dustjax.vnet import apply as ap
+from dustjax.vnet import gridding, metrics
 
 log = logging.getLogger(__name__)
 
@@ -381,11 +383,11 @@ def load_model(
             kw["smoothness"] = float(nnls_smoothness)
         predictor = inversion.nnls_predictor(region, input_kind=route, **kw)
         return predictor, None, dict(model="nnls", **predictor.nnls_settings)
-    from dustjax import train
+    from dustjax.training import load_config
     from dustjax.vnet import normalisation
 
     model_predictor = normalisation.load_model_predictor(model, region)
-    config = train.load_config(model)
+    config = load_config(model)
     predictor = model_predictor.density
     hat_model = model_predictor if model_predictor.has_variance else None
     info = dict(model=str(model), variance_head=hat_model is not None)
@@ -480,7 +482,7 @@ def evaluate(
         result = ap.run_literature(dustmap, region, predictor)
         report: dict[str, Any] = dict(route="literature")
     elif route == "catalogue":
-        truth = ap.regrid_nearest(dustmap, region)
+        truth = maps.regrid_nearest(dustmap, region)
         catalog, info = mock_catalog(
             dustmap,
             region,
@@ -508,7 +510,7 @@ def evaluate(
                 report[key] = result.summary[key]
         if num_redraws:
             t = time.perf_counter()
-            knn = cat.knn_weights(region, catalog, k)
+            knn = gridding.knn_weights(region, catalog, k)
             mc = monte_carlo_band(
                 predictor,
                 knn,
@@ -532,9 +534,12 @@ def evaluate(
 
 def plot(result: ap.MapResult, report: dict[str, Any], title: str = ""):
     """Three panels: truth and prediction (XY slab through the Sun's Z) and the cell scatter."""
-    plt = ap._pyplot()
+    from dustjax.plots import pyplot
+    from dustjax.vnet.plots import sun_slab_index
+
+    plt = pyplot()
     region = result.region
-    iz = ap.sun_slab_index(region, 2)
+    iz = sun_slab_index(region, 2)
     ex, ey = region.edges_pc(0), region.edges_pc(1)
     truth, pred = result.truth, result.density
     vmax = float(np.percentile(truth, 99.5)) or 1.0
@@ -575,6 +580,7 @@ def write_report(
 ):
     """``realsky.json`` (+ ``realsky.png``) in `outdir`; returns the paths."""
     from dustjax.io import atomic_path, ensure_writable_dir, write_json
+    from dustjax.plots import pyplot
 
     outdir = ensure_writable_dir(outdir)
     files = {}
@@ -583,7 +589,7 @@ def write_report(
         path = outdir / f"{name}.png"
         with atomic_path(path) as tmp:
             fig.savefig(tmp, dpi=100, format="png", bbox_inches="tight")
-        ap._close(fig)
+        pyplot().close(fig)
         files["figure"] = str(path)
     write_json(outdir / f"{name}.json", dict(report, files=files))
     files["json"] = str(outdir / f"{name}.json")

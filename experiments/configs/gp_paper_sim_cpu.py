@@ -2,7 +2,7 @@ r"""The paper's simulated test (Dharmawardena et al. 2022, sect. 3) sized for a 
 
     python -m experiments.fit_gp --config=experiments/configs/gp_paper_sim_cpu.py \
         --workdir=/tmp/gp_sim_cpu
-    python -m experiments.gp_coverage_check        # the same fit, then the band-coverage split
+    python -m tools.gp_coverage_check            # the same fit, then the band-coverage split
 
 Same field as `gp_paper_sim` (background 1.6e-3 mag/pc, three clumps, 10 % noise) with 20,000
 stars, a 12 x 12 x 20 training grid, 300 inducing points and a 50 x 50 x 52 prediction grid.

@@ -5,7 +5,7 @@ r"""K-Net (sect. 3.3.1): the paper U-Net with a KAN convolution as output layer.
 Hardware, data and time as experiments/configs/unet.py (the KAN head adds little cost).
 """
 
-from experiments.configs.unet import unet_config
+from experiments.configs.unet_common import unet_config
 
 
 def get_config():

@@ -6,7 +6,7 @@ Hardware and data as experiments/configs/unet.py; KAN convolutions expand each c
 radial basis functions, so the deep levels cost ~9x a plain conv (slower, more parameters).
 """
 
-from experiments.configs.unet import unet_config
+from experiments.configs.unet_common import unet_config
 
 
 def get_config():

@@ -9,7 +9,7 @@ Hardware: a laptop CPU (float32). Data: 128^3 cubes at 0.1 pc (12.8 pc), 64 x 64
 Time: ~10-15 min on 2 cores (see docs/polaris.md for the measured numbers).
 """
 
-from experiments.configs.unet import unet_config
+from experiments.configs.unet_common import unet_config
 
 
 def get_config():

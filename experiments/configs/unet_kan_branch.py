@@ -7,7 +7,7 @@ model the paper applies to Herschel maps).
 Hardware, data and time as experiments/configs/unet.py.
 """
 
-from experiments.configs.unet import unet_config
+from experiments.configs.unet_common import unet_config
 
 
 def get_config():

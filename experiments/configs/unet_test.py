@@ -6,10 +6,11 @@ r"""A U-Net that trains in seconds on a CPU: the end-to-end test of the POLARIS 
 
 Hardware: any (float32). Data: 32^3 cubes at 0.2 pc, 16 x 16 crops, 24 crops. Model: 2 levels,
 4 base filters. Time: ~15 s on 2 CPU cores including compilation. Metric: none (it checks that
-simulate -> train -> resume -> evaluate -> predict runs; tests/test_polaris.py runs it).
+simulate -> train -> resume -> evaluate -> predict runs; tests/polaris/test_polaris_end_to_end.py
+runs it).
 """
 
-from experiments.configs.unet import unet_config
+from experiments.configs.unet_common import unet_config
 
 
 def get_config():

@@ -15,7 +15,7 @@ after 28 epochs, 1,024 test cubes): both c_r criteria met (min 0.803; 0.924 for 
 dispersion 0.00167 mag/pc (docs/validation.md).
 """
 
-from experiments.configs.common import vnet_config
+from experiments.configs.vnet_common import vnet_config
 
 
 def get_config():

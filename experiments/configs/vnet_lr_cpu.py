@@ -15,7 +15,7 @@ loss (eq. 3) falls well below its first-epoch value; see docs/validation.md for 
 numbers.
 """
 
-from experiments.configs.common import vnet_config
+from experiments.configs.vnet_common import vnet_config
 
 
 def get_config():

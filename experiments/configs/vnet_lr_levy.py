@@ -9,7 +9,7 @@ Hardware: GPUs/TPUs, bfloat16. The engine refuses a dataset made with another si
 Time and metric: as vnet_lr (the paper shows residual maps against Vergely et al. only).
 """
 
-from experiments.configs.common import vnet_config
+from experiments.configs.vnet_common import vnet_config
 
 
 def get_config():

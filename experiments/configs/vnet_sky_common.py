@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from experiments.configs.common import vnet_config
+from experiments.configs.vnet_common import vnet_config
 
 # The catalogues the validation uses (SR: 30,000 stars, sigma_E = hypot(0.03, 0.05 E),
 # k = 3; LR: 10^6 stars, hypot(0.05, 0.05 E), 5 % distance errors, k = 30) lie inside these

@@ -16,7 +16,7 @@ Time: about 7200/32 = 225 steps per epoch, i.e. well under a minute per epoch at
 on one H200 (see docs/benchmarks.md).
 """
 
-from experiments.configs.common import vnet_config
+from experiments.configs.vnet_common import vnet_config
 
 
 def get_config():

@@ -15,7 +15,7 @@ below the all-zero prediction's (4.80e-4): 3.71e-4 at best (measured 2026-11-22,
 docs/validation.md's numbers).
 """
 
-from experiments.configs.common import vnet_config
+from experiments.configs.vnet_common import vnet_config
 
 
 def get_config():

@@ -20,7 +20,7 @@ Peak rate 1e-3 for 110 epochs was worse on every number (6.22e-5, 0.000791, 0.83
 the output ReLU now and then, at batch 32 and at batch 128 on 4 GPUs alike.
 The collapse guard is on (factor 3, train_factor 1.3): replayed on this recipe's recorded runs it
 does nothing, and on a 4-GPU run of it with 3x the steps it would have rolled back the four
-collapses that cost that run its gain (docs/validation.md; `experiments.guard_replay`).
+collapses that cost that run its gain (docs/validation.md; `tools.guard_replay`).
 Evaluate with `--symmetry=dihedral` (the mean over the SR box's 8 symmetries): on this recipe cut
 to 35 epochs it lowered the test loss by 11 % and raised min c_r from 0.796 to 0.821.
 Longest run so far (2 H200s, the batch split 16 a GPU, `--config.data.steps_per_epoch=450

@@ -6,10 +6,11 @@ r"""A V-net that trains in seconds on a laptop CPU: the end-to-end test of the p
 Hardware: any (CPU, float32). Data: simulated on the fly (source="simulate", no dataset), SR
 region re-gridded to 16^3 (12 pc cells), a Levy simulator with 32,000 particles per cube instead
 of 2 million. Model: features (4, 8). Time: ~20 s on 2 CPU cores including compilation. Metric:
-the loss decreases; nothing about science (tests/test_train.py runs it: train, resume, evaluate).
+the loss decreases; nothing about science (tests/training/test_engine.py runs it: train, resume,
+evaluate).
 """
 
-from experiments.configs.common import vnet_config
+from experiments.configs.vnet_common import vnet_config
 
 
 def get_config():

@@ -1,0 +1,112 @@
+"""Using a trained model: load it from its workdir, predict, recompute batch-norm statistics."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh
+
+from dustjax.sharding import batch_sharding, make_mesh, replicated
+from dustjax.training.optim import make_optimizer
+from dustjax.training.steps import build_model, create_train_state
+from dustjax.training.tasks import DEFAULT_TASK, get_task
+from dustjax.training.workdir import (
+    CHECKPOINT_DIR,
+    checkpoint_manager,
+    load_config,
+    restore_checkpoint,
+)
+
+log = logging.getLogger(__name__)
+
+
+def load_trained(workdir: str | Path, which: str = "best", mesh: Mesh | None = None):
+    """(model, variables, config) of a trained run: the ``"best"`` or ``"latest"`` checkpoint.
+
+    The model is rebuilt from the saved config.json; variables = {"params", "batch_stats"}.
+    """
+    config = load_config(workdir)
+    mesh = mesh or make_mesh(1)
+    manager = checkpoint_manager(workdir, read_only=True)
+    try:  # closed on errors too
+        step = manager.best_step() if which == "best" else manager.latest_step()
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {Path(workdir) / CHECKPOINT_DIR}")
+        model = build_model(config)
+        tx = make_optimizer(config, 1)
+        shape = _input_shape_from_config(config)
+        example = jnp.zeros(shape, jnp.float32)
+        state = create_train_state(model, tx, example, jax.random.key(0), mesh)
+        state, loop = restore_checkpoint(manager, step, state)
+    finally:
+        manager.close()
+    log.info("loaded the %s checkpoint (epoch %d) of %s", which, step, workdir)
+    return model, {"params": state.params, "batch_stats": state.batch_stats}, config
+
+
+def _input_shape_from_config(config) -> tuple[int, ...]:
+    """An example input's shape: ``(1, *config.model.input_shape)``, or the task's own."""
+    shape = config.model.get("input_shape")
+    if shape:
+        return (1, *shape)
+    task = get_task(config.get("task", DEFAULT_TASK))
+    if task.input_shape is None:
+        raise ValueError(
+            f"config.model.input_shape is empty and task {config.get('task')!r} gives no shape"
+        )
+    return tuple(task.input_shape(config))
+
+
+def make_predict_fn(model, variables, mesh: Mesh | None = None):
+    """``predict(inputs (B, ...)) -> predictions`` with running batch-norm statistics (jitted,
+    batch sharded over the mesh; B must divide over its devices)."""
+    mesh = mesh or make_mesh(1)
+    data = batch_sharding(mesh)
+    variables = jax.device_put(variables, replicated(mesh))
+
+    @functools.partial(jax.jit, in_shardings=(None, data), out_shardings=data)
+    def predict(variables, inputs):
+        return model.apply(variables, inputs, train=False)
+
+    return lambda inputs: predict(variables, inputs)
+
+
+def population_batch_stats(model, variables, inputs: Iterable, mesh: Mesh | None = None, *,
+                           rng=None) -> dict:  # fmt: skip
+    """Batch-norm statistics recomputed as the plain mean over `inputs` ("precise BN").
+
+    Training keeps running averages (momentum 0.99: effectively the last ~100 steps, taken while
+    the weights still moved, and one outlier batch among them shifts them: the validation-only
+    spikes of docs/validation.md). This runs the trained network in training mode on each batch
+    with the momentum set to 0, so each layer reports that batch's mean and variance of its input
+    (computed from the earlier layers' batch statistics, as in training), and averages them with
+    equal weights. Returns the new ``batch_stats`` tree. ``rng`` feeds dropout, if the model has
+    any. Batches must divide over the mesh's devices.
+    """
+    if not hasattr(model, "bn_momentum"):
+        raise ValueError(f"{type(model).__name__} has no bn_momentum: cannot recompute its stats")
+    zero = model.clone(bn_momentum=0.0)
+    mesh = mesh or make_mesh(1)
+    data = batch_sharding(mesh)
+    variables = jax.device_put(variables, replicated(mesh))
+    rng = jax.random.key(0) if rng is None else rng
+
+    @functools.partial(jax.jit, in_shardings=(None, data, None))
+    def batch_stats(variables, x, key):
+        _, updates = zero.apply(variables, x, train=True, mutable=["batch_stats"],
+                                rngs={"dropout": key})  # fmt: skip
+        return updates["batch_stats"]
+
+    total, count = None, 0
+    for i, x in enumerate(inputs):
+        stats = batch_stats(variables, x, jax.random.fold_in(rng, i))
+        total = stats if total is None else jax.tree.map(jnp.add, total, stats)
+        count += 1
+    if not count:
+        raise ValueError("population_batch_stats needs at least one batch")
+    return jax.tree.map(lambda t: t / count, total)

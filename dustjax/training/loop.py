@@ -1,0 +1,303 @@
+"""The one training engine of dustjax: `train_and_evaluate(config, workdir)`.
+
+It knows no model. The config (an ml_collections ConfigDict, see `experiments/configs/`) names
+what to train, and the names resolve lazily (`dustjax.training.tasks`, `dustjax.models`):
+
+- a **model**: ``config.model.name`` ("vnet", "unet", ...; `dustjax.models.get_model`), built
+  with ``config.model.kwargs`` and ``dtype=compute dtype``;
+- a **task** (``config.task``, `dustjax.training.tasks`): input/target keys, the per-example loss
+  and an optional on-device augmentation ``augment(batch, rng) -> batch`` run inside the jitted
+  step ("density_from_extinction", the V-net's eq. 3; "polaris", the U-Net's);
+- a **data source** (``config.data.source``): ``source(config, split, *, batch_size, seed,
+  epoch, train) -> iterable of batches`` (one epoch for training, one pass for evaluation):
+  "tfrecord", "simulate" (`dustjax.vnet.data`), "polaris_simulate", "polaris_tfrecord";
+- and a learning-rate **schedule** (`dustjax.training.optim`).
+
+Choices, and why:
+
+- Data parallel over the local devices (`dustjax.sharding`, `dustjax.training.steps`).
+- Checkpoints (orbax, `dustjax.training.workdir`): one per epoch, the latest and the best kept;
+  each epoch's data is a pure function of (seed, epoch), so a run restarted on its workdir ends
+  where an uninterrupted run would, bit for bit on the same device.
+- A non-finite loss stops the run naming the step; the last good checkpoint is untouched.
+- Outputs in the workdir: config.json, metrics.jsonl (one JSON line per epoch), loss_curve.png
+  (paper fig. 6), checkpoints/, train_summary.json.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from dustjax import io as dio
+from dustjax.sharding import batch_sharding, check_batch_size, make_mesh, prefetch_to_mesh
+from dustjax.training.guard import guard_verdict, roll_back
+from dustjax.training.optim import make_optimizer
+from dustjax.training.steps import (
+    build_model,
+    create_train_state,
+    evaluate_loss,
+    jit_steps,
+    resolve_compute_dtype,
+)
+from dustjax.training.tasks import DEFAULT_TASK, get_data_source, get_task
+from dustjax.training.workdir import (
+    CONFIG_FILE,
+    LOSS_CURVE_FILE,
+    METRICS_FILE,
+    SUMMARY_FILE,
+    checkpoint_manager,
+    config_to_dict,
+    read_metrics,
+    restore_checkpoint,
+    save_checkpoint,
+    write_metrics,
+)
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite; the message names the step."""
+
+
+def _first_batch(source, config, split, batch_size, seed):
+    batches = source(config, split, batch_size=batch_size, seed=seed, epoch=0, train=False)
+    for batch in batches:
+        return {k: np.asarray(v) for k, v in batch.items()}
+    raise ValueError(f"data source {config.data.source!r} yielded no {split} batches")
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
+    """Train ``config``'s model in `workdir` (resuming if it holds a checkpoint).
+
+    Returns a summary dict (best epoch and validation loss, epochs run, why it stopped, ...),
+    also written to ``workdir/train_summary.json``.
+    """
+    workdir = dio.ensure_writable_dir(workdir)
+    task = get_task(config.get("task", DEFAULT_TASK))
+    source = get_data_source(config.data.source)
+    mesh = make_mesh(config.get("num_devices") or None)
+    check_batch_size(config.batch_size, mesh)
+    eval_batch_size = config.get("eval_batch_size") or config.batch_size
+    check_batch_size(eval_batch_size, mesh, "eval_batch_size")
+    seed = int(config.seed)
+    compute_dtype = resolve_compute_dtype(config.get("compute_dtype", "auto"))
+    log.info(
+        "training %s on %d %s device(s), global batch %d, compute dtype %s, data %s, workdir %s",
+        config.model.name,
+        mesh.size,
+        jax.default_backend(),
+        config.batch_size,
+        jnp.dtype(compute_dtype).name,
+        config.data.source,
+        workdir,
+    )
+
+    config_path = workdir / CONFIG_FILE
+    resolved = config_to_dict(config)
+    if config_path.exists() and dio.read_json(config_path) != resolved:
+        log.warning("%s differs from the config of this run; it is replaced", config_path)
+    dio.write_json(config_path, resolved)
+
+    # Steps per epoch decide the schedule, so they come from the data, before the optimiser.
+    probe = source(config, "train", batch_size=config.batch_size, seed=seed, epoch=0, train=True)
+    steps_per_epoch = int(config.data.get("steps_per_epoch") or 0) or len(probe)
+    del probe
+    if steps_per_epoch < 1:
+        raise ValueError(
+            f"the train split gives no full batch of {config.batch_size}; lower the batch size"
+        )
+
+    example = _first_batch(source, config, "validation", eval_batch_size, seed)[task.input_key]
+    model = build_model(config)
+    tx = make_optimizer(config, steps_per_epoch)
+    state = create_train_state(
+        model,
+        tx,
+        jnp.asarray(example[:1]),
+        jax.random.key(seed),
+        mesh,
+        shard_optimizer_state=bool(config.get("shard_optimizer_state", False)),
+    )
+    num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
+    log.info(
+        "%s: %d parameters, %d steps per epoch", config.model.name, num_params, steps_per_epoch
+    )
+    train_step, eval_step = jit_steps(task, state, mesh)
+    step_rng = jax.random.fold_in(jax.random.key(seed), 1)
+    data_sharding = batch_sharding(mesh)
+
+    manager = checkpoint_manager(workdir)
+    loop = dict(epoch=0, best_val_loss=math.inf, best_epoch=0, epochs_since_best=0, stop_reason="")
+    latest = manager.latest_step()
+    if latest is not None:
+        state, loop = restore_checkpoint(manager, latest, state)
+        log.info("resumed from the checkpoint of epoch %d in %s", latest, manager.directory)
+    metrics_path = workdir / METRICS_FILE
+    history = [r for r in read_metrics(metrics_path) if r["epoch"] <= loop["epoch"]]
+    write_metrics(metrics_path, history)  # drop lines of an epoch whose checkpoint was lost
+
+    patience = int(config.early_stopping.get("patience", 0) or 0)
+    min_delta = float(config.early_stopping.get("min_delta", 0.0))
+    log_every = max(1, int(config.get("log_every_steps", 10)))
+    try:
+        while loop["epoch"] < config.num_epochs and not loop["stop_reason"]:
+            epoch = loop["epoch"] + 1
+            state, row = _train_epoch(
+                config, epoch, state, train_step, source, seed, steps_per_epoch,
+                step_rng, data_sharding, log_every, manager,
+            )  # fmt: skip
+            val_batches = source(
+                config, "validation", batch_size=eval_batch_size, seed=seed, epoch=0, train=False
+            )
+            val_loss = evaluate_loss(eval_step, state, val_batches, eval_batch_size, mesh)
+            if not math.isfinite(val_loss):
+                raise NonFiniteLossError(
+                    f"validation loss is {val_loss} after epoch {epoch} (step {int(state.step)}); "
+                    f"stopped, last good checkpoint: epoch {manager.latest_step()} in "
+                    f"{manager.directory}"
+                )
+            verdict = guard_verdict(config, loop, history, row["train_loss"], val_loss, epoch)
+            if verdict == "collapse":
+                state = roll_back(manager, state, loop, val_loss, epoch)
+                row["rolled_back_to_epoch"] = loop["best_epoch"]
+            elif verdict == "validation":
+                row["validation_spike"] = True
+            improved = val_loss < loop["best_val_loss"] - min_delta
+            if val_loss < loop["best_val_loss"]:
+                loop["best_val_loss"], loop["best_epoch"] = val_loss, epoch
+            loop["epochs_since_best"] = 0 if improved else loop["epochs_since_best"] + 1
+            loop["epoch"] = epoch
+            if patience and loop["epochs_since_best"] >= patience:
+                loop["stop_reason"] = f"early stop: no improvement for {patience} epochs"
+            # (a rolled-back epoch's checkpoint carries the spiked loss as its metric, so the
+            # best checkpoint stays the one its weights came from)
+            save_checkpoint(manager, epoch, state, loop, val_loss)
+            row.update(epoch=epoch, val_loss=val_loss, best_val_loss=loop["best_val_loss"])
+            history.append(row)
+            with metrics_path.open("a") as f:
+                f.write(json.dumps(row, sort_keys=True) + "\n")
+            log.info(
+                "epoch %d: train loss %.5g, val loss %.5g (best %.5g @ %d), %.1f samples/s",
+                epoch, row["train_loss"], val_loss, loop["best_val_loss"], loop["best_epoch"],
+                row["samples_per_s"],
+            )  # fmt: skip
+            _plot_loss_curve(workdir, history, config)
+    finally:
+        manager.wait_until_finished()
+    if not loop["stop_reason"]:
+        loop["stop_reason"] = f"reached num_epochs={config.num_epochs}"
+    summary = dict(
+        model=config.model.name,
+        num_params=num_params,
+        epochs_run=loop["epoch"],
+        best_epoch=loop["best_epoch"],
+        best_val_loss=loop["best_val_loss"],
+        stop_reason=loop["stop_reason"],
+        best_checkpoint_step=manager.best_step(),
+        latest_checkpoint_step=manager.latest_step(),
+        num_devices=mesh.size,
+        backend=jax.default_backend(),
+        compute_dtype=jnp.dtype(compute_dtype).name,
+    )
+    manager.close()
+    dio.write_json(workdir / SUMMARY_FILE, summary)
+    if history:
+        _plot_loss_curve(workdir, history, config)
+    log.info("done: %s; best val loss %.5g at epoch %d", summary["stop_reason"],
+             summary["best_val_loss"], summary["best_epoch"])  # fmt: skip
+    return summary
+
+
+def _train_epoch(
+    config, epoch, state, train_step, source, seed, steps_per_epoch, step_rng, data_sharding,
+    log_every, manager,
+):  # fmt: skip
+    """Run one epoch; returns (the new state, the metrics row)."""
+    from tqdm.auto import tqdm
+
+    batches = source(
+        config, "train", batch_size=config.batch_size, seed=seed, epoch=epoch - 1, train=True
+    )
+    batches = itertools.islice(batches, steps_per_epoch)
+    bar = tqdm(
+        total=steps_per_epoch,
+        desc=f"epoch {epoch}/{config.num_epochs}",
+        unit="step",
+        disable=not config.get("progress_bar", True),
+        leave=False,
+        dynamic_ncols=True,
+    )
+    first_step = int(jax.device_get(state.step))
+    pending, losses, grad_norms = [], [], []
+    start = time.perf_counter()
+    timed_start, timed_steps = None, 0
+
+    def flush():
+        nonlocal timed_start, timed_steps
+        values = jax.device_get(pending)
+        for i, m in enumerate(values):
+            loss = float(m["loss"])
+            if not math.isfinite(loss):
+                step = first_step + len(losses) + i + 1
+                raise NonFiniteLossError(
+                    f"training loss is {loss} at step {step} (epoch {epoch}); stopped, last good "
+                    f"checkpoint: epoch {manager.latest_step()} in {manager.directory}"
+                )
+        losses.extend(float(m["loss"]) for m in values)
+        grad_norms.extend(float(m["grad_norm"]) for m in values)
+        now = time.perf_counter()
+        # samples/s excludes the first flush of the epoch (compilation on the first epoch)
+        if timed_start is None:
+            timed_start = now
+        else:
+            timed_steps += len(values)
+        if timed_steps:
+            rate = timed_steps * config.batch_size / max(now - timed_start, 1e-9)
+        else:  # the first flush of an epoch: its own rate, compilation included
+            rate = len(losses) * config.batch_size / max(now - start, 1e-9)
+        bar.update(len(values))
+        bar.set_postfix(loss=f"{np.mean(losses[-len(values) :]):.4g}", samples_s=f"{rate:.1f}")
+        pending.clear()
+        return rate
+
+    rate = 0.0
+    for batch in prefetch_to_mesh(batches, data_sharding):
+        state, metrics = train_step(state, batch, step_rng)
+        pending.append(metrics)
+        if len(pending) >= log_every:
+            rate = flush()
+    if pending:
+        rate = flush()
+    bar.close()
+    elapsed = time.perf_counter() - start
+    if not losses:
+        raise ValueError(f"epoch {epoch} had no training batches")
+    if timed_steps == 0:
+        rate = len(losses) * config.batch_size / elapsed
+    return state, dict(
+        train_loss=float(np.mean(losses)),
+        grad_norm=float(np.mean(grad_norms)),
+        epoch_time_s=elapsed,
+        samples_per_s=rate,
+        steps=len(losses),
+    )
+
+
+def _plot_loss_curve(workdir: Path, history: list[dict], config) -> None:
+    from dustjax import plots
+
+    try:
+        plots.loss_curve(history, workdir / LOSS_CURVE_FILE, title=config.get("name", ""))
+    except Exception as err:  # a plot must never kill a training run
+        log.warning("could not draw the loss curve: %s", err)

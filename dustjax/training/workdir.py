@@ -1,0 +1,167 @@
+"""A run's workdir: config.json, metrics.jsonl, train_summary.json and the orbax checkpoints.
+
+One checkpoint per epoch; the manager keeps the latest (to resume) and the one of minimum
+validation loss (the paper's "optimal model"). Everything that decides the rest of a run (state,
+epoch, best loss, patience counter) is in the checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+import ml_collections
+
+from dustjax import io as dio
+
+CHECKPOINT_DIR = "checkpoints"
+METRICS_FILE = "metrics.jsonl"
+CONFIG_FILE = "config.json"
+SUMMARY_FILE = "train_summary.json"
+LOSS_CURVE_FILE = "loss_curve.png"
+
+
+def config_to_dict(config) -> dict:
+    return (
+        json.loads(config.to_json_best_effort())
+        if hasattr(config, "to_json_best_effort")
+        else dict(config)
+    )
+
+
+def load_config(workdir: str | Path) -> ml_collections.ConfigDict:
+    """The resolved config a run saved in its workdir."""
+    path = Path(workdir) / CONFIG_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: {workdir} is not a training workdir")
+    return ml_collections.ConfigDict(dio.read_json(path))
+
+
+def read_metrics(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def write_metrics(path: Path, rows: list[dict]) -> None:
+    with dio.atomic_path(path) as tmp:
+        tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+
+
+def checkpoint_manager(workdir: str | Path, *, read_only: bool = False):
+    """Keeps the latest checkpoint and the one of minimum ``val_loss`` (maybe the same)."""
+    import orbax.checkpoint as ocp
+    from orbax.checkpoint import checkpoint_managers as cm
+
+    def val_loss(metrics):
+        return float(metrics["val_loss"])
+
+    options = ocp.CheckpointManagerOptions(
+        best_fn=val_loss,
+        best_mode="min",
+        keep_checkpoints_without_metrics=False,
+        preservation_policy=cm.AnyPreservationPolicy(
+            [cm.LatestN(n=1), cm.BestN(get_metric_fn=val_loss, reverse=True, n=1)]
+        ),
+        create=not read_only,
+        read_only=read_only,
+        enable_async_checkpointing=not read_only,
+    )
+    directory = Path(workdir).absolute() / CHECKPOINT_DIR
+    return ocp.CheckpointManager(directory, options=options, item_names=("state", "loop"))
+
+
+def _abstract(state):
+    return jax.tree.map(
+        lambda x: (
+            jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+            if isinstance(x, jax.Array)
+            else x
+        ),
+        state,
+    )
+
+
+def restore_checkpoint(manager, step: int, target_state):
+    """Restore (state, loop dict) of `step` into the structure/shardings of `target_state`."""
+    import orbax.checkpoint as ocp
+
+    abstract = _abstract(target_state)
+    # Shapes first, from the checkpoint's metadata: a restore that fails half-way leaves orbax's
+    # asyncio callbacks running, which spill "Event loop is closed" tracebacks at exit.
+    mismatch = _shape_mismatches(Path(manager.directory) / str(step) / "state", abstract)
+    if mismatch:
+        (name, stored, wanted), more = mismatch[0], len(mismatch) - 1
+        raise ValueError(
+            f"checkpoint {step} in {manager.directory} does not fit this model: {name} is stored "
+            f"with shape {stored}, the model wants {wanted}"
+            + (f" ({more} more arrays differ)" if more else "")
+            + "\n"
+            + _LAYOUT_HINT
+        )
+    try:
+        restored = manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract), loop=ocp.args.JsonRestore()
+            ),
+        )
+    except ValueError as err:
+        if "not compatible with the stored shape" not in str(err):
+            raise
+        raise ValueError(
+            f"checkpoint {step} in {manager.directory} does not fit this model: {err}\n"
+            + _LAYOUT_HINT
+        ) from err
+    return restored["state"], dict(restored["loop"])
+
+
+_LAYOUT_HINT = (
+    "If it is a V-net checkpoint written before 2026-11-22, its kernels are in flax's "
+    "default layouts: set config.model.kwargs.up_transpose_kernel=False and/or "
+    "config.model.kwargs.conv_kernel_layout='DHWIO' (in the workdir's config.json for "
+    "experiments/evaluate.py) to read them."
+)
+
+
+def _shape_mismatches(state_dir: Path, abstract) -> list[tuple[str, tuple, tuple]]:
+    """``(name, stored shape, wanted shape)`` of the parameters and batch statistics whose
+    shapes differ between a saved state and `abstract`; [] when equal or unreadable."""
+    import orbax.checkpoint as ocp
+
+    def name(entry):  # DictKey.key, GetAttrKey.name, SequenceKey.idx
+        for attr in ("key", "name", "idx"):
+            if getattr(entry, attr, None) is not None:
+                return str(getattr(entry, attr))
+        return str(entry)
+
+    def names(path):
+        return tuple(name(k) for k in path)
+
+    try:
+        tree = ocp.StandardCheckpointer().metadata(state_dir).item_metadata
+        stored = {
+            names(p): tuple(m.shape)
+            for p, m in jax.tree_util.tree_leaves_with_path(tree)
+            if getattr(m, "shape", None) is not None
+        }
+    except Exception:  # noqa: BLE001 (metadata unreadable: the restore itself will say why)
+        return []
+    out = []
+    for path, leaf in jax.tree_util.tree_leaves_with_path(abstract):
+        key = names(path)
+        if key[0] in ("params", "batch_stats") and key in stored:
+            if stored[key] != tuple(leaf.shape):
+                out.append(("/".join(key), stored[key], tuple(leaf.shape)))
+    return out
+
+
+def save_checkpoint(manager, step: int, state, loop: dict, val_loss: float) -> None:
+    import orbax.checkpoint as ocp
+
+    manager.save(
+        step,
+        args=ocp.args.Composite(state=ocp.args.StandardSave(state), loop=ocp.args.JsonSave(loop)),
+        metrics={"val_loss": float(val_loss)},
+    )

@@ -1,0 +1,176 @@
+"""What the V-net apply pipeline writes (`dustjax.vnet.apply`): a FITS map, a JSON summary and
+the figures of `dustjax.vnet.plots`; `make_map` runs the whole pipeline from its inputs (what
+`experiments/apply.py` and `make apply` call)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from dustjax import io as dio
+from dustjax import maps
+from dustjax.plots import save_figure
+from dustjax.vnet import apply as ap
+from dustjax.vnet.apply import MapResult
+from dustjax.vnet.plots import (
+    plot_consistency,
+    plot_edge_effect,
+    plot_face_on,
+    plot_slices,
+    plot_truth_vs_prediction,
+)
+
+log = logging.getLogger(__name__)
+
+
+def make_map(
+    model: str | os.PathLike,
+    region_name: str,
+    outdir: str | os.PathLike,
+    *,
+    catalog: str | None = None,
+    literature_cube: str | None = None,
+    shape: tuple[int, int, int] | None = None,
+    columns: dict[str, str] | None = None,
+    coords: str = "galactic",
+    format: str | None = None,
+    distance_unit: str = "pc",
+    k: int | None = None,
+    num_redraws: int = 300,
+    batch_size: int = 16,
+    seed: int = 0,
+    knn_backend: str = "auto",
+    subregion=None,
+    density_scale: float | None = None,
+    demo_stars: int = 50_000,
+    symmetry: str = "none",
+    write_fits: bool = True,
+    plots: bool = True,
+    method: str = "vnet",
+    nnls_smoothness: float | None = None,
+    nnls_steps: int | None = None,
+) -> dict[str, str]:
+    """A trained V-net (training workdir `model`) applied to a star catalogue (a file, or
+    ``"demo"``: one sampled from a simulated cube) or to a literature cube (a FITS file), on the
+    box of `region_name` with the model's cube size (or `shape`, which must match the model);
+    the outputs (`write_outputs`) go to `outdir`. Returns ``{what: path}``.
+
+    ``method="nnls"``: no network; non-negative least squares through the LOS operator
+    (`dustjax.inversion.nnls_predictor`, ``nnls_smoothness`` and ``nnls_steps`` its settings) on
+    the region's box (default 32^3, or `shape`); `model` is then ignored."""
+    from dustjax import catalog as cat
+    from dustjax.geometry import Region
+
+    if (catalog is None) == (literature_cube is None):
+        raise ap.ApplyError("give exactly one of a catalogue and a literature cube")
+    if method not in ("vnet", "nnls"):
+        raise ap.ApplyError(f"method must be 'vnet' or 'nnls', got {method!r}")
+    box = Region.named(region_name)
+    config = None
+    if method == "nnls":
+        from dustjax import inversion
+
+        shape = tuple(shape) if shape else box.shape
+        region = box if shape == box.shape else box.with_shape(shape)
+        kw = {k: v for k, v in (("smoothness", nnls_smoothness), ("num_steps", nnls_steps))
+              if v is not None}  # fmt: skip
+        kind = "literature" if literature_cube else "catalogue"
+        predictor = inversion.nnls_predictor(region, input_kind=kind, **kw)
+        log.info("NNLS %s, %s", predictor.nnls_settings, region)
+    else:
+        if model is None:
+            raise ap.ApplyError("method 'vnet' needs a model (a training workdir)")
+        shape = tuple(shape) if shape else ap.model_region(model).shape
+        region = box if shape == box.shape else box.with_shape(shape)
+        predictor, region, config = ap.load_predictor(model, region, symmetry=symmetry)
+        log.info("model %s, %s", model, region)
+    outdir = Path(outdir)
+    if literature_cube:
+        dustmap = maps.DustMap.from_fits(literature_cube, density_scale=density_scale)
+        result = ap.run_literature(dustmap, region, predictor, subregion=subregion, seed=seed)
+    else:
+        truth = None
+        if catalog == "demo":
+            from dustjax.sims.stars import demo_catalog
+
+            d = demo_catalog(region, demo_stars, seed=seed)
+            stars, truth = d.catalog, d.density
+            cat.write_star_catalog(outdir / "demo_catalog.fits", stars)
+        else:
+            stars = cat.read_star_catalog(
+                catalog, columns or {}, coords=coords, region=region, format=format,
+                distance_unit=distance_unit,
+            )  # fmt: skip
+        log.info("%d stars (%d dropped)", len(stars), stars.num_dropped)
+        result = ap.run_catalog(
+            stars, region, predictor, k=k, num_redraws=num_redraws, batch_size=batch_size,
+            seed=seed, knn_backend=knn_backend, subregion=subregion, truth=truth,
+            model_config=config,
+        )  # fmt: skip
+    result.summary["method"] = method
+    if method == "nnls":
+        result.summary["nnls"] = predictor.nnls_settings
+    else:
+        result.summary["model_workdir"] = str(model)
+    return write_outputs(
+        outdir, result, write_fits=write_fits, plots=plots,
+        header={"MODELDIR": str(model)[-60:] if method == "vnet" else "nnls"},
+    )  # fmt: skip
+
+
+def write_outputs(
+    outdir: str | os.PathLike,
+    result: MapResult,
+    *,
+    write_fits: bool = True,
+    plots: bool = True,
+    header: dict | None = None,
+) -> dict[str, str]:
+    """FITS map, JSON summary and figures into `outdir`; returns ``{what: path}``.
+
+    Files: ``density.fits`` (primary: density; UNCERT: MC dispersion; EXTINCT: the input
+    extinction cube; EXTUNC: MC dispersion of the integrated extinction), ``summary.json``,
+    ``slices.png`` (XY and XZ through the Sun's cell: extinction, density, dispersion, truth and
+    residual when known), ``face_on.png`` (fig. A5), ``consistency.png`` (fig. 11),
+    ``truth_vs_prediction.png`` (fig. 10) and ``edge_effect.png`` (fig. A8) when they apply.
+    Every file is written atomically; the summary last.
+    """
+    outdir = dio.ensure_writable_dir(outdir)
+    files: dict[str, str] = {}
+    if write_fits:
+        files["fits"] = str(
+            maps.write_cartesian_map(
+                outdir / "density.fits",
+                result.region,
+                result.density,
+                uncertainty=result.density_std,
+                extinction=result.extinction,
+                extinction_uncertainty=result.extinction_std,
+                header={"ORIGIN": "dustjax apply", **(header or {})},
+            )
+        )
+    if plots:
+        files.update(write_figures(outdir, result))
+    summary = dict(result.summary, files=files)
+    dio.write_json(outdir / "summary.json", summary)
+    files["summary"] = str(outdir / "summary.json")
+    return files
+
+
+def write_figures(outdir: Path, result: MapResult) -> dict[str, str]:
+    """The figures that apply to `result`, as PNGs in `outdir`; returns ``{name: path}``."""
+    files = {}
+    figures = {
+        "slices": plot_slices,
+        "face_on": plot_face_on,
+        "consistency": plot_consistency,
+        "truth_vs_prediction": plot_truth_vs_prediction,
+        "edge_effect": plot_edge_effect,
+    }
+    for name, draw in figures.items():
+        fig = draw(result)
+        if fig is None:
+            continue
+        files[name] = str(save_figure(fig, outdir / f"{name}.png"))
+    return files
