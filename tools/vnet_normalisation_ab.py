@@ -21,9 +21,9 @@ import time
 ARMS = {
     "eq12_mse": dict(task="density_from_extinction", normalisation="eq12", num_outputs=1,
                      output_head="relu", output_bias_init=0.1),
-    "asinh_mse": dict(task="dustjax.vnet.normalisation:MSE_TASK", normalisation="asinh",
+    "asinh_mse": dict(task="density_from_extinction", normalisation="asinh",
                       num_outputs=1, output_head="linear", output_bias_init=1.0),
-    "asinh_nll": dict(task="dustjax.vnet.normalisation:NLL_TASK", normalisation="asinh",
+    "asinh_nll": dict(task="density_from_extinction_nll", normalisation="asinh",
                       num_outputs=2, output_head="linear", output_bias_init=1.0),
 }  # fmt: skip
 

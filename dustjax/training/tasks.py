@@ -30,6 +30,8 @@ BUILTIN_TASKS = {
     "density_from_extinction": "dustjax.vnet.data:TASK",  # extinction -> density, eq. 3
     # not the paper's loss: eq. 3 plus the squared error of the cell-to-cell differences
     "density_from_extinction_h1": "dustjax.vnet.data:TASK_H1",
+    # not the paper's: beta-NLL of a Gaussian (mean, log sigma) for a variance head (issue 17)
+    "density_from_extinction_nll": "dustjax.vnet.normalisation:NLL_TASK",
     "polaris": "dustjax.polaris.data:TASK",  # log10 N -> log10 <n>_M, dihedral augmentation
     "polaris_no_augment": "dustjax.polaris.data:TASK_NO_AUGMENT",
 }

@@ -25,7 +25,7 @@ OBSERVATION = {
 
 def vnet_sky_config(name: str, region: str) -> ml_collections.ConfigDict:
     c = vnet_config(name, region)
-    c.task = "dustjax.vnet.normalisation:NLL_TASK"  # beta-NLL on (mean, log sigma)
+    c.task = "density_from_extinction_nll"  # beta-NLL on (mean, log sigma)
     c.data.source = "simulate_observed"
     c.data.simulator = "sky"
     c.data.normalisation = "asinh"  # E_hat = asinh(E / 0.05 mag), rho_hat = asinh(rho / 1e-4)
