@@ -7,6 +7,7 @@ r"""Apply a trained V-net to a star catalogue or a literature cube (thin entry p
     python -m experiments.apply --region=LR --literature_cube=vergely2022_10pc.fits \
         --model=workdirs/vnet_lr
     make apply REGION=SR CATALOG=stars.fits MODEL=workdirs/vnet_sr
+    python -m experiments.apply --region=SR --catalog=stars.fits --method=nnls  # no network
 
 The region's box comes from --region; its cube size from the model (a model trained on SR at
 16^3 maps SR at 16^3), unless --shape asks for one, which must then match the model. All logic
@@ -35,7 +36,14 @@ def define_flags() -> None:
     flags.DEFINE_string(
         "literature_cube", None, "A Cartesian density cube (FITS) instead of stars."
     )
-    flags.DEFINE_string("model", None, "Training workdir of the V-net.", required=True)
+    flags.DEFINE_string("model", None, "Training workdir of the V-net (--method=vnet).")
+    flags.DEFINE_enum(
+        "method", "vnet", ["vnet", "nnls"],
+        "vnet: the trained model in --model; nnls: non-negative least squares through the LOS "
+        "operator, no network (dustjax.inversion; the region's cells are 32^3 unless --shape).",
+    )  # fmt: skip
+    flags.DEFINE_float("nnls_smoothness", None, "NNLS regulariser weight (default: per input).")
+    flags.DEFINE_integer("nnls_steps", None, "NNLS accelerated projected-gradient iterations.")
     flags.DEFINE_string("workdir", None, "Output directory (default workdirs/apply_<region>).")
     flags.DEFINE_list("columns", [], "Column names, logical=name, e.g. extinction=A0,l=GLON.")
     flags.DEFINE_enum("coords", "galactic", ["galactic", "cartesian"], "Catalogue positions.")
@@ -77,6 +85,8 @@ def run():
 
     if (FLAGS.catalog is None) == (FLAGS.literature_cube is None):
         raise app.UsageError("give exactly one of --catalog and --literature_cube")
+    if FLAGS.method == "vnet" and FLAGS.model is None:
+        raise app.UsageError("--method=vnet needs --model (a training workdir)")
     subregion = None
     if FLAGS.subregion:
         if len(FLAGS.subregion) != 6:
@@ -106,6 +116,9 @@ def run():
         symmetry=FLAGS.symmetry,
         write_fits=FLAGS.write_fits,
         plots=FLAGS.plots,
+        method=FLAGS.method,
+        nnls_smoothness=FLAGS.nnls_smoothness,
+        nnls_steps=FLAGS.nnls_steps,
     )
     for name, path in files.items():
         logging.info("wrote %s: %s", name, path)

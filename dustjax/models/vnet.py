@@ -375,6 +375,11 @@ class VNet(nn.Module):
         "float32" with bfloat16 `dtype` keeps the input extinction unrounded.
       los_frame_pc: None (the paper) or the cube's ``(x0, y0, z0, dx, dy, dz)`` in pc, which adds
         the four `los_channels` to the input (same geometry at training and inference).
+      num_outputs: output channels: 1 (the paper: the density) or 2 (not in the paper: the
+        density and the log standard deviation of a Gaussian around it, a variance head;
+        `dustjax.vnet.normalisation`). The second channel is linear and starts at 0.
+      output_head: "relu" (the paper: non-negative density) or "linear" (no final activation,
+        for normalised targets that may be negative, e.g. asinh of a noisy density).
     """
 
     features: Sequence[int] = PAPER_FEATURES
@@ -391,6 +396,8 @@ class VNet(nn.Module):
     conv_kernel_layout: str = "ODHWI"
     input_dtype: Any = None
     los_frame_pc: Sequence[float] | None = None
+    num_outputs: int = 1
+    output_head: str = "relu"
 
     @nn.compact
     def __call__(self, extinction_hat, train: bool = False):
@@ -449,8 +456,15 @@ class VNet(nn.Module):
                 x = conv(width, name=f"dec{i}_conv1")(x, train)
         x = conv(self.features[0], name="head_conv0")(x, train)
         x = conv(self.features[0], name="head_conv1")(x, train)
+        if self.output_head not in ("relu", "linear"):
+            raise ValueError(f"output_head must be 'relu' or 'linear', got {self.output_head!r}")
+        bias0 = float(self.output_bias_init)
+
+        def head_bias(key, shape, dtype):  # the mean starts at bias0, a log sigma at 0
+            return jnp.zeros(shape, dtype).at[0].set(bias0)
+
         x = Conv3x3x3(
-            1,
+            int(self.num_outputs),
             padding=self.padding,
             reflect_method=self.reflect_method,
             kernel_layout=self.conv_kernel_layout,
@@ -463,13 +477,17 @@ class VNet(nn.Module):
             # and on the H200). A zero kernel and a bias near the typical rho_hat keep the ReLU
             # open while the network learns.
             kernel_init=nn.initializers.zeros,
-            bias_init=nn.initializers.constant(self.output_bias_init),
+            bias_init=head_bias,
             name="head_out",
         )(x)
+        x = x.astype(jnp.float32)
+        if self.output_head == "linear":
+            return x
         # Densities are non-negative (sect. 3.1 vii); the output is returned in float32 so that
         # the loss and the denormalisation never run in bfloat16. The ReLU's gradient leaks below
         # zero (`relu_with_leaky_gradient`) so that the output cannot die during training.
-        return relu_with_leaky_gradient(x.astype(jnp.float32), jnp.float32(self.output_leak))
+        mean = relu_with_leaky_gradient(x[..., :1], jnp.float32(self.output_leak))
+        return mean if self.num_outputs == 1 else jnp.concatenate([mean, x[..., 1:]], axis=-1)
 
 
 VNetPaper = functools.partial(VNet, features=PAPER_FEATURES)

@@ -1,7 +1,8 @@
 """Simulated dust cubes for training: a density cube and its exact extinction cube.
 
 `SIMULATORS` names every density simulator; `DEFAULT_SIMULATOR` gives the paper's choice per
-region (SR: Levy flights; LR: log-normal random field; "levy_lr" is the appendix-A variant).
+region (SR: Levy flights; LR: log-normal random field; "levy_lr" is the appendix-A variant);
+"sky" draws discs, clouds and cavities from real-sky priors (`dustjax.sims.sky`).
 `simulate_pair(key, region, simulator)` returns ``(density [mag/pc], extinction [mag])``, the
 extinction being the density integrated by the region's exact LOS operator.
 """
@@ -17,11 +18,14 @@ from dustjax.geometry import Region
 from dustjax.los import LOSOperator, los_operator
 from dustjax.sims.grf import LOGNORMAL_LR, LognormalParams, lognormal_density
 from dustjax.sims.levy import LEVY_LR, LEVY_SR, LevyParams, levy_density
+from dustjax.sims.sky import SKY, SKY_LR, SKY_SR, SkyParams, sky_density
 
 SIMULATORS: dict[str, tuple[Callable, object]] = {
     "levy": (levy_density, LEVY_SR),
     "levy_lr": (levy_density, LEVY_LR),
     "lognormal": (lognormal_density, LOGNORMAL_LR),
+    # Real-sky priors (issue 17); SKY takes its cloud population from the region (SR / LR).
+    "sky": (sky_density, SKY),
 }
 DEFAULT_SIMULATOR = {"SR": "levy", "LR": "lognormal"}
 
@@ -74,6 +78,9 @@ __all__ = [
     "LOGNORMAL_LR",
     "LevyParams",
     "LognormalParams",
+    "SKY",
+    "SKY_LR",
+    "SKY_SR",
     "SIMULATORS",
     "default_simulator",
     "get_simulator",
@@ -81,4 +88,6 @@ __all__ = [
     "lognormal_density",
     "simulate_batch_fn",
     "simulate_pair",
+    "sky_density",
+    "SkyParams",
 ]

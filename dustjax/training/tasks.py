@@ -30,6 +30,8 @@ BUILTIN_TASKS = {
     "density_from_extinction": "dustjax.vnet.data:TASK",  # extinction -> density, eq. 3
     # not the paper's loss: eq. 3 plus the squared error of the cell-to-cell differences
     "density_from_extinction_h1": "dustjax.vnet.data:TASK_H1",
+    # not the paper's: beta-NLL of a Gaussian (mean, log sigma) for a variance head (issue 17)
+    "density_from_extinction_nll": "dustjax.vnet.normalisation:NLL_TASK",
     "polaris": "dustjax.polaris.data:TASK",  # log10 N -> log10 <n>_M, dihedral augmentation
     "polaris_no_augment": "dustjax.polaris.data:TASK_NO_AUGMENT",
 }
@@ -38,6 +40,8 @@ BUILTIN_DATA_SOURCES = {
     "simulate": "dustjax.vnet.data:simulate_source",  # fresh cubes on the device every step
     "polaris_simulate": "dustjax.polaris.data:crop_source",
     "polaris_tfrecord": "dustjax.polaris.data:crop_source",
+    # cubes observed as star catalogues (issue 17): stars, noise, eq. 5 gridding on the device
+    "simulate_observed": "dustjax.vnet.observe:simulate_observed_source",
 }
 
 _TASKS: dict[str, Task] = {}

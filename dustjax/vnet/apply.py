@@ -105,7 +105,12 @@ def load_predictor(
     simulator = simulator_name(load_config(workdir))
     transforms = sym.region_symmetries(trained, symmetry, simulator)
     model, variables, config = load_trained(workdir, which=which)
-    return sym.symmetrised(density_predictor(model, variables), transforms), trained, config
+    # The run's own normalisation and head (eq. 1-2 + ReLU for the paper's runs: the same numbers
+    # as `density_predictor`; asinh / variance head for the real-sky runs).
+    from dustjax.vnet.normalisation import predictor_from_config
+
+    point = predictor_from_config(config, model, variables, workdir).density
+    return sym.symmetrised(point, transforms), trained, config
 
 
 def check_model_region(trained: Region, region: Region, workdir="the model") -> None:
@@ -293,7 +298,18 @@ def consistency(density, region: Region, catalog: cat.StarCatalog) -> tuple[np.n
         median_pull=float(np.median(pull)),
         fraction_within_1sigma=float(np.mean(np.abs(pull) < 1)),
         fraction_within_3sigma=float(np.mean(np.abs(pull) < 3)),
+        median_sigma_extinction_mag=float(np.median(catalog.sigma_extinction)),
     )
+    if catalog.sigma_distance is not None:
+        # Distance errors folded into the extinction's: sigma_eff = hypot(sigma_E, rho sigma_d),
+        # rho the map's density in the star's cell (dE/dd there).
+        cells = region.cell_index(catalog.xyz_pc)
+        ok = np.all(cells >= 0, axis=-1)
+        rho = np.zeros(len(diff))
+        rho[ok] = np.asarray(density, np.float64)[tuple(cells[ok].T)]
+        sigma_eff = np.hypot(catalog.sigma_extinction, rho * catalog.sigma_distance)
+        stats["median_sigma_eff_mag"] = float(np.median(sigma_eff))
+        stats["fraction_within_1sigma_eff"] = float(np.mean(np.abs(diff) < sigma_eff))
     return e_rho, stats
 
 
@@ -310,13 +326,22 @@ def run_catalog(
     subregion=None,
     truth=None,
     progress: bool = True,
+    model_config=None,
 ) -> MapResult:
     """A star catalogue -> density map with Monte Carlo uncertainties and the fig.-11 check.
 
     ``subregion`` ``((x0, x1), (y0, y1), (z0, z1))`` (pc) keeps only the stars inside it and
     fills the cells outside with random values (appendix A). ``truth`` (a density cube, e.g.
     the demo's) adds residual statistics. ``num_redraws=0`` skips the Monte Carlo.
+    A failed fig.-11 check logs a WARNING and sets ``summary["consistency_warning"]``; with the
+    model's training ``model_config``, a catalogue unlike the training data (or a model trained
+    without the observation loop) sets ``summary["input_warnings"]`` (`dustjax.vnet.checks`).
     """
+    from dustjax.vnet import checks
+
+    input_warnings = checks.training_mismatch_warnings(catalog, model_config)
+    for line in input_warnings:
+        log.warning("bad input: %s", line)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     inside = None
@@ -365,6 +390,9 @@ def run_catalog(
         stars = catalog.select(ok)
     e_rho, check = consistency(density, region, stars)
     timings["consistency_s"] = time.perf_counter() - t
+    warning = checks.consistency_warning(check)
+    if warning:
+        log.warning("%s", warning)
 
     summary = dict(
         input="catalogue",
@@ -376,6 +404,10 @@ def run_catalog(
         density=_cube_stats(density, inside),
         timings_s=timings,
     )
+    if warning:
+        summary["consistency_warning"] = warning
+    if input_warnings:
+        summary["input_warnings"] = input_warnings
     if mc:
         summary["density_std"] = _cube_stats(mc["density_std"], inside)
     if subregion is not None:

@@ -47,21 +47,44 @@ def make_map(
     symmetry: str = "none",
     write_fits: bool = True,
     plots: bool = True,
+    method: str = "vnet",
+    nnls_smoothness: float | None = None,
+    nnls_steps: int | None = None,
 ) -> dict[str, str]:
     """A trained V-net (training workdir `model`) applied to a star catalogue (a file, or
     ``"demo"``: one sampled from a simulated cube) or to a literature cube (a FITS file), on the
     box of `region_name` with the model's cube size (or `shape`, which must match the model);
-    the outputs (`write_outputs`) go to `outdir`. Returns ``{what: path}``."""
+    the outputs (`write_outputs`) go to `outdir`. Returns ``{what: path}``.
+
+    ``method="nnls"``: no network; non-negative least squares through the LOS operator
+    (`dustjax.inversion.nnls_predictor`, ``nnls_smoothness`` and ``nnls_steps`` its settings) on
+    the region's box (default 32^3, or `shape`); `model` is then ignored."""
     from dustjax import catalog as cat
     from dustjax.geometry import Region
 
     if (catalog is None) == (literature_cube is None):
         raise ap.ApplyError("give exactly one of a catalogue and a literature cube")
+    if method not in ("vnet", "nnls"):
+        raise ap.ApplyError(f"method must be 'vnet' or 'nnls', got {method!r}")
     box = Region.named(region_name)
-    shape = tuple(shape) if shape else ap.model_region(model).shape
-    region = box if shape == box.shape else box.with_shape(shape)
-    predictor, region, _ = ap.load_predictor(model, region, symmetry=symmetry)
-    log.info("model %s, %s", model, region)
+    config = None
+    if method == "nnls":
+        from dustjax import inversion
+
+        shape = tuple(shape) if shape else box.shape
+        region = box if shape == box.shape else box.with_shape(shape)
+        kw = {k: v for k, v in (("smoothness", nnls_smoothness), ("num_steps", nnls_steps))
+              if v is not None}  # fmt: skip
+        kind = "literature" if literature_cube else "catalogue"
+        predictor = inversion.nnls_predictor(region, input_kind=kind, **kw)
+        log.info("NNLS %s, %s", predictor.nnls_settings, region)
+    else:
+        if model is None:
+            raise ap.ApplyError("method 'vnet' needs a model (a training workdir)")
+        shape = tuple(shape) if shape else ap.model_region(model).shape
+        region = box if shape == box.shape else box.with_shape(shape)
+        predictor, region, config = ap.load_predictor(model, region, symmetry=symmetry)
+        log.info("model %s, %s", model, region)
     outdir = Path(outdir)
     if literature_cube:
         dustmap = maps.DustMap.from_fits(literature_cube, density_scale=density_scale)
@@ -83,11 +106,16 @@ def make_map(
         result = ap.run_catalog(
             stars, region, predictor, k=k, num_redraws=num_redraws, batch_size=batch_size,
             seed=seed, knn_backend=knn_backend, subregion=subregion, truth=truth,
+            model_config=config,
         )  # fmt: skip
-    result.summary["model_workdir"] = str(model)
+    result.summary["method"] = method
+    if method == "nnls":
+        result.summary["nnls"] = predictor.nnls_settings
+    else:
+        result.summary["model_workdir"] = str(model)
     return write_outputs(
         outdir, result, write_fits=write_fits, plots=plots,
-        header={"MODELDIR": str(model)[-60:]},
+        header={"MODELDIR": str(model)[-60:] if method == "vnet" else "nnls"},
     )  # fmt: skip
 
 
