@@ -2,7 +2,7 @@ r"""Choose the NNLS baseline's default regularisation on SIMULATIONS (not on the
 
     python -m tools.nnls_smoothness --region=SR --num_cubes=4 --out=workdirs/nnls_smoothness_SR.json
 
-Draws sky-like cubes (`dustjax.sims.sky`, VS) at the shared cubes' resolution (SR: 64^3 of 3 pc,
+Draws sky-like cubes (`dustjax.sims.sky`) at the shared cubes' resolution (SR: 64^3 of 3 pc,
 LR: 96^3 of 20 pc), then, exactly as `dustjax.vnet.realsky` does with a real cube, builds the
 literature route's input (regridded truth -> exact LOS integral) and the catalogue route's
 (stars in the box, exact E through the fine cube, noise, eq.-5 gridding: SR 30,000 stars,

@@ -2,7 +2,7 @@ r"""A/B of the density normalisation and loss (issue 17 item 3) at CPU size.
 
     python -m tools.vnet_normalisation_ab --out=/tmp/ab.json [--steps=60]
 
-Three arms on the same data (SR box at 16^3, VS's "sky" cubes observed as 2,000-6,000-star
+Three arms on the same data (SR box at 16^3, `dustjax.sims.sky` cubes observed as 2,000-6,000-star
 catalogues, `experiments/configs/vnet_sky_test.py` otherwise), scored on the same validation
 cubes in mag/pc (skill, dust recovered overall and per truth decade, Pearson r of
 log10(rho + 1e-5)):

@@ -35,7 +35,7 @@ def parse_args(argv=None):
                    help="config override REGION:key=value (value parsed as JSON)")  # fmt: skip
     p.add_argument("--skip_train", action="store_true", help="smoke + throughput only")
     p.add_argument("--evaluate", default="", help="real cubes' folder: score each trained model "
-                   "on both routes with tools/realsky_vnet.py (VE's tool)")  # fmt: skip
+                   "on both routes with tools/realsky_vnet.py")  # fmt: skip
     p.add_argument("--nnls", action="store_true", help="with --evaluate: NNLS rows too")
     p.add_argument("--deadline_s", type=float, default=0.0,
                    help="whole-run wall budget: training is cut to end in time")  # fmt: skip
@@ -306,7 +306,7 @@ def _median_row(args, name) -> dict:
 
 
 def evaluate(region: str, workdir, cubes: str, out: Path, nnls: bool, median_too=True) -> dict:
-    """VE's real-sky scores of `workdir` (and NNLS) on both routes; {name: realsky.json}."""
+    """Real-sky scores of `workdir` (and NNLS) on both routes; {name: realsky.json}."""
     from tools import realsky_vnet
 
     cube = str(Path(cubes) / f"bayestar19_{region}_anticentre.npy")

@@ -14,7 +14,7 @@
    paper-recipe V-net on the real SR catalogue: median offset 0.04 mag ~ 1.3 sigma_E, 37 % within
    1 sigma; maps with twice the true dust on LR: 0.8-1.4 sigma_E) lies outside.
 2. **Input unlike the training data**: `training_mismatch_warnings` compares a catalogue with the
-   observation settings of the model's training config (``config.observation``: VT's keys
+   observation settings of the model's training config (``config.observation``: the keys
    ``enabled``, ``num_stars_range``, ``sigma_a_range``, ``sigma_b_range``; ``config.data.source ==
    "simulate_observed"``): a model trained on exact extinction cubes (no observation loop) gets a
    warning on any catalogue; a catalogue whose star count in the region, or whose sigma_E at its

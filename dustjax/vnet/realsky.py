@@ -368,7 +368,7 @@ def load_model(
 ):
     """``(predictor, hat_model or None, info)`` for a training workdir or ``"nnls"``.
 
-    ``hat_model`` is the workdir's model when it has a variance head (VT's
+    ``hat_model`` is the workdir's model when it has a variance head (the
     ``dustjax.vnet.normalisation.load_model_predictor``: ``.predict_hat(E) -> (mu_hat,
     sigma_hat)`` and ``.band(mu_hats, sigma_hats) -> dict(mean, p16, p84)``); otherwise None and
     the band comes from the Monte Carlo alone.

@@ -6,7 +6,7 @@ asinh normalisation, variance head. Not the paper's recipe (that is `vnet_lr.py`
     # the device recipe (train ~N s, then calibrate the variance head):
     python -m tools.vnet_sky_device --regions=LR --train_seconds=150 --out=OUT
 
-Hardware: one GPU (bfloat16, input block float32). Data: VS's "sky" simulator,
+Hardware: one GPU (bfloat16, input block float32). Data: the "sky" simulator (dustjax.sims.sky),
 5 x 10^5 - 1.2 x 10^6 stars per cube uniform in the box, sigma_E = hypot(a, b E) with a in
 [0.02, 0.10] mag, b in [0.02, 0.10], distance errors 0-8 %, eq. 5 with k = 30
 (`dustjax.vnet.observe`).
