@@ -224,6 +224,27 @@ def _simulated_batch_fn(region, simulator: str, params, batch_size: int, mesh: M
     return make
 
 
+def simulated_steps(config, split, *, batch_size: int, train: bool) -> int:
+    """Batches an epoch of `split` takes from a simulated stream (the "simulate" sources).
+
+    Training: ``config.data.steps_per_epoch``, or the train split of ``config.data.num_examples``
+    (the paper's proportions) over the batch; validation: ``config.data.eval_steps`` or the whole
+    split; test: the whole split.
+    """
+    sizes = split_sizes(int(config.data.get("num_examples", 10_000)))
+    if train:
+        steps = int(config.data.get("steps_per_epoch") or 0) or sizes[split] // batch_size
+    elif split == "validation":
+        steps = int(config.data.get("eval_steps") or 0) or math.ceil(sizes[split] / batch_size)
+    else:
+        steps = math.ceil(sizes[split] / batch_size)
+    if steps < 1:
+        raise ValueError(
+            f"a simulated source gives no {split} batch; raise config.data.num_examples"
+        )
+    return steps
+
+
 def simulate_source(config, split, *, batch_size, seed, epoch, train):
     """Fresh cubes simulated on the device: one endless stream per split.
 
@@ -234,17 +255,7 @@ def simulate_source(config, split, *, batch_size, seed, epoch, train):
     uses ``config.data.eval_steps`` or the 1,800 validation cubes, test the 1,000 test cubes.
     """
     name, params = _simulator_params(config)
-    sizes = split_sizes(int(config.data.get("num_examples", 10_000)))
-    if train:
-        steps = int(config.data.get("steps_per_epoch") or 0) or sizes[split] // batch_size
-    elif split == "validation":
-        steps = int(config.data.get("eval_steps") or 0) or math.ceil(sizes[split] / batch_size)
-    else:
-        steps = math.ceil(sizes[split] / batch_size)
-    if steps < 1:
-        raise ValueError(
-            f"source='simulate' gives no {split} batch; raise config.data.num_examples"
-        )
+    steps = simulated_steps(config, split, batch_size=batch_size, train=train)
     mesh = make_mesh(config.get("num_devices") or None)
     check_batch_size(batch_size, mesh)
     make = _simulated_batch_fn(region_of(config), name, params, batch_size, mesh)

@@ -379,15 +379,7 @@ def simulate_observed_source(config, split, *, batch_size, seed, epoch, train):
     from dustjax.vnet.normalisation import normalisation_of
 
     name, sim_params = data._simulator_params(config)
-    sizes = data.split_sizes(int(config.data.get("num_examples", 10_000)))
-    if train:
-        steps = int(config.data.get("steps_per_epoch") or 0) or sizes[split] // batch_size
-    elif split == "validation":
-        steps = int(config.data.get("eval_steps") or 0) or math.ceil(sizes[split] / batch_size)
-    else:
-        steps = math.ceil(sizes[split] / batch_size)
-    if steps < 1:
-        raise ValueError(f"no {split} batch; raise config.data.num_examples")
+    steps = data.simulated_steps(config, split, batch_size=batch_size, train=train)
     mesh = sharding.make_mesh(config.get("num_devices") or None)
     sharding.check_batch_size(batch_size, mesh)
     obs = config.get("observation")
