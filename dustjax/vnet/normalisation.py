@@ -218,17 +218,15 @@ def predictor_from_config(config, model, variables, workdir=None) -> ModelPredic
     )
 
 
-def load_model_predictor(workdir, region=None, which: str = "best") -> ModelPredictor:
-    """Load a training workdir as a `ModelPredictor` (normalisation and calibration included);
-    with ``region``, refuse a model trained for another box
-    (`dustjax.vnet.apply.check_model_region`).
+def load_model_predictor(workdir, which: str = "best") -> ModelPredictor:
+    """Load a training workdir as a `ModelPredictor` (normalisation and calibration included).
+
+    It does not check the region: callers that know the data's region call
+    `dustjax.vnet.apply.check_model_region` first (this module sits below `apply`, which imports
+    it, so it must not import `apply` back).
     """
     from dustjax.training import load_trained
 
-    if region is not None:
-        from dustjax.vnet import apply as ap
-
-        ap.check_model_region(ap.model_region(workdir), region, workdir)
     model, variables, config = load_trained(workdir, which=which)
     return predictor_from_config(config, model, variables, workdir)
 

@@ -386,7 +386,8 @@ def load_model(
     from dustjax.training import load_config
     from dustjax.vnet import normalisation
 
-    model_predictor = normalisation.load_model_predictor(model, region)
+    ap.check_model_region(ap.model_region(model), region, model)
+    model_predictor = normalisation.load_model_predictor(model)
     config = load_config(model)
     predictor = model_predictor.density
     hat_model = model_predictor if model_predictor.has_variance else None
