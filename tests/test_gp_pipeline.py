@@ -1,5 +1,6 @@
 """End to end: the gp_test config through experiments/fit_gp.py's library call, and its outputs."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -30,7 +31,10 @@ def run(tmp_path_factory):
     x64_before = bool(jax.config.jax_enable_x64)
     summary = pipeline.fit_and_predict(_small_config(), workdir, progress=False)
     assert bool(jax.config.jax_enable_x64) == x64_before  # a float32 run leaves the flag alone
-    assert summary["star_bands"] == "model extinction" and summary["posterior_samples"] == 12
+    assert summary["posterior_samples"] == 12
+    # fit.calibration_fraction = 0.1 by default: the bands hold the post-hoc model error
+    assert "post-hoc model error" in summary["star_bands"]
+    assert summary["stars"]["num_fit"] + summary["stars"]["num_calibration"] == 3000
     return workdir, summary
 
 
@@ -267,3 +271,78 @@ def test_more_posterior_samples_than_prediction_draws_is_refused_before_the_fit(
     with pytest.raises(ValueError, match="posterior_samples"):
         pipeline.fit_and_predict(c, tmp_path / "w", progress=False)
     assert not (tmp_path / "w").exists()
+
+
+# ---- calibrated bands: a post-hoc model error fitted on stars held out of the fit -------------
+def _calibration_run(tmp_path, monkeypatch, *, sigma_factor, calibration_fraction=0.25):
+    """gp_test's simulation with the reported sigma = true sigma * sigma_factor."""
+    real = simulate.paper_simulation
+
+    def under_reported(**kwargs):
+        field, cat, true_ext = real(**kwargs)
+        cat = dataclasses.replace(cat, sigma_extinction=cat.sigma_extinction * sigma_factor)
+        return field, cat, true_ext
+
+    monkeypatch.setattr(simulate, "paper_simulation", under_reported)
+    c = gp_test.get_config()  # its 60 iterations: a 30-iteration fit leaves heavy-tailed residuals
+    c.fit.calibration_fraction = calibration_fraction
+    c.output.plots = False
+    c.output.fits = False
+    return pipeline.fit_and_predict(c, tmp_path, progress=False)
+
+
+def test_calibration_split_is_reproducible_and_sized():
+    held = pipeline.calibration_split(1000, 0.1, seed=3)
+    assert held.sum() == 100
+    np.testing.assert_array_equal(held, pipeline.calibration_split(1000, 0.1, seed=3))
+    assert not pipeline.calibration_split(1000, 0.0, seed=3).any()
+    with pytest.raises(ValueError, match="calibration_fraction"):
+        pipeline._calibration_fraction(1.0)
+
+
+def test_calibration_widens_bands_of_under_reported_noise(tmp_path, monkeypatch):
+    summary = _calibration_run(tmp_path, monkeypatch, sigma_factor=1.0 / 3.0)
+    cal = summary["calibration"]
+    # the held-out stars are not in the fit
+    assert summary["stars"]["num_calibration"] == cal["num_stars"] == 750
+    assert summary["stars"]["num_fit"] == 3000 - 750
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    for key in ("frac", "floor_mag", "num_stars", "validation_coverage_observed_before",
+                "validation_coverage_observed_after", "validation_coverage_true_before",
+                "validation_coverage_true_after"):  # fmt: skip
+        assert key in on_disk["calibration"]
+    assert summary["star_bands"].startswith("true extinction")
+    assert cal["validation_coverage_observed_before"] < 0.45
+    assert 0.60 <= cal["validation_coverage_observed_after"] <= 0.76
+    assert cal["validation_coverage_true_before"] < cal["validation_coverage_true_after"]
+    assert cal["frac"] > 0.05
+    metrics = summary["simulation"]["metrics"]  # the fit stars' bands (fig. 3) are widened too
+    assert (
+        metrics["fraction_true_within_p16_p84"]
+        > metrics["fraction_true_within_p16_p84_fit_stars_uncalibrated"]
+    )
+
+
+def test_calibration_finds_no_model_error_when_bands_and_noise_are_right():
+    """Truth ~ N(P50, w) with the band's w, observed = truth + N(0, sigma): nothing is missing,
+    so both the maximum-likelihood (realsky's) and the coverage-targeted (f, s) are ~0; and
+    with the truth's scatter doubled, the targeted term brings the coverage back to 68 %."""
+    from dustjax.gp import calibration
+
+    rng = np.random.default_rng(0)
+    p50 = rng.uniform(0.2, 2.0, 20000)
+    w = 0.05 * p50
+    pct = np.stack([p50 - w, p50, p50 + w])
+    sigma = 0.1 * p50
+    truth = p50 + w * rng.standard_normal(p50.size)
+    observed = truth + sigma * rng.standard_normal(p50.size)
+    f, s = calibration.calibrate_posthoc(pct, observed, sigma)
+    assert f < 0.01 and s < 0.01
+    assert calibration.calibrate_posthoc(pct, observed, sigma, target_coverage=0.68) == (0, 0)
+    truth = p50 + 2 * w * rng.standard_normal(p50.size)  # bands half as wide as the truth's scatter
+    observed = truth + sigma * rng.standard_normal(p50.size)
+    f, s = calibration.calibrate_posthoc(pct, observed, sigma, target_coverage=0.68)
+    widened = calibration.widen_bands(pct, f, s)
+    assert calibration.observed_coverage(widened, observed, sigma) == pytest.approx(0.68, abs=0.01)
+    assert calibration.coverage(pct, truth) < 0.45
+    assert 0.62 <= calibration.coverage(widened, truth) <= 0.74

@@ -31,6 +31,7 @@ flags.DEFINE_integer("star_samples", 256, "Posterior samples for the star percen
 def main(argv):
     del argv
     config = get_config()
+    config.fit.calibration_fraction = 0.0  # every star in the fit: the model's own bands
     pipeline.fit_and_predict(config, FLAGS.workdir, progress=True)
     grid = LBDGrid.from_dict(dict(config.grid))
     catalog, _, truth = pipeline.load_stars(config, grid)

@@ -97,6 +97,9 @@ class FitSettings:
       kernel_coords: where the kernel is stationary: "xyz" (the paper) or "log_spherical"
         (`dustjax.gp.coords`: scale lengths proportional to distance). The inducing points of
         the parameters must live in the same coordinates (`initial_params(kernel_coords=...)`).
+      calibration_fraction: not used by `fit` itself: the fraction of the catalogue's stars
+        that `pipeline.fit_and_predict` holds out of the fit to calibrate the extinction bands
+        (a post-hoc model error, `dustjax.gp.calibration`); 0: off.
     """
 
     learning_rate: float = 0.02
@@ -124,6 +127,7 @@ class FitSettings:
     model_error_init: tuple[float, float] = (0.05, 0.01)
     max_fit_seconds: float | None = None
     kernel_coords: str = "xyz"
+    calibration_fraction: float = 0.1
 
     def __post_init__(self):
         if self.stop_rule not in ("paper", "plateau"):

@@ -13,7 +13,10 @@ is an `ml_collections.ConfigDict` laid out as in `experiments/configs/gp_test.py
                           background_cells
     model.*               num_inducing, scale_lengths_pc, amplitude_dex, mean_dex (None: from
                           the stars), q_std
-    fit.*                 `fit.FitSettings` fields
+    fit.*                 `fit.FitSettings` fields, and calibration_fraction (default 0.1; 0: off):
+                          the fraction of the stars held out of the fit, on which a post-hoc
+                          model error (f A)^2 + s^2 is fitted and added to the extinction bands
+                          (`calibration`)
     predict.*             shape, num_samples, chunk_cells, star_samples, posterior_samples
                           (joint posterior density draws written to density.fits, default 12,
                           at most num_samples; 0: none)
@@ -32,8 +35,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dustjax.gp import calibration, predict, svgp
 from dustjax.gp import fit as gpfit
-from dustjax.gp import predict, svgp
 from dustjax.gp.grid import LBDGrid
 from dustjax.io import ensure_writable_dir
 from dustjax.sharding import make_mesh
@@ -110,6 +113,8 @@ OUTPUT_NAMES = (
 )
 PREVIOUS_RUN_DIR = "previous_run"
 DEFAULT_POSTERIOR_SAMPLES = 12
+DEFAULT_CALIBRATION_FRACTION = 0.1
+CALIBRATION_TARGET_COVERAGE = 0.68  # of the held-out stars' observed extinctions
 
 
 def set_aside_previous_outputs(workdir: Path, *, keep=()) -> list[str]:
@@ -195,9 +200,26 @@ def _fit_and_predict(config, workdir, *, progress):
 
     # ---- fit ------------------------------------------------------------------------------
     settings = gpfit.FitSettings(**dict(config.fit))
+    calib_fraction = _calibration_fraction(settings.calibration_fraction)
     sigma = catalog.sigma_extinction
     if config.data.get("inflate_sigma", True) and catalog.sigma_distance is not None:
         sigma = gpfit.inflate_sigma_for_distance(catalog, grid)
+    sigma = np.asarray(sigma)
+    # Stars held out of the fit, for the post-hoc model error (`calibration`)
+    held = calibration_split(len(catalog), calib_fraction, seed=int(config.seed))
+    calib = None
+    if held.any():
+        calib = dict(
+            catalog=catalog.select(held),
+            sigma=sigma[held],
+            true=None if truth is None else truth["extinction"][held],
+        )
+        catalog, sigma = catalog.select(~held), sigma[~held]
+        if truth is not None:
+            truth["extinction"] = truth["extinction"][~held]
+    counts["num_fit"] = len(catalog)
+    counts["num_calibration"] = int(held.sum())
+    logger.info("%d stars in the fit, %d held out for calibration", len(catalog), held.sum())
     mesh = make_mesh(axis=gpfit.STAR_AXIS)
     stars = gpfit.make_star_data(
         catalog, grid, num_shards=mesh.devices.size, dtype=dtype, sigma=sigma
@@ -251,11 +273,27 @@ def _fit_and_predict(config, workdir, *, progress):
         seed=int(config.seed) + 1,
         model_error=model_error,
     )
-    summary["star_bands"] = (
+    star_bands = (
         "model extinction"
         if model_error is None
         else "true extinction: model plus the learned model error N(0, (f A)^2 + s^2)"
     )
+    calib_summary = None
+    if calib is not None:
+        calib_summary = _calibrate(
+            params, grid, settings, result.jitter, config, calib, model_error
+        )
+        star_pct_model = star_pct
+        star_pct = calibration.widen_bands(
+            star_pct, calib_summary["frac"], calib_summary["floor_mag"]
+        )
+        star_bands = (
+            "true extinction: model"
+            + ("" if model_error is None else " plus the learned model error")
+            + " plus the post-hoc model error N(0, (f A)^2 + s^2) fitted on held-out stars"
+        )
+    summary["star_bands"] = star_bands
+    summary["calibration"] = calib_summary
     pgrid = predict.prediction_grid(grid, tuple(config.predict.shape))
     maps = predict.predict_maps(
         params,
@@ -268,6 +306,10 @@ def _fit_and_predict(config, workdir, *, progress):
         progress=progress,
         num_posterior_samples=num_posterior_samples,
     )
+    if calib_summary is not None:  # extinction to a point: the bands a star there would have
+        f, s = calib_summary["frac"], calib_summary["floor_mag"]
+        for key in ("extinction_pct", "total_extinction_pct"):
+            maps[key] = calibration.widen_bands(maps[key], f, s).astype(maps[key].dtype)
     summary["timings"]["predict_s"] = time.perf_counter() - t0
     summary["prediction_grid"] = pgrid.to_dict()
     for key in ("dust_mass_eq9_msun", "gas_mass_eq9_msun", "dust_mass_in_box_msun",
@@ -300,6 +342,10 @@ def _fit_and_predict(config, workdir, *, progress):
                 summary["hyperparameters"]["scale_lengths_pc"],
             ),
         )
+        if calib_summary is not None:
+            summary["simulation"]["metrics"][
+                "fraction_true_within_p16_p84_fit_stars_uncalibrated"
+            ] = calibration.coverage(star_pct_model, truth["extinction"])
 
     # ---- write ----------------------------------------------------------------------------
     _write_outputs(
@@ -321,6 +367,81 @@ def _fit_and_predict(config, workdir, *, progress):
 
     write_summary(workdir / "summary.json", summary)
     return summary
+
+
+def _calibration_fraction(value) -> float:
+    frac = DEFAULT_CALIBRATION_FRACTION if value is None else float(value)
+    if not 0.0 <= frac < 1.0:
+        raise ValueError(f"fit.calibration_fraction must be in [0, 1), got {frac}")
+    return frac
+
+
+def calibration_split(num_stars: int, fraction: float, *, seed: int) -> np.ndarray:
+    """Boolean mask of the ``round(fraction * num_stars)`` stars held out of the fit (random,
+    reproducible from ``seed``); all False for fraction 0."""
+    held = np.zeros(num_stars, bool)
+    n = int(round(fraction * num_stars))
+    if n > 0:
+        rng = np.random.default_rng([int(seed), 0xCA1B])
+        held[rng.choice(num_stars, size=n, replace=False)] = True
+    return held
+
+
+def _calibrate(params, grid, settings, jitter, config, calib, model_error) -> dict[str, Any]:
+    """Fit the post-hoc model error (f, s) on the held-out stars (`calibration.calibrate_posthoc`,
+    the likelihood `realsky` maximises, scaled to the 68 % coverage target) and score their bands
+    before and after.
+
+    With the learned model error on (``fit.model_error``), the held-out bands already hold it and
+    the post-hoc term is fitted on top of it: it composes (adds in quadrature) and comes out near
+    zero where the learned term already explains the residuals."""
+    cat = calib["catalog"]
+    cstars = gpfit.make_star_data(
+        cat, grid, num_shards=1, dtype=params["mean"].dtype, sigma=calib["sigma"]
+    )
+    pct = predict.predict_star_extinctions(
+        params,
+        grid,
+        np.asarray(cstars.flat_index)[: len(cat)],
+        np.asarray(cstars.partial_pc)[: len(cat)],
+        link=settings.link,
+        jitter=jitter,
+        num_samples=int(config.predict.star_samples),
+        seed=int(config.seed) + 3,
+        model_error=model_error,
+    ).astype(np.float64)
+    observed, sigma = np.asarray(cat.extinction, np.float64), np.asarray(calib["sigma"], np.float64)
+    f, s = calibration.calibrate_posthoc(
+        pct, observed, sigma, target_coverage=CALIBRATION_TARGET_COVERAGE
+    )
+    widened = calibration.widen_bands(pct, f, s)
+    out: dict[str, Any] = dict(
+        frac=f,
+        floor_mag=s,
+        num_stars=len(cat),
+        composed_with_learned_model_error=model_error is not None,
+        validation_coverage_observed_before=calibration.observed_coverage(pct, observed, sigma),
+        validation_coverage_observed_after=calibration.observed_coverage(widened, observed, sigma),
+    )
+    if calib["true"] is not None:
+        out["validation_coverage_true_before"] = calibration.coverage(pct, calib["true"])
+        out["validation_coverage_true_after"] = calibration.coverage(widened, calib["true"])
+    logger.info("post-hoc model error on %d held-out stars: %s", len(cat), out)
+    return out
+
+
+def _fits_meta(summary) -> dict[str, Any]:
+    meta: dict[str, Any] = dict(status=summary["status"])
+    c = summary.get("calibration")
+    if c is not None:
+        meta.update(
+            CALFRAC=c["frac"],
+            CALFLOOR=c["floor_mag"],
+            CALNSTAR=c["num_stars"],
+            CALCOVB=c["validation_coverage_observed_before"],
+            CALCOVA=c["validation_coverage_observed_after"],
+        )
+    return meta
 
 
 def _hyper(params) -> dict[str, Any]:
@@ -437,8 +558,7 @@ def _write_outputs(
             from dustjax.gp.output import write_fits_cubes
 
             files += [
-                str(p)
-                for p in write_fits_cubes(workdir, maps, pgrid, meta=dict(status=summary["status"]))
+                str(p) for p in write_fits_cubes(workdir, maps, pgrid, meta=_fits_meta(summary))
             ]
         except ImportError:
             logger.warning("astropy is not installed: FITS cubes skipped")

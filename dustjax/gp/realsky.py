@@ -53,6 +53,7 @@ from dustjax.catalog import StarCatalog
 from dustjax.geometry import galactic_to_cartesian_np
 from dustjax.gp import fit as gpfit
 from dustjax.gp import svgp
+from dustjax.gp.calibration import calibrate_posthoc, widen_bands
 from dustjax.gp.coords import KernelCoords
 from dustjax.gp.grid import LBDGrid
 from dustjax.los import apply_star_operator, integrate_to_points
@@ -346,38 +347,6 @@ def add_model_error(samples, frac, floor_mag, seed: int = 11):
 
 def percentiles(samples) -> np.ndarray:
     return np.percentile(samples, PERCENTILES, axis=0)
-
-
-def calibrate_posthoc(pct, observed, sigma) -> tuple[float, float]:
-    """(f, s) of a model error (f A)^2 + s^2 by maximum likelihood on validation stars.
-
-    Each validation star's observed extinction is taken as N(P50, w^2 + (f P50)^2 + s^2 +
-    sigma^2), with w the half-width of its 16-84 % band: what the band and the noise leave
-    unexplained is put into the model error.
-    """
-    from scipy.optimize import minimize
-
-    p16, p50, p84 = pct
-    w2 = ((p84 - p16) / 2.0) ** 2
-    r2 = (observed - p50) ** 2
-
-    def nll(theta):
-        f, s = np.exp(theta)
-        var = w2 + (f * p50) ** 2 + s**2 + sigma**2
-        return 0.5 * float(np.sum(np.log(var) + r2 / var))
-
-    best = minimize(nll, np.log([0.05, 0.01]), method="Nelder-Mead", options=dict(xatol=1e-4))
-    f, s = np.exp(best.x)
-    return float(f), float(s)
-
-
-def widen_bands(pct, frac, floor_mag) -> np.ndarray:
-    """16/50/84 % bands with (f P50)^2 + s^2 added in quadrature to each half-width."""
-    p16, p50, p84 = pct
-    extra = (frac * p50) ** 2 + floor_mag**2
-    return np.stack(
-        [p50 - np.sqrt((p50 - p16) ** 2 + extra), p50, p50 + np.sqrt((p84 - p50) ** 2 + extra)]
-    )
 
 
 def star_scores(pct, true) -> dict[str, float]:

@@ -87,6 +87,9 @@ def gp_config(name: str) -> ml_collections.ConfigDict:
             model_error=False,
             model_error_init=(0.05, 0.01),
             max_fit_seconds=config_dict.placeholder(float),
+            # stars held out of the fit; a post-hoc model error (f A)^2 + s^2 fitted on them
+            # widens the extinction bands (docs/gp.md); 0: off
+            calibration_fraction=0.1,
         )
     )
 
