@@ -520,3 +520,63 @@ def test_default_config_choice():
     for region in ("sr", "lr"):
         for suffix in ("", "_cpu"):
             assert (CONFIG_DIR / f"vnet_{region}{suffix}.py").exists()
+
+
+def test_config_values_no_run_can_use_are_refused_before_anything_is_written(tmp_path):
+    """Issue 19 (4): num_epochs=-1 used to run, exit 0 and write "best_val_loss": Infinity."""
+    for key, value in (
+        ("num_epochs", -1),
+        ("num_epochs", 0),
+        ("batch_size", 0),
+        ("eval_batch_size", -2),
+        ("optimizer.learning_rate", 0.0),
+        ("optimizer.learning_rate", -1e-3),
+        ("optimizer.learning_rate", float("nan")),
+    ):
+        config = _random_config()
+        parent, _, leaf = ("." + key).rpartition(".")
+        (config if not parent else config[parent[1:]])[leaf] = value
+        with pytest.raises(ValueError, match=rf"^config\.{re.escape(key)} = .*: must be") as err:
+            train.train_and_evaluate(config, tmp_path / "wd")
+        assert "\n" not in str(err.value)
+        assert not (tmp_path / "wd").exists()
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.train", "--config=experiments/configs/vnet_test.py",
+         "--config.num_epochs=-1", f"--workdir={tmp_path / 'cli'}"],
+        capture_output=True, text=True, cwd=REPO, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert "error: config.num_epochs = -1: must be an integer >= 1" in proc.stderr
+    assert not (tmp_path / "cli").exists()
+
+
+def test_json_files_hold_strict_json():
+    """NaN and infinities become null (json.dumps would write NaN / Infinity, not JSON)."""
+    from dustjax import io as dio
+
+    def strict(text):
+        def refuse(name):
+            raise ValueError(f"not JSON: {name}")
+
+        return json.loads(text, parse_constant=refuse)
+
+    obj = {"best": float("inf"), "x": np.float32("nan"), "v": [1.5, -np.inf], "a": np.ones(2)}
+    assert strict(dio.dumps_json(obj)) == {"best": None, "x": None, "v": [1.5, None], "a": [1, 1]}
+
+
+def test_a_refused_run_leaves_the_workdir_config_untouched(tmp_path):
+    """Issue 19 (5): a run refused because the workdir's checkpoint is of another model size used
+    to have replaced config.json already, so the old run no longer loaded."""
+    config = _random_config()
+    config.num_epochs = 1
+    train.train_and_evaluate(config, tmp_path)
+    before = (tmp_path / "config.json").read_bytes()
+    metrics = (tmp_path / "metrics.jsonl").read_bytes()
+    bigger = _random_config()
+    bigger.num_epochs = 2
+    bigger.model.kwargs.features = (4, 8)
+    with pytest.raises(ValueError, match="does not fit this model"):
+        train.train_and_evaluate(bigger, tmp_path)
+    assert (tmp_path / "config.json").read_bytes() == before
+    assert (tmp_path / "metrics.jsonl").read_bytes() == metrics
+    train.load_trained(tmp_path, "latest")  # the old run still loads
