@@ -101,6 +101,20 @@ def test_end_to_end_train_resume_evaluate(tmp_path):
     assert saved["model"]["kwargs"]["features"] == [4, 8]
     best = min(rows, key=lambda r: r["val_loss"])["epoch"]
     assert resumed["best_checkpoint_step"] == best
+    # the map is worth checking: it beats predicting zero on the validation cubes (issue 19;
+    # vnet_test used to predict exactly 0 everywhere, which no train -> apply test could catch)
+    from dustjax.vnet.data import simulate_source
+
+    model, variables, saved_config = train.load_trained(tmp_path / "full", "best")
+    predict = train.make_predict_fn(model, variables)
+    mse, zero = [], []
+    seed = int(saved_config.seed)
+    for batch in simulate_source(saved_config, "validation", batch_size=4, seed=seed, epoch=0,
+                                 train=False):  # fmt: skip
+        truth = np.asarray(batch["density"])
+        mse.append(np.mean((np.asarray(predict(batch["extinction"])) - truth) ** 2))
+        zero.append(np.mean(truth**2))
+    assert np.mean(mse) < 0.9 * np.mean(zero), (np.mean(mse), np.mean(zero))
 
     from dustjax.vnet.evaluate import evaluate
 
@@ -110,10 +124,13 @@ def test_end_to_end_train_resume_evaluate(tmp_path):
     assert len(out["c_r_table"]["k"]) > 5
     for name in ("test_metrics.json", "pdf.png", "scatter.png", "cross_correlation.png"):
         assert (tmp_path / "full/eval" / name).exists()
-    # the prediction averaged over the region's eight symmetries: its own directory; a different
+    # the prediction averaged over the symmetries of the training data (lognormal, with its disc
+    # along Z: the Y flip only; the dihedral group is refused): its own directory; a different
     # prediction (the network is not equivariant), but the same truth
-    sym = evaluate(tmp_path / "full", symmetry="dihedral")
-    assert sym["symmetry"] == "dihedral" and (tmp_path / "full/eval_dihedral/pdf.png").exists()
+    with pytest.raises(ValueError, match="symmetric under 'flip_y' only"):
+        evaluate(tmp_path / "full", symmetry="dihedral")
+    sym = evaluate(tmp_path / "full", symmetry="flip_y")
+    assert sym["symmetry"] == "flip_y" and (tmp_path / "full/eval_flip_y/pdf.png").exists()
     assert sym["num_cubes"] == out["num_cubes"] and sym["loss_eq3"] != out["loss_eq3"]
     assert json.loads((tmp_path / "full/eval/test_metrics.json").read_text())["symmetry"] == "none"
     # batch-norm statistics recomputed from training batches: their own directory, and the same
