@@ -392,6 +392,8 @@ def _build(values: dict[str, Any], *, coords: str, region, source: str) -> StarC
         xyz = np.stack([arrays["x"], arrays["y"], arrays["z"]], axis=-1)
         l_deg, b_deg, distance = cartesian_to_galactic_np(xyz)
 
+    _check_plausible(source, distance, arrays["extinction"], arrays["sigma_extinction"])
+
     keep = np.ones(len(xyz), bool)
     if region is not None:
         keep = _region_mask(
@@ -414,6 +416,53 @@ def _build(values: dict[str, Any], *, coords: str, region, source: str) -> StarC
         num_dropped_outside=num_outside,
         source=source,
     )
+
+
+# Bounds of a plausible catalogue: outside them a unit or a column is almost surely wrong.
+PLAUSIBLE_MEDIAN_DISTANCE_PC = (10.0, 100_000.0)  # nearest stars ~1.3 pc; the Galaxy ~30 kpc
+PLAUSIBLE_MEDIAN_SIGMA_MAG = (1e-4, 5.0)
+MIN_STARS_FOR_SIGN_ERROR = 10
+
+
+def _check_plausible(source: str, distance, extinction, sigma) -> None:
+    """Warn, with the numbers, on a catalogue that reads but is implausible (distances in kpc read
+    as pc, flipped extinction signs, uncertainties of another unit); refuse the impossible (every
+    extinction negative): the map would be made from clipped values and look like a real one."""
+    if len(distance) == 0:
+        return
+    med_d, lo_d, hi_d = np.median(distance), distance.min(), distance.max()
+    if med_d < PLAUSIBLE_MEDIAN_DISTANCE_PC[0]:
+        logger.warning(
+            "%s: implausible distances: median %.3g pc (range %.3g-%.3g pc) for %d stars; are "
+            "they in kpc? give the column a unit or pass distance_unit='kpc' (--distance_unit=kpc)",
+            source, med_d, lo_d, hi_d, len(distance),
+        )  # fmt: skip
+    elif med_d > PLAUSIBLE_MEDIAN_DISTANCE_PC[1]:
+        logger.warning(
+            "%s: implausible distances: median %.3g pc (range %.3g-%.3g pc), beyond the Galaxy; "
+            "are they in pc but read as kpc (distance_unit / the column's unit)?",
+            source, med_d, lo_d, hi_d,
+        )  # fmt: skip
+    negative = int(np.sum(extinction < 0))
+    if negative == len(extinction) and negative >= MIN_STARS_FOR_SIGN_ERROR:
+        raise CatalogError(
+            f"{source}: all {negative} extinctions are negative (median "
+            f"{np.median(extinction):.3g} mag); extinction is positive: is the column's sign "
+            "flipped, or is it another quantity?"
+        )
+    if 2 * negative > len(extinction):
+        logger.warning(
+            "%s: %d of %d extinctions are negative (median %.3g mag); noise makes some negative, "
+            "not most: is the column's sign flipped? negative values are clipped to 0 when gridded",
+            source, negative, len(extinction), np.median(extinction),
+        )  # fmt: skip
+    med_s = np.median(sigma)
+    if not PLAUSIBLE_MEDIAN_SIGMA_MAG[0] <= med_s <= PLAUSIBLE_MEDIAN_SIGMA_MAG[1]:
+        logger.warning(
+            "%s: implausible extinction uncertainties: median %.3g mag (range %.3g-%.3g mag), "
+            "expected %g-%g mag; is sigma_extinction a variance or in another unit?",
+            source, med_s, sigma.min(), sigma.max(), *PLAUSIBLE_MEDIAN_SIGMA_MAG,
+        )  # fmt: skip
 
 
 def _region_mask(region, positions: dict[str, np.ndarray]) -> np.ndarray:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -56,9 +57,35 @@ def _umask() -> int:
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write `obj` as indented JSON, atomically."""
+    """Write `obj` as indented JSON, atomically (NaN and infinities as null: `json_safe`)."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+        tmp.write_text(dumps_json(obj, indent=2) + "\n")
+
+
+def json_safe(obj: Any) -> Any:
+    """`obj` with every NaN or infinite float (numpy scalars and arrays included) as None:
+    ``json.dumps`` would write them as NaN / Infinity, which is not JSON (other readers refuse
+    it)."""
+    import numpy as np
+
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return json_safe(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def dumps_json(obj: Any, **kwargs) -> str:
+    """Strict JSON text of `obj` (sorted keys; NaN and infinities as null)."""
+    return json.dumps(
+        json_safe(obj), sort_keys=True, allow_nan=False, default=_json_default, **kwargs
+    )
 
 
 def _json_default(obj):

@@ -197,3 +197,45 @@ def test_from_arrays_equals_file_and_write_round_trip(tmp_path):
             extinction=s["extinction"][:3],
             sigma_extinction=s["sigma_extinction"],
         )
+
+
+def test_implausible_inputs_are_named_with_their_numbers(tmp_path, caplog):
+    """Issue 19 (3): unitless kpc distances read as pc, negative extinctions and uncertainties
+    of another unit warn with the numbers (all-negative extinctions are refused); a plausible
+    catalogue, or the same file read with its right unit, warns nothing."""
+    s = _stars()
+    kpc = dict(s, distance=s["distance"] / 1000.0)  # 0.01-0.3 "pc" when read as pc
+    path = _write(tmp_path / "kpc.csv", kpc)
+    with caplog.at_level(logging.WARNING, logger="dustjax.catalog"):
+        cat.read_star_catalog(path)
+    assert "implausible distances: median" in caplog.text and "kpc" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="dustjax.catalog"):
+        good = cat.read_star_catalog(path, distance_unit="kpc")
+        cat.StarCatalog.from_arrays(**_arrays(s))
+    assert caplog.text == ""
+    np.testing.assert_allclose(good.distance_pc, s["distance"])
+
+    with pytest.raises(cat.CatalogError, match="all 50 extinctions are negative"):
+        cat.StarCatalog.from_arrays(**_arrays(dict(s, extinction=-s["extinction"] - 0.1)))
+    mostly = s["extinction"].copy()
+    mostly[:40] *= -1
+    with caplog.at_level(logging.WARNING, logger="dustjax.catalog"):
+        cat.StarCatalog.from_arrays(**_arrays(dict(s, extinction=mostly)))
+    assert "40 of 50 extinctions are negative" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="dustjax.catalog"):
+        cat.StarCatalog.from_arrays(
+            **_arrays(dict(s, sigma_extinction=100 * s["sigma_extinction"]))
+        )
+    assert "implausible extinction uncertainties: median" in caplog.text
+
+
+def _arrays(s):
+    return dict(
+        l_deg=s["l"],
+        b_deg=s["b"],
+        distance_pc=s["distance"],
+        extinction=s["extinction"],
+        sigma_extinction=s["sigma_extinction"],
+    )

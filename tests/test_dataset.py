@@ -200,3 +200,27 @@ def test_cli_bad_input_one_clear_line(args, message, tmp_path):
     assert result.returncode != 0
     errors = [line for line in result.stderr.splitlines() if line.startswith("make_dataset:")]
     assert len(errors) == 1 and message in errors[0]
+
+
+def test_a_dataset_of_another_region_or_shape_is_refused(lr_dataset):
+    """Issue 19 (1, 2): the LR dataset under an SR config, or under a config of another cube
+    shape, is refused with one line naming both; the matching config passes."""
+    from dustjax.vnet.data import check_dataset_matches
+
+    info = read_dataset_info(lr_dataset)
+    config = vnet_config("lr", "LR")
+    config.data.data_dir = str(lr_dataset)
+    check_dataset_matches(config, info)  # the matching config is accepted
+
+    sr = vnet_config("sr", "SR")
+    sr.data.data_dir = str(lr_dataset)
+    with pytest.raises(ValueError, match="holds region LR cubes but the config trains on SR"):
+        check_dataset_matches(sr, info)
+
+    config.data.shape = (16, 16, 16)
+    with pytest.raises(ValueError, match=r"shape \(32, 32, 32\) .* \(16, 16, 16\)") as err:
+        check_dataset_matches(config, info)
+    assert "\n" not in str(err.value)
+    config.data.simulator = "levy"  # and the simulator check reads the same metadata
+    with pytest.raises(ValueError, match="holds 'lognormal' cubes"):
+        check_dataset_matches(config, info)

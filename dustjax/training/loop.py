@@ -27,7 +27,6 @@ Choices, and why:
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import math
 import time
@@ -70,6 +69,32 @@ class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or infinite; the message names the step."""
 
 
+def check_config(config) -> None:
+    """Refuse, in one line naming the key and its value, config values no run can use (before
+    anything is written): num_epochs >= 1, batch sizes >= 1, a finite learning rate > 0."""
+
+    def bad(key, value, want):
+        raise ValueError(f"config.{key} = {value!r}: must be {want} (e.g. --config.{key}=...)")
+
+    def positive_int(key, value, optional=False):
+        if optional and not value:
+            return
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+            bad(key, value, "an integer >= 1")
+
+    positive_int("num_epochs", config.get("num_epochs"))
+    positive_int("batch_size", config.get("batch_size"))
+    positive_int("eval_batch_size", config.get("eval_batch_size"), optional=True)
+    for key in ("steps_per_epoch", "eval_steps"):
+        if "data" in config:
+            positive_int(f"data.{key}", config.data.get(key), optional=True)
+    lr = config.optimizer.get("learning_rate") if "optimizer" in config else None
+    if lr is None or isinstance(lr, bool) or not isinstance(lr, int | float | np.floating):
+        bad("optimizer.learning_rate", lr, "a number > 0")
+    if not (math.isfinite(lr) and lr > 0):
+        bad("optimizer.learning_rate", lr, "a finite number > 0")
+
+
 def _first_batch(source, config, split, batch_size, seed):
     batches = source(config, split, batch_size=batch_size, seed=seed, epoch=0, train=False)
     for batch in batches:
@@ -83,6 +108,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     Returns a summary dict (best epoch and validation loss, epochs run, why it stopped, ...),
     also written to ``workdir/train_summary.json``.
     """
+    check_config(config)
     workdir = dio.ensure_writable_dir(workdir)
     task = get_task(config.get("task", DEFAULT_TASK))
     source = get_data_source(config.data.source)
@@ -102,12 +128,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         config.data.source,
         workdir,
     )
-
-    config_path = workdir / CONFIG_FILE
-    resolved = config_to_dict(config)
-    if config_path.exists() and dio.read_json(config_path) != resolved:
-        log.warning("%s differs from the config of this run; it is replaced", config_path)
-    dio.write_json(config_path, resolved)
 
     # Steps per epoch decide the schedule, so they come from the data, before the optimiser.
     probe = source(config, "train", batch_size=config.batch_size, seed=seed, epoch=0, train=True)
@@ -143,6 +163,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     if latest is not None:
         state, loop = restore_checkpoint(manager, latest, state)
         log.info("resumed from the checkpoint of epoch %d in %s", latest, manager.directory)
+    # Only now, with the checkpoint known to fit this model: a refused run (a checkpoint of
+    # another model or size) leaves the workdir's config.json, and so the old run, as it was.
+    config_path = workdir / CONFIG_FILE
+    resolved = config_to_dict(config)
+    if config_path.exists() and dio.read_json(config_path) != resolved:
+        log.warning("%s differs from the config of this run; it is replaced", config_path)
+    dio.write_json(config_path, resolved)
     metrics_path = workdir / METRICS_FILE
     history = [r for r in read_metrics(metrics_path) if r["epoch"] <= loop["epoch"]]
     write_metrics(metrics_path, history)  # drop lines of an epoch whose checkpoint was lost
@@ -186,7 +213,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             row.update(epoch=epoch, val_loss=val_loss, best_val_loss=loop["best_val_loss"])
             history.append(row)
             with metrics_path.open("a") as f:
-                f.write(json.dumps(row, sort_keys=True) + "\n")
+                f.write(dio.dumps_json(row) + "\n")
             log.info(
                 "epoch %d: train loss %.5g, val loss %.5g (best %.5g @ %d), %.1f samples/s",
                 epoch, row["train_loss"], val_loss, loop["best_val_loss"], loop["best_epoch"],

@@ -46,7 +46,7 @@ def read_metrics(path: Path) -> list[dict]:
 
 def write_metrics(path: Path, rows: list[dict]) -> None:
     with dio.atomic_path(path) as tmp:
-        tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+        tmp.write_text("".join(dio.dumps_json(r) + "\n" for r in rows))
 
 
 def checkpoint_manager(workdir: str | Path, *, read_only: bool = False):

@@ -163,16 +163,19 @@ def split_sizes(num_examples: int) -> dict[str, int]:
 
 
 def check_dataset_matches(config, info: dict) -> None:
-    """Refuse a dataset simulated for another region or with another simulator."""
+    """Refuse a dataset simulated for another region, with another simulator, or with cubes of
+    another shape than the config's (``config.data.shape``, else the region's)."""
+    # `write_sharded_dataset` keeps region and simulator under "metadata"
+    meta = info.get("metadata", {})
     want_region = str(config.data.get("region", "")).upper()
-    have_region = str(info.get("region", {}).get("name", "")).split("@")[0].upper()
+    have_region = str(meta.get("region", {}).get("name", "")).split("@")[0].upper()
     if want_region and have_region and want_region != have_region:
         raise ValueError(
             f"{config.data.data_dir} holds region {have_region} cubes but the config trains on "
             f"{want_region}; pass the {want_region} dataset (e.g. --data_dir=data/{want_region})"
         )
     want_sim = config.data.get("simulator") or ""
-    have_sim = info.get("simulator", "")
+    have_sim = meta.get("simulator", "")
     if want_sim and have_sim and want_sim != have_sim:
         raise ValueError(
             f"{config.data.data_dir} holds {have_sim!r} cubes but the config asks for "
@@ -180,6 +183,15 @@ def check_dataset_matches(config, info: dict) -> None:
             f"data_gen.make_dataset --region={want_region} --simulator={want_sim} "
             f"--out=data/{want_region}_{want_sim}`, and pass it with --data_dir"
         )
+    have_shape = info.get("features", {}).get("density")
+    if want_region and have_shape is not None:
+        want_shape = tuple(region_of(config).shape)
+        if tuple(have_shape) != want_shape:
+            raise ValueError(
+                f"{config.data.data_dir} holds cubes of shape {tuple(have_shape)} but the config "
+                f"asks for {want_shape} (config.data.shape); pass a dataset of that shape or "
+                f"set config.data.shape = {tuple(have_shape)}"
+            )
 
 
 def tfrecord_source(config, split, *, batch_size, seed, epoch, train):

@@ -4,10 +4,13 @@ r"""A V-net that trains in seconds on a laptop CPU: the end-to-end test of the p
     python -m experiments.evaluate --workdir=/tmp/vnet_test
 
 Hardware: any (CPU, float32). Data: simulated on the fly (source="simulate", no dataset), SR
-region re-gridded to 16^3 (12 pc cells), a Levy simulator with 32,000 particles per cube instead
-of 2 million. Model: features (4, 8). Time: ~20 s on 2 CPU cores including compilation. Metric:
-the loss decreases; nothing about science (tests/training/test_engine.py runs it: train, resume,
-evaluate).
+region re-gridded to 16^3 (12 pc cells), the lognormal simulator: dust in every cell. (A Levy
+simulator with 32,000 particles per cube left 99 % of the cells empty, and the model learned to
+predict exactly 0 everywhere, so a broken map went unnoticed.) Model: features (4, 8). Time:
+~40 s on 2 CPU cores including compilation. Metric: the loss decreases, and after 2 epochs the
+map beats predicting zero on the validation cubes by > 10 % (0.0261 against 0.0311 in the
+normalised units of eq. 3); nothing about science (tests/training/test_engine.py runs it: train,
+resume, evaluate).
 """
 
 from experiments.configs.vnet_common import vnet_config
@@ -18,8 +21,7 @@ def get_config():
     c.model.kwargs.features = (4, 8)
     c.data.source = "simulate"
     c.data.shape = (16, 16, 16)
-    c.data.simulator = "levy"
-    c.data.simulator_params = dict(num_starts=4, flights_per_start=4, jumps_per_flight=2000)
+    c.data.simulator = "lognormal"
     c.data.num_examples = 80  # simulate source: 8 test cubes (2 batches)
     c.data.steps_per_epoch = 4
     c.data.eval_steps = 1

@@ -101,6 +101,20 @@ def test_end_to_end_train_resume_evaluate(tmp_path):
     assert saved["model"]["kwargs"]["features"] == [4, 8]
     best = min(rows, key=lambda r: r["val_loss"])["epoch"]
     assert resumed["best_checkpoint_step"] == best
+    # the map is worth checking: it beats predicting zero on the validation cubes (issue 19;
+    # vnet_test used to predict exactly 0 everywhere, which no train -> apply test could catch)
+    from dustjax.vnet.data import simulate_source
+
+    model, variables, saved_config = train.load_trained(tmp_path / "full", "best")
+    predict = train.make_predict_fn(model, variables)
+    mse, zero = [], []
+    seed = int(saved_config.seed)
+    for batch in simulate_source(saved_config, "validation", batch_size=4, seed=seed, epoch=0,
+                                 train=False):  # fmt: skip
+        truth = np.asarray(batch["density"])
+        mse.append(np.mean((np.asarray(predict(batch["extinction"])) - truth) ** 2))
+        zero.append(np.mean(truth**2))
+    assert np.mean(mse) < 0.9 * np.mean(zero), (np.mean(mse), np.mean(zero))
 
     from dustjax.vnet.evaluate import evaluate
 
@@ -110,10 +124,13 @@ def test_end_to_end_train_resume_evaluate(tmp_path):
     assert len(out["c_r_table"]["k"]) > 5
     for name in ("test_metrics.json", "pdf.png", "scatter.png", "cross_correlation.png"):
         assert (tmp_path / "full/eval" / name).exists()
-    # the prediction averaged over the region's eight symmetries: its own directory; a different
+    # the prediction averaged over the symmetries of the training data (lognormal, with its disc
+    # along Z: the Y flip only; the dihedral group is refused): its own directory; a different
     # prediction (the network is not equivariant), but the same truth
-    sym = evaluate(tmp_path / "full", symmetry="dihedral")
-    assert sym["symmetry"] == "dihedral" and (tmp_path / "full/eval_dihedral/pdf.png").exists()
+    with pytest.raises(ValueError, match="symmetric under 'flip_y' only"):
+        evaluate(tmp_path / "full", symmetry="dihedral")
+    sym = evaluate(tmp_path / "full", symmetry="flip_y")
+    assert sym["symmetry"] == "flip_y" and (tmp_path / "full/eval_flip_y/pdf.png").exists()
     assert sym["num_cubes"] == out["num_cubes"] and sym["loss_eq3"] != out["loss_eq3"]
     assert json.loads((tmp_path / "full/eval/test_metrics.json").read_text())["symmetry"] == "none"
     # batch-norm statistics recomputed from training batches: their own directory, and the same
@@ -520,3 +537,63 @@ def test_default_config_choice():
     for region in ("sr", "lr"):
         for suffix in ("", "_cpu"):
             assert (CONFIG_DIR / f"vnet_{region}{suffix}.py").exists()
+
+
+def test_config_values_no_run_can_use_are_refused_before_anything_is_written(tmp_path):
+    """Issue 19 (4): num_epochs=-1 used to run, exit 0 and write "best_val_loss": Infinity."""
+    for key, value in (
+        ("num_epochs", -1),
+        ("num_epochs", 0),
+        ("batch_size", 0),
+        ("eval_batch_size", -2),
+        ("optimizer.learning_rate", 0.0),
+        ("optimizer.learning_rate", -1e-3),
+        ("optimizer.learning_rate", float("nan")),
+    ):
+        config = _random_config()
+        parent, _, leaf = ("." + key).rpartition(".")
+        (config if not parent else config[parent[1:]])[leaf] = value
+        with pytest.raises(ValueError, match=rf"^config\.{re.escape(key)} = .*: must be") as err:
+            train.train_and_evaluate(config, tmp_path / "wd")
+        assert "\n" not in str(err.value)
+        assert not (tmp_path / "wd").exists()
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.train", "--config=experiments/configs/vnet_test.py",
+         "--config.num_epochs=-1", f"--workdir={tmp_path / 'cli'}"],
+        capture_output=True, text=True, cwd=REPO, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert "error: config.num_epochs = -1: must be an integer >= 1" in proc.stderr
+    assert not (tmp_path / "cli").exists()
+
+
+def test_json_files_hold_strict_json():
+    """NaN and infinities become null (json.dumps would write NaN / Infinity, not JSON)."""
+    from dustjax import io as dio
+
+    def strict(text):
+        def refuse(name):
+            raise ValueError(f"not JSON: {name}")
+
+        return json.loads(text, parse_constant=refuse)
+
+    obj = {"best": float("inf"), "x": np.float32("nan"), "v": [1.5, -np.inf], "a": np.ones(2)}
+    assert strict(dio.dumps_json(obj)) == {"best": None, "x": None, "v": [1.5, None], "a": [1, 1]}
+
+
+def test_a_refused_run_leaves_the_workdir_config_untouched(tmp_path):
+    """Issue 19 (5): a run refused because the workdir's checkpoint is of another model size used
+    to have replaced config.json already, so the old run no longer loaded."""
+    config = _random_config()
+    config.num_epochs = 1
+    train.train_and_evaluate(config, tmp_path)
+    before = (tmp_path / "config.json").read_bytes()
+    metrics = (tmp_path / "metrics.jsonl").read_bytes()
+    bigger = _random_config()
+    bigger.num_epochs = 2
+    bigger.model.kwargs.features = (4, 8)
+    with pytest.raises(ValueError, match="does not fit this model"):
+        train.train_and_evaluate(bigger, tmp_path)
+    assert (tmp_path / "config.json").read_bytes() == before
+    assert (tmp_path / "metrics.jsonl").read_bytes() == metrics
+    train.load_trained(tmp_path, "latest")  # the old run still loads
