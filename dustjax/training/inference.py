@@ -42,7 +42,8 @@ def load_trained(workdir: str | Path, which: str = "best", mesh: Mesh | None = N
         shape = _input_shape_from_config(config)
         example = jnp.zeros(shape, jnp.float32)
         state = create_train_state(model, tx, example, jax.random.key(0), mesh)
-        state, loop = restore_checkpoint(manager, step, state)
+        hint = get_task(config.get("task", DEFAULT_TASK)).restore_hint
+        state, loop = restore_checkpoint(manager, step, state, hint=hint)
     finally:
         manager.close()
     log.info("loaded the %s checkpoint (epoch %d) of %s", which, step, workdir)

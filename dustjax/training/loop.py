@@ -161,7 +161,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     loop = dict(epoch=0, best_val_loss=math.inf, best_epoch=0, epochs_since_best=0, stop_reason="")
     latest = manager.latest_step()
     if latest is not None:
-        state, loop = restore_checkpoint(manager, latest, state)
+        state, loop = restore_checkpoint(manager, latest, state, hint=task.restore_hint)
         log.info("resumed from the checkpoint of epoch %d in %s", latest, manager.directory)
     # Only now, with the checkpoint known to fit this model: a refused run (a checkpoint of
     # another model or size) leaves the workdir's config.json, and so the old run, as it was.

@@ -102,6 +102,10 @@ class Task:
     # ``input_shape(config) -> (1, ...)``: an example input's shape when
     # ``config.model.input_shape`` is empty (e.g. the V-net's region cube)
     input_shape: Callable[[Any], tuple[int, ...]] | None = None
+    # One sentence added to the error when a workdir's checkpoint does not fit the model (e.g. the
+    # V-net's note on checkpoints written in flax's default kernel layouts); the engine itself
+    # knows no model, so the method says it
+    restore_hint: str = ""
 
 
 def _lookup(name: str, registered: dict, builtin: dict[str, str], kind: str) -> Any:

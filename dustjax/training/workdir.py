@@ -83,8 +83,11 @@ def _abstract(state):
     )
 
 
-def restore_checkpoint(manager, step: int, target_state):
-    """Restore (state, loop dict) of `step` into the structure/shardings of `target_state`."""
+def restore_checkpoint(manager, step: int, target_state, hint: str = ""):
+    """Restore (state, loop dict) of `step` into the structure/shardings of `target_state`.
+
+    ``hint`` (the task's ``restore_hint``) ends the error when the checkpoint does not fit.
+    """
     import orbax.checkpoint as ocp
 
     abstract = _abstract(target_state)
@@ -97,8 +100,7 @@ def restore_checkpoint(manager, step: int, target_state):
             f"checkpoint {step} in {manager.directory} does not fit this model: {name} is stored "
             f"with shape {stored}, the model wants {wanted}"
             + (f" ({more} more arrays differ)" if more else "")
-            + "\n"
-            + _LAYOUT_HINT
+            + (f"\n{hint}" if hint else "")
         )
     try:
         restored = manager.restore(
@@ -111,18 +113,10 @@ def restore_checkpoint(manager, step: int, target_state):
         if "not compatible with the stored shape" not in str(err):
             raise
         raise ValueError(
-            f"checkpoint {step} in {manager.directory} does not fit this model: {err}\n"
-            + _LAYOUT_HINT
+            f"checkpoint {step} in {manager.directory} does not fit this model: {err}"
+            + (f"\n{hint}" if hint else "")
         ) from err
     return restored["state"], dict(restored["loop"])
-
-
-_LAYOUT_HINT = (
-    "If it is a V-net checkpoint written before 2026-11-22, its kernels are in flax's "
-    "default layouts: set config.model.kwargs.up_transpose_kernel=False and/or "
-    "config.model.kwargs.conv_kernel_layout='DHWIO' (in the workdir's config.json for "
-    "experiments/evaluate.py) to read them."
-)
 
 
 def _shape_mismatches(state_dir: Path, abstract) -> list[tuple[str, tuple, tuple]]:

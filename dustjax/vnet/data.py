@@ -292,5 +292,15 @@ def input_shape(config) -> tuple[int, ...]:
     return (1, *region_of(config).shape, 1)
 
 
-TASK = Task(model_kwargs=model_kwargs, input_shape=input_shape)
-TASK_H1 = Task(per_example_loss=h1_per_example, model_kwargs=model_kwargs, input_shape=input_shape)
+# Said when a V-net workdir's checkpoint does not fit its config (`Task.restore_hint`).
+RESTORE_HINT = (
+    "If it is a V-net checkpoint written before 2026-11-22, its kernels are in flax's "
+    "default layouts: set config.model.kwargs.up_transpose_kernel=False and/or "
+    "config.model.kwargs.conv_kernel_layout='DHWIO' (in the workdir's config.json for "
+    "experiments/evaluate.py) to read them."
+)
+VNET_TASK_HOOKS = dict(
+    model_kwargs=model_kwargs, input_shape=input_shape, restore_hint=RESTORE_HINT
+)
+TASK = Task(**VNET_TASK_HOOKS)
+TASK_H1 = Task(per_example_loss=h1_per_example, **VNET_TASK_HOOKS)

@@ -116,9 +116,9 @@ def mean_mse_per_example(predictions, targets):
 
 def _tasks():
     from dustjax.training.tasks import Task, mse_per_example
-    from dustjax.vnet.data import input_shape, model_kwargs
+    from dustjax.vnet.data import VNET_TASK_HOOKS
 
-    kw = dict(model_kwargs=model_kwargs, input_shape=input_shape)  # as the V-net's own tasks
+    kw = VNET_TASK_HOOKS  # the V-net's own hooks (frame, input shape, restore hint)
     return (
         Task(per_example_loss=gaussian_nll_per_example, **kw),
         Task(per_example_loss=mse_per_example, **kw),
