@@ -209,6 +209,28 @@ def predict_one(predictor: Predictor, extinction) -> np.ndarray:
     return np.asarray(jax.jit(predictor)(jnp.asarray(extinction, jnp.float32)[None])[0])
 
 
+def redraw_gridder(knn: gridding.KNNWeights, catalog: cat.StarCatalog, batch_size: int):
+    """``grid(key) -> (batch_size, *knn.shape)``: the catalogue's extinctions redrawn
+    E ~ N(E, sigma_E), gridded with the nominal eq.-5 neighbours and weights, clipped at 0.
+
+    Only the stars that are a neighbour of some cell are drawn (`KNNWeights.compact`). Pure JAX:
+    call it inside a jitted step (`monte_carlo`, `dustjax.vnet.realsky.monte_carlo_band`).
+    """
+    used, small = knn.compact()
+    ext = jnp.asarray(catalog.extinction[used], jnp.float32)
+    sig = jnp.asarray(catalog.sigma_extinction[used], jnp.float32)
+    idx = jnp.asarray(small.indices)
+    w = jnp.asarray(small.weights, jnp.float32)
+    shape = tuple(knn.shape)
+
+    def grid(key):
+        draws = ext + sig * jax.random.normal(key, (batch_size, ext.shape[0]), ext.dtype)
+        cubes = jnp.sum(jnp.take(draws, idx, axis=1) * w, axis=-1).reshape(batch_size, *shape)
+        return jnp.maximum(cubes, 0.0)
+
+    return grid
+
+
 def monte_carlo(
     predictor: Predictor,
     knn: gridding.KNNWeights,
@@ -231,24 +253,18 @@ def monte_carlo(
     """
     if num_redraws < 2:
         raise ApplyError(f"num_redraws must be >= 2 for a dispersion, got {num_redraws}")
-    used, small = knn.compact()
-    ext = jnp.asarray(catalog.extinction[used], jnp.float32)
-    sig = jnp.asarray(catalog.sigma_extinction[used], jnp.float32)
-    idx = jnp.asarray(small.indices)
-    w = jnp.asarray(small.weights, jnp.float32)
     op = los_operator(region)
     ref = jnp.zeros(region.shape, jnp.float32) if reference is None else jnp.asarray(reference)
     ref_ext = op(ref)
     mask = None if inside_mask is None else jnp.asarray(inside_mask)
     batch_size = int(max(1, min(batch_size, num_redraws)))
     shape = tuple(region.shape)
+    grid_redraws = redraw_gridder(knn, catalog, batch_size)
 
     @jax.jit
     def step(carry, key, valid):
         draw_key, fill_key = jax.random.split(key)
-        draws = ext + sig * jax.random.normal(draw_key, (batch_size, ext.shape[0]), ext.dtype)
-        cubes = jnp.sum(jnp.take(draws, idx, axis=1) * w, axis=-1).reshape(batch_size, *shape)
-        cubes = jnp.maximum(cubes, 0.0)
+        cubes = grid_redraws(draw_key)
         if mask is not None:
             cubes = fill_outside(cubes, mask, fill_key)
         density = predictor(cubes)

@@ -418,24 +418,17 @@ def monte_carlo_band(
     normalised space: Monte Carlo spread plus the model's own variance).
     """
     import jax
-    import jax.numpy as jnp
 
     if num_redraws < 2:
         raise RealSkyError(f"num_redraws must be >= 2 for a band, got {num_redraws}")
-    used, small = knn.compact()
-    ext = jnp.asarray(catalog.extinction[used], jnp.float32)
-    sig = jnp.asarray(catalog.sigma_extinction[used], jnp.float32)
-    idx = jnp.asarray(small.indices)
-    w = jnp.asarray(small.weights, jnp.float32)
     shape = tuple(knn.shape)
     batch_size = int(max(1, min(batch_size, num_redraws)))
     head = None if hat_model is None else hat_model.predict_hat
+    grid_redraws = ap.redraw_gridder(knn, catalog, batch_size)
 
     @jax.jit
     def draw(key):
-        e = ext + sig * jax.random.normal(key, (batch_size, ext.shape[0]), ext.dtype)
-        cubes = jnp.sum(jnp.take(e, idx, axis=1) * w, axis=-1).reshape(batch_size, *shape)
-        cubes = jnp.maximum(cubes, 0.0)
+        cubes = grid_redraws(key)
         return head(cubes) if head is not None else predictor(cubes)
 
     outs = []
