@@ -176,6 +176,28 @@ class DustMap:
         return cls("cartesian", np.asarray(density, np.float32), edges, **kw)
 
     @classmethod
+    def from_array(cls, data, header, *, density_scale: float | None = None, source="<array>"):
+        """A Cartesian map from a FITS-ordered array ``(nz, ny, nx)`` and its header as a dict.
+
+        The same WCS reading as `from_fits` (linear X, Y, Z axes, CUNIT pc or kpc, axes with
+        CDELT < 0 flipped, ``density_scale`` from BUNIT by default), with no astropy: for cubes
+        kept as ``.npy`` + header (`load_cartesian_cube`).
+        """
+        data = np.asarray(data, np.float32)
+        if data.ndim != 3:
+            raise MapError(f"{source}: the cube must be 3D, got shape {data.shape}")
+        if density_scale is None:
+            bunit = str(header.get("BUNIT", "mag/pc")).strip().lower()
+            density_scale = _DENSITY_UNITS.get(bunit, 1.0)
+        edges = _cartesian_edges(header, data.shape, source)
+        flips = tuple(a for a in range(3) if edges[a][-1] < edges[a][0])
+        edges = tuple(e[::-1].copy() if a in flips else e for a, e in enumerate(edges))
+        cube = np.flip(data.T, axis=flips) if flips else data.T
+        meta = {k: v for k, v in header.items() if not isinstance(v, dict | list)}
+        density = np.ascontiguousarray(cube) * np.float32(density_scale)
+        return cls("cartesian", density, edges, meta=meta)
+
+    @classmethod
     def from_fits(cls, path: str | os.PathLike, *, density_scale: float | None = None) -> DustMap:
         """Read a map written by this package (V-net or GP) or a Vergely/Lallement-style cube.
 
@@ -530,6 +552,37 @@ def _length_scale(unit: str, path) -> float:
     if unit not in scales:
         raise MapError(f"{path}: length unit {unit!r} not understood (pc or kpc)")
     return scales[unit]
+
+
+def load_cartesian_cube(path: str | os.PathLike, density_scale: float | None = None) -> DustMap:
+    """A Cartesian density cube from FITS, or from ``NAME.npy`` + ``NAME.header.json`` (the FITS
+    header as JSON; no astropy needed). Blank (NaN) or negative cells become 0 mag/pc, with one
+    warning (surveys leave holes); ``meta["NUMBAD"]`` counts them."""
+    import json
+    import logging
+
+    path = Path(path)
+    if path.suffix.lower() == ".npy":
+        header_path = path.with_name(path.name[: -len(".npy")] + ".header.json")
+        if not header_path.is_file():
+            raise MapError(f"{path} needs its header beside it as {header_path.name}")
+        header = json.loads(header_path.read_text())
+        dustmap = DustMap.from_array(
+            np.load(path), header, density_scale=density_scale, source=path
+        )
+    else:
+        dustmap = DustMap.from_fits(path, density_scale=density_scale)
+        if dustmap.grid != "cartesian":
+            raise MapError(f"{path} is not a Cartesian (X, Y, Z) cube")
+    bad = ~np.isfinite(dustmap.density) | (dustmap.density < 0)
+    if not bad.any():
+        return dustmap
+    logging.getLogger(__name__).warning(
+        "%s: %d of %d cells are NaN or negative; set to 0", path, bad.sum(), bad.size
+    )
+    density = np.where(bad, 0.0, dustmap.density).astype(np.float32)
+    meta = dict(dustmap.meta, NUMBAD=int(bad.sum()))
+    return DustMap("cartesian", density, dustmap.edges, meta=meta)
 
 
 def regrid_nearest(dustmap: DustMap, region: Region, smooth: bool | None = None) -> np.ndarray:

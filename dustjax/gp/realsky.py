@@ -37,7 +37,6 @@ without it. ``python -m tools.gp_realsky`` is the command line.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import time
@@ -57,6 +56,7 @@ from dustjax.gp.calibration import calibrate_posthoc, widen_bands
 from dustjax.gp.coords import KernelCoords
 from dustjax.gp.grid import LBDGrid
 from dustjax.los import apply_star_operator, integrate_to_points
+from dustjax.maps import load_cartesian_cube
 
 logger = logging.getLogger(__name__)
 
@@ -110,40 +110,13 @@ class CubeField:
 
 
 def load_cube(path: str | Path) -> CubeField:
-    """A Cartesian cube from a FITS file (astropy) or a ``.npy`` with ``.header.json`` beside it.
-
-    The header is a linear WCS on axes X, Y, Z in pc (CRVAL at CRPIX, CDELT the step); FITS order
-    ``(nz, ny, nx)`` in the file, ``[ix, iy, iz]`` in memory. BUNIT mag/kpc is scaled to mag/pc.
-    """
-    path = Path(path)
-    if path.suffix == ".npy":
-        header_path = path.with_suffix(".header.json")
-        if not header_path.is_file():
-            raise FileNotFoundError(f"{path} needs its header beside it: {header_path}")
-        data = np.load(path)
-        header = json.loads(header_path.read_text())
-    else:
-        from astropy.io import fits
-
-        with fits.open(path, memmap=False) as hdul:
-            data = np.asarray(hdul[0].data)
-            header = dict(hdul[0].header)
-    cube = np.ascontiguousarray(np.asarray(data, np.float32).T)
-    if cube.ndim != 3:
-        raise ValueError(f"{path}: not a 3D cube (shape {cube.shape})")
-    lower, cell = [], []
-    for axis in (1, 2, 3):
-        step = float(header[f"CDELT{axis}"])
-        first_centre = float(header[f"CRVAL{axis}"]) + (1.0 - float(header[f"CRPIX{axis}"])) * step
-        if step <= 0:
-            raise ValueError(f"{path}: CDELT{axis} must be positive, got {step}")
-        lower.append(first_centre - 0.5 * step)
-        cell.append(step)
-    unit = str(header.get("BUNIT", "mag/pc")).strip().lower()
-    if unit == "mag/kpc":
-        cube = cube * np.float32(1e-3)
-    cube = np.nan_to_num(np.clip(cube, 0.0, None))
-    return CubeField(cube, tuple(lower), tuple(cell), name=path.name)
+    """A Cartesian cube from a FITS file (astropy) or a ``.npy`` with ``.header.json`` beside it
+    (`dustjax.maps.load_cartesian_cube`: linear X, Y, Z WCS in pc or kpc, BUNIT mag/pc or
+    mag/kpc, blank or negative cells -> 0), as a `CubeField`."""
+    dustmap = load_cartesian_cube(path)
+    lower = tuple(float(e[0]) for e in dustmap.edges)
+    cell = tuple(float(e[1] - e[0]) for e in dustmap.edges)
+    return CubeField(dustmap.density, lower, cell, name=Path(path).name)
 
 
 def box_extent_pc(l_range_deg, b_range_deg, d_range_pc, n: int = 33) -> tuple[np.ndarray, ...]:

@@ -43,7 +43,6 @@ import logging
 import math
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -51,6 +50,7 @@ import numpy as np
 from dustjax import catalog as cat
 from dustjax import maps
 from dustjax.geometry import Region
+from dustjax.los import integrate_to_points
 from dustjax.vnet import apply as ap
 from dustjax.vnet import gridding, metrics
 
@@ -68,83 +68,21 @@ class RealSkyError(ValueError):
 
 # ==== reading cubes ===============================================================================
 def load_cube(path: str | os.PathLike, density_scale: float | None = None) -> maps.DustMap:
-    """A Cartesian density cube from FITS, or from ``.npy`` + ``.header.json`` (no astropy)."""
-    path = Path(path)
-    if path.suffix.lower() == ".npy":
-        header_path = path.with_name(path.name[: -len(".npy")] + ".header.json")
-        if not header_path.is_file():
-            raise RealSkyError(f"{path} needs its header beside it as {header_path.name}")
-        header = json.loads(header_path.read_text())
-        return _finite(cube_from_array(np.load(path), header, density_scale=density_scale), path)
-    dustmap = maps.DustMap.from_fits(path, density_scale=density_scale)
-    if dustmap.grid != "cartesian":
-        raise RealSkyError(f"{path} is not a Cartesian (X, Y, Z) cube")
-    return _finite(dustmap, path)
-
-
-def _finite(dustmap: maps.DustMap, path) -> maps.DustMap:
-    """Blank (NaN) or negative cells -> 0 mag/pc, with one warning (surveys leave holes)."""
-    bad = ~np.isfinite(dustmap.density) | (dustmap.density < 0)
-    if not bad.any():
-        return dustmap
-    log.warning("%s: %d of %d cells are NaN or negative; set to 0", path, bad.sum(), bad.size)
-    density = np.where(bad, 0.0, dustmap.density).astype(np.float32)
-    return maps.DustMap(
-        "cartesian", density, dustmap.edges, meta=dict(dustmap.meta, NUMBAD=int(bad.sum()))
-    )
-
-
-_LENGTH_UNITS = {"pc": 1.0, "kpc": 1000.0}
-_DENSITY_UNITS = {"mag/pc": 1.0, "mag pc-1": 1.0, "mag/kpc": 1e-3, "mag kpc-1": 1e-3}
+    """A Cartesian density cube from FITS, or from ``.npy`` + ``.header.json`` (no astropy);
+    blank cells -> 0 (`dustjax.maps.load_cartesian_cube`)."""
+    try:
+        return maps.load_cartesian_cube(path, density_scale=density_scale)
+    except maps.MapError as err:
+        raise RealSkyError(str(err)) from err
 
 
 def cube_from_array(data, header: dict[str, Any], density_scale: float | None = None):
-    """A `maps.DustMap` from a FITS-ordered array ``(nz, ny, nx)`` and its header as a dict.
-
-    The WCS must be linear and Cartesian: CTYPE1..3 X, Y, Z; CRVAL/CRPIX/CDELT per axis (CRVAL at
-    CRPIX, 1-based, a cell centre); CUNIT pc (default) or kpc. Axes with CDELT < 0 are flipped.
-    """
-    data = np.asarray(data, np.float32)
-    if data.ndim != 3:
-        raise RealSkyError(f"the cube must be 3D, got shape {data.shape}")
-    cube = data.T  # -> (nx, ny, nz)
-    edges = []
-    flips = []
-    for axis, name in enumerate("XYZ", start=1):
-        ctype = str(header.get(f"CTYPE{axis}", name)).strip().upper()
-        if ctype.split("-")[0] != name:
-            raise RealSkyError(f"axis {axis} has CTYPE {ctype!r}; expected a linear {name} axis")
-        unit = str(header.get(f"CUNIT{axis}", "pc")).strip().lower()
-        if unit not in _LENGTH_UNITS:
-            raise RealSkyError(f"axis {axis} has CUNIT {unit!r}; expected pc or kpc")
-        scale = _LENGTH_UNITS[unit]
-        try:
-            crval = float(header[f"CRVAL{axis}"]) * scale
-            cdelt = float(header[f"CDELT{axis}"]) * scale
-        except KeyError as err:
-            raise RealSkyError(f"the header lacks {err.args[0]}") from None
-        crpix = float(header.get(f"CRPIX{axis}", 1.0))
-        n = cube.shape[axis - 1]
-        first = crval + (1.0 - crpix) * cdelt
-        e = first - 0.5 * cdelt + cdelt * np.arange(n + 1)
-        if cdelt < 0:
-            e = e[::-1].copy()
-            flips.append(axis - 1)
-        elif cdelt == 0:
-            raise RealSkyError(f"axis {axis} has CDELT 0")
-        edges.append(e)
-    if flips:
-        cube = np.flip(cube, axis=tuple(flips))
-    if density_scale is None:
-        bunit = str(header.get("BUNIT", "mag/pc")).strip().lower()
-        density_scale = _DENSITY_UNITS.get(bunit, 1.0)
-    meta = {k: v for k, v in header.items() if not isinstance(v, dict | list)}
-    return maps.DustMap(
-        "cartesian",
-        np.ascontiguousarray(cube) * np.float32(density_scale),
-        tuple(edges),
-        meta=meta,
-    )
+    """A `maps.DustMap` from a FITS-ordered array ``(nz, ny, nx)`` and its header as a dict
+    (`dustjax.maps.DustMap.from_array`: linear X, Y, Z axes, pc or kpc, CDELT < 0 flipped)."""
+    try:
+        return maps.DustMap.from_array(data, header, density_scale=density_scale)
+    except maps.MapError as err:
+        raise RealSkyError(str(err)) from err
 
 
 def covers(dustmap: maps.DustMap, region: Region) -> bool:
@@ -251,9 +189,7 @@ def mock_catalog(
     rng = np.random.default_rng(seed)
     box = dustmap.region
     xyz = draw_positions(box, num_stars, rng, distance_power)
-    lower = [e[0] for e in dustmap.edges]
-    cell = [(e[-1] - e[0]) / (len(e) - 1) for e in dustmap.edges]
-    true_e = np.asarray(maps.integrate_cartesian(dustmap.density, lower, cell, xyz), np.float64)
+    true_e = np.asarray(integrate_to_points(dustmap.density, dustmap.edges, xyz), np.float64)
     sigma = np.hypot(sigma_a, sigma_b * true_e)
     if np.any(sigma <= 0):
         raise RealSkyError("sigma_E = hypot(a, b E) must be positive: give sigma_a > 0")
