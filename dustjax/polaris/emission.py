@@ -345,8 +345,16 @@ def cloud_ppv(
     )  # fmt: skip
 
 
-def batched_cloud_ppv(states: dict, axis: int, cell_size_pc: float, spectral: SpectralAxis,
-                      *, subgrid_sigma_kms=0.0, line: LineData = CO13_10, oversample: int = 1):  # fmt: skip
+def batched_cloud_ppv(
+    states: dict,
+    axis: int,
+    cell_size_pc: float,
+    spectral: SpectralAxis,
+    *,
+    subgrid_sigma_kms=0.0,
+    line: LineData = CO13_10,
+    oversample: int = 1,
+):
     """`cloud_ppv` vmapped over a leading cloud axis of every array of `states` (one compiled
     program for a batch of clouds on the device); `subgrid_sigma_kms` scalar or (clouds,)."""
     sigma = jnp.broadcast_to(
