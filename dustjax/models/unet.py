@@ -113,6 +113,9 @@ class AttentionUNet(nn.Module):
       padding: convolution padding, "REFLECT" (default) or "SAME" (zeros).
       dtype, param_dtype: compute and parameter dtypes.
       bn_momentum: running-average momentum of batch norm (PyTorch's 0.1 = flax's 0.9).
+      input_channels: channels of the input; 1 (column density) by default, more for the
+        multi-input U-Net of part III (channel 0 the column density, then 13CO emission,
+        `dustjax.polaris.multi_input`); the KAN branch reads channel 0.
     """
 
     levels: int = 4
@@ -127,14 +130,15 @@ class AttentionUNet(nn.Module):
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     bn_momentum: float = 0.9
+    input_channels: int = 1
 
     @nn.compact
     def __call__(self, column_hat, train: bool = False):
         """Map shifted log10 column density (B, H, W, 1) to shifted log10 density (B, H, W, 1)."""
-        if column_hat.ndim != 4 or column_hat.shape[-1] != 1:
+        if column_hat.ndim != 4 or column_hat.shape[-1] != self.input_channels:
             raise ValueError(
-                "AttentionUNet expects log10 column density of shape (batch, H, W, 1), got "
-                f"{tuple(column_hat.shape)}"
+                "AttentionUNet expects log10 column density of shape (batch, H, W, "
+                f"{self.input_channels}), got {tuple(column_hat.shape)}"
             )
         if self.levels < 1 or not 0 <= self.kan_levels <= self.levels:
             raise ValueError(f"need levels >= 1 and 0 <= kan_levels <= levels, got {self}")
@@ -182,7 +186,7 @@ class AttentionUNet(nn.Module):
             # "KAN as symbolic use" (fig. 18): a per-pixel function N -> n in parallel.
             out = out + KANMLP(
                 tuple(self.kan_branch), num_grids=self.kan_num_grids, name="kan_branch"
-            )(column_hat.astype(jnp.float32))
+            )(column_hat[..., :1].astype(jnp.float32))
         return out
 
 

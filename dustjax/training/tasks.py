@@ -34,12 +34,15 @@ BUILTIN_TASKS = {
     "density_from_extinction_nll": "dustjax.vnet.normalisation:NLL_TASK",
     "polaris": "dustjax.polaris.data:TASK",  # log10 N -> log10 <n>_M, dihedral augmentation
     "polaris_no_augment": "dustjax.polaris.data:TASK_NO_AUGMENT",
+    # log10 N + 13CO (PPV or moments) -> log10 <n>_M or max n (issue 21, part III)
+    "polaris_emission": "dustjax.polaris.multi_input:TASK",
 }
 BUILTIN_DATA_SOURCES = {
     "tfrecord": "dustjax.vnet.data:tfrecord_source",  # shards written by data_gen.make_dataset
     "simulate": "dustjax.vnet.data:simulate_source",  # fresh cubes on the device every step
     "polaris_simulate": "dustjax.polaris.data:crop_source",
     "polaris_tfrecord": "dustjax.polaris.data:crop_source",
+    "polaris_emission_simulate": "dustjax.polaris.multi_input:emission_source",
     # cubes observed as star catalogues (issue 17): stars, noise, eq. 5 gridding on the device
     "simulate_observed": "dustjax.vnet.observe:simulate_observed_source",
 }

@@ -1,0 +1,489 @@
+r"""Column density plus 13CO emission as the U-Net's input (Ribeiro 2025, part III, sect. 6-8).
+
+Part III proposes to enrich the column density with molecular emission, 13CO position-position-
+velocity (PPV) cubes, to predict the mass-weighted mean density <n>_M (sect. 8.1) and the maximum
+density along the line of sight (sect. 8.2). This module makes those datasets and the engine's
+task and data source:
+
+- **Crops** (`simulate_emission_crops`): clouds from `dustjax.sims.clouds` with velocities and
+  temperatures from `dustjax.sims.kinematics`; each face is projected (`project`) and ray traced
+  in 13CO (`dustjax.polaris.emission.cloud_ppv`, LTE, CMB background, thermal + subgrid Larson
+  width); crops are chosen by the same score and acceptance as the column-only datasets
+  (appendix B), and every crop keeps its column density, its three targets, its PPV cube
+  (crop, crop, channels) in K and its four moment maps. One dataset thus serves all input
+  variants, so a comparison between them is on the same crops.
+- **Inputs** (``config.data.emission.inputs``): "column" (log10 N only: the column-only U-Net on
+  these crops), "moments" (log10 N plus four moment maps: log10 W, centroid, dispersion, peak
+  T_B) or "ppv" (log10 N plus every velocity channel). The model input is (B, H, W, 1 + C),
+  channel 0 the column density in the usual shifted log10 units (`model_input`).
+- **Task** "polaris_emission" (`TASK`): MSE in shifted log10 (eq. 4), random rotations and flips
+  of the sky plane (they leave the velocity axis untouched), the model's ``input_channels`` and
+  input shape derived from the config; **data source** "polaris_emission_simulate".
+
+Normalisations of the emission channels (fixed constants, so a trained model applies to new
+data): T_B -> asinh(T_B / 0.3 K) / 2; W -> log10(W / K km/s + 0.01); centroid / 2 km/s;
+dispersion / 1 km/s.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dustjax.polaris import data as pdata
+from dustjax.polaris import emission as em
+from dustjax.polaris.crops import CropSelection, select_crops
+from dustjax.polaris.projection import (
+    COLUMN,
+    FEATURE_NAMES,
+    LOG10_COLUMN_SHIFT,
+    LOG10_DENSITY_SHIFT,
+    TARGETS,
+    project,
+)
+from dustjax.training.tasks import SizedBatches, Task
+
+PPV = "ppv_tb"  # (N, H, W, channels) brightness temperature, K
+MOMENTS = "moments"  # (N, H, W, 4): emission.MOMENT_NAMES
+INPUT_KEY = "inputs_hat"  # (B, H, W, 1 + C)
+TARGET_KEY = pdata.TARGET_KEY
+INPUT_KINDS = ("column", "moments", "ppv")
+
+TB_SCALE_K = 0.3
+CENTROID_SCALE_KMS = 2.0
+DISPERSION_SCALE_KMS = 1.0
+W_FLOOR_K_KMS = 0.01
+
+
+@dataclasses.dataclass(frozen=True)
+class EmissionSettings:
+    """How the 13CO cubes of a dataset are made (``config.data.emission``).
+
+    Attributes:
+      inputs: "column", "moments" or "ppv" (the model's input; the dataset holds all).
+      num_channels, half_width_kms: the velocity axis, channels spanning +-half_width.
+      oversample: sub-channels per channel in the ray tracing (`emission.ppv_cube`).
+      subgrid: add the unresolved Larson dispersion at the cell scale to each cell's width.
+      linewidth_index_range, linewidth_1pc_range_kms, temperature_range_k: per-cloud draws
+        (`dustjax.sims.kinematics.sample_kinematics`).
+      temperature_index: q of T = T_0 (n / 1e3)^q (0: isothermal, the paper's case).
+      solenoidal_weight, driving_scale_pc: `KinematicsParams` of every cloud.
+    """
+
+    inputs: str = "ppv"
+    num_channels: int = 32
+    half_width_kms: float = 10.0
+    oversample: int = 2
+    subgrid: bool = True
+    linewidth_index_range: tuple[float, float] = (0.38, 0.5)
+    linewidth_1pc_range_kms: tuple[float, float] = (0.6, 1.1)
+    temperature_range_k: tuple[float, float] = (8.0, 15.0)
+    temperature_index: float = 0.0
+    solenoidal_weight: float = 0.5
+    driving_scale_pc: float = 20.0
+
+    def __post_init__(self):
+        if self.inputs not in INPUT_KINDS:
+            raise ValueError(f"emission inputs must be one of {INPUT_KINDS}, got {self.inputs!r}")
+
+    @property
+    def spectral(self) -> em.SpectralAxis:
+        return em.SpectralAxis.centred(self.half_width_kms, self.num_channels)
+
+    @property
+    def emission_channels(self) -> int:
+        return {"column": 0, "moments": len(em.MOMENT_NAMES), "ppv": self.num_channels}[self.inputs]
+
+    def sample_kinematics(self, key):
+        from dustjax.sims import kinematics
+
+        base = kinematics.KinematicsParams(
+            temperature_index=self.temperature_index,
+            solenoidal_weight=self.solenoidal_weight,
+            driving_scale_pc=self.driving_scale_pc,
+        )
+        return kinematics.sample_kinematics(
+            key,
+            linewidth_index_range=tuple(self.linewidth_index_range),
+            linewidth_1pc_range_kms=tuple(self.linewidth_1pc_range_kms),
+            temperature_range_k=tuple(self.temperature_range_k),
+            base=base,
+        )
+
+
+def settings_from_config(data_config) -> EmissionSettings:
+    d = dict(data_config.get("emission") or {})
+    for key in ("linewidth_index_range", "linewidth_1pc_range_kms", "temperature_range_k"):
+        if key in d:
+            d[key] = tuple(d[key])
+    return EmissionSettings(**d)
+
+
+def simulate_emission_crops(
+    seed: int,
+    num_crops: int,
+    grid,
+    selection: CropSelection,
+    settings: EmissionSettings,
+    *,
+    param_sampler=None,
+    score_target: str = "mass_weighted",
+    max_cubes: int = 10_000,
+    cubes_dir=None,
+    progress: bool = False,
+) -> tuple[dict[str, np.ndarray], dict]:
+    """Simulate clouds with kinematics until `num_crops` crops are accepted (physical units).
+
+    Returns (features, info): features hold FEATURE_NAMES (N, crop, crop), ``ppv_tb``
+    (N, crop, crop, channels) in K and ``moments`` (N, crop, crop, 4); shuffled (the paper
+    shuffles before its 80/20 split). With `cubes_dir`, every cloud (density, velocity,
+    temperature) is saved there as ``cloud_<i>.npz`` (`dustjax.sims.kinematics.save_cloud`).
+    """
+    from dustjax.sims import clouds, kinematics
+
+    sampler = param_sampler or (lambda key: clouds.sample_cloud_params(key))
+    spectral = settings.spectral
+    rng = np.random.default_rng(seed)
+    key = jax.random.key(seed)
+    size = selection.crop_size
+    names = (*FEATURE_NAMES, PPV, MOMENTS)
+    chunks: dict[str, list] = {name: [] for name in names}
+    total = cubes = 0
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=num_crops, desc="emission crops", unit="crop")
+    while total < num_crops:
+        if cubes >= max_cubes:
+            raise RuntimeError(
+                f"only {total} of {num_crops} crops accepted from {cubes} cubes: loosen the crop "
+                "selection or enlarge the cubes"
+            )
+        key, k_params, k_cube = jax.random.split(key, 3)
+        kin = settings.sample_kinematics(jax.random.fold_in(k_params, 1))
+        state = kinematics.simulate_cloud_state(k_cube, grid, sampler(k_params), kin)
+        subgrid = kinematics.subgrid_dispersion_kms(grid, kin) if settings.subgrid else 0.0
+        if cubes_dir is not None:
+            kinematics.save_cloud(
+                f"{cubes_dir}/cloud_{cubes:05d}.npz", state, grid.cell_size_pc,
+                {"seed": seed, "index": cubes, "kinematics": {k: float(v) for k, v in
+                                                              kin._asdict().items()}},
+            )  # fmt: skip
+        cubes += 1
+        for axis in range(3):
+            maps = {k: np.asarray(v) for k, v in project(state["density"], axis,
+                                                         grid.cell_size_pc).items()}  # fmt: skip
+            corners = select_crops(rng, maps[COLUMN], maps[TARGETS[score_target]], selection)
+            if not corners:
+                continue
+            ppv = em.cloud_ppv(
+                state, axis, grid.cell_size_pc, spectral, subgrid_sigma_kms=subgrid,
+                oversample=settings.oversample,
+            )  # fmt: skip
+            moments = em.moment_maps(ppv, spectral)
+            moments = np.stack([np.asarray(moments[m]) for m in em.MOMENT_NAMES], -1)
+            ppv = np.asarray(ppv)
+            for r, c in corners:
+                window = (slice(r, r + size), slice(c, c + size))
+                for name in FEATURE_NAMES:
+                    chunks[name].append(maps[name][window])
+                chunks[PPV].append(ppv[window])
+                chunks[MOMENTS].append(moments[window])
+            total += len(corners)
+            if bar is not None:
+                bar.update(len(corners))
+    if bar is not None:
+        bar.close()
+    features = {name: np.asarray(v[:num_crops], np.float32) for name, v in chunks.items()}
+    order = rng.permutation(num_crops)
+    features = {name: v[order] for name, v in features.items()}
+    return features, {"num_cubes": cubes, "crops_per_cube": total / cubes}
+
+
+def emission_channels(features: dict, inputs: str) -> np.ndarray:
+    """The normalised emission channels (N, H, W, C) of crops for an input kind (C may be 0)."""
+    if inputs not in INPUT_KINDS:
+        raise ValueError(f"emission inputs must be one of {INPUT_KINDS}, got {inputs!r}")
+    n, h, w = np.shape(features[COLUMN])
+    if inputs == "column":
+        return np.zeros((n, h, w, 0), np.float32)
+    if inputs == "ppv":
+        return (np.arcsinh(np.asarray(features[PPV], np.float64) / TB_SCALE_K) / 2).astype(
+            np.float32
+        )
+    m = np.asarray(features[MOMENTS], np.float64)
+    return np.stack(
+        [
+            np.log10(np.maximum(m[..., 0], 0.0) + W_FLOOR_K_KMS),
+            m[..., 1] / CENTROID_SCALE_KMS,
+            m[..., 2] / DISPERSION_SCALE_KMS,
+            np.arcsinh(m[..., 3] / TB_SCALE_K) / 2,
+        ],
+        -1,
+    ).astype(np.float32)
+
+
+def to_model_batch(features: dict, target: str, inputs: str) -> dict[str, np.ndarray]:
+    """Physical-unit crops -> the engine's batch: (B, H, W, 1 + C) input, (B, H, W, 1) target."""
+    if target not in TARGETS:
+        raise ValueError(f"unknown target {target!r}; use one of {sorted(TARGETS)}")
+    column = (np.log10(np.asarray(features[COLUMN], np.float64)) - LOG10_COLUMN_SHIFT)[..., None]
+    density = np.log10(np.asarray(features[TARGETS[target]], np.float64)) - LOG10_DENSITY_SHIFT
+    return {
+        INPUT_KEY: np.concatenate(
+            [column.astype(np.float32), emission_channels(features, inputs)], -1
+        ),
+        TARGET_KEY: density[..., None].astype(np.float32),
+    }
+
+
+_CACHE: dict[str, dict] = {}
+
+
+def emission_splits(config) -> dict[str, dict[str, np.ndarray]]:
+    """The emission crop dataset of a config, simulated in memory (cached per process, shared by
+    configs that differ only in the input kind or the target), split 80/20."""
+    import json
+
+    data = config.data
+    d = data.to_dict() if hasattr(data, "to_dict") else dict(data)
+    d = {k: v for k, v in d.items() if k not in ("steps_per_epoch", "target")}
+    d["emission"] = {k: v for k, v in dict(d.get("emission") or {}).items() if k != "inputs"}
+    seed = int(data.get("seed", config.get("seed", 0)))
+    key = json.dumps(d, sort_keys=True, default=str) + f"|{seed}"
+    if key not in _CACHE:
+        num = int(data.num_crops)
+        counts = pdata.split_counts(num, float(data.get("validation_fraction", 0.2)))
+        features, _ = simulate_emission_crops(
+            seed, num, pdata.grid_from_config(data), pdata.selection_from_config(data),
+            settings_from_config(data), param_sampler=pdata.param_sampler_from_config(data),
+            score_target=data.get("score_target", "mass_weighted"),
+            progress=bool(config.get("progress_bar", False)),
+        )  # fmt: skip
+        n_train = counts["train"]
+        _CACHE[key] = {
+            "train": {k: v[:n_train] for k, v in features.items()},
+            "validation": {k: v[n_train:] for k, v in features.items()},
+        }
+    return _CACHE[key]
+
+
+def emission_source(config, split, *, batch_size, seed, epoch, train):
+    """Engine data source "polaris_emission_simulate" (same batching as `data.crop_source`)."""
+    if split not in ("train", "validation"):
+        raise ValueError(f"POLARIS datasets have train and validation splits, not {split!r}")
+    settings = settings_from_config(config.data)
+    batch = to_model_batch(
+        emission_splits(config)[split], config.data.get("target", "mass_weighted"),
+        settings.inputs,
+    )  # fmt: skip
+    n = len(batch[INPUT_KEY])
+    if train:
+        steps = n // batch_size
+        if steps < 1:
+            raise ValueError(f"{n} training crops give no full batch of {batch_size}")
+
+        def make():
+            order = np.random.default_rng([seed, 7, epoch]).permutation(n)
+            for s in range(steps):
+                idx = np.sort(order[s * batch_size : (s + 1) * batch_size])
+                yield {k: v[idx] for k, v in batch.items()}
+
+        return SizedBatches(make, steps)
+
+    def make_eval():
+        for start in range(0, n, batch_size):
+            yield {k: v[start : start + batch_size] for k, v in batch.items()}
+
+    return SizedBatches(make_eval, math.ceil(n / batch_size))
+
+
+def dihedral_augment(batch: dict, rng) -> dict:
+    """`data.dihedral_augment` on the multi-channel input and the target (the same rotation and
+    flip for all channels: the velocity axis is not a sky axis)."""
+    inner = pdata.dihedral_augment(
+        {pdata.INPUT_KEY: batch[INPUT_KEY], pdata.TARGET_KEY: batch[TARGET_KEY]}, rng
+    )
+    return dict(batch, **{INPUT_KEY: inner[pdata.INPUT_KEY], TARGET_KEY: inner[pdata.TARGET_KEY]})
+
+
+def input_channels(config) -> int:
+    return 1 + settings_from_config(config.data).emission_channels
+
+
+def _model_kwargs(config) -> dict:
+    return {"input_channels": input_channels(config)}
+
+
+def _input_shape(config) -> tuple[int, ...]:
+    size = int(config.data.crop.crop_size)
+    return (1, size, size, input_channels(config))
+
+
+#: "polaris_emission" in `dustjax.training.tasks`.
+TASK = Task(
+    input_key=INPUT_KEY,
+    target_key=TARGET_KEY,
+    augment=dihedral_augment,
+    model_kwargs=_model_kwargs,
+    input_shape=_input_shape,
+)
+
+
+# ---- evaluation: does emission help, where, by how much ---------------------------------------
+
+
+def predict_log10(predict_fn, inputs: np.ndarray, batch_size: int) -> np.ndarray:
+    """log10 density from (N, H, W, 1 + C) model inputs, batched with one compiled shape."""
+    from dustjax.polaris.projection import log10_density_from_output
+
+    out = []
+    for start in range(0, len(inputs), batch_size):
+        chunk = inputs[start : start + batch_size]
+        n = len(chunk)
+        if n < batch_size:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - n, axis=0)])
+        out.append(np.asarray(predict_fn(jnp.asarray(chunk)))[:n, ..., 0])
+    return np.asarray(log10_density_from_output(np.concatenate(out)), np.float64)
+
+
+def evaluate_emission_workdir(workdir, which: str = "best", bin_edges=None) -> dict:
+    """Validation metrics of a trained "polaris_emission" run: MSE (eq. 4), accuracy at 0.1 and
+    0.2 dex (eqs. 5-6), MSE and mean residual per bin of true log10 density, and the pointwise
+    N -> n reference of the same crops (the column-only floor a U-Net must beat)."""
+    from dustjax import training as train
+    from dustjax.polaris.metrics import accuracy_curve, mse, residuals_per_bin
+    from dustjax.polaris.reference import best_pointwise_reference
+
+    model, variables, config = train.load_trained(workdir, which)
+    splits = emission_splits(config)
+    target = config.data.get("target", "mass_weighted")
+    settings = settings_from_config(config.data)
+    val = to_model_batch(splits["validation"], target, settings.inputs)
+    batch = int(config.get("eval_batch_size") or config.batch_size)
+    pred = predict_log10(train.make_predict_fn(model, variables), val[INPUT_KEY], batch)
+    true = np.log10(np.asarray(splits["validation"][TARGETS[target]], np.float64))
+    train_x = np.log10(splits["train"][COLUMN])
+    train_y = np.log10(splits["train"][TARGETS[target]])
+    val_x = np.log10(splits["validation"][COLUMN])
+    reference, _ = best_pointwise_reference(train_x, train_y, val_x, true, 64)
+    if bin_edges is None:
+        bin_edges = np.arange(np.floor(true.min() * 2) / 2, true.max() + 0.5, 0.5)
+    per_bin = residuals_per_bin(pred, true, bin_edges)
+    index = np.digitize(true, bin_edges) - 1
+    sq = (pred - true) ** 2
+    ref_sq = (reference(val_x) - true) ** 2
+    nb = len(bin_edges) - 1
+    mse_bins = [float(sq[index == b].mean()) if (index == b).any() else None for b in range(nb)]
+    ref_bins = [float(ref_sq[index == b].mean()) if (index == b).any() else None
+                for b in range(nb)]  # fmt: skip
+    acc = accuracy_curve(pred, true, (0.1, 0.2))
+    return {
+        "inputs": settings.inputs,
+        "target": target,
+        "input_channels": input_channels(config),
+        "num_validation_crops": int(len(true)),
+        "val_mse": mse(pred, true),
+        "val_mse_reference": float(ref_sq.mean()),
+        "accuracy_0.1dex": float(acc["mean"][0]),
+        "accuracy_0.2dex": float(acc["mean"][1]),
+        "bins": {
+            "edges_log10_cm3": [float(e) for e in bin_edges],
+            "count": [int(c) for c in per_bin["count"]],
+            "mse": mse_bins,
+            "mse_reference": ref_bins,
+            "mean_residual": [None if not np.isfinite(m) else float(m) for m in per_bin["mean"]],
+        },
+    }
+
+
+def compare_inputs(
+    config,
+    workdir,
+    *,
+    inputs=INPUT_KINDS,
+    targets=("mass_weighted", "max"),
+    deadline_s: float | None = None,
+) -> dict:
+    """Train one U-Net per (target, input kind) on the same crops and compare them.
+
+    Each run lives in ``<workdir>/<target>_<inputs>`` (resumed if interrupted; a finished run is
+    evaluated, not retrained). With `deadline_s` (seconds from the call) a run not started in
+    time is recorded as skipped. Writes ``<workdir>/comparison.json`` and ``comparison.md`` (the
+    per-bin table) and returns the results.
+    """
+    import time
+    from pathlib import Path
+
+    from dustjax import io as dio
+    from dustjax import training as train
+
+    start = time.perf_counter()
+    workdir = dio.ensure_writable_dir(workdir)
+    results = {"config": config.get("name", ""), "runs": {}}
+    for target in targets:
+        if target not in TARGETS:
+            raise ValueError(f"unknown target {target!r}; use one of {sorted(TARGETS)}")
+        for kind in inputs:
+            name = f"{target}_{kind}"
+            if deadline_s is not None and time.perf_counter() - start > deadline_s:
+                results["runs"][name] = {"skipped": "time budget"}
+                continue
+            run_config = config.copy_and_resolve_references()
+            with run_config.unlocked():
+                run_config.data.target = target
+                run_config.data.emission.inputs = kind
+                run_config.name = f"{config.get('name', 'emission')}_{name}"
+            t0 = time.perf_counter()
+            summary = train.train_and_evaluate(run_config, Path(workdir) / name)
+            metrics = evaluate_emission_workdir(Path(workdir) / name)
+            metrics["train_wall_s"] = time.perf_counter() - t0
+            metrics["epochs_run"] = summary.get("epochs_run")
+            metrics["best_epoch"] = summary.get("best_epoch")
+            results["runs"][name] = metrics
+            dio.write_json(Path(workdir) / "comparison.json", results)
+    results["wall_s"] = time.perf_counter() - start
+    dio.write_json(Path(workdir) / "comparison.json", results)
+    markdown = comparison_table(results)
+    with dio.atomic_path(Path(workdir) / "comparison.md") as tmp:
+        tmp.write_text(markdown)
+    return results
+
+
+def comparison_table(results: dict) -> str:
+    """Markdown: per target, one row per input kind (MSE, accuracy, MSE per density bin)."""
+    lines = []
+    runs = results["runs"]
+    for target in dict.fromkeys(n.rsplit("_", 1)[0] for n in runs):
+        done = {n.rsplit("_", 1)[1]: r for n, r in runs.items()
+                if n.rsplit("_", 1)[0] == target and "val_mse" in r}  # fmt: skip
+        if not done:
+            continue
+        edges = next(iter(done.values()))["bins"]["edges_log10_cm3"]
+        counts = next(iter(done.values()))["bins"]["count"]
+        bins = [f"{edges[i]:.1f}-{edges[i + 1]:.1f}" for i in range(len(edges) - 1)]
+        lines.append(f"target {target}: validation MSE [dex^2] per bin of true log10 n")
+        lines.append("")
+        lines.append("| input | MSE | acc(0.1 dex) | acc(0.2 dex) | " + " | ".join(bins) + " |")
+        lines.append("|" + "---|" * (4 + len(bins)))
+        lines.append("| (pixels) | | | | " + " | ".join(str(c) for c in counts) + " |")
+        ref = next(iter(done.values()))
+        lines.append(
+            f"| pointwise N->n | {ref['val_mse_reference']:.4f} | | | "
+            + " | ".join("" if m is None else f"{m:.3f}" for m in ref["bins"]["mse_reference"])
+            + " |"
+        )
+        for kind, r in done.items():
+            lines.append(
+                f"| {kind} ({r['input_channels']} ch) | {r['val_mse']:.4f} | "
+                f"{r['accuracy_0.1dex']:.3f} | {r['accuracy_0.2dex']:.3f} | "
+                + " | ".join("" if m is None else f"{m:.3f}" for m in r["bins"]["mse"])
+                + " |"
+            )
+        lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,85 @@
+"""Tests of the multi-input (column density + 13CO) U-Net: crops, batches, model, training."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dustjax.models.unet import AttentionUNet
+from dustjax.polaris import multi_input as mi
+from dustjax.polaris.projection import COLUMN, TARGETS
+from experiments.configs import unet_emission_test
+
+
+@pytest.fixture(scope="module")
+def crops():
+    config = unet_emission_test.get_config()
+    return config, mi.emission_splits(config)
+
+
+def test_emission_crops_hold_every_input_kind_for_the_same_crops(crops):
+    config, splits = crops
+    train = splits["train"]
+    n = len(train[COLUMN])
+    assert n + len(splits["validation"][COLUMN]) == config.data.num_crops
+    assert train[mi.PPV].shape == (n, 16, 16, 8)
+    assert train[mi.MOMENTS].shape == (n, 16, 16, 4)
+    assert np.all(train[mi.PPV] >= -1e-6)  # gas warmer than the CMB: emission
+    # moment 0 is the PPV cube's integral
+    dv = mi.settings_from_config(config.data).spectral.channel_width_kms
+    np.testing.assert_allclose(train[mi.MOMENTS][..., 0], train[mi.PPV].sum(-1) * dv, rtol=1e-4)
+    for kind, channels in [("column", 1), ("moments", 5), ("ppv", 9)]:
+        batch = mi.to_model_batch(train, "max", kind)
+        assert batch[mi.INPUT_KEY].shape == (n, 16, 16, channels)
+        assert np.all(np.isfinite(batch[mi.INPUT_KEY]))
+        # channel 0 is the column-only U-Net's input, the target the usual shifted log10
+        log10_column = np.log10(train[COLUMN].astype(np.float64))
+        np.testing.assert_allclose(batch[mi.INPUT_KEY][..., 0], log10_column - 21.5, atol=1e-5)
+        np.testing.assert_allclose(batch[mi.TARGET_KEY][..., 0],
+                                   np.log10(train[TARGETS["max"]].astype(np.float64)) - 2.5,
+                                   atol=1e-5)  # fmt: skip
+
+
+def test_augmentation_rotates_every_channel_with_the_target():
+    rng = np.random.default_rng(0)
+    batch = {mi.INPUT_KEY: jnp.asarray(rng.normal(size=(3, 8, 8, 5)), jnp.float32)}
+    batch[mi.TARGET_KEY] = batch[mi.INPUT_KEY][..., 2:3] * 2.0
+    out = mi.dihedral_augment(batch, jax.random.key(4))
+    np.testing.assert_allclose(out[mi.TARGET_KEY], out[mi.INPUT_KEY][..., 2:3] * 2.0)
+    # the set of spectra (per pixel) is unchanged: the velocity axis is not rotated
+    before = np.sort(np.asarray(batch[mi.INPUT_KEY]).reshape(3, -1, 5), axis=1)
+    after = np.sort(np.asarray(out[mi.INPUT_KEY]).reshape(3, -1, 5), axis=1)
+    np.testing.assert_allclose(before, after)
+
+
+def test_unet_with_emission_channels_and_its_shape_check():
+    model = AttentionUNet(levels=2, base_features=4, input_channels=9, kan_branch=(4, 1))
+    x = jnp.zeros((2, 8, 8, 9))
+    variables = model.init(jax.random.key(0), x)
+    assert model.apply(variables, x).shape == (2, 8, 8, 1)
+    with pytest.raises(ValueError, match=r"\(batch, H, W, 9\)"):
+        model.apply(variables, jnp.zeros((2, 8, 8, 1)))
+
+
+def test_unknown_input_kind_is_refused():
+    with pytest.raises(ValueError, match="emission inputs must be one of"):
+        mi.EmissionSettings(inputs="spectra")
+
+
+@pytest.mark.slow  # ~60 s on 2 idle cores (two trainings and evaluations)
+def test_compare_trains_and_evaluates_each_input_kind(tmp_path, crops):
+    config, _ = crops
+    results = mi.compare_inputs(config, tmp_path, inputs=("column", "ppv"),
+                                targets=("mass_weighted",))  # fmt: skip
+    runs = results["runs"]
+    assert set(runs) == {"mass_weighted_column", "mass_weighted_ppv"}
+    assert runs["mass_weighted_column"]["input_channels"] == 1
+    assert runs["mass_weighted_ppv"]["input_channels"] == 9
+    for r in runs.values():
+        assert np.isfinite(r["val_mse"]) and sum(r["bins"]["count"]) == 5 * 16 * 16
+    assert "| ppv (9 ch) |" in (tmp_path / "comparison.md").read_text()
+    # resumable: a finished run is not retrained (same numbers, no new epochs)
+    again = mi.compare_inputs(config, tmp_path, inputs=("column",), targets=("mass_weighted",))
+    assert (
+        again["runs"]["mass_weighted_column"]["val_mse"] == runs["mass_weighted_column"]["val_mse"]
+    )
