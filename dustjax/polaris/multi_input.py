@@ -446,13 +446,20 @@ def compare_inputs(
             metrics["epochs_run"] = summary.get("epochs_run")
             metrics["best_epoch"] = summary.get("best_epoch")
             results["runs"][name] = metrics
-            dio.write_json(Path(workdir) / "comparison.json", results)
+            _write_comparison(workdir, results)  # after every run: a cut batch keeps its rows
     results["wall_s"] = time.perf_counter() - start
-    dio.write_json(Path(workdir) / "comparison.json", results)
-    markdown = comparison_table(results)
-    with dio.atomic_path(Path(workdir) / "comparison.md") as tmp:
-        tmp.write_text(markdown)
+    _write_comparison(workdir, results)
     return results
+
+
+def _write_comparison(workdir, results: dict) -> None:
+    from pathlib import Path
+
+    from dustjax import io as dio
+
+    dio.write_json(Path(workdir) / "comparison.json", results)
+    with dio.atomic_path(Path(workdir) / "comparison.md") as tmp:
+        tmp.write_text(comparison_table(results))
 
 
 def comparison_table(results: dict) -> str:
