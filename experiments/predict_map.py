@@ -14,6 +14,10 @@ is reflect-padded. A map without a celestial WCS or without a column density uni
 error (BUNIT "cm-2" or "H2 cm-2"; N(H2) is converted to N_H = 2 N(H2), the simulator's n is
 hydrogen nuclei; --bunit overrides a missing or odd BUNIT). The work is
 `dustjax.polaris.predict_map.predict_map`.
+
+With a multi-input (column + 13CO) model, pass its 13CO cube too (brightness temperature in K,
+velocity axis VRAD/VELO-LSR, on the map's pixels): --ppv=taurus_13co.fits
+[--systemic_velocity_kms=6.0] (`dustjax.polaris.predict_emission.predict_map_emission`).
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ def define_flags() -> None:
     )
     flags.DEFINE_enum("which", "best", ["best", "latest"], "Which checkpoint.")
     flags.DEFINE_integer("batch_size", 16, "Tiles per device call.")
+    flags.DEFINE_string("ppv", None, "13CO PPV cube (FITS, K, VRAD) for a column + 13CO model.")
+    flags.DEFINE_float("systemic_velocity_kms", None, "Removed from the cube (default: its mean).")
 
 
 def main(argv):
@@ -54,12 +60,22 @@ def main(argv):
     from dustjax.polaris.predict_map import predict_map
 
     try:
-        summary = predict_map(
-            FLAGS.fits, FLAGS.model, FLAGS.distance_pc, FLAGS.out,
-            predictions_per_pixel=FLAGS.predictions_per_pixel, hdu=FLAGS.hdu, bunit=FLAGS.bunit,
-            residual_correction=FLAGS.residual_correction, which=FLAGS.which,
-            batch_size=FLAGS.batch_size,
-        )  # fmt: skip
+        if FLAGS.ppv:
+            from dustjax.polaris.predict_emission import predict_map_emission
+
+            summary = predict_map_emission(
+                FLAGS.fits, FLAGS.ppv, FLAGS.model, FLAGS.distance_pc, FLAGS.out,
+                predictions_per_pixel=FLAGS.predictions_per_pixel, hdu=FLAGS.hdu,
+                bunit=FLAGS.bunit, systemic_velocity_kms=FLAGS.systemic_velocity_kms,
+                which=FLAGS.which, batch_size=FLAGS.batch_size,
+            )  # fmt: skip
+        else:
+            summary = predict_map(
+                FLAGS.fits, FLAGS.model, FLAGS.distance_pc, FLAGS.out,
+                predictions_per_pixel=FLAGS.predictions_per_pixel, hdu=FLAGS.hdu,
+                bunit=FLAGS.bunit, residual_correction=FLAGS.residual_correction,
+                which=FLAGS.which, batch_size=FLAGS.batch_size,
+            )  # fmt: skip
     except (MapError, FileNotFoundError) as err:
         sys.exit(f"error: {err}")
     for key, value in summary.items():

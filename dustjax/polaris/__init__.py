@@ -14,6 +14,14 @@ Everything between the cloud simulator (`dustjax.sims.clouds`) and the U-Net
   `experiments/predict_map.py`);
 - `plots`: the figures.
 
+Part III (issue 21), 13CO emission as a second input:
+
+- `emission`: 13CO (1-0) LTE ray tracing, eq. 9, to brightness-temperature PPV cubes and moments;
+- `multi_input`: column + 13CO crop datasets (clouds with `dustjax.sims.kinematics` velocities
+  and temperatures), the "polaris_emission" task and source, the input-kind comparison;
+- `ppv_fits`: PPV cubes as FITS with WCS (VRAD km/s), checked against the column density map;
+- `predict_emission`: tiled prediction from a column density map plus its 13CO cube.
+
 Units: number densities n in cm^-3, column densities N in cm^-2, lengths in pc. Pure numpy/JAX
 except at the FITS boundary (astropy, imported lazily) and tfrecord datasets (tensorflow).
 """
