@@ -494,3 +494,39 @@ def comparison_table(results: dict) -> str:
             )
         lines.append("")
     return "\n".join(lines)
+
+
+def write_cloud_cubes(data_config, out, num: int, seed: int = 0) -> list:
+    """Simulate `num` clouds of a config (its grid, cloud ranges and ``emission`` kinematics)
+    and save each with its velocity and temperature as ``<out>/cloud_<i>.npz``
+    (`dustjax.sims.kinematics.save_cloud`; an existing file is kept, so a re-run resumes).
+    Returns the paths. `data_gen/make_cloud_cubes.py` is its command line."""
+    from pathlib import Path
+
+    from dustjax import io as dio
+    from dustjax.sims import kinematics
+
+    if num < 1:
+        raise ValueError(f"num must be >= 1, got {num}")
+    out = dio.ensure_writable_dir(out)
+    grid = pdata.grid_from_config(data_config)
+    sampler = pdata.param_sampler_from_config(data_config)
+    settings = settings_from_config(data_config)
+    key = jax.random.key(seed)
+    paths = []
+    for index in range(num):
+        key, k_params, k_cube = jax.random.split(key, 3)
+        path = Path(out) / f"cloud_{index:05d}.npz"
+        paths.append(path)
+        if path.exists():
+            continue
+        kin = settings.sample_kinematics(jax.random.fold_in(k_params, 1))
+        params = sampler(k_params)
+        state = kinematics.simulate_cloud_state(k_cube, grid, params, kin)
+        kinematics.save_cloud(path, state, grid.cell_size_pc, {
+            "seed": seed, "index": index,
+            "cloud": {k: float(v) for k, v in params._asdict().items()},
+            "kinematics": {k: float(v) for k, v in kin._asdict().items()},
+            "subgrid_dispersion_kms": float(kinematics.subgrid_dispersion_kms(grid, kin)),
+        })  # fmt: skip
+    return paths

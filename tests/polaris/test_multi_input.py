@@ -83,3 +83,17 @@ def test_compare_trains_and_evaluates_each_input_kind(tmp_path, crops):
     assert (
         again["runs"]["mass_weighted_column"]["val_mse"] == runs["mass_weighted_column"]["val_mse"]
     )
+
+
+def test_cloud_cubes_are_written_with_velocity_and_temperature_and_resume(tmp_path):
+    from dustjax.sims import kinematics
+
+    config = unet_emission_test.get_config()
+    paths = mi.write_cloud_cubes(config.data, tmp_path, 2, seed=5)
+    state, meta = kinematics.load_cloud(paths[1])
+    assert state["density"].shape == (32, 32, 32) and state["velocity"].shape == (3, 32, 32, 32)
+    assert 8.0 <= meta["kinematics"]["temperature_k"] <= 15.0
+    np.testing.assert_allclose(state["temperature"], meta["kinematics"]["temperature_k"])
+    mtime = paths[0].stat().st_mtime_ns
+    assert mi.write_cloud_cubes(config.data, tmp_path, 2, seed=5) == paths
+    assert paths[0].stat().st_mtime_ns == mtime  # kept, not rewritten
