@@ -55,9 +55,15 @@ def simulation_wcs(shape, pixel_size_pc: float, distance_pc: float = 140.0,
 
 
 def _celestial_header(celestial_wcs):
-    header = celestial_wcs.to_header()
-    for key in ("WCSAXES", "MJDREF", "DATEREF"):
-        header.remove(key, ignore_missing=True)
+    """The celestial WCS cards, without astropy's long comments (a full-precision CDELT and its
+    comment overflow a FITS card)."""
+    from astropy.io import fits
+
+    cards = celestial_wcs.to_header()
+    header = fits.Header()
+    for key in cards:
+        if key not in ("WCSAXES", "MJDREF", "DATEREF"):
+            header[key] = cards[key]
     return header
 
 
@@ -77,7 +83,7 @@ def write_ppv_fits(path, t_b, spectral: SpectralAxis, celestial_wcs, *,
     cel = _celestial_header(celestial_wcs)
     header["WCSAXES"] = 3
     for key in cel:
-        header[key] = (cel[key], cel.comments[key])
+        header[key] = cel[key]
     header["CTYPE3"] = ("VRAD", "radio velocity")
     header["CUNIT3"] = "km/s"
     header["CRPIX3"] = 1.0
