@@ -89,7 +89,7 @@ def write_ppv_fits(path, t_b, spectral: SpectralAxis, celestial_wcs, *,
     header["CRPIX3"] = 1.0
     header["CRVAL3"] = (float(spectral.centres[0]), "velocity of the first channel")
     header["CDELT3"] = float(spectral.channel_width_kms)
-    header["SPECSYS"] = ("LSRK", "velocities relative to the local standard of rest")
+    header["SPECSYS"] = ("LSRK", "local standard of rest (kinematic)")
     header["RESTFRQ"] = (line.frequency_hz, "rest frequency [Hz]")
     header["BUNIT"] = ("K", "brightness temperature above the CMB")
     header["BTYPE"] = "Brightness temperature"
