@@ -94,21 +94,23 @@ def main(argv):
     cache = out / "jax_cache"
     shutil.rmtree(cache, ignore_errors=True)
     results = {}
-    for entry in FLAGS.entries:
-        results[entry] = {"first": run_once(entry, out, cache, 1)}
-        results[entry]["second"] = run_once(entry, out, cache, 2)
-    size = sum(f.stat().st_size for f in cache.rglob("*") if f.is_file())
     info = dict(
         date=time.strftime("%Y-%m-%d %H:%M:%S"),
         backend=jax.default_backend(),
         device=f"{jax.device_count()} x {jax.devices()[0].device_kind}",
         jax=jax.__version__,
         python=platform.python_version(),
-        cache_mib=size / 2**20,
         target_second_compile_s=2.0,
         results=results,
     )
-    (out / "results.json").write_text(json.dumps(info, indent=2) + "\n")
+    for entry in FLAGS.entries:  # results.json after every run (a cut-short run keeps its rows)
+        for run, name in ((1, "first"), (2, "second")):
+            results.setdefault(entry, {})[name] = run_once(entry, out, cache, run)
+            size = sum(f.stat().st_size for f in cache.rglob("*") if f.is_file())
+            info["cache_mib"] = size / 2**20
+            tmp = out / "results.json.tmp"
+            tmp.write_text(json.dumps(info, indent=2) + "\n")
+            os.replace(tmp, out / "results.json")
     print(f"{info['device']}, jax {jax.__version__}, cache {info['cache_mib']:.1f} MiB")
     print(f"{'entry':<12}{'run':<8}{'compile s':>10}{'programs':>10}{'hits':>6}{'wall s':>9}")
     for entry, runs in results.items():

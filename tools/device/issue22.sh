@@ -50,7 +50,7 @@ if [ "$SMOKE" = 1 ]; then
   MP="--platform=cpu --devices_per_process=1 --what=train --epochs=1 --timeout=600"
 else
   BIG="--num_stars=1000000 --num_redraws=300 --batch_size=32 --mc_repeats=2"
-  CC="--entries=train,apply,bench_apply --bench_features=128,256,512,1024 --bench_stars=100000 --bench_redraws=64 --timeout=120"
+  CC="--entries=train,bench_apply,apply --bench_features=128,256,512,1024 --bench_stars=100000 --bench_redraws=64 --timeout=120"
   MP="--platform=gpu --rtol=2e-3 --timeout=150"
 fi
 
@@ -60,7 +60,7 @@ run smoke 15 20 $PY -m benchmarks.apply --mc_only --region=SR --num_stars=5000 -
 # 2. the Monte Carlo benchmark
 run mc 40 60 $PY -m benchmarks.apply --mc_only --mc_devices=1,2 $BIG --out="$OUT_DIR/mc"
 # 3. the compilation cache, first vs second run (its own fresh cache directory)
-run compile_cache 50 60 $PY -m benchmarks.compile_cache $CC --out=/tmp/issue22_cc
+run compile_cache 60 60 $PY -m benchmarks.compile_cache $CC --out=/tmp/issue22_cc
 mkdir -p "$OUT_DIR/compile_cache"
 cp /tmp/issue22_cc/results.json /tmp/issue22_cc/*.log "$OUT_DIR/compile_cache/" 2>/dev/null
 # 4. two processes, one GPU each, against one process with both
