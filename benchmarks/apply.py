@@ -7,6 +7,9 @@ r"""Benchmark: star catalogue -> 3D dust map, with Monte Carlo uncertainties (is
     # a CPU-sized run
     python -m benchmarks.apply --num_stars=100000 --num_redraws=8 --features=16,32,64,128 \
         --out=bench_out/apply_cpu
+    # the Monte Carlo alone, fused on one device vs two, and the per-batch loop (issue 22)
+    python -m benchmarks.apply --mc_only --mc_devices=1,2 --out=bench_out/mc
+    python -m benchmarks.apply --mc_only --mc_route=loop --out=bench_out/mc_loop
 
 Runs unchanged on CPU and GPU and needs neither tensorflow nor astropy: the demo catalogue is
 generated in memory (`dustjax.sims.stars`), FITS writing is off unless --write_fits. Stages timed
@@ -14,11 +17,15 @@ generated in memory (`dustjax.sims.stars`), FITS writing is off unless --write_f
 the nominal prediction (includes compilation), the Monte Carlo redraws (includes compilation),
 the fig.-11 consistency check and the outputs. "end to end" = gridding + prediction + Monte
 Carlo + consistency + outputs. Results: a table on stdout, results.json, and the map's PNGs in
---out.
+--out. The Monte Carlo runs fused on the device (`dustjax.vnet.montecarlo`, over --mc_devices
+local devices) unless --mc_route=loop; "monte_carlo_warm_s" is a second run with new seeds, the
+program already compiled. The persistent compilation cache is on
+(``$DUSTJAX_COMPILATION_CACHE``, default ~/.cache/dustjax/jax; "off" turns it off).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import platform
 import time
@@ -53,10 +60,34 @@ def define_flags() -> None:
     flags.DEFINE_string("out", "bench_out/apply", "Output directory.")
     flags.DEFINE_bool("write_fits", False, "Also write density.fits (needs astropy).")
     flags.DEFINE_bool("plots", True, "Write the PNG figures (matplotlib).")
+    flags.DEFINE_enum("mc_route", "fused", ["fused", "loop"], "Monte Carlo: one program or a loop.")
+    flags.DEFINE_list(
+        "mc_devices",
+        None,
+        "Fused Monte Carlo: local devices (default all); with --mc_only a "
+        "list times each (e.g. 1,2).",
+    )
+    flags.DEFINE_bool("mc_only", False, "Time only the prediction and the Monte Carlo.")
+    flags.DEFINE_integer("mc_repeats", 3, "Warm Monte Carlo runs (the best is reported).")
+
+
+def _monte_carlo(ap, predictor, knn, catalog, region, seed, density, devices=None):
+    kwargs = dict(num_redraws=FLAGS.num_redraws, batch_size=FLAGS.batch_size, seed=seed,
+                  reference=density)  # fmt: skip
+    if FLAGS.mc_route == "loop":
+        return ap.monte_carlo(predictor, knn, catalog, region, progress=False, fused=False,
+                              **kwargs)  # fmt: skip
+    from dustjax.vnet import montecarlo
+
+    return montecarlo.monte_carlo(predictor, knn, catalog, region, num_devices=devices, **kwargs)
 
 
 def main(argv):
     del argv
+    from dustjax.runtime import configure_compilation_cache, report_compile_times_at_exit
+
+    cache_dir = configure_compilation_cache()
+    compile_times = report_compile_times_at_exit()
     from dustjax.geometry import Region
     from dustjax.sims import stars as demo
     from dustjax.vnet import apply as ap
@@ -101,17 +132,22 @@ def main(argv):
     )
     extinction = np.maximum(knn.apply(catalog.extinction), 0.0).astype(np.float32)
     density, times["predict_nominal_s"] = timed(ap.predict_one, predictor, extinction)
+    devices = [int(n) for n in FLAGS.mc_devices] if FLAGS.mc_devices else [None]
+    if FLAGS.mc_only:  # per device count: the first run (compiles), then the warm ones
+        warm = {}
+        for n in devices:
+            mc_ = functools.partial(_monte_carlo, ap, predictor, knn, catalog, region,
+                                    devices=n)  # fmt: skip
+            name = f"monte_carlo_{n or len(jax.local_devices())}dev"
+            _, times[f"{name}_first_s"] = timed(mc_, FLAGS.seed, density)
+            warm[name] = [timed(mc_, FLAGS.seed + 1 + i, density)[1]
+                          for i in range(FLAGS.mc_repeats)]  # fmt: skip
+            times[f"{name}_warm_s"] = min(warm[name])
+            print(f"{name}: first {times[f'{name}_first_s']:.2f} s, warm {warm[name]}", flush=True)
+        _report(out, times, model_desc, region, knn, compile_times, cache_dir, warm=warm)
+        return
     mc, times["monte_carlo_s"] = timed(
-        ap.monte_carlo,
-        predictor,
-        knn,
-        catalog,
-        region,
-        num_redraws=FLAGS.num_redraws,
-        batch_size=FLAGS.batch_size,
-        seed=FLAGS.seed,
-        reference=density,
-        progress=False,
+        _monte_carlo, ap, predictor, knn, catalog, region, FLAGS.seed, density, devices[0]
     )
     (e_rho, check), times["consistency_s"] = timed(ap.consistency, density, region, catalog)
     result = ap.MapResult(
@@ -131,17 +167,13 @@ def main(argv):
 
     # A second Monte Carlo run: the steady-state cost without compilation.
     _, times["monte_carlo_warm_s"] = timed(
-        ap.monte_carlo,
-        predictor,
-        knn,
-        catalog,
-        region,
-        num_redraws=FLAGS.num_redraws,
-        batch_size=FLAGS.batch_size,
-        seed=FLAGS.seed + 1,
-        reference=density,
-        progress=False,
+        _monte_carlo, ap, predictor, knn, catalog, region, FLAGS.seed + 1, density, devices[0]
     )
+    _report(out, times, model_desc, region, knn, compile_times, cache_dir, check=check,
+            files=files)  # fmt: skip
+
+
+def _report(out, times, model_desc, region, knn, compile_times, cache_dir, **extra):
     devices = jax.devices()
     info = dict(
         date=time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -156,10 +188,14 @@ def main(argv):
         k=knn.k,
         knn_backend=FLAGS.knn_backend,
         model=model_desc,
+        mc_route=FLAGS.mc_route,
+        mc_devices=FLAGS.mc_devices or [len(jax.local_devices())],
         timings_s=times,
-        consistency=check,
-        files=files,
+        compilation_cache=cache_dir,
+        compile_times=None if compile_times is None else compile_times.summary(),
         target_end_to_end_s=60.0,
+        target_monte_carlo_warm_s=2.0,
+        **extra,
     )
     (out / "results.json").write_text(json.dumps(info, indent=2) + "\n")
     print(f"\n{info['device']} | {model_desc} | {region}")

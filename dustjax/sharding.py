@@ -1,6 +1,7 @@
 """One device mesh and the batch plumbing around it, for the training engine and the GP.
 
-`make_mesh` builds a 1D mesh over the local devices with one named axis ("data" for training,
+`make_mesh` builds a 1D mesh over all devices (of every process, `dustjax.distributed`) with
+one named axis ("data" for training,
 the GP's "stars"); a batch is split along its leading axis over that axis, parameters are
 replicated. `check_batch_size` refuses a batch that does not divide over the devices,
 `pad_batch` pads a short last evaluation batch (with a ``weight`` mask), `prefetch_to_mesh` puts
@@ -24,9 +25,18 @@ DATA_AXIS = "data"
 def make_mesh(
     num_devices: int | None = None, axis: str = DATA_AXIS, *, devices: Sequence | None = None
 ) -> Mesh:
-    """A 1D mesh with the one axis `axis` over `devices` (default: the local devices), or over
-    the first `num_devices` of them (default: all)."""
-    devices = jax.local_devices() if devices is None else list(devices)
+    """A 1D mesh with the one axis `axis` over `devices` (default: all devices, of every process
+    when several run; in one process these are the local devices), or over the first
+    `num_devices` of them (default: all). The devices are ordered by process, so each process
+    holds one contiguous block of a split batch (`dustjax.distributed.local_rows`)."""
+    if devices is None:
+        devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
+    devices = list(devices)
+    if num_devices is not None and jax.process_count() > 1 and num_devices != len(devices):
+        raise ValueError(
+            f"num_devices={num_devices} with {jax.process_count()} processes: a mesh over several "
+            f"processes spans all their {len(devices)} devices (leave num_devices unset)"
+        )
     if num_devices is not None:
         if not 1 <= num_devices <= len(devices):
             raise ValueError(f"num_devices={num_devices} but {len(devices)} devices are visible")
@@ -73,12 +83,18 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def pad_batch(batch: Mapping[str, Any], batch_size: int) -> dict[str, np.ndarray]:
-    """Pad a short batch to `batch_size` with zeros and add ``weight`` (1 real, 0 padding)."""
+    """Pad a short batch to `batch_size` with zeros and add ``weight`` (1 real, 0 padding).
+
+    A full batch's device arrays are kept as they are (a batch simulated on the devices of
+    several processes cannot be gathered to one host, nor needs padding)."""
     n = len(next(iter(batch.values())))
     if n > batch_size:
         raise ValueError(f"batch of {n} examples is larger than batch_size {batch_size}")
     out = {}
     for key, value in batch.items():
+        if n == batch_size and isinstance(value, jax.Array):
+            out[key] = value
+            continue
         value = np.asarray(value)
         if n < batch_size:
             value = np.concatenate(
@@ -90,10 +106,13 @@ def pad_batch(batch: Mapping[str, Any], batch_size: int) -> dict[str, np.ndarray
 
 
 def prefetch_to_mesh(batches: Iterable, sharding: NamedSharding, size: int = 2) -> Iterator:
-    """Put batches on the devices `size` steps ahead (device_put is asynchronous)."""
+    """Put batches on the devices `size` steps ahead (device_put is asynchronous); with several
+    processes each transfers only its rows (`dustjax.distributed.put_batch`)."""
+    from dustjax.distributed import put_batch
+
     queue = []
     for batch in batches:
-        queue.append(jax.device_put(batch, sharding))
+        queue.append(put_batch(batch, sharding))
         if len(queue) > size:
             yield queue.pop(0)
     yield from queue

@@ -68,6 +68,9 @@ def define_flags() -> None:
 
 def main(argv):
     del argv
+    from experiments.runtime_flags import start_runtime
+
+    start_runtime()
     from dustjax.catalog import CatalogError
     from dustjax.maps import MapError
     from dustjax.vnet.apply import ApplyError
@@ -126,5 +129,8 @@ def run():
 
 
 if __name__ == "__main__":
+    from experiments.runtime_flags import define_runtime_flags
+
     define_flags()
+    define_runtime_flags()
     app.run(main)

@@ -44,11 +44,11 @@ def define_flags() -> None:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from dustjax.runtime import configure_xla, quiet_library_logs
+    from experiments.runtime_flags import start_runtime
+
+    start_runtime()  # XLA flags, compilation cache, several processes: before any JAX work
     from dustjax.vnet.evaluate import evaluate
 
-    configure_xla()  # before anything starts JAX's backend
-    quiet_library_logs()
     if not FLAGS.workdir:
         raise app.UsageError("--workdir is required (a directory written by experiments.train)")
     try:
@@ -60,5 +60,8 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    from experiments.runtime_flags import define_runtime_flags
+
     define_flags()
+    define_runtime_flags()
     app.run(main)

@@ -40,7 +40,10 @@ def main(argv):
         raise app.UsageError("--config is required, e.g. --config=experiments/configs/gp_test.py")
     config = FLAGS.config
     workdir = FLAGS.workdir or f"workdirs/{config.get('name', 'gp')}"
+    from experiments.runtime_flags import start_runtime
+
     configure_jax(config)
+    start_runtime()  # compilation cache, several processes: before any JAX work
     from dustjax.catalog import CatalogError
     from dustjax.gp.pipeline import fit_and_predict
     from dustjax.io import OutputError
@@ -68,4 +71,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    from experiments.runtime_flags import define_runtime_flags
+
+    define_runtime_flags()
     app.run(main)

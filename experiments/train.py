@@ -66,10 +66,9 @@ def resolve_data_dir(config, region_flag: str, region_flag_given: bool) -> None:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from dustjax.runtime import configure_xla, quiet_library_logs
+    from experiments.runtime_flags import start_runtime
 
-    configure_xla()  # before anything starts JAX's backend
-    quiet_library_logs()
+    start_runtime()  # XLA flags, compilation cache, several processes: before any JAX work
     from data_gen.make_dataset import ensure_dataset
     from dustjax import training
     from dustjax.io import DatasetError
@@ -98,5 +97,8 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    from experiments.runtime_flags import define_runtime_flags
+
     define_flags()
+    define_runtime_flags()
     app.run(main)

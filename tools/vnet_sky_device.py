@@ -40,6 +40,9 @@ def parse_args(argv=None):
     p.add_argument("--deadline_s", type=float, default=0.0,
                    help="whole-run wall budget: training is cut to end in time")  # fmt: skip
     p.add_argument("--eval_reserve_s", type=float, default=100.0)
+    p.add_argument("--rate_factor", type=float, default=1.0,
+                   help="steps = rate_factor x measured rate x train_seconds (e.g. 0.5 when "
+                   "another training shares the GPU)")  # fmt: skip
     p.add_argument("--calibration_redraws", type=int, default=0,
                    help="fit the sigma scale with this many Monte Carlo redraws per cube "
                    "(the apply route's band); 0: against the model variance alone")  # fmt: skip
@@ -377,7 +380,7 @@ def main(argv=None):
             log.info("%s: training budget %.0f s (%.0f s left)", region, budget, left)
         summary["train_budget_s"] = budget
         rate = summary["throughput"]["steps_per_s_observed"]
-        total = max(args.epochs, int(rate * budget))
+        total = max(args.epochs, int(args.rate_factor * rate * budget))
         with config.unlocked():
             config.data.steps_per_epoch = max(1, total // args.epochs)
             config.num_epochs = args.epochs
@@ -389,7 +392,13 @@ def main(argv=None):
         summary["train"]["workdir"] = str(workdir)
         metrics = (workdir / METRICS_FILE).read_text()
         summary["train"]["metrics"] = [json.loads(x) for x in metrics.splitlines() if x.strip()]
-        summary["calibration"] = calibrate(workdir, config, num_redraws=args.calibration_redraws)
+        try:
+            summary["calibration"] = calibrate(
+                workdir, config, num_redraws=args.calibration_redraws
+            )
+        except Exception as err:  # the model is trained: score it uncalibrated rather than not
+            log.exception("%s: calibration failed", region)
+            summary["calibration"] = dict(error=repr(err))
         dio.write_json(out / f"{region}_summary.json", summary)
         if args.evaluate:
             summary["realsky"] = evaluate(region, workdir, args.evaluate, out, args.nnls)

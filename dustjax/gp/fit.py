@@ -6,8 +6,10 @@ stopping rule needs a window of them anyway).
 
 Scale (sect. 2.3-2.4 of Dharmawardena et al. work with ~10^5 stars; we aim at 10^7):
 
-* the star axis is sharded over all local devices with a 1-D `jax.sharding.Mesh` (axis
-  ``"stars"``); the likelihood runs under `jax.shard_map` and the per-device sums are added with
+* the star axis is sharded over all devices with a 1-D `jax.sharding.Mesh` (axis
+  ``"stars"``; with several processes, `dustjax.distributed`, the devices of all of them, each
+  process building the star data of its own block of stars only, `star_data_on_mesh`); the
+  likelihood runs under `jax.shard_map` and the per-device sums are added with
   `psum`. The GP part (K_uu, its Cholesky, phi at the grid cells) is small and replicated.
 * with ``batch_size`` set, each device draws ``batch_size / num_devices`` of its stars uniformly
   (with replacement) per step and scales their log-likelihood by ``num_local / batch_local``, an
@@ -51,7 +53,7 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from dustjax import sharding
+from dustjax import distributed, sharding
 from dustjax.gp import svgp
 from dustjax.gp.grid import LBDGrid
 
@@ -193,33 +195,68 @@ def make_star_data(catalog, grid: LBDGrid, *, num_shards: int = 1, dtype=jnp.flo
 
     ``sigma`` overrides the catalogue's extinction uncertainties (e.g. the inflated ones).
     """
-    op = grid.star_operator(catalog.l_deg, catalog.b_deg, catalog.distance_pc)
     n = len(catalog)
     if n == 0:
         raise ValueError("no stars inside the grid")
+    return _star_arrays(catalog, grid, n + (-n) % num_shards, dtype, sigma, jnp.asarray)
+
+
+def _star_arrays(catalog, grid: LBDGrid, total: int, dtype, sigma, to_array):
+    """`svgp.StarData` of a catalogue padded with weight-0 stars to `total` entries."""
+    n = len(catalog)
     sigma = catalog.sigma_extinction if sigma is None else sigma
-    pad = (-n) % num_shards
+    pad = total - n
     np_dtype = np.dtype(dtype)
+    if n:
+        op = grid.star_operator(catalog.l_deg, catalog.b_deg, catalog.distance_pc)
+        flat_index, partial_pc = op.flat_index, op.partial_pc
+    else:
+        flat_index, partial_pc = np.zeros(0, np.int32), np.zeros(0, np_dtype)
 
     def padded(x, fill, kind):
         x = np.asarray(x, kind)
         return np.concatenate([x, np.full((pad,), fill, kind)]) if pad else x
 
     return svgp.StarData(
-        flat_index=jnp.asarray(padded(op.flat_index, 0, np.int32)),
-        partial_pc=jnp.asarray(padded(op.partial_pc, 0.0, np_dtype)),
-        extinction=jnp.asarray(padded(catalog.extinction, 0.0, np_dtype)),
-        sigma=jnp.asarray(padded(sigma, 1.0, np_dtype)),
-        weight=jnp.asarray(padded(np.ones(n), 0.0, np_dtype)),
+        flat_index=to_array(padded(flat_index, 0, np.int32)),
+        partial_pc=to_array(padded(partial_pc, 0.0, np_dtype)),
+        extinction=to_array(padded(catalog.extinction, 0.0, np_dtype)),
+        sigma=to_array(padded(sigma, 1.0, np_dtype)),
+        weight=to_array(padded(np.ones(n), 0.0, np_dtype)),
     )
 
 
+def star_data_on_mesh(catalog, grid: LBDGrid, mesh: Mesh, *, dtype=jnp.float32, sigma=None):
+    """`make_star_data` padded to the mesh and split over it, each process building only its
+    own block of stars (the same arrays as ``shard_stars(make_star_data(...), mesh)``)."""
+    n = len(catalog)
+    if n == 0:
+        raise ValueError("no stars inside the grid")
+    if not distributed.is_multiprocess():
+        return shard_stars(make_star_data(catalog, grid, num_shards=mesh.size, dtype=dtype,
+                                          sigma=sigma), mesh)  # fmt: skip
+    total = n + (-n) % mesh.size
+    split = NamedSharding(mesh, P(STAR_AXIS))
+    rows = distributed.local_rows(total, split)
+    real = np.arange(rows.start, min(rows.stop, n))
+    keep = np.zeros(n, bool)
+    keep[real] = True
+    sub_sigma = None if sigma is None else np.asarray(sigma)[keep]
+    local = _star_arrays(
+        catalog.select(keep), grid, rows.stop - rows.start, dtype, sub_sigma, np.asarray
+    )
+    return jax.tree.map(lambda x: distributed.put_rows(x, split, local=True), local)
+
+
 def shard_stars(stars: svgp.StarData, mesh: Mesh) -> svgp.StarData:
-    return jax.device_put(stars, NamedSharding(mesh, P(STAR_AXIS)))
+    split = NamedSharding(mesh, P(STAR_AXIS))
+    if distributed.is_multiprocess():
+        return jax.tree.map(lambda x: distributed.put_rows(x, split), stars)
+    return jax.device_put(stars, split)
 
 
 def replicate(tree, mesh: Mesh):
-    return jax.device_put(tree, NamedSharding(mesh, P()))
+    return distributed.put_replicated(tree, NamedSharding(mesh, P()))
 
 
 def init_inducing_points(
@@ -615,7 +652,7 @@ def fit(
     final = jax.tree.map(np.asarray, final)
     if status == "nan_elbo":
         logger.error(message)
-        if workdir is not None:
+        if workdir is not None and distributed.is_primary():
             path = Path(workdir) / "last_good_state.npz"
             save_params(path, final, iteration=failed_iteration - 1, jitter=jitter)
             message += f"; saved to {path}"
@@ -634,7 +671,8 @@ def fit(
 def _progress(total, enabled):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc="GP fit", unit="it", disable=not enabled, leave=False)
+    disable = not enabled or not distributed.is_primary()
+    return tqdm(total=total, desc="GP fit", unit="it", disable=disable, leave=False)
 
 
 def initial_params(

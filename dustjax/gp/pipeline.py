@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dustjax import distributed
 from dustjax.gp import calibration, predict, svgp
 from dustjax.gp import fit as gpfit
 from dustjax.gp.grid import LBDGrid
@@ -196,7 +197,9 @@ def _fit_and_predict(config, workdir, *, progress):
     # bad catalogue or grid leaves nothing behind.
     workdir = ensure_writable_dir(workdir)
     keep = [config.data.get("path", "")] if config.data.source == "catalog" else []
-    set_aside_previous_outputs(workdir, keep=keep)
+    primary = distributed.is_primary()  # several processes: all fit, process 0 alone goes on
+    if primary:
+        set_aside_previous_outputs(workdir, keep=keep)
 
     # ---- fit ------------------------------------------------------------------------------
     settings = gpfit.FitSettings(**dict(config.fit))
@@ -221,14 +224,19 @@ def _fit_and_predict(config, workdir, *, progress):
     counts["num_calibration"] = int(held.sum())
     logger.info("%d stars in the fit, %d held out for calibration", len(catalog), held.sum())
     mesh = make_mesh(axis=gpfit.STAR_AXIS)
-    stars = gpfit.make_star_data(
-        catalog, grid, num_shards=mesh.devices.size, dtype=dtype, sigma=sigma
-    )
+    stars = gpfit.star_data_on_mesh(catalog, grid, mesh, dtype=dtype, sigma=sigma)
     params0 = gpfit.initial_params(catalog, dict(config.model), seed=int(config.seed), dtype=dtype)
     hyper0 = _hyper(params0)
     result = gpfit.fit(
         params0, stars, grid, settings, mesh=mesh, workdir=workdir, progress=progress
     )
+    if distributed.is_multiprocess():
+        # the fit was the collective part; process 0 predicts and writes from the fitted
+        # (replicated) parameters, with the star data of the whole catalogue on the host
+        if not primary:
+            return dict(status=result.status, iterations=result.iterations,
+                        elbo_history=result.elbo_history, process=jax.process_index())  # fmt: skip
+        stars = gpfit.make_star_data(catalog, grid, dtype=dtype, sigma=sigma)
     gpfit.save_params(
         workdir / "final_state.npz",
         result.params,

@@ -70,6 +70,65 @@ def los_channels(shape: Sequence[int], frame_pc: Sequence[float]) -> np.ndarray:
     return np.concatenate([unit, r / r.max()], axis=-1).astype(np.float32)
 
 
+@functools.lru_cache(maxsize=16)
+def los_derivative_weights(shape: tuple[int, ...], frame_pc: tuple[float, ...], step_cells: float):
+    """Static weights of a line-of-sight finite difference, ``(index (N, 8), weight (N, 8),
+    step (N,))`` for the N cells of a cube (C order).
+
+    For each cell centre c at distance r from the Sun, the point b = c - min(h, r) c / r one step
+    h = ``step_cells`` x the smallest cell size back towards the Sun; ``index`` / ``weight`` are
+    the trilinear interpolation of a cell-centred field at b (indices clamped at the faces, as
+    ``scipy.ndimage.map_coordinates(order=1, mode="nearest")``), and ``step`` = min(h, r). Cells
+    within h of the Sun step back to the Sun itself, where the extinction is 0: their weights are
+    all zero.
+    """
+    from dustjax.geometry import Region
+
+    lower, cell = np.asarray(frame_pc[:3], float), np.asarray(frame_pc[3:], float)
+    if len(shape) != 3 or len(frame_pc) != 6 or np.any(cell <= 0) or step_cells <= 0:
+        raise ValueError(
+            f"los_derivative_weights needs a 3D shape, (x0, y0, z0, dx, dy, dz) with positive "
+            f"cells and a positive step, got {shape}, {frame_pc}, {step_cells}"
+        )
+    xyz = (
+        Region(tuple(lower), tuple(lower + cell * np.asarray(shape)), tuple(shape))
+        .cell_centres_pc()
+        .reshape(-1, 3)
+    )
+    r = np.linalg.norm(xyz, axis=-1)
+    h = float(step_cells) * float(cell.min())
+    step = np.minimum(h, r)
+    back = xyz - (step / np.maximum(r, 1e-12))[:, None] * xyz
+    u = (back - lower) / cell - 0.5  # fractional cell-centre coordinates
+    n = np.asarray(shape)
+    i0 = np.floor(u).astype(np.int64)
+    f = u - i0
+    index = np.zeros((len(xyz), 8), np.int64)
+    weight = np.ones((len(xyz), 8), np.float64)
+    for corner in range(8):
+        bits = [(corner >> a) & 1 for a in range(3)]
+        idx = np.stack([np.clip(i0[:, a] + bits[a], 0, n[a] - 1) for a in range(3)], -1)
+        index[:, corner] = np.ravel_multi_index(tuple(idx.T), shape)
+        for a in range(3):
+            weight[:, corner] *= f[:, a] if bits[a] else 1.0 - f[:, a]
+    at_sun = r <= h
+    weight[at_sun] = 0.0
+    step = np.where(step > 0, step, h)  # a centre exactly at the Sun: E = 0 there anyway
+    return index.astype(np.int32), weight.astype(np.float32), step.astype(np.float32)
+
+
+def los_derivative(extinction, shape, frame_pc, step_cells: float = 1.0):
+    """(E(c) - E(c - h c/|c|)) / h for cubes ``(B, nx, ny, nz)`` of extinction at the cell
+    centres (mag): the density averaged over the last step h of each line of sight (mag/pc), a
+    cheap inverse of the LOS integral (`los_derivative_weights`)."""
+    index, weight, step = los_derivative_weights(
+        tuple(int(s) for s in shape), tuple(float(v) for v in frame_pc), float(step_cells)
+    )
+    flat = extinction.reshape(extinction.shape[0], -1)
+    back = jnp.sum(flat[:, jnp.asarray(index)] * jnp.asarray(weight, flat.dtype), axis=-1)
+    return ((flat - back) / jnp.asarray(step, flat.dtype)).reshape(extinction.shape)
+
+
 def max_pool_2x(x):
     """2^3 max pooling with stride 2 on NDHWC, as a reshape + max.
 
@@ -380,6 +439,10 @@ class VNet(nn.Module):
         `dustjax.vnet.normalisation`). The second channel is linear and starts at 0.
       output_head: "relu" (the paper: non-negative density) or "linear" (no final activation,
         for normalised targets that may be negative, e.g. asinh of a noisy density).
+      derivative_channel: None (the paper) or ``(e0, rho0)`` of the asinh normalisation
+        (`dustjax.vnet.normalisation`; needs `los_frame_pc`): adds two input channels, a
+        physics estimate of the density the network corrects, asinh(`los_derivative` / rho0)
+        of the extinction E = e0 sinh(E_hat) with steps of one and two cells.
     """
 
     features: Sequence[int] = PAPER_FEATURES
@@ -398,6 +461,7 @@ class VNet(nn.Module):
     los_frame_pc: Sequence[float] | None = None
     num_outputs: int = 1
     output_head: str = "relu"
+    derivative_channel: Sequence[float] | None = None
 
     @nn.compact
     def __call__(self, extinction_hat, train: bool = False):
@@ -439,6 +503,16 @@ class VNet(nn.Module):
         if self.los_frame_pc is not None:
             los = jnp.asarray(los_channels(x.shape[1:4], self.los_frame_pc), in_dtype)
             x = jnp.concatenate([x, jnp.broadcast_to(los, (*x.shape[:4], 4))], axis=-1)
+        if self.derivative_channel is not None:
+            if self.los_frame_pc is None:
+                raise ValueError("derivative_channel needs los_frame_pc (the cube's geometry)")
+            e0, rho0 = (float(v) for v in self.derivative_channel)
+            e = e0 * jnp.sinh(extinction_hat[..., 0].astype(jnp.float32))
+            grads = [
+                jnp.arcsinh(los_derivative(e, e.shape[1:4], self.los_frame_pc, h) / rho0)
+                for h in (1.0, 2.0)
+            ]
+            x = jnp.concatenate([x, jnp.stack(grads, axis=-1).astype(in_dtype)], axis=-1)
         skips = []
         for i, width in enumerate(self.features):
             block_dtype = in_dtype if i == 0 else self.dtype

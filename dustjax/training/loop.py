@@ -15,7 +15,9 @@ what to train, and the names resolve lazily (`dustjax.training.tasks`, `dustjax.
 
 Choices, and why:
 
-- Data parallel over the local devices (`dustjax.sharding`, `dustjax.training.steps`).
+- Data parallel over the devices (`dustjax.sharding`, `dustjax.training.steps`), of every
+  process when several run (`dustjax.distributed`): each process feeds its rows of the batch,
+  orbax writes the checkpoints from all of them, and process 0 alone writes the other files.
 - Checkpoints (orbax, `dustjax.training.workdir`): one per epoch, the latest and the best kept;
   each epoch's data is a pure function of (seed, epoch), so a run restarted on its workdir ends
   where an uninterrupted run would, bit for bit on the same device.
@@ -37,6 +39,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from dustjax import distributed
 from dustjax import io as dio
 from dustjax.sharding import batch_sharding, check_batch_size, make_mesh, prefetch_to_mesh
 from dustjax.training.guard import guard_verdict, roll_back
@@ -98,7 +101,7 @@ def check_config(config) -> None:
 def _first_batch(source, config, split, batch_size, seed):
     batches = source(config, split, batch_size=batch_size, seed=seed, epoch=0, train=False)
     for batch in batches:
-        return {k: np.asarray(v) for k, v in batch.items()}
+        return {k: distributed.to_host(v) for k, v in batch.items()}
     raise ValueError(f"data source {config.data.source!r} yielded no {split} batches")
 
 
@@ -167,12 +170,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     # another model or size) leaves the workdir's config.json, and so the old run, as it was.
     config_path = workdir / CONFIG_FILE
     resolved = config_to_dict(config)
-    if config_path.exists() and dio.read_json(config_path) != resolved:
+    primary = distributed.is_primary()  # with several processes, process 0 writes the files
+    if primary and config_path.exists() and dio.read_json(config_path) != resolved:
         log.warning("%s differs from the config of this run; it is replaced", config_path)
-    dio.write_json(config_path, resolved)
+    if primary:
+        dio.write_json(config_path, resolved)
     metrics_path = workdir / METRICS_FILE
     history = [r for r in read_metrics(metrics_path) if r["epoch"] <= loop["epoch"]]
-    write_metrics(metrics_path, history)  # drop lines of an epoch whose checkpoint was lost
+    if primary:  # drop lines of an epoch whose checkpoint was lost
+        write_metrics(metrics_path, history)
 
     patience = int(config.early_stopping.get("patience", 0) or 0)
     min_delta = float(config.early_stopping.get("min_delta", 0.0))
@@ -212,14 +218,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             save_checkpoint(manager, epoch, state, loop, val_loss)
             row.update(epoch=epoch, val_loss=val_loss, best_val_loss=loop["best_val_loss"])
             history.append(row)
-            with metrics_path.open("a") as f:
-                f.write(dio.dumps_json(row) + "\n")
+            if primary:
+                with metrics_path.open("a") as f:
+                    f.write(dio.dumps_json(row) + "\n")
             log.info(
                 "epoch %d: train loss %.5g, val loss %.5g (best %.5g @ %d), %.1f samples/s",
                 epoch, row["train_loss"], val_loss, loop["best_val_loss"], loop["best_epoch"],
                 row["samples_per_s"],
             )  # fmt: skip
-            _plot_loss_curve(workdir, history, config)
+            if primary:
+                _plot_loss_curve(workdir, history, config)
     finally:
         manager.wait_until_finished()
     if not loop["stop_reason"]:
@@ -234,10 +242,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         best_checkpoint_step=manager.best_step(),
         latest_checkpoint_step=manager.latest_step(),
         num_devices=mesh.size,
+        num_processes=jax.process_count(),
         backend=jax.default_backend(),
         compute_dtype=jnp.dtype(compute_dtype).name,
     )
     manager.close()
+    if not primary:
+        return summary
     dio.write_json(workdir / SUMMARY_FILE, summary)
     if history:
         _plot_loss_curve(workdir, history, config)
@@ -261,7 +272,7 @@ def _train_epoch(
         total=steps_per_epoch,
         desc=f"epoch {epoch}/{config.num_epochs}",
         unit="step",
-        disable=not config.get("progress_bar", True),
+        disable=not config.get("progress_bar", True) or not distributed.is_primary(),
         leave=False,
         dynamic_ncols=True,
     )

@@ -20,7 +20,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax.training import train_state
 from jax.sharding import Mesh
@@ -185,7 +184,7 @@ def jit_steps(task: Task, state: TrainState, mesh: Mesh):
 
 def evaluate_loss(eval_step, state, batches: Iterable, batch_size: int, mesh: Mesh) -> float:
     """Mean per-example loss over a finite stream of batches (short last batch padded)."""
-    padded = (pad_batch({k: np.asarray(v) for k, v in b.items()}, batch_size) for b in batches)
+    padded = (pad_batch(b, batch_size) for b in batches)
     sums = [eval_step(state, b) for b in prefetch_to_mesh(padded, batch_sharding(mesh))]
     if not sums:
         raise ValueError("the evaluation split yielded no batches")

@@ -205,8 +205,10 @@ class MapResult:
 
 
 def predict_one(predictor: Predictor, extinction) -> np.ndarray:
-    """The density of one extinction cube ``(nx, ny, nz)``."""
-    return np.asarray(jax.jit(predictor)(jnp.asarray(extinction, jnp.float32)[None])[0])
+    """The density of one extinction cube ``(nx, ny, nz)`` (compiled once per predictor)."""
+    from dustjax.vnet import montecarlo
+
+    return montecarlo.predict_one(predictor, extinction)
 
 
 def redraw_gridder(knn: gridding.KNNWeights, catalog: cat.StarCatalog, batch_size: int):
@@ -243,8 +245,12 @@ def monte_carlo(
     inside_mask=None,
     reference=None,
     progress: bool = True,
+    fused: bool = True,
 ) -> dict[str, np.ndarray]:
     """Redraw E ~ N(E, sigma_E) ``num_redraws`` times, grid, predict; per-cell moments.
+
+    ``fused`` (default): the whole loop as one program sharded over the local devices
+    (`dustjax.vnet.montecarlo`, the same numbers); else one jitted step per batch from Python.
 
     Only the stars that are a neighbour of some cell are drawn (`KNNWeights.compact`). Moments
     are accumulated on the device around ``reference`` (the nominal prediction) for accuracy:
@@ -253,6 +259,14 @@ def monte_carlo(
     """
     if num_redraws < 2:
         raise ApplyError(f"num_redraws must be >= 2 for a dispersion, got {num_redraws}")
+    if fused:
+        from dustjax.vnet import montecarlo
+
+        fill = None if inside_mask is None else fill_outside
+        return montecarlo.monte_carlo(
+            predictor, knn, catalog, region, num_redraws=num_redraws, batch_size=batch_size,
+            seed=seed, inside_mask=inside_mask, reference=reference, fill=fill,
+        )  # fmt: skip
     op = los_operator(region)
     ref = jnp.zeros(region.shape, jnp.float32) if reference is None else jnp.asarray(reference)
     ref_ext = op(ref)

@@ -284,7 +284,15 @@ def model_kwargs(config) -> dict[str, Any]:
     if not config.model.get("los_channels", False):
         return {}
     region = region_of(config)
-    return {"los_frame_pc": tuple(region.lower_pc) + tuple(region.cell_size_pc)}
+    kwargs = {"los_frame_pc": tuple(region.lower_pc) + tuple(region.cell_size_pc)}
+    if config.model.get("derivative_channel", False):  # needs the asinh normalisation's scales
+        from dustjax.vnet.normalisation import normalisation_of
+
+        norm = normalisation_of(config)
+        if norm.name != "asinh":
+            raise ValueError("config.model.derivative_channel needs data.normalisation='asinh'")
+        kwargs["derivative_channel"] = (float(norm.e0), float(norm.rho0))
+    return kwargs
 
 
 def input_shape(config) -> tuple[int, ...]:

@@ -35,6 +35,9 @@ def vnet_sky_config(name: str, region: str) -> ml_collections.ConfigDict:
     c.model.kwargs.output_bias_init = 1.0
     c.model.kwargs.input_dtype = "float32"
     c.model.los_channels = True
+    # True: two more input channels, the LOS derivative of the extinction (a physics estimate of
+    # the density that the network corrects; dustjax.models.vnet.los_derivative)
+    c.model.derivative_channel = False
     c.observation = ml_collections.ConfigDict(
         dict(enabled=True, distribution="box", distance_power=2.0, k=0, bucket_cap=0,
              select="auto", star_chunk=65536, bisect_steps=24, group=0, echo=1,

@@ -1,0 +1,175 @@
+"""The Monte Carlo of `dustjax.vnet.apply` fused into one program on the devices.
+
+`apply.monte_carlo` redraws E ~ N(E, sigma_E), grids, predicts and accumulates the moments one
+batch per Python step. `monte_carlo` here does the same arithmetic (the same keys, batches and
+moments, so the same numbers) as one jitted ``fori_loop`` over the batches: no host round trip
+per batch, the redraws of a batch split over the local devices (a 1D mesh, axis ``"redraws"``),
+the catalogue, the neighbours and the model's weights replicated.
+
+Compilation is paid once per (model, catalogue size, region, batch): the predictor's closed-over
+weights are lifted out of the program into arguments (`hoist_constants`), so the program neither
+embeds 100M parameters as constants (slow to compile, and a poor key for the persistent
+compilation cache) nor changes when the catalogue does; the compiled loop is kept per predictor.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from dustjax import catalog as cat
+from dustjax.geometry import Region
+from dustjax.los import los_operator
+from dustjax.sharding import make_mesh
+from dustjax.vnet import gridding
+
+MC_AXIS = "redraws"
+
+_PROGRAMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _cache_of(predictor) -> dict:
+    """The compiled programs kept for `predictor` (a fresh dict if it cannot be weakly held)."""
+    try:
+        return _PROGRAMS.setdefault(predictor, {})
+    except TypeError:
+        return {}
+
+
+def hoist_constants(fn: Callable, *example) -> tuple[Callable, list]:
+    """``(pure, consts)`` with ``pure(consts, *args) == fn(*args)`` for args shaped as `example`:
+    the arrays `fn` closes over (e.g. a model's weights) become arguments of ``pure``."""
+    closed = jax.make_jaxpr(fn)(*example)
+    jaxpr = closed.jaxpr
+    out_tree = jax.tree.structure(jax.eval_shape(fn, *example))
+
+    def pure(consts, *args):
+        flat = jax.core.eval_jaxpr(jaxpr, consts, *jax.tree.leaves(args))
+        return jax.tree.unflatten(out_tree, flat)
+
+    return pure, list(closed.consts)
+
+
+def redraw_cubes(key, ext, sig, idx, w, batch_size: int, shape):
+    """`dustjax.vnet.apply.redraw_gridder`'s ``grid(key)`` with the catalogue as arguments:
+    ``(batch_size, *shape)`` cubes of E ~ N(ext, sig) gridded by eq. 5, clipped at 0."""
+    draws = ext + sig * jax.random.normal(key, (batch_size, ext.shape[0]), ext.dtype)
+    cubes = jnp.sum(jnp.take(draws, idx, axis=1) * w, axis=-1).reshape(batch_size, *shape)
+    return jnp.maximum(cubes, 0.0)
+
+
+def _program(predictor, batch_size: int, shape, num_redraws: int, fill, mesh):
+    """The jitted fused loop for `predictor` (cached while the predictor lives)."""
+    key = (batch_size, tuple(shape), num_redraws, fill, mesh)
+    per_predictor = _cache_of(predictor)
+    if key in per_predictor:
+        return per_predictor[key]
+    example = jax.ShapeDtypeStruct((batch_size, *shape), jnp.float32)
+    pure, consts = hoist_constants(predictor, example)
+    num_batches = -(-num_redraws // batch_size)
+    split = NamedSharding(mesh, P(MC_AXIS))
+    whole = NamedSharding(mesh, P())
+
+    def run(consts, ext, sig, idx, w, ref, ref_ext, op, mask, base):
+        def body(b, carry):
+            draw_key, fill_key = jax.random.split(jax.random.fold_in(base, b))
+            cubes = redraw_cubes(draw_key, ext, sig, idx, w, batch_size, shape)
+            if fill is not None:
+                cubes = fill(cubes, mask, fill_key)
+            cubes = jax.lax.with_sharding_constraint(cubes, split)
+            density = pure(consts, cubes)
+            extinction = op(density)
+            valid = (b * batch_size + jnp.arange(batch_size)) < num_redraws
+            v = valid.astype(jnp.float32)[:, None, None, None]
+            dd = (density - ref) * v
+            de = (extinction - ref_ext) * v
+            s1, s2, e1, e2 = carry
+            return (s1 + dd.sum(0), s2 + (dd**2).sum(0), e1 + de.sum(0), e2 + (de**2).sum(0))
+
+        zeros = jnp.zeros(shape, jnp.float32)
+        return jax.lax.fori_loop(0, num_batches, body, (zeros,) * 4)
+
+    program = (jax.jit(run, out_shardings=whole), consts, whole)
+    per_predictor[key] = program
+    return program
+
+
+def predict_one(predictor, extinction) -> np.ndarray:
+    """``predictor`` on one cube ``(nx, ny, nz)``, compiled with its weights as arguments (once
+    per predictor and shape, and a small key for the persistent compilation cache)."""
+    x = jnp.asarray(extinction, jnp.float32)[None]
+    key = ("predict_one", x.shape)
+    per_predictor = _cache_of(predictor)
+    if key not in per_predictor:
+        pure, consts = hoist_constants(predictor, jax.ShapeDtypeStruct(x.shape, x.dtype))
+        per_predictor[key] = (jax.jit(pure), consts)
+    run, consts = per_predictor[key]
+    return np.asarray(run(consts, x)[0])
+
+
+def monte_carlo(
+    predictor,
+    knn: gridding.KNNWeights,
+    catalog: cat.StarCatalog,
+    region: Region,
+    *,
+    num_redraws: int = 300,
+    batch_size: int = 16,
+    seed: int = 0,
+    inside_mask=None,
+    reference=None,
+    num_devices: int | None = None,
+    fill=None,
+) -> dict[str, np.ndarray]:
+    """`dustjax.vnet.apply.monte_carlo` as one program on the local devices (same arguments,
+    same result for the same ``batch_size``; ``num_devices`` limits the devices used).
+
+    ``batch_size`` is rounded up to a multiple of the devices (the extra redraws of the last
+    batch are masked, as the padding of a short last batch is). With ``inside_mask``,
+    ``fill(cubes, inside_mask, key)`` fills the cells outside (`apply.fill_outside`).
+    """
+    if num_redraws < 2:
+        raise ValueError(f"num_redraws must be >= 2 for a dispersion, got {num_redraws}")
+    if (inside_mask is None) != (fill is None):
+        raise ValueError("give inside_mask and fill together (apply.fill_outside)")
+    mesh = make_mesh(num_devices, MC_AXIS, devices=jax.local_devices())
+    batch_size = int(max(1, min(batch_size, num_redraws)))
+    batch_size = -(-batch_size // mesh.size) * mesh.size
+    shape = tuple(region.shape)
+    op = los_operator(region)
+    has_mask = inside_mask is not None
+    run, consts, whole = _program(predictor, batch_size, shape, num_redraws, fill, mesh)
+
+    used, small = knn.compact()
+    put = lambda x: jax.device_put(x, whole)  # noqa: E731
+    ref = put(jnp.zeros(shape, jnp.float32) if reference is None else jnp.asarray(reference))
+    ref_ext = op(ref)
+    mask = put(jnp.asarray(inside_mask) if has_mask else jnp.zeros((), bool))
+    s1, s2, e1, e2 = run(
+        put(consts),
+        put(np.asarray(catalog.extinction[used], np.float32)),
+        put(np.asarray(catalog.sigma_extinction[used], np.float32)),
+        put(np.asarray(small.indices)),
+        put(np.asarray(small.weights, np.float32)),
+        ref,
+        put(ref_ext),
+        put(op),
+        mask,
+        jax.random.key(seed),
+    )
+    s1, s2, e1, e2 = (np.asarray(x, np.float64) for x in (s1, s2, e1, e2))
+    n = num_redraws
+    mean = np.asarray(ref, np.float64) + s1 / n
+    var = np.clip((s2 - s1**2 / n) / (n - 1), 0.0, None)
+    ext_var = np.clip((e2 - e1**2 / n) / (n - 1), 0.0, None)
+    return dict(
+        density_mean=mean.astype(np.float32),
+        density_std=np.sqrt(var).astype(np.float32),
+        extinction_std=np.sqrt(ext_var).astype(np.float32),
+    )

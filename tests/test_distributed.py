@@ -1,0 +1,176 @@
+"""Several processes (`dustjax.distributed`): settings, and two CPU processes on localhost.
+
+The slow test runs `tools.multiprocess_check`: training of the `vnet_test` config and a GP fit in
+two processes of two CPU devices each against one process of four (losses, gradients, trained
+parameters restored from the checkpoint both wrote, a resumed epoch, the GP's ELBOs and fit).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dustjax import distributed
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_incomplete_or_bad_settings_are_refused(monkeypatch):
+    for name in (distributed.ENV_COORDINATOR, distributed.ENV_NUM_PROCESSES,
+                 distributed.ENV_PROCESS_ID):  # fmt: skip
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(distributed.DistributedError, match="all of --coordinator_address"):
+        distributed.initialize("localhost:1234", 2, None)
+    with pytest.raises(distributed.DistributedError, match="process_id=2"):
+        distributed.initialize("localhost:1234", 2, 2)
+    monkeypatch.setenv(distributed.ENV_NUM_PROCESSES, "2")
+    with pytest.raises(distributed.DistributedError, match="coordinator_address=None"):
+        distributed.initialize()
+    # one process asked for explicitly: nothing to connect
+    assert distributed.initialize("localhost:1234", 1, 0) is False
+
+
+def test_cluster_detection(monkeypatch):
+    for name in ("SLURM_NTASKS", "SLURM_NPROCS", "SLURM_STEP_ID", "SLURM_STEPID",
+                 "TPU_WORKER_HOSTNAMES", distributed.ENV_SWITCH):  # fmt: skip
+        monkeypatch.delenv(name, raising=False)
+    assert distributed.detected_cluster() is None
+    monkeypatch.setenv("SLURM_NTASKS", "4")
+    assert distributed.detected_cluster() is None  # sbatch's shell, not an srun step
+    monkeypatch.setenv("SLURM_STEP_ID", "0")
+    assert distributed.detected_cluster() == "slurm"
+    monkeypatch.setenv(distributed.ENV_SWITCH, "0")
+    assert distributed.detected_cluster() is None
+    monkeypatch.setenv(distributed.ENV_SWITCH, "1")
+    assert distributed.detected_cluster() == "forced"
+    monkeypatch.delenv(distributed.ENV_SWITCH)
+    monkeypatch.setenv("SLURM_NTASKS", "1")
+    monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "t1k-w-0,t1k-w-1")
+    assert distributed.detected_cluster() == "tpu"
+    monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "localhost")
+    assert distributed.detected_cluster() is None
+
+
+# Each process: the mesh spans both processes, a host batch goes over as each process's rows,
+# and the GP's ELBO and gradient with the star data each process built for its own stars equal
+# the plain one-device ELBO (computed on the process's own first device, no collectives).
+_WORKER = textwrap.dedent(
+    """
+    import json, sys
+    from dustjax import distributed
+    distributed.initialize(sys.argv[1], 2, int(sys.argv[2]))
+    import jax, jax.numpy as jnp, numpy as np
+    jax.config.update("jax_enable_x64", True)
+    from dustjax.catalog import StarCatalog
+    from dustjax.gp import fit, svgp
+    from dustjax.gp.grid import LBDGrid
+    from dustjax.sharding import batch_sharding, make_mesh, replicated
+    out = dict(process=jax.process_index(), devices=jax.device_count(),
+               local=jax.local_device_count())
+    mesh = make_mesh()
+    batch = np.arange(8 * 3, dtype=np.float64).reshape(8, 3)
+    split = batch_sharding(mesh)
+    out["rows"] = [distributed.local_rows(8, split).start, distributed.local_rows(8, split).stop]
+    x = distributed.put_batch({"x": batch}, split)["x"]
+    total = jax.jit(lambda x: jnp.sum(x ** 2), out_shardings=replicated(mesh))(x)
+    out["sum"], out["expect_sum"] = float(total), float(np.sum(batch ** 2))
+    out["gathered_ok"] = bool(np.array_equal(distributed.to_host(x), batch))
+    grid = LBDGrid((60, 70), (-5, 5), (100, 200), (3, 3, 4), ghost_cells=1)
+    rng = np.random.default_rng(0)
+    n = 41  # padded to 44 over the 4 devices
+    cat = StarCatalog.from_arrays(l_deg=rng.uniform(60, 70, n), b_deg=rng.uniform(-5, 5, n),
+        distance_pc=rng.uniform(100, 200, n), extinction=rng.uniform(0.1, 0.5, n),
+        sigma_extinction=np.full(n, 0.05))
+    params = fit.initial_params(cat, dict(num_inducing=7, scale_lengths_pc=30.0,
+        amplitude_dex=0.4, mean_dex=-2.5, q_std=0.5), dtype=jnp.float64)
+    model = svgp.SVGPModel(num_samples=4)
+    smesh = make_mesh(axis=fit.STAR_AXIS)
+    stars = fit.star_data_on_mesh(cat, grid, smesh, dtype=jnp.float64)
+    f = fit.make_elbo_fn(smesh, grid, model, batch_size=None, num_stars_padded=44,
+                         dtype=jnp.float64)
+    val, grad = jax.jit(jax.value_and_grad(f))(fit.replicate(params, smesh),
+                                               jax.random.key(3), stars, 1e-6)
+    out["elbo"] = float(val)
+    out["grad"] = {k: np.asarray(v).ravel().tolist() for k, v in grad.items()}
+    with jax.default_device(jax.local_devices()[0]):
+        plain_stars = fit.make_star_data(cat, grid, num_shards=4, dtype=jnp.float64)
+        key_phi, _ = jax.random.split(jax.random.key(3))
+        plain = lambda p: svgp.elbo(p, key_phi, jnp.asarray(grid.cell_centres_xyz()),
+            plain_stars, jnp.asarray(grid.d_widths_pc()), grid.full_shape, model, 1e-6)
+        pval, pgrad = jax.value_and_grad(plain)(params)
+    out["plain_elbo"] = float(pval)
+    out["plain_grad"] = {k: np.asarray(v).ravel().tolist() for k, v in pgrad.items()}
+    print("RESULT" + json.dumps(out), flush=True)
+    """
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def _env(devices: int) -> dict:
+    env = dict(os.environ, JAX_PLATFORMS="cpu", DUSTJAX_COMPILATION_CACHE="off",
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")  # fmt: skip
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    return env
+
+
+def test_two_processes_share_one_mesh_and_the_gp_elbo():
+    address = f"localhost:{_free_port()}"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _WORKER, address, str(i)],
+            cwd=ROOT,
+            env=_env(2),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for i in range(2)
+    ]
+    results = []
+    try:
+        for p in procs:
+            stdout, stderr = p.communicate(timeout=600)
+            assert p.returncode == 0, stderr[-3000:]
+            line = next(x for x in stdout.splitlines() if x.startswith("RESULT"))
+            results.append(json.loads(line[len("RESULT") :]))
+    finally:
+        for p in procs:
+            p.kill()
+    for i, out in enumerate(results):
+        assert (out["process"], out["devices"], out["local"]) == (i, 4, 2)
+        assert out["rows"] == [4 * i, 4 * i + 4]  # each process holds its own rows
+        assert out["sum"] == out["expect_sum"] and out["gathered_ok"]
+        assert out["elbo"] == pytest.approx(out["plain_elbo"], rel=1e-12)
+        for k, g in out["plain_grad"].items():
+            np.testing.assert_allclose(out["grad"][k], g, rtol=1e-9, atol=1e-9, err_msg=k)
+    assert results[0]["elbo"] == results[1]["elbo"]
+
+
+@pytest.mark.slow
+def test_training_and_gp_fit_in_two_processes_equal_one_process(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "tools.multiprocess_check", "--processes=2",
+         "--devices_per_process=2", f"--out={tmp_path}", "--timeout=1500"],
+        cwd=ROOT, env=_env(1), capture_output=True, text=True, timeout=3200,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["ok"] and report["processes"] == 2 and report["devices"] == 4
+    assert report["reference_devices"] == 4
+    for key in ("train_loss", "val_loss", "grad_norm", "initial_grads", "params", "gp_elbo",
+                "gp_params"):  # fmt: skip
+        assert report[key]["max_rel_diff"] <= 2e-4, key
+    assert report["train_loss"]["size"] == 3  # two epochs, then one resumed from the checkpoint

@@ -1,0 +1,157 @@
+r"""Held-out simulated-sky scores (issue 17): a trained V-net and the NNLS baseline on sky-like
+simulations the model never saw, through both routes.
+
+    python -m tools.sky_heldout --model=workdirs/vnet_sky_lr --num_cubes=16 --nnls \
+        --num_stars=1000000 --sigma_a=0.05 --sigma_b=0.05 --distance_error=0.05 --out=LR.json
+
+The cubes come from the training config's simulator (``config.data.simulator`` and its
+``simulator_params``) under the "test" split's seed (`dustjax.vnet.data.SPLITS`; training used
+"train", the calibration "validation"), so none was seen in training or calibration. Two routes,
+as `tools.realsky_vnet` runs them on the real cubes:
+
+- literature: the exact extinction at every cell centre (the simulator's own LOS integral);
+- catalogue: the same cubes seen through the training loop's observation
+  (`dustjax.vnet.observe.observe_batch`: stars, exact extinctions, noise, distance errors, eq. 5),
+  with the catalogue fixed by --num_stars / --sigma_a / --sigma_b / --distance_error (the issue's
+  validation catalogues) or, when --num_stars is 0, drawn from the config's training ranges.
+
+Per cube the scores of `dustjax.vnet.realsky.scores` (skill, dust recovered, log-r); the JSON gives
+their median over cubes and the pooled skill 1 - sum MSE / sum Var (each cube's truth variance),
+for the V-net's median and mean point maps and, with --nnls, `dustjax.inversion.nnls_predictor`
+at the route's default weight.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+
+import numpy as np
+
+log = logging.getLogger("sky_heldout")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        prog="python -m tools.sky_heldout", description=__doc__.split("\n")[0]
+    )
+    p.add_argument("--model", required=True, help="training workdir (a V-net with a variance head)")
+    p.add_argument("--num_cubes", type=int, default=16)
+    p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--num_stars", type=int, default=0, help="0: the config's training ranges")
+    p.add_argument("--sigma_a", type=float, default=0.03)
+    p.add_argument("--sigma_b", type=float, default=0.05)
+    p.add_argument("--distance_error", type=float, default=0.0)
+    p.add_argument("--nnls", action="store_true", help="score the NNLS baseline too")
+    p.add_argument("--nnls_steps", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0, help="added to the test split's seed")
+    p.add_argument("--out", required=True, help="output JSON")
+    return p.parse_args(argv)
+
+
+def observation_params(config, num_stars, sigma_a, sigma_b, distance_error):
+    """The config's observation, or (num_stars > 0) one fixed catalogue setting."""
+    from dustjax.vnet.observe import ObservationParams
+
+    params = ObservationParams.from_config(config.get("observation"))
+    if num_stars <= 0:
+        return params
+    fixed = dict(
+        num_stars_range=(float(num_stars),) * 2,
+        sigma_a_range=(float(sigma_a),) * 2,
+        sigma_b_range=(float(sigma_b),) * 2,
+        distance_error_range=(float(distance_error),) * 2,
+    )
+    return ObservationParams(**dict(params.to_dict(), **fixed))
+
+
+def summarise(rows: list[dict]) -> dict:
+    """Median over cubes of skill, dust and log-r; pooled skill = 1 - sum(MSE) / sum(Var)."""
+    out = {}
+    for key in ("skill", "dust_recovered", "log_r"):
+        vals = np.asarray([r[key] for r in rows], np.float64)
+        out[f"median_{key}"] = float(np.nanmedian(vals))
+    mse = np.asarray([r["rmse"] ** 2 for r in rows])
+    var = np.asarray([r["truth_std"] ** 2 for r in rows])
+    out["pooled_skill"] = float(1.0 - mse.sum() / var.sum()) if var.sum() > 0 else float("nan")
+    out["num_cubes"] = len(rows)
+    return out
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    import jax
+
+    from dustjax import inversion, sims
+    from dustjax import io as dio
+    from dustjax.training import load_config
+    from dustjax.vnet import data as vdata
+    from dustjax.vnet import normalisation as nz
+    from dustjax.vnet import realsky
+    from dustjax.vnet.observe import observe_batch
+
+    t0 = time.perf_counter()
+    config = load_config(args.model)
+    region = vdata.region_of(config)
+    model = nz.load_model_predictor(args.model)
+    name, sim_params = vdata._simulator_params(config)
+    simulate = sims.simulate_batch_fn(region, name, sim_params)  # jitted already
+    params = observation_params(
+        config, args.num_stars, args.sigma_a, args.sigma_b, args.distance_error
+    )
+    group = int((config.get("observation") or {}).get("group", 0) or 0)
+    observe = jax.jit(lambda k, d: observe_batch(k, d, region, params, group)[0])
+    hat = jax.jit(model.predict_hat)
+    nnls = {}
+    if args.nnls:
+        kw = {} if args.nnls_steps is None else dict(num_steps=args.nnls_steps)
+        for route in ("literature", "catalogue"):
+            nnls[route] = jax.jit(inversion.nnls_predictor(region, input_kind=route, **kw))
+    norm = model.normalisation
+    rows = {}
+    base = jax.random.key(vdata._derived_seed(int(config.seed), vdata.SPLITS["test"], args.seed))
+    done = 0
+    while done < args.num_cubes:
+        b = min(args.batch_size, args.num_cubes - done)
+        key = jax.random.fold_in(base, done)
+        density, exact = simulate(jax.random.split(key, b))
+        observed = observe(jax.random.split(jax.random.fold_in(key, 1), b), density)
+        truth = np.asarray(density, np.float64)
+        for route, ext in (("literature", exact), ("catalogue", observed)):
+            mu, sigma = hat(ext)
+            preds = {"vnet_median": np.maximum(np.asarray(norm.density_inverse(mu)), 0.0)}
+            if sigma is not None:
+                preds["vnet_mean"] = np.maximum(np.asarray(norm.density_mean(mu, sigma)), 0.0)
+            if route in nnls:
+                preds["nnls"] = np.asarray(nnls[route](ext))
+            for method, pred in preds.items():
+                for i in range(b):
+                    s = realsky.scores(pred[i], truth[i], region)
+                    rows.setdefault(f"{route}_{method}", []).append(
+                        {k: s[k] for k in ("skill", "dust_recovered", "log_r", "rmse", "truth_std")}
+                    )
+        done += b
+        log.info("%d / %d cubes scored", done, args.num_cubes)
+    result = dict(
+        model=str(args.model),
+        region=region.to_dict(),
+        simulator=name,
+        split="test",
+        observation=params.to_dict(),
+        summary={k: summarise(v) for k, v in rows.items()},
+        per_cube=rows,
+        seconds=time.perf_counter() - t0,
+        command="python -m tools.sky_heldout " + " ".join(argv or []),
+    )
+    dio.write_json(args.out, result)
+    log.info("held-out sims: %s", json.dumps(result["summary"], indent=1))
+    return result
+
+
+if __name__ == "__main__":
+    import sys
+
+    main(sys.argv[1:])
