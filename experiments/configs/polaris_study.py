@@ -21,6 +21,8 @@ from experiments.configs.unet_common import unet_config
 
 
 def study_block(**kwargs) -> ml_collections.ConfigDict:
+    """One study's settings; every block has a training budget per point (0 = the default)."""
+    kwargs.setdefault("max_train_seconds", 0.0)
     return ml_collections.ConfigDict(kwargs)
 
 

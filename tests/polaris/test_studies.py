@@ -179,9 +179,9 @@ def test_interrupted_point_resumes_and_a_foreign_workdir_restarts(tmp_path):
     config = _config()
     points = studies.study_points(config, "convs_per_block")
     study_dir = tmp_path / "convs_per_block"
-    # point 0 interrupted after one of its two epochs
+    # point 0 interrupted after one of its two epochs (a time budget, not part of the config)
     first = studies.point_config(config, points[0])
-    first.num_epochs = 1
+    first.max_train_seconds = 1e-9
     studies.prepare_data(config, tmp_path)
     train.train_and_evaluate(first, study_dir / "points" / points[0].name)
     lines = (study_dir / "points" / points[0].name / "metrics.jsonl").read_text().splitlines()
