@@ -375,9 +375,10 @@ def run_study(
     """Train the unfinished points of `study` (this shard's), then write the table and figure.
 
     deadline_s (0 = none): seconds from the call after which no point starts; a point gets at
-    most what is left minus `eval_reserve_s` as its training budget (and is not started with
-    less than `min_point_s`). Returns the table (`collect_results`) with ``"run"``: what this
-    call did per point ("skipped: finished", "trained", "not started: deadline", ...).
+    most what is left minus `eval_reserve_s` as its training budget, and is started only if
+    that is at least its own budget (`study_budget`; `min_point_s` when it has none), so every
+    finished point had the same chance. Returns the table (`collect_results`) with ``"run"``:
+    what this call did per point ("skipped: finished", "trained", "not started: deadline").
     """
     _check_study(study)
     index, count = shard
@@ -400,7 +401,7 @@ def run_study(
             budget = 0.0
             if deadline_s:
                 left = deadline_s - (time.monotonic() - start)
-                if left - eval_reserve_s < min_point_s:
+                if left - eval_reserve_s < max(min_point_s, study_budget(config, study_dir)):
                     ran[p.name] = "not started: deadline"
                     continue
                 budget = left - eval_reserve_s

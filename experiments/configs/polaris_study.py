@@ -51,8 +51,9 @@ def get_config():
         passes_per_epoch=10, num_epochs=30, max_train_seconds=15.0,
     )  # fmt: skip
     c.study.kan = study_block(
-        models=("unet", "knet", "ukan", "unet_kan_branch"), seeds=(0,), ukan_levels=5,
+        # heaviest first: two shards (--shard=i/2) take ukan + unet and unet_kan_branch + knet
+        models=("ukan", "unet_kan_branch", "unet", "knet"), seeds=(0,), ukan_levels=5,
         ukan_kan_levels=3, kan_branch=(10, 10, 10, 1), num_epochs=80, patience=10,
-        max_train_seconds=120.0,
+        max_train_seconds=75.0,
     )  # fmt: skip
     return c

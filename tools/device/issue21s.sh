@@ -37,7 +37,7 @@ fi
 caps() {  # per-point training budgets (seconds) of the four studies, scaled
   awk -v s="$SCALE" -v smoke="$SMOKE" 'BEGIN {
     if (smoke == 1) { printf "5 5 5 5"; exit }
-    printf "%.0f %.0f %.0f %.0f", 20 * s, 35 * s, 12 * s, 90 * s }'
+    printf "%.0f %.0f %.0f %.0f", 20 * s, 35 * s, 12 * s, 75 * s }'
 }
 read -r CAP_FL CAP_CONV CAP_SIZE CAP_KAN <<<"$(caps)"
 {
