@@ -96,13 +96,16 @@ def split_counts(num: int, validation_fraction: float = 0.2) -> dict[str, int]:
 
 
 _CROP_CACHE: dict[str, dict[str, dict[str, np.ndarray]]] = {}
+# data keys that choose among the simulated crops or batch them, not what is simulated
+_NOT_IN_CACHE_KEY = ("steps_per_epoch", "eval_steps", "augment", "num_train_crops",
+                     "passes_per_epoch")  # fmt: skip
 
 
 def _cache_key(data_config, seed) -> str:
     import json
 
     d = data_config.to_dict() if hasattr(data_config, "to_dict") else dict(data_config)
-    d = {k: v for k, v in d.items() if k not in ("steps_per_epoch", "eval_steps", "augment")}
+    d = {k: v for k, v in d.items() if k not in _NOT_IN_CACHE_KEY}
     return json.dumps(d, sort_keys=True, default=str) + f"|{seed}"
 
 
@@ -154,19 +157,42 @@ def tfrecord_splits(data_dir: str) -> dict[str, dict[str, np.ndarray]]:
     return _CROP_CACHE[key]
 
 
+def preload_splits(data_config, seed: int, splits) -> None:
+    """Give `simulated_splits` crops it would simulate for (`data_config`, `seed`), e.g. saved by
+    an earlier process (`dustjax.polaris.studies` keeps a study's crops on disk)."""
+    _CROP_CACHE[_cache_key(data_config, seed)] = splits
+
+
 def load_splits(config) -> dict[str, dict[str, np.ndarray]]:
-    """Physical-unit crops of the train and validation splits named by a U-Net config."""
+    """Physical-unit crops of the train and validation splits named by a U-Net config.
+
+    ``config.data.num_train_crops`` (0 or absent: all) keeps the first that many training crops
+    (the crops are shuffled before the split, so a random subset; the training-set-size study).
+    """
     source = config.data.source
     if source == "polaris_simulate":
-        return simulated_splits(config.data, int(config.data.get("seed", config.seed)))
-    if source == "polaris_tfrecord":
-        return tfrecord_splits(config.data.data_dir)
-    raise ValueError(f"not a POLARIS data source: {source!r}")
+        splits = simulated_splits(config.data, int(config.data.get("seed", config.seed)))
+    elif source == "polaris_tfrecord":
+        splits = tfrecord_splits(config.data.data_dir)
+    else:
+        raise ValueError(f"not a POLARIS data source: {source!r}")
+    keep = int(config.data.get("num_train_crops", 0) or 0)
+    if keep:
+        have = len(splits["train"][COLUMN])
+        if not 0 < keep <= have:
+            raise ValueError(f"config.data.num_train_crops = {keep}: the train split has {have}")
+        splits = {**splits, "train": {k: v[:keep] for k, v in splits["train"].items()}}
+    return splits
 
 
 def crop_source(config, split, *, batch_size, seed, epoch, train):
     """Engine data source over the in-memory crops: shuffled full batches for training (a pure
-    function of (seed, epoch), so a resumed run sees the same data), one ordered pass for eval."""
+    function of (seed, epoch), so a resumed run sees the same data), one ordered pass for eval.
+
+    A training epoch is ``config.data.passes_per_epoch`` (default 1) passes, each a fresh
+    permutation cut into the full batches it holds: the last ``n % batch_size`` crops of each
+    pass are not seen in it (the paper's "virtual batch", sect. 3.5).
+    """
     if split not in ("train", "validation"):
         raise ValueError(f"POLARIS datasets have train and validation splits, not {split!r}")
     batch = to_model_batch(load_splits(config)[split], config.data.get("target", "mass_weighted"))
@@ -175,14 +201,17 @@ def crop_source(config, split, *, batch_size, seed, epoch, train):
         steps = n // batch_size
         if steps < 1:
             raise ValueError(f"{n} training crops give no full batch of {batch_size}")
+        passes = int(config.data.get("passes_per_epoch", 1) or 1)
 
         def make():
-            order = np.random.default_rng([seed, 7, epoch]).permutation(n)
-            for s in range(steps):
-                idx = np.sort(order[s * batch_size : (s + 1) * batch_size])
-                yield {k: v[idx] for k, v in batch.items()}
+            for p in range(passes):
+                rng = np.random.default_rng([seed, 7, epoch] + ([p] if p else []))
+                order = rng.permutation(n)
+                for s in range(steps):
+                    idx = np.sort(order[s * batch_size : (s + 1) * batch_size])
+                    yield {k: v[idx] for k, v in batch.items()}
 
-        return SizedBatches(make, steps)
+        return SizedBatches(make, steps * passes)
 
     def make_eval():
         for start in range(0, n, batch_size):

@@ -22,6 +22,8 @@ Choices, and why:
   each epoch's data is a pure function of (seed, epoch), so a run restarted on its workdir ends
   where an uninterrupted run would, bit for bit on the same device.
 - A non-finite loss stops the run naming the step; the last good checkpoint is untouched.
+- ``config.max_train_seconds`` (optional, 0 = none): a wall-clock budget for one call, checked
+  after each epoch; not kept in the checkpoint, so a later call on the workdir goes on.
 - Outputs in the workdir: config.json, metrics.jsonl (one JSON line per epoch), loss_curve.png
   (paper fig. 6), checkpoints/, train_summary.json.
 """
@@ -86,6 +88,9 @@ def check_config(config) -> None:
             bad(key, value, "an integer >= 1")
 
     positive_int("num_epochs", config.get("num_epochs"))
+    budget = config.get("max_train_seconds", 0) or 0
+    if isinstance(budget, bool) or not isinstance(budget, int | float) or budget < 0:
+        bad("max_train_seconds", budget, "a number of seconds >= 0 (0: no limit)")
     positive_int("batch_size", config.get("batch_size"))
     positive_int("eval_batch_size", config.get("eval_batch_size"), optional=True)
     for key in ("steps_per_epoch", "eval_steps"):
@@ -183,8 +188,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     patience = int(config.early_stopping.get("patience", 0) or 0)
     min_delta = float(config.early_stopping.get("min_delta", 0.0))
     log_every = max(1, int(config.get("log_every_steps", 10)))
+    # A wall-clock budget for this call (compilation included); not kept in the checkpoint, so
+    # a later call on the workdir goes on training.
+    max_seconds = float(config.get("max_train_seconds", 0) or 0)
+    started, out_of_time = time.perf_counter(), ""
     try:
-        while loop["epoch"] < config.num_epochs and not loop["stop_reason"]:
+        while loop["epoch"] < config.num_epochs and not loop["stop_reason"] and not out_of_time:
             epoch = loop["epoch"] + 1
             state, row = _train_epoch(
                 config, epoch, state, train_step, source, seed, steps_per_epoch,
@@ -228,10 +237,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             )  # fmt: skip
             if primary:
                 _plot_loss_curve(workdir, history, config)
+            if max_seconds and time.perf_counter() - started >= max_seconds:
+                if epoch < config.num_epochs and not loop["stop_reason"]:
+                    out_of_time = f"time budget: max_train_seconds={max_seconds:g} spent"
     finally:
         manager.wait_until_finished()
     if not loop["stop_reason"]:
-        loop["stop_reason"] = f"reached num_epochs={config.num_epochs}"
+        loop["stop_reason"] = out_of_time or f"reached num_epochs={config.num_epochs}"
     summary = dict(
         model=config.model.name,
         num_params=num_params,

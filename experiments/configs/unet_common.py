@@ -44,6 +44,8 @@ def unet_config(name: str = "unet", model: str = "unet") -> ml_collections.Confi
              spectral_index_range=(3.4, 4.0), envelope_depth_range_dex=(0.3, 1.2))
     )  # fmt: skip
     c.data.steps_per_epoch = 0  # 0 = one pass over the training crops
+    c.data.num_train_crops = 0  # 0 = all; else the first that many (training-set-size study)
+    c.data.passes_per_epoch = 1  # passes over the training crops per epoch (each drops n % batch)
 
     c.batch_size = 32
     c.eval_batch_size = 0
@@ -57,6 +59,7 @@ def unet_config(name: str = "unet", model: str = "unet") -> ml_collections.Confi
              atol=0.0, cooldown=0, accumulation_size=0, min_scale=1e-3)
     )  # fmt: skip
     c.early_stopping = ml_collections.ConfigDict(dict(patience=20, min_delta=0.0))
+    c.max_train_seconds = 0.0  # wall-clock budget of one training call (0 = none)
     c.compute_dtype = "auto"
     c.num_devices = 0
     c.log_every_steps = 10

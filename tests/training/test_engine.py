@@ -597,3 +597,17 @@ def test_a_refused_run_leaves_the_workdir_config_untouched(tmp_path):
     assert (tmp_path / "config.json").read_bytes() == before
     assert (tmp_path / "metrics.jsonl").read_bytes() == metrics
     train.load_trained(tmp_path, "latest")  # the old run still loads
+
+
+def test_time_budget_stops_a_call_and_a_later_call_goes_on(tmp_path):
+    config = _random_config()
+    config.num_epochs = 3
+    config.max_train_seconds = 1e-9  # spent by the end of the first epoch
+    summary = train.train_and_evaluate(config, tmp_path)
+    assert summary["epochs_run"] == 1 and summary["stop_reason"].startswith("time budget")
+    config.max_train_seconds = 0.0  # the budget is per call, not kept in the checkpoint
+    again = train.train_and_evaluate(config, tmp_path)
+    assert again["epochs_run"] == 3 and again["stop_reason"] == "reached num_epochs=3"
+    config.max_train_seconds = -1.0
+    with pytest.raises(ValueError, match="max_train_seconds"):
+        train.train_and_evaluate(config, tmp_path / "refused")
