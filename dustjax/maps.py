@@ -420,7 +420,8 @@ class DustMap:
         if return_uncertainty:
             out.append(shaped(sigma))
         if return_flags:
-            out.append(shaped(self._flags(inside, profile)[:, None]))
+            flags = self._flags(inside, profile)
+            out.append(flags[0] if scalar else flags.reshape(gal.shape))
         return out[0] if len(out) == 1 else tuple(out)
 
     __call__ = query
@@ -645,12 +646,12 @@ def _galactic(coords):
     """Any astropy SkyCoord or frame -> Galactic (transform first: a Galactocentric or Cartesian
     coordinate has no ``distance`` attribute of its own until then)."""
     try:
-        from astropy.coordinates import BaseCoordinateFrame, SkyCoord
+        from astropy.coordinates import BaseCoordinateFrame, Galactic, SkyCoord
     except ImportError as err:  # pragma: no cover - astropy is a dependency
         raise MapError("querying SkyCoords needs astropy; use query_xyz") from err
     if not isinstance(coords, SkyCoord | BaseCoordinateFrame):
         raise TypeError(f"coords must be an astropy SkyCoord, got {type(coords).__name__}")
-    return coords.transform_to("galactic")
+    return coords.transform_to(Galactic())
 
 
 def _has_distance(gal) -> bool:
