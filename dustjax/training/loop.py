@@ -38,6 +38,7 @@ import ml_collections
 import numpy as np
 
 from dustjax import io as dio
+from dustjax import provenance
 from dustjax.sharding import batch_sharding, check_batch_size, make_mesh, prefetch_to_mesh
 from dustjax.training.guard import guard_verdict, roll_back
 from dustjax.training.optim import make_optimizer
@@ -167,9 +168,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     # another model or size) leaves the workdir's config.json, and so the old run, as it was.
     config_path = workdir / CONFIG_FILE
     resolved = config_to_dict(config)
-    if config_path.exists() and dio.read_json(config_path) != resolved:
+    if config_path.exists() and provenance.strip(dio.read_json(config_path)) != resolved:
         log.warning("%s differs from the config of this run; it is replaced", config_path)
-    dio.write_json(config_path, resolved)
+    data_source = config.data.get("source", "") if "data" in config else ""
+    prov = provenance.record(
+        f"train {config.get('task', DEFAULT_TASK)}",
+        resolved,
+        inputs=[config.data.get("data_dir")] if "tfrecord" in str(data_source) else [],
+    )
+    dio.write_json(config_path, provenance.stamp(resolved, prov))
     metrics_path = workdir / METRICS_FILE
     history = [r for r in read_metrics(metrics_path) if r["epoch"] <= loop["epoch"]]
     write_metrics(metrics_path, history)  # drop lines of an epoch whose checkpoint was lost
