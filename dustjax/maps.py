@@ -11,17 +11,23 @@ Two grids are understood:
 - **Spherical** (GLON, GLAT, distance) cubes (GP maps): axes ``GLON-*``, ``GLAT-*`` and a
   distance axis (CTYPE ``DIST*``, CUNIT pc or kpc), regular in each coordinate.
 
-`DustMap.query(coords)` takes an astropy `SkyCoord` in any frame, with distances; it returns the
-density (mag/pc) of the cell holding each point, or with ``integrated=True`` the extinction (mag)
-from the Sun to the point: the exact integral of the piecewise-constant density along the segment
-(Cartesian: the segment-crossing kernel of `dustjax.los`; spherical: the full distance cells
-in front of the point plus the partial last one, eqs. 7-8 of Dharmawardena et al.). Dust outside
-the map is unknown and counts as zero. Points outside the map give NaN and one warning per call.
-Where the map carries an uncertainty extension (``UNCERT`` for density, ``EXTUNC`` for integrated
-extinction), ``return_uncertainty=True`` returns it as well (the value of the cell holding the
-point). A spherical map whose distance axis starts beyond the Sun may carry its foreground, the
-extinction from the Sun to the first distance edge per (l, b) pixel (GP maps fitted with ghost
-cells: ``FG_P50``, its uncertainty from ``FG_P16``/``FG_P84``); integrated queries add it.
+Headers are read by `dustjax.mapwcs`: through `astropy.wcs` for FITS files (any equivalent WCS:
+CDELT, CD, PC + CDELT), in numpy for header dicts; BUNIT through `astropy.units` (mag/pc, mag/kpc,
+...; an extinction map or a gas density is refused, naming the unit).
+
+`DustMap.query(coords)` takes an astropy `SkyCoord` in any frame (without distances it returns the
+profile at `DustMap.distances`; modes, ``pct``, ``return_flags``, ``query_gal`` and ``query_equ``
+follow `dustmaps`, see `DustMap.query`); it returns the density (mag/pc) of the cell holding each
+point, or with ``integrated=True`` the extinction (mag) from the Sun to the point: the exact
+integral of the piecewise-constant density along the segment (Cartesian: the segment-crossing kernel
+of `dustjax.los`; spherical: the full distance cells in front of the point plus the partial last
+one, eqs. 7-8 of Dharmawardena et al.). Dust outside the map is unknown and counts as zero. Points
+outside the map give NaN and one warning per call. Where the map carries an uncertainty extension
+(``UNCERT`` for density, ``EXTUNC`` for integrated extinction), ``return_uncertainty=True`` returns
+it as well (the value of the cell holding the point). A spherical map whose distance axis starts
+beyond the Sun may carry its foreground, the extinction from the Sun to the first distance edge per
+(l, b) pixel (GP maps fitted with ghost cells: ``FG_P50``, its uncertainty from
+``FG_P16``/``FG_P84``); integrated queries add it.
 
 Both integrals are `dustjax.los`'s: `integrate_to_points` (the kernel of `los_operator`) on
 Cartesian maps and `apply_star_operator` (eqs. 7-8) on spherical ones. `integrate_cartesian` is kept
@@ -387,7 +393,7 @@ class DustMap:
         lines = max(1, int(chunk) // per_line)
         value = sigma = None
         inside = np.empty((len(flat), per_line), bool)
-        for start in range(0, len(flat), lines):
+        for start in range(0, max(len(flat), 1), lines):  # one empty pass for empty coords
             stop = min(start + lines, len(flat))
             xyz = _galactic_xyz_pc(flat[start:stop], has_distance)
             if profile is not None:  # unit vectors -> points at each profile distance
@@ -491,7 +497,7 @@ class DustMap:
         if mode == "random_sample":
             pick = generator.integers(0, self.num_samples, len(xyz))
         parts = []
-        for start in range(0, len(xyz), max(1, int(chunk))):
+        for start in range(0, max(len(xyz), 1), max(1, int(chunk))):
             part = slice(start, start + int(chunk))
             parts.append(
                 self._evaluate(

@@ -173,3 +173,20 @@ def test_spherical_distance_axis_in_kpc_equals_pc(tmp_path):
     np.testing.assert_allclose(a.edges[2], np.arange(6) * 50.0)
     np.testing.assert_allclose(b.edges[2], a.edges[2], rtol=1e-12)
     np.testing.assert_allclose(a.edges[1], [-7.5, -2.5, 2.5, 7.5])
+
+
+def test_header_dicts_are_read_without_astropy(monkeypatch, density):
+    """The GPU path (a .npy cube + its header as JSON) has no astropy: a small table of units."""
+    import sys
+
+    header = {k: v for k, v in _cartesian_header("cd").items()}
+    header.update(BUNIT="mag / kpc", CUNIT1="kpc", CRVAL1=header["CRVAL1"] / 1e3)
+    header["CD1_1"] = STEP[0] / 1e3
+    for name in [m for m in sys.modules if m == "astropy" or m.startswith("astropy.")]:
+        monkeypatch.setitem(sys.modules, name, None)  # `import astropy...` now fails
+    m = maps.DustMap.from_array(density.T, header)
+    np.testing.assert_allclose(m.density, density * 1e-3, rtol=1e-6)
+    np.testing.assert_allclose(m.edges[0], LOWER[0] + STEP[0] * np.arange(SHAPE[0] + 1))
+    header["BUNIT"] = "1/cm3"
+    with pytest.raises(maps.MapError, match="'1/cm3' is not understood without astropy"):
+        maps.DustMap.from_array(density.T, header)
