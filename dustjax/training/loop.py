@@ -245,7 +245,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         compute_dtype=jnp.dtype(compute_dtype).name,
     )
     manager.close()
-    dio.write_json(workdir / SUMMARY_FILE, summary)
+    dio.write_json(workdir / SUMMARY_FILE, provenance.stamp(summary, prov))
     if history:
         _plot_loss_curve(workdir, history, config)
     log.info("done: %s; best val loss %.5g at epoch %d", summary["stop_reason"],
