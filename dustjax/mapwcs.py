@@ -60,7 +60,11 @@ def unit_scale(bunit, source, kind: str = "density") -> float:
             f"{source}: BUNIT {text!r} is not understood without astropy (known: "
             f"{sorted(_PLAIN_UNITS[kind])}); install astropy or pass density_scale="
         ) from None
-    unit = _parse_unit(text, source)
+    hint = "; pass density_scale= (mag/pc per unit) to read it anyway" if kind == "density" else ""
+    try:
+        unit = _parse_unit(text, source)
+    except MapError as err:
+        raise MapError(f"{err}{hint}") from None
     target = u.Unit(_TARGETS[kind])
     if unit.is_equivalent(target):
         return float(unit.to(target))
@@ -79,7 +83,7 @@ def unit_scale(bunit, source, kind: str = "density") -> float:
     what = "a dust density" if kind == "density" else "an extinction"
     raise MapError(
         f"{source}: BUNIT {name} is not {what} (expected a unit convertible to "
-        f"{target.to_string()})"
+        f"{target.to_string()}){hint}"
     )
 
 
