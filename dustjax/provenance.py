@@ -121,7 +121,8 @@ def fits_cards(prov: dict) -> dict[str, tuple[Any, str]]:
     cards["NINPUTS"] = (len(names), "number of inputs (INPUTn: basenames)")
     for i, name in enumerate(names[:99], start=1):
         cards[f"INPUT{i}"] = (short(name), "input (basename)")
-    return cards
+    # A long value leaves no room for the comment on its 80-character card: drop the comment.
+    return {k: (v, c if len(str(v)) + len(c) <= 60 else "") for k, (v, c) in cards.items()}
 
 
 def add_to_header(header, prov: dict):
