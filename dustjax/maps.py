@@ -11,17 +11,23 @@ Two grids are understood:
 - **Spherical** (GLON, GLAT, distance) cubes (GP maps): axes ``GLON-*``, ``GLAT-*`` and a
   distance axis (CTYPE ``DIST*``, CUNIT pc or kpc), regular in each coordinate.
 
-`DustMap.query(coords)` takes an astropy `SkyCoord` in any frame, with distances; it returns the
-density (mag/pc) of the cell holding each point, or with ``integrated=True`` the extinction (mag)
-from the Sun to the point: the exact integral of the piecewise-constant density along the segment
-(Cartesian: the segment-crossing kernel of `dustjax.los`; spherical: the full distance cells
-in front of the point plus the partial last one, eqs. 7-8 of Dharmawardena et al.). Dust outside
-the map is unknown and counts as zero. Points outside the map give NaN and one warning per call.
-Where the map carries an uncertainty extension (``UNCERT`` for density, ``EXTUNC`` for integrated
-extinction), ``return_uncertainty=True`` returns it as well (the value of the cell holding the
-point). A spherical map whose distance axis starts beyond the Sun may carry its foreground, the
-extinction from the Sun to the first distance edge per (l, b) pixel (GP maps fitted with ghost
-cells: ``FG_P50``, its uncertainty from ``FG_P16``/``FG_P84``); integrated queries add it.
+Headers are read by `dustjax.mapwcs`: through `astropy.wcs` for FITS files (any equivalent WCS:
+CDELT, CD, PC + CDELT), in numpy for header dicts; BUNIT through `astropy.units` (mag/pc, mag/kpc,
+...; an extinction map or a gas density is refused, naming the unit).
+
+`DustMap.query(coords)` takes an astropy `SkyCoord` in any frame (without distances it returns the
+profile at `DustMap.distances`; modes, ``pct``, ``return_flags``, ``query_gal`` and ``query_equ``
+follow `dustmaps`, see `DustMap.query`); it returns the density (mag/pc) of the cell holding each
+point, or with ``integrated=True`` the extinction (mag) from the Sun to the point: the exact
+integral of the piecewise-constant density along the segment (Cartesian: the segment-crossing kernel
+of `dustjax.los`; spherical: the full distance cells in front of the point plus the partial last
+one, eqs. 7-8 of Dharmawardena et al.). Dust outside the map is unknown and counts as zero. Points
+outside the map give NaN and one warning per call. Where the map carries an uncertainty extension
+(``UNCERT`` for density, ``EXTUNC`` for integrated extinction), ``return_uncertainty=True`` returns
+it as well (the value of the cell holding the point). A spherical map whose distance axis starts
+beyond the Sun may carry its foreground, the extinction from the Sun to the first distance edge per
+(l, b) pixel (GP maps fitted with ghost cells: ``FG_P50``, its uncertainty from
+``FG_P16``/``FG_P84``); integrated queries add it.
 
 Both integrals are `dustjax.los`'s: `integrate_to_points` (the kernel of `los_operator`) on
 Cartesian maps and `apply_star_operator` (eqs. 7-8) on spherical ones. `integrate_cartesian` is kept
@@ -31,7 +37,6 @@ as the name existing callers use for the first.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 import warnings
 from pathlib import Path
@@ -40,12 +45,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from dustjax import los
+from dustjax import los, mapwcs
 from dustjax.geometry import Region
-
-
-class MapError(ValueError):
-    """A file that is not a map this package understands."""
+from dustjax.mapwcs import MapError
 
 
 class OutsideMapWarning(UserWarning):
@@ -136,7 +138,7 @@ def write_cartesian_map(
 
 
 # ---- reading and querying -----------------------------------------------------------------------
-_DENSITY_UNITS = {"mag/pc": 1.0, "mag pc-1": 1.0, "mag/kpc": 1e-3, "mag kpc-1": 1e-3}
+QUERY_CHUNK = 1 << 16  # points a query evaluates at once (bounds its memory)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -187,9 +189,10 @@ class DustMap:
         if data.ndim != 3:
             raise MapError(f"{source}: the cube must be 3D, got shape {data.shape}")
         if density_scale is None:
-            bunit = str(header.get("BUNIT", "mag/pc")).strip().lower()
-            density_scale = _DENSITY_UNITS.get(bunit, 1.0)
-        edges = _cartesian_edges(header, data.shape, source)
+            density_scale = mapwcs.unit_scale(header.get("BUNIT"), source, "density")
+        if mapwcs.grid_kind(header) != "cartesian":
+            raise MapError(f"{source}: from_array reads Cartesian (X, Y, Z) cubes only")
+        edges = mapwcs.linear_edges(header, data.shape, source)
         flips = tuple(a for a in range(3) if edges[a][-1] < edges[a][0])
         edges = tuple(e[::-1].copy() if a in flips else e for a, e in enumerate(edges))
         cube = np.flip(data.T, axis=flips) if flips else data.T
@@ -216,21 +219,22 @@ class DustMap:
         with hdul:
             primary = _first_image(hdul, path)
             header = primary.header
-            if density_scale is None:
-                bunit = str(header.get("BUNIT", "mag/pc")).strip().lower()
-                density_scale = _DENSITY_UNITS.get(bunit, 1.0)
-            ctypes = [str(header.get(f"CTYPE{i}", "")).upper() for i in (1, 2, 3)]
-            if ctypes[0].startswith("GLON") and ctypes[1].startswith("GLAT"):
-                grid, edges = "spherical", _spherical_edges(header, primary.data.shape, path)
-            else:
-                grid, edges = "cartesian", _cartesian_edges(header, primary.data.shape, path)
+            explicit_scale = density_scale
+            grid, edges = mapwcs.wcs_edges(header, primary.data.shape, path)
 
             # Axes stored with decreasing coordinates (e.g. CDELT1 < 0 for GLON) are flipped so
             # that every edge array increases.
             flips = tuple(a for a in range(3) if edges[a][-1] < edges[a][0])
             edges = tuple(e[::-1].copy() if a in flips else e for a, e in enumerate(edges))
 
-            def cube(hdu, scale=1.0):
+            def cube(hdu, kind="density"):
+                # Each image in its own BUNIT (the primary's when it has none), or the caller's
+                # density_scale for every density image.
+                bunit = hdu.header.get("BUNIT", header.get("BUNIT") if kind == "density" else None)
+                if kind == "density" and explicit_scale is not None:
+                    scale = explicit_scale
+                else:
+                    scale = mapwcs.unit_scale(bunit, f"{path} [{hdu.name}]", kind)
                 data = np.asarray(hdu.data, np.float32).T
                 if data.shape != tuple(len(e) - 1 for e in edges[: data.ndim]):
                     raise MapError(f"{path}: extension {hdu.name} has another shape than the map")
@@ -241,30 +245,33 @@ class DustMap:
             names = {h.name.upper(): h for h in hdul[1:]}
             uncertainty = ext_unc = None
             if "UNCERT" in names:
-                uncertainty = cube(names["UNCERT"], density_scale)
+                uncertainty = cube(names["UNCERT"])
             elif "P16" in names and "P84" in names:  # GP maps: half the 16-84 percentile range
-                uncertainty = 0.5 * (
-                    cube(names["P84"], density_scale) - cube(names["P16"], density_scale)
-                )
+                uncertainty = 0.5 * (cube(names["P84"]) - cube(names["P16"]))
             if "EXTUNC" in names:
-                ext_unc = cube(names["EXTUNC"])
+                ext_unc = cube(names["EXTUNC"], "extinction")
             ext_unc = _gp_extinction_uncertainty(path, cube) if ext_unc is None else ext_unc
             foreground = fg_unc = None
             if grid == "spherical" and "FG_P50" in names:  # dustjax.gp.output
-                foreground = cube(names["FG_P50"])
+                foreground = cube(names["FG_P50"], "extinction")
                 if "FG_P16" in names and "FG_P84" in names:
-                    fg_unc = 0.5 * (cube(names["FG_P84"]) - cube(names["FG_P16"]))
+                    fg_unc = 0.5 * (
+                        cube(names["FG_P84"], "extinction") - cube(names["FG_P16"], "extinction")
+                    )
             samples = fg_samples = None
             if "SAMPLES" in names:  # (K, n2, n1, n0) in numpy order -> (K, n0, n1, n2)
                 planes = [_Plane(names["SAMPLES"], k) for k in range(len(names["SAMPLES"].data))]
-                samples = np.stack([cube(plane, density_scale) for plane in planes])
+                samples = np.stack([cube(plane) for plane in planes])
                 if "FG_SAMP" in names:
                     fg_samples = np.stack(
-                        [cube(_Plane(names["FG_SAMP"], k)) for k in range(len(samples))]
+                        [
+                            cube(_Plane(names["FG_SAMP"], k), "extinction")
+                            for k in range(len(planes))
+                        ]
                     )
             return cls(
                 grid=grid,
-                density=cube(primary, density_scale),
+                density=cube(primary),
                 edges=edges,
                 uncertainty=uncertainty,
                 extinction_uncertainty=ext_unc,
@@ -315,6 +322,17 @@ class DustMap:
         return idx, inside
 
     # ---- queries ------------------------------------------------------------------------------
+    MODES = (
+        "median",
+        "mean",
+        "best",
+        "percentile",
+        "samples",
+        "random_sample",
+        "random_sample_per_pix",
+    )
+    SAMPLE_MODES = ("mean", "percentile", "samples", "random_sample", "random_sample_per_pix")
+
     def query(
         self,
         coords,
@@ -323,46 +341,142 @@ class DustMap:
         mode: str = "median",
         pct=None,
         rng=None,
+        return_flags: bool = False,
+        chunk: int = QUERY_CHUNK,
     ):
         """Density (mag/pc) or, with ``integrated=True``, extinction (mag) at `SkyCoord` points.
 
-        ``coords`` is an astropy `SkyCoord` in any frame, with distances; the result has its
-        shape. Points outside the map give NaN (and one `OutsideMapWarning`). With
-        ``return_uncertainty=True`` returns ``(value, uncertainty)``.
+        ``coords``: an astropy `SkyCoord` (or frame) in any frame and representation (ICRS, FK5,
+        Galactic, Galactocentric, Cartesian ...; it is transformed to Galactic first). With
+        distances, the result has ``coords.shape``; without, it is the profile along each sight
+        line at `distances` (the map's distance bins), shape ``coords.shape + (len(distances),)``,
+        as `dustmaps`' 3D maps return. A scalar coordinate gives a numpy scalar. Points outside
+        the map give NaN (and one `OutsideMapWarning`).
 
-        ``mode`` (as in `dustmaps`), for maps with posterior samples (`samples`):
+        ``mode`` follows `dustmaps` (`BayestarQuery.query`); the modes marked * need posterior
+        samples (`num_samples` > 0: GP maps carry them in ``SAMPLES``), and a map without them
+        raises `MapError` saying so:
 
-        * ``"median"`` (default): the density of the median cube; integrated, the median over
-          the samples of each sample's integral (sums of log-normal cells are not the sum of the
-          cells' medians), and with ``return_uncertainty`` half their 16-84 % range. Without
-          samples: the integral of the median cube and the stored uncertainty;
-        * ``"percentile"``: the ``pct`` percentile(s) (a number or a sequence: trailing axis) over
-          the samples;
-        * ``"samples"``: every sample, on a trailing axis of length ``num_samples``;
-        * ``"random_sample"``: one sample chosen at random for each point (``rng``: a seed or a
-          `numpy.random.Generator`).
+        * ``"median"`` (default): density: the map's cube (a GP map's P50, the exact marginal
+          median); integrated: with samples, the median of the samples' integrals (a sum of
+          log-normal cells is not the sum of their medians), else the integral of the cube;
+        * ``"best"``: the map's cube and its integral (V-net: the prediction; GP: the posterior
+          median cube, exp of the posterior mean of the log density);
+        * ``"mean"`` *: the mean over the samples;
+        * ``"percentile"`` *: the ``pct`` percentile(s) (0-100) over the samples; a scalar
+          ``pct`` gives no extra axis, a sequence a trailing axis of ``len(pct)``;
+        * ``"samples"`` *: every sample, on a trailing axis of length `num_samples`;
+        * ``"random_sample"`` *: one sample drawn per coordinate (without distances: per sight
+          line, so a profile is one sample's);
+        * ``"random_sample_per_pix"`` *: one sample drawn per map pixel (the (l, b) pixel of a
+          spherical map, the cell of a Cartesian one), shared by all points in it.
+
+        ``rng`` (a seed or `numpy.random.Generator`) drives the random modes. With
+        ``return_uncertainty=True`` (modes median and best) the uncertainty follows the value:
+        half the 16-84 % range of the samples' integrals, or the stored ``UNCERT``/``EXTUNC``.
+        With ``return_flags=True`` a structured array of ``coords.shape`` follows last: with
+        distances ``inside`` (the point lies in the map) and ``reliable_dist`` (the same here;
+        Bayestar's name, so that code written for it runs); without distances ``inside`` (the
+        sight line crosses the map) and ``min_reliable_distmod`` / ``max_reliable_distmod``, the
+        distance moduli of the nearest and farthest profile distances inside the map (NaN if
+        none). Work goes ``chunk`` points at a time (10^6 points stay well under 500 MB).
         """
-        from dustjax.geometry import skycoord_to_cartesian
-
-        if coords.distance.unit.physical_type != "length":
-            raise MapError(
-                "3D dust maps need coordinates with distances (SkyCoord(..., distance=))"
+        gal = _galactic(coords)
+        has_distance = _has_distance(gal)
+        scalar = gal.isscalar
+        flat = gal.reshape((1,)) if scalar else gal.reshape((gal.size,))
+        self._check_mode(mode, pct, return_uncertainty)
+        generator = np.random.default_rng(rng)
+        table = self._pixel_draws(generator) if mode == "random_sample_per_pix" else None
+        profile = None if has_distance else self.profile_distances_pc
+        per_line = 1 if profile is None else len(profile)
+        lines = max(1, int(chunk) // per_line)
+        value = sigma = None
+        inside = np.empty((len(flat), per_line), bool)
+        for start in range(0, max(len(flat), 1), lines):  # one empty pass for empty coords
+            stop = min(start + lines, len(flat))
+            xyz = _galactic_xyz_pc(flat[start:stop], has_distance)
+            if profile is not None:  # unit vectors -> points at each profile distance
+                xyz = (xyz[:, None, :] * profile[None, :, None]).reshape(-1, 3)
+            pick = None
+            if mode == "random_sample":
+                pick = np.repeat(generator.integers(0, self.num_samples, stop - start), per_line)
+            v, s, ins = self._evaluate(xyz, integrated, return_uncertainty, mode, pct, pick, table)
+            if value is None:
+                value = np.empty((len(flat), per_line) + v.shape[1:], v.dtype)
+                sigma = None if s is None else np.empty((len(flat), per_line), s.dtype)
+            value[start:stop] = v.reshape((stop - start, per_line) + v.shape[1:])
+            if s is not None:
+                sigma[start:stop] = s.reshape(stop - start, per_line)
+            inside[start:stop] = ins.reshape(stop - start, per_line)
+        missed = ~inside.any(axis=1) if profile is not None else ~inside[:, 0]
+        if missed.any():
+            what = "sight lines miss" if profile is not None else "points lie outside"
+            warnings.warn(
+                f"{int(missed.sum())} of {len(flat)} {what} the map; their values are NaN",
+                OutsideMapWarning,
+                stacklevel=2,
             )
-        xyz = skycoord_to_cartesian(coords)
-        shape = np.shape(xyz)[:-1]
-        out = self.query_xyz(
-            xyz.reshape(-1, 3), integrated, return_uncertainty, mode=mode, pct=pct, rng=rng
-        )
+
+        def shaped(arr):
+            arr = arr[:, 0] if profile is None else arr
+            return arr[0] if scalar else arr.reshape(gal.shape + arr.shape[1:])
+
+        out = [shaped(value)]
         if return_uncertainty:
-            return out[0].reshape(shape), out[1].reshape(shape)
-        return out.reshape(shape + out.shape[1:])
+            out.append(shaped(sigma))
+        if return_flags:
+            flags = self._flags(inside, profile)
+            out.append(flags[0] if scalar else flags.reshape(gal.shape))
+        return out[0] if len(out) == 1 else tuple(out)
 
     __call__ = query
+
+    def query_gal(self, l, b, d=None, **kwargs):  # noqa: E741 (dustmaps' signature)
+        """`query` at Galactic ``l``, ``b`` (degrees, or Quantities) and distance ``d`` (kpc, or
+        a Quantity; None: the distance profile), as `dustmaps.map_base.DustMap.query_gal`."""
+        import astropy.units as u
+        from astropy.coordinates import SkyCoord
+
+        lon, lat = _quantity(l, u.deg), _quantity(b, u.deg)
+        dist = None if d is None else _quantity(d, u.kpc)
+        return self.query(SkyCoord(lon, lat, distance=dist, frame="galactic"), **kwargs)
+
+    def query_equ(self, ra, dec, d=None, frame="icrs", **kwargs):
+        """`query` at equatorial ``ra``, ``dec`` (degrees, or Quantities) in ``frame`` ("icrs",
+        "fk5", "fk4", "fk4noeterms", or any astropy frame with ra/dec) and distance ``d`` (kpc,
+        or a Quantity; None: the distance profile), as `dustmaps`' ``query_equ``."""
+        import astropy.units as u
+        from astropy.coordinates import SkyCoord
+
+        ra, dec = _quantity(ra, u.deg), _quantity(dec, u.deg)
+        dist = None if d is None else _quantity(d, u.kpc)
+        return self.query(SkyCoord(ra, dec, distance=dist, frame=frame), **kwargs)
 
     @property
     def num_samples(self) -> int:
         """Posterior samples the map carries (0: none)."""
         return 0 if self.samples is None else len(self.samples)
+
+    @property
+    def profile_distances_pc(self) -> np.ndarray:
+        """Distances (pc) of the profile a query without distances returns: the centres of the
+        distance cells of a spherical map; for a Cartesian map, steps of its smallest cell size
+        from the Sun to its farthest corner (centres of those steps)."""
+        if self.grid == "spherical":
+            e = self.edges[2]
+            return 0.5 * (e[:-1] + e[1:])
+        step = min(float(e[1] - e[0]) for e in self.edges)
+        corners = np.array(np.meshgrid(*[(e[0], e[-1]) for e in self.edges])).reshape(3, -1)
+        far = float(np.linalg.norm(corners, axis=0).max())
+        return (np.arange(int(np.ceil(far / step))) + 0.5) * step
+
+    @property
+    def distances(self):
+        """`profile_distances_pc` as an astropy Quantity (as `dustmaps`' ``distances``)."""
+        import astropy.units as u
+
+        return self.profile_distances_pc * u.pc
 
     def query_xyz(
         self,
@@ -372,39 +486,91 @@ class DustMap:
         mode: str = "median",
         pct=None,
         rng=None,
+        chunk: int = QUERY_CHUNK,
     ):
         """As `query` for heliocentric Galactic XYZ ``(N, 3)`` in pc (no astropy needed)."""
-        modes = ("median", "percentile", "samples", "random_sample")
-        if mode not in modes:
-            raise MapError(f"mode must be one of {modes}, got {mode!r}")
-        if mode != "median" and self.samples is None:
-            raise MapError(f"mode={mode!r} needs a map with posterior samples (SAMPLES)")
-        if mode == "percentile" and pct is None:
-            raise MapError("mode='percentile' needs pct (a number or a sequence, in %)")
-        if return_uncertainty and mode != "median":
-            raise MapError("return_uncertainty goes with mode='median'")
+        self._check_mode(mode, pct, return_uncertainty)
         xyz = np.asarray(xyz_pc, np.float64).reshape(-1, 3)
-        idx, inside = self.cell_of(xyz)
+        generator = np.random.default_rng(rng)
+        table = self._pixel_draws(generator) if mode == "random_sample_per_pix" else None
+        pick = None
+        if mode == "random_sample":
+            pick = generator.integers(0, self.num_samples, len(xyz))
+        parts = []
+        for start in range(0, max(len(xyz), 1), max(1, int(chunk))):
+            part = slice(start, start + int(chunk))
+            parts.append(
+                self._evaluate(
+                    xyz[part],
+                    integrated,
+                    return_uncertainty,
+                    mode,
+                    pct,
+                    None if pick is None else pick[part],
+                    table,
+                )  # fmt: skip
+            )
+        inside = np.concatenate([p[2] for p in parts]) if parts else np.ones(0, bool)
         if not inside.all():
             warnings.warn(
                 f"{int((~inside).sum())} of {len(xyz)} points lie outside the map; their "
                 "values are NaN",
                 OutsideMapWarning,
-                stacklevel=3,
+                stacklevel=2,
             )
+        value = np.concatenate([p[0] for p in parts])
+        if return_uncertainty:
+            return value, np.concatenate([p[1] for p in parts])
+        return value
+
+    # ---- query internals ----------------------------------------------------------------------
+    def _check_mode(self, mode, pct, return_uncertainty):
+        if mode not in self.MODES:
+            raise MapError(f"mode must be one of {self.MODES}, got {mode!r}")
+        if mode in self.SAMPLE_MODES and self.samples is None:
+            raise MapError(
+                f"mode={mode!r} needs posterior samples, and this map carries none (no SAMPLES "
+                "extension: V-net maps and GP maps written without predict.posterior_samples); "
+                "use mode='median' or 'best' (the map's cube)"
+            )
+        if mode == "percentile":
+            if pct is None:
+                raise MapError("mode='percentile' needs pct (a number or a sequence, in %)")
+            p = np.asarray(pct, np.float64)
+            if p.ndim > 1 or np.any((p < 0) | (p > 100)) or not np.all(np.isfinite(p)):
+                raise MapError(f"pct must be a number or a 1D sequence in [0, 100], got {pct!r}")
+        if return_uncertainty and mode not in ("median", "best"):
+            raise MapError("return_uncertainty goes with mode='median' or 'best'")
+
+    def _pixel_draws(self, generator) -> np.ndarray:
+        """One sample index per map pixel (random_sample_per_pix)."""
+        n = self.shape[0] * self.shape[1] * (1 if self.grid == "spherical" else self.shape[2])
+        return generator.integers(0, self.num_samples, n)
+
+    def _evaluate(self, xyz, integrated, return_uncertainty, mode, pct, pick, table):
+        """``(value (N, ...), uncertainty (N,) or None, inside (N,))`` for points ``(N, 3)``."""
+        idx, inside = self.cell_of(xyz)
+        if table is not None:
+            pixel = idx[:, 0] * self.shape[1] + idx[:, 1]
+            if self.grid == "cartesian":
+                pixel = pixel * self.shape[2] + idx[:, 2]
+            pick = table[pixel]
         per_sample = None
-        if mode != "median" or (integrated and self.samples is not None):
-            per_sample = self._sample_values(xyz, idx, integrated)  # (N, K)
+        if mode in self.SAMPLE_MODES or (
+            mode == "median" and integrated and self.samples is not None
+        ):
+            per_sample = self._sample_values(xyz, idx, integrated, pick)
             per_sample = np.where(inside[:, None], per_sample, np.nan)
         if mode == "samples":
-            return per_sample
-        if mode == "random_sample":
-            pick = np.random.default_rng(rng).integers(0, per_sample.shape[1], len(xyz))
-            return per_sample[np.arange(len(xyz)), pick]
+            return per_sample, None, inside
+        if pick is not None:  # random_sample, random_sample_per_pix: one column per point
+            return per_sample[:, 0], None, inside
+        if mode == "mean":
+            return per_sample.mean(axis=1), None, inside
         if mode == "percentile":
             out = np.percentile(per_sample, np.asarray(pct, np.float64), axis=1)
-            return np.moveaxis(out, 0, -1) if np.ndim(pct) else out
-        if per_sample is not None:  # integrated, median over the samples
+            return (np.moveaxis(out, 0, -1) if np.ndim(pct) else out), None, inside
+        if per_sample is not None:  # median of the samples' integrals
             value = np.median(per_sample, axis=1)
         elif integrated:
             value = self._integrate(xyz, idx)
@@ -412,19 +578,43 @@ class DustMap:
             value = self.density[idx[:, 0], idx[:, 1], idx[:, 2]].astype(np.float64)
         value = np.where(inside, value, np.nan)
         if not return_uncertainty:
-            return value
+            return value, None, inside
         if per_sample is not None:
             p16, p84 = np.percentile(per_sample, [16.0, 84.0], axis=1)
-            return value, 0.5 * (p84 - p16)
+            return value, 0.5 * (p84 - p16), inside
         source = self.extinction_uncertainty if integrated else self.uncertainty
         if source is None:
             what = "integrated extinction" if integrated else "density"
             raise MapError(f"this map carries no {what} uncertainty")
         sigma = source[idx[:, 0], idx[:, 1], idx[:, 2]].astype(np.float64)
-        return value, np.where(inside, sigma, np.nan)
+        return value, np.where(inside, sigma, np.nan), inside
 
-    def _sample_values(self, xyz, idx, integrated):
-        """``(N, K)``: each posterior sample's density at, or integral to, the points."""
+    def _flags(self, inside, profile) -> np.ndarray:
+        """dustmaps-style QA flags per coordinate from ``inside`` ``(N, per_line)``."""
+        if profile is None:
+            flags = np.empty(len(inside), [("inside", "?"), ("reliable_dist", "?")])
+            flags["inside"] = flags["reliable_dist"] = inside[:, 0]
+            return flags
+        dtype = [("inside", "?"), ("min_reliable_distmod", "f4"), ("max_reliable_distmod", "f4")]
+        flags = np.empty(len(inside), dtype)
+        distmod = 5.0 * np.log10(profile) - 5.0  # profile in pc
+        any_inside = inside.any(axis=1)
+        first = np.argmax(inside, axis=1)
+        last = inside.shape[1] - 1 - np.argmax(inside[:, ::-1], axis=1)
+        flags["inside"] = any_inside
+        flags["min_reliable_distmod"] = np.where(any_inside, distmod[first], np.nan)
+        flags["max_reliable_distmod"] = np.where(any_inside, distmod[last], np.nan)
+        return flags
+
+    def _sample_values(self, xyz, idx, integrated, pick=None):
+        """``(N, K)``: each posterior sample's density at, or integral to, the points; with
+        ``pick`` ``(N,)``, ``(N, 1)``: only the picked sample of each point."""
+        if pick is not None:
+            out = np.empty((len(xyz), 1))
+            for k in np.unique(pick):
+                rows = pick == k
+                out[rows, 0] = self._sample_values(xyz[rows], idx[rows], integrated)[:, k]
+            return out
         out = np.empty((len(xyz), self.num_samples))
         for k in range(self.num_samples):
             if integrated:
@@ -439,7 +629,10 @@ class DustMap:
         if density is None:
             density, foreground = self.density, self.foreground
         if self.grid == "cartesian":
-            return np.asarray(los.integrate_to_points(density, self.edges, xyz), np.float64)
+            # Bound the kernel's (points x crossings) work arrays to ~4M elements a chunk.
+            chunk = int(np.clip(2 ** int(np.log2(4e6 / sum(self.shape))), 256, 65536))
+            ext = los.integrate_to_points(density, self.edges, xyz, chunk=chunk)
+            return np.asarray(ext, np.float64)
         # Spherical: the foreground (Sun to the first distance edge), the full distance cells in
         # front and the partial last one (eqs. 7-8), in float64.
         d_edges = self.edges[2]
@@ -453,6 +646,49 @@ class DustMap:
         if foreground is not None:
             fg = foreground[idx[:, 0], idx[:, 1]].astype(np.float64)
         return fg + ext
+
+
+def _galactic(coords):
+    """Any astropy SkyCoord or frame -> Galactic (transform first: a Galactocentric or Cartesian
+    coordinate has no ``distance`` attribute of its own until then)."""
+    try:
+        from astropy.coordinates import BaseCoordinateFrame, Galactic, SkyCoord
+    except ImportError as err:  # pragma: no cover - astropy is a dependency
+        raise MapError("querying SkyCoords needs astropy; use query_xyz") from err
+    if not isinstance(coords, SkyCoord | BaseCoordinateFrame):
+        raise TypeError(f"coords must be an astropy SkyCoord, got {type(coords).__name__}")
+    return coords.transform_to(Galactic())
+
+
+def _has_distance(gal) -> bool:
+    from astropy.coordinates import UnitSphericalRepresentation
+
+    if isinstance(gal.data, UnitSphericalRepresentation):
+        return False
+    unit = gal.data.norm().unit
+    if unit.physical_type == "length":
+        return True
+    if unit.physical_type == "dimensionless":
+        return False
+    raise MapError(f"coordinates' distances must be lengths, got {unit}")
+
+
+def _galactic_xyz_pc(gal, has_distance) -> np.ndarray:
+    """``(N, 3)`` heliocentric Galactic X, Y, Z (pc), or unit vectors without distances."""
+    import astropy.units as u
+
+    if has_distance:
+        return np.asarray(gal.cartesian.xyz.to_value(u.pc), np.float64).T
+    from astropy.coordinates import UnitSphericalRepresentation
+
+    unit = gal.data.represent_as(UnitSphericalRepresentation).to_cartesian()
+    return np.asarray(unit.xyz.value, np.float64).T
+
+
+def _quantity(value, unit):
+    import astropy.units as u
+
+    return value if isinstance(value, u.Quantity) else np.asarray(value, np.float64) * unit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -470,6 +706,10 @@ class _Plane:
     def name(self):
         return f"{self.hdu.name}[{self.k}]"
 
+    @property
+    def header(self):
+        return self.hdu.header
+
 
 def _gp_extinction_uncertainty(path: Path, cube):
     """GP maps (`dustjax.gp.output`): ``extinction.fits`` next to ``density.fits`` holds the
@@ -483,7 +723,7 @@ def _gp_extinction_uncertainty(path: Path, cube):
         names = {h.name.upper(): h for h in ext[1:]}
         if "P16" not in names or "P84" not in names:
             return None
-        return 0.5 * (cube(names["P84"]) - cube(names["P16"]))
+        return 0.5 * (cube(names["P84"], "extinction") - cube(names["P16"], "extinction"))
 
 
 def _first_image(hdul, path):
@@ -495,63 +735,6 @@ def _first_image(hdul, path):
         if hdu.data is not None and getattr(hdu.data, "ndim", 0) == 3:
             return hdu
     raise MapError(f"{path} holds no 3D image (a dust map cube)")
-
-
-def _cartesian_edges(header, fits_shape, path):
-    nx, ny, nz = fits_shape[::-1]
-    n = (nx, ny, nz)
-    ctypes = [str(header.get(f"CTYPE{i}", "")).strip().upper() for i in (1, 2, 3)]
-    edges = []
-    if all(c in ("X", "Y", "Z") for c in ctypes) and all(f"CDELT{i}" in header for i in (1, 2, 3)):
-        if ctypes != ["X", "Y", "Z"]:
-            raise MapError(f"{path}: Cartesian axes must be in the order X, Y, Z, got {ctypes}")
-        for i in (1, 2, 3):
-            scale = _length_scale(header.get(f"CUNIT{i}", "pc"), path)
-            step = float(header[f"CDELT{i}"]) * scale
-            first_centre = (
-                float(header[f"CRVAL{i}"]) * scale
-                + (1.0 - float(header.get(f"CRPIX{i}", 1.0))) * step
-            )
-            edges.append(first_centre - 0.5 * step + step * np.arange(n[i - 1] + 1))
-    elif "STEP" in header and all(f"SUN_POS{a}" in header for a in "XYZ"):
-        step = float(header["STEP"])
-        for a, count in zip("XYZ", n, strict=True):
-            lower = -float(header[f"SUN_POS{a}"]) * step
-            edges.append(lower + step * np.arange(count + 1))
-    else:
-        raise MapError(
-            f"{path}: cannot find the grid: expected a linear WCS with CTYPE X/Y/Z and CDELT, "
-            "STEP + SUN_POSX/Y/Z (Vergely et al. 2022 cubes), or GLON/GLAT/distance axes"
-        )
-    if any(np.any(np.diff(e) == 0) for e in edges):
-        raise MapError(f"{path}: cell sizes must be non-zero")
-    return tuple(edges)
-
-
-def _spherical_edges(header, fits_shape, path):
-    n = fits_shape[::-1]
-    dtype = str(header.get("CTYPE3", "")).upper()
-    if not dtype.startswith("DIST"):
-        raise MapError(f"{path}: a GLON/GLAT map needs a distance third axis, got CTYPE3={dtype!r}")
-    edges = []
-    for i in (1, 2, 3):
-        step = float(header[f"CDELT{i}"])
-        scale = _length_scale(header.get("CUNIT3", "pc"), path) if i == 3 else 1.0
-        first = float(header[f"CRVAL{i}"]) + (1.0 - float(header.get(f"CRPIX{i}", 1.0))) * step
-        e = (first - 0.5 * step + step * np.arange(n[i - 1] + 1)) * scale
-        edges.append(e)
-    if any(np.any(np.diff(e) == 0) for e in edges):
-        raise MapError(f"{path}: cell sizes (CDELT) must be non-zero")
-    return tuple(edges)
-
-
-@functools.lru_cache(maxsize=16)
-def _length_scale(unit: str, path) -> float:
-    unit = str(unit).strip().lower() or "pc"
-    scales = {"pc": 1.0, "kpc": 1e3}
-    if unit not in scales:
-        raise MapError(f"{path}: length unit {unit!r} not understood (pc or kpc)")
-    return scales[unit]
 
 
 def load_cartesian_cube(path: str | os.PathLike, density_scale: float | None = None) -> DustMap:

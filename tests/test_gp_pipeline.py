@@ -346,3 +346,19 @@ def test_calibration_finds_no_model_error_when_bands_and_noise_are_right():
     assert calibration.observed_coverage(widened, observed, sigma) == pytest.approx(0.68, abs=0.01)
     assert calibration.coverage(pct, truth) < 0.45
     assert 0.62 <= calibration.coverage(widened, truth) <= 0.74
+
+
+def test_every_output_records_its_provenance(run):
+    """Issue 20: version, date, method, config name and hash in summary.json and every FITS."""
+    from astropy.io import fits
+
+    from dustjax import provenance
+
+    workdir, summary = run
+    prov = json.loads((workdir / "summary.json").read_text())["provenance"]
+    assert prov["method"] == "gp" and prov["config_name"] == summary["config"]["name"]
+    assert prov["config_hash"] == provenance.config_hash(summary["config"])
+    for name in ("density.fits", "extinction.fits", "total_extinction.fits"):
+        header = fits.getheader(workdir / name)
+        assert header["CFGHASH"] == prov["config_hash"] and header["METHOD"] == "gp"
+        assert header["DJVERS"] == prov["dustjax_version"]

@@ -64,8 +64,9 @@ def test_query_is_vectorised_nan_outside_with_one_warning(tmp_path):
     assert len([w for w in caught if issubclass(w.category, maps.OutsideMapWarning)]) == 1
     with pytest.raises(maps.MapError, match="no density uncertainty"):
         m.query(coords[0], return_uncertainty=True)
-    with pytest.raises(maps.MapError, match="distances"):
-        m.query(SkyCoord(l=1 * u.deg, b=2 * u.deg, frame="galactic"))
+    # Without distances: the profile at the map's distances, as dustmaps' 3D maps return.
+    profile = m.query(SkyCoord(l=180 * u.deg, b=2 * u.deg, frame="galactic"))
+    assert profile.shape == m.distances.shape
 
 
 def test_reads_vergely_style_cube_without_wcs(tmp_path):
@@ -88,6 +89,8 @@ def _spherical_file(tmp_path, rho, l0=170.0, dl=5.0, b0=-10.0, db=5.0, d0=0.0, d
     ):
         h[f"CTYPE{i}"], h[f"CUNIT{i}"] = ctype, cunit
         h[f"CRPIX{i}"], h[f"CRVAL{i}"], h[f"CDELT{i}"] = 1.0, start + 0.5 * step, step
+    # CAR is linear in latitude only with CRVAL2 = 0: the reference pixel moves instead.
+    h["CRPIX2"], h["CRVAL2"] = 1.0 - (b0 + 0.5 * db) / db, 0.0
     h["BUNIT"] = "mag/pc"
     path = tmp_path / "gp.fits"
     fits.HDUList(
@@ -154,15 +157,16 @@ def test_reads_the_gp_output_convention(tmp_path):
     h["CTYPE3"], h["CUNIT3"], h["CRPIX3"], h["CRVAL3"], h["CDELT3"] = "DISTANCE", "pc", 1, 25, 50
     h["BUNIT"] = "mag/pc"
 
-    def write(name, cubes):
+    def write(name, cubes, bunit):
+        h["BUNIT"] = bunit
         hdus = [fits.PrimaryHDU()] + [
             fits.ImageHDU(c.transpose(2, 1, 0), header=h, name=n)
             for n, c in zip(("P16", "P50", "P84"), cubes, strict=True)
         ]
         fits.HDUList(hdus).writeto(tmp_path / name)
 
-    write("density.fits", (0.5 * rho, rho, 2 * rho))
-    write("extinction.fits", (rho, 2 * rho, 5 * rho))
+    write("density.fits", (0.5 * rho, rho, 2 * rho), "mag/pc")
+    write("extinction.fits", (rho, 2 * rho, 5 * rho), "mag")
     m = maps.DustMap.from_fits(tmp_path / "density.fits")
     assert m.grid == "spherical"
     np.testing.assert_allclose(m.edges[1], [-7.5, -2.5, 2.5, 7.5])

@@ -62,13 +62,20 @@ def wcs_header(grid: LBDGrid, *, with_distance: bool = True):
     return hdr
 
 
-def _cube_hdus(pct: np.ndarray, grid: LBDGrid, bunit: str, meta: dict[str, Any]):
+def _primary(meta: dict[str, Any]):
+    """An empty primary HDU whose header holds `meta` (provenance, status, calibration)."""
     from astropy.io import fits
 
     primary = fits.PrimaryHDU()
     for key, value in meta.items():
         primary.header[key[:8].upper()] = value
-    hdus = [primary]
+    return primary
+
+
+def _cube_hdus(pct: np.ndarray, grid: LBDGrid, bunit: str, meta: dict[str, Any]):
+    from astropy.io import fits
+
+    hdus = [_primary(meta)]
     for name, cube in zip(PERCENTILE_NAMES, pct, strict=True):
         cube = np.asarray(cube, np.float32)[:, :, grid.ghost_cells :]  # (nl, nb, nd + bg)
         data = np.ascontiguousarray(np.transpose(cube, (2, 1, 0)))  # (nd, nb, nl)
@@ -146,7 +153,7 @@ def write_fits_cubes(
             )
         write_fits(path, hdus)
         out.append(path)
-    hdus = [fits.PrimaryHDU()]
+    hdus = [_primary(meta)]
     for name, img in zip(PERCENTILE_NAMES, prediction["total_extinction_pct"], strict=True):
         hdr = wcs_header(grid, with_distance=False)
         hdr["BUNIT"] = "mag"

@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dustjax import distributed
+from dustjax import distributed, provenance
 from dustjax.gp import calibration, predict, svgp
 from dustjax.gp import fit as gpfit
 from dustjax.gp.grid import LBDGrid
@@ -259,6 +259,10 @@ def _fit_and_predict(config, workdir, *, progress):
         elbo_history=result.elbo_history,
         timings=dict(result.timings),
     )
+    source = config.data.get("source", "")
+    summary["provenance"] = provenance.record(
+        "gp", config, inputs=[config.data.get("path")] if source == "catalog" else []
+    )
     if result.status == "nan_elbo":
         summary["timings"]["total_s"] = time.perf_counter() - t_total
         from dustjax.gp.output import write_summary
@@ -440,6 +444,8 @@ def _calibrate(params, grid, settings, jitter, config, calib, model_error) -> di
 
 def _fits_meta(summary) -> dict[str, Any]:
     meta: dict[str, Any] = dict(status=summary["status"])
+    if "provenance" in summary:
+        meta.update(provenance.fits_cards(summary["provenance"]))
     c = summary.get("calibration")
     if c is not None:
         meta.update(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from dustjax import provenance
 from dustjax.polaris.data import load_splits
 from dustjax.polaris.metrics import accuracy_curve, mse, residuals_per_bin
 from dustjax.polaris.plots import plot_diagnostics, plot_examples
@@ -117,6 +118,7 @@ def evaluate_workdir(workdir, out_dir=None, which: str = "best") -> dict:
         metrics["training"] = dio.read_json(summary_path)
     metrics["workdir"] = str(workdir)
     metrics["checkpoint"] = which
+    metrics["provenance"] = provenance.record("polaris evaluate", config, inputs=[workdir])
     dio.write_json(out_dir / "polaris_metrics.json", metrics)
     dio.write_json(
         out_dir / "residual_correction.json",

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dustjax import provenance
 from dustjax.maps import MapError
 from dustjax.polaris.projection import LOG10_COLUMN_SHIFT, log10_density_from_output
 from dustjax.polaris.reference import ResidualCorrection
@@ -268,7 +269,11 @@ def predict_map(
     out_header["DISTPC"] = (distance_pc, "assumed distance [pc]")
     out_header["MODELPC"] = (model_pc, "model pc per pixel")
     out_header["NPRED"] = (predictions_per_pixel, "predictions per interior pixel")
-    out_header["RESCORR"] = (str(correction_path or "none")[-60:], "residual correction")
+    out_header["RESCORR"] = (Path(correction_path or "none").name[-60:], "residual correction")
+    prov = provenance.record(
+        "polaris predict_map", config, inputs=[fits_path, workdir, correction_path]
+    )
+    provenance.add_to_header(out_header, prov)
     for key in ("OBJECT", "TELESCOP"):
         if key in header:
             out_header[key] = header[key]
@@ -282,6 +287,6 @@ def predict_map(
         out=str(out), png=str(png), shape=list(column.shape), model_shape=list(shape),
         map_pc_per_pixel=map_pc, model_pc_per_pixel=model_pc, tile=tile,
         predictions_per_pixel=predictions_per_pixel, valid_fraction=float(valid.mean()),
-        max_predictions=int(count.max()),
+        max_predictions=int(count.max()), provenance=prov,
     )  # fmt: skip
     return summary

@@ -43,6 +43,7 @@ import numpy as np
 
 from dustjax import distributed
 from dustjax import io as dio
+from dustjax import provenance
 from dustjax.sharding import batch_sharding, check_batch_size, make_mesh, prefetch_to_mesh
 from dustjax.training.guard import guard_verdict, roll_back
 from dustjax.training.optim import make_optimizer
@@ -176,10 +177,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     config_path = workdir / CONFIG_FILE
     resolved = config_to_dict(config)
     primary = distributed.is_primary()  # with several processes, process 0 writes the files
-    if primary and config_path.exists() and dio.read_json(config_path) != resolved:
+    if primary and config_path.exists() and provenance.strip(dio.read_json(config_path)) != resolved:
         log.warning("%s differs from the config of this run; it is replaced", config_path)
+    data_source = config.data.get("source", "") if "data" in config else ""
+    prov = provenance.record(
+        f"train {config.get('task', DEFAULT_TASK)}",
+        resolved,
+        inputs=[config.data.get("data_dir")] if "tfrecord" in str(data_source) else [],
+    )
     if primary:
-        dio.write_json(config_path, resolved)
+        dio.write_json(config_path, provenance.stamp(resolved, prov))
     metrics_path = workdir / METRICS_FILE
     history = [r for r in read_metrics(metrics_path) if r["epoch"] <= loop["epoch"]]
     if primary:  # drop lines of an epoch whose checkpoint was lost
@@ -261,7 +268,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     manager.close()
     if not primary:
         return summary
-    dio.write_json(workdir / SUMMARY_FILE, summary)
+    dio.write_json(workdir / SUMMARY_FILE, provenance.stamp(summary, prov))
     if history:
         _plot_loss_curve(workdir, history, config)
     log.info("done: %s; best val loss %.5g at epoch %d", summary["stop_reason"],

@@ -14,6 +14,7 @@ import jax
 import ml_collections
 
 from dustjax import io as dio
+from dustjax import provenance
 
 CHECKPOINT_DIR = "checkpoints"
 METRICS_FILE = "metrics.jsonl"
@@ -35,7 +36,7 @@ def load_config(workdir: str | Path) -> ml_collections.ConfigDict:
     path = Path(workdir) / CONFIG_FILE
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: {workdir} is not a training workdir")
-    return ml_collections.ConfigDict(dio.read_json(path))
+    return ml_collections.ConfigDict(provenance.strip(dio.read_json(path)))  # config alone
 
 
 def read_metrics(path: Path) -> list[dict]:

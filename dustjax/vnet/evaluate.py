@@ -50,6 +50,7 @@ def evaluate(
     import jax.numpy as jnp
 
     from dustjax import io as dio
+    from dustjax import provenance
     from dustjax import training as train
     from dustjax.sharding import make_mesh, pad_batch
     from dustjax.vnet import metrics, plots, transforms
@@ -156,7 +157,8 @@ def evaluate(
         seconds=elapsed,
         backend=jax.default_backend(),
     )  # fmt: skip
-    dio.write_json(out_dir / "test_metrics.json", summary)
+    prov = provenance.record("vnet evaluate", config, inputs=[workdir])
+    dio.write_json(out_dir / "test_metrics.json", provenance.stamp(summary, prov))
     title = f"{config.get('name', '')} ({region_key}, {num_cubes} {split} cubes)"
     if symmetry != "none":
         title += f", {symmetry} average"

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 from dustjax import io as dio
-from dustjax import maps
+from dustjax import maps, provenance
 from dustjax.plots import save_figure
 from dustjax.vnet import apply as ap
 from dustjax.vnet.apply import MapResult
@@ -112,10 +112,13 @@ def make_map(
     if method == "nnls":
         result.summary["nnls"] = predictor.nnls_settings
     else:
-        result.summary["model_workdir"] = str(model)
+        result.summary["model_workdir"] = Path(model).name  # a name, not this machine's path
+    inputs = [model if method == "vnet" else None, catalog, literature_cube]
+    prov = provenance.record(f"{method} apply", config, inputs=inputs)
     return write_outputs(
         outdir, result, write_fits=write_fits, plots=plots,
-        header={"MODELDIR": str(model)[-60:] if method == "vnet" else "nnls"},
+        header={"MODELDIR": Path(model).name[-60:] if method == "vnet" else "nnls"},
+        provenance_record=prov,
     )  # fmt: skip
 
 
@@ -126,8 +129,12 @@ def write_outputs(
     write_fits: bool = True,
     plots: bool = True,
     header: dict | None = None,
+    provenance_record: dict | None = None,
 ) -> dict[str, str]:
     """FITS map, JSON summary and figures into `outdir`; returns ``{what: path}``.
+
+    Both the FITS header and the summary carry `provenance_record` (`dustjax.provenance`;
+    default: one naming the method of ``result.summary``, with no config or inputs).
 
     Files: ``density.fits`` (primary: density; UNCERT: MC dispersion; EXTINCT: the input
     extinction cube; EXTUNC: MC dispersion of the integrated extinction), ``summary.json``,
@@ -138,6 +145,8 @@ def write_outputs(
     """
     outdir = dio.ensure_writable_dir(outdir)
     files: dict[str, str] = {}
+    prov = provenance_record or provenance.record(f"{result.summary.get('method', 'vnet')} apply")
+    header = {**(header or {}), **provenance.fits_cards(prov)}
     if write_fits:
         files["fits"] = str(
             maps.write_cartesian_map(
@@ -152,7 +161,8 @@ def write_outputs(
         )
     if plots:
         files.update(write_figures(outdir, result))
-    summary = dict(result.summary, files=files)
+    names = {what: Path(path).name for what, path in files.items()}  # all in outdir
+    summary = provenance.stamp(dict(result.summary, files=names), prov)
     dio.write_json(outdir / "summary.json", summary)
     files["summary"] = str(outdir / "summary.json")
     return files

@@ -73,6 +73,8 @@ def test_unet_test_config_end_to_end(tmp_path):
     with fits.open(out) as hdul:
         density, header = hdul[0].data, hdul[0].header
     assert density.shape == data.shape and header["BUNIT"] == "cm-3"
+    assert header["METHOD"] == "polaris predict_map" and header["INPUT1"] == "map.fits"
+    assert result["provenance"]["inputs"] == ["map.fits", workdir.name]
     assert header["CTYPE1"] == "GLON-TAN" and header["CDELT2"] == pytest.approx(0.02)
     assert np.isnan(density[4, 5]) and np.isnan(density[10, 10])
     assert np.isfinite(density).sum() == data.size - 2 and np.nanmin(density) > 0

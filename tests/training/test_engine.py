@@ -99,6 +99,7 @@ def test_end_to_end_train_resume_evaluate(tmp_path):
     assert (tmp_path / "split/loss_curve.png").stat().st_size > 1000
     saved = json.loads((tmp_path / "split/config.json").read_text())
     assert saved["model"]["kwargs"]["features"] == [4, 8]
+    assert saved["provenance"]["method"].startswith("train ")  # dustjax.provenance
     best = min(rows, key=lambda r: r["val_loss"])["epoch"]
     assert resumed["best_checkpoint_step"] == best
     # the map is worth checking: it beats predicting zero on the validation cubes (issue 19;
