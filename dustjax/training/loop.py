@@ -41,9 +41,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from dustjax import distributed
+from dustjax import distributed, provenance
 from dustjax import io as dio
-from dustjax import provenance
 from dustjax.sharding import batch_sharding, check_batch_size, make_mesh, prefetch_to_mesh
 from dustjax.training.guard import guard_verdict, roll_back
 from dustjax.training.optim import make_optimizer
@@ -177,7 +176,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     config_path = workdir / CONFIG_FILE
     resolved = config_to_dict(config)
     primary = distributed.is_primary()  # with several processes, process 0 writes the files
-    if primary and config_path.exists() and provenance.strip(dio.read_json(config_path)) != resolved:
+    old = dio.read_json(config_path) if primary and config_path.exists() else None
+    if old is not None and provenance.strip(old) != resolved:
         log.warning("%s differs from the config of this run; it is replaced", config_path)
     data_source = config.data.get("source", "") if "data" in config else ""
     prov = provenance.record(
