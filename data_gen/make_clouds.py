@@ -90,6 +90,10 @@ def make_clouds(data_config, out: str, num: int, seed: int, *, overwrite: bool =
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from dustjax.runtime import configure_xla, quiet_library_logs
+
+    configure_xla()  # before anything starts JAX's backend
+    quiet_library_logs()
     if not FLAGS.out:
         raise app.UsageError("--out is required")
     from dustjax.io import DatasetError, OutputError

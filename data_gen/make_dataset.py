@@ -155,6 +155,10 @@ def _jsonable(d):
 
 def main(argv):
     del argv
+    from dustjax.runtime import configure_xla, quiet_library_logs
+
+    configure_xla()  # before anything starts JAX's backend
+    quiet_library_logs()
     try:
         region = region_from_flags(FLAGS.region, FLAGS.shape, FLAGS.lower_pc, FLAGS.upper_pc)
         out = FLAGS.out or f"data/{region.name}"

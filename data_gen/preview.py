@@ -105,6 +105,10 @@ def draw_preview(region: Region, density, extinction, out: str, title: str = "")
 
 def main(argv):
     del argv
+    from dustjax.runtime import configure_xla, quiet_library_logs
+
+    configure_xla()  # before anything starts JAX's backend
+    quiet_library_logs()
     try:
         if FLAGS.data:
             region, density, extinction = load_example(FLAGS.data, FLAGS.split, FLAGS.index)

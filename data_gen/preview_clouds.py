@@ -30,6 +30,10 @@ def define_flags() -> None:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from dustjax.runtime import configure_xla, quiet_library_logs
+
+    configure_xla()  # before anything starts JAX's backend
+    quiet_library_logs()
     from dustjax.polaris.plots import preview_cloud
 
     summary = preview_cloud(FLAGS.config.data, FLAGS.out, FLAGS.seed)

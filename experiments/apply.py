@@ -68,6 +68,10 @@ def define_flags() -> None:
 
 def main(argv):
     del argv
+    from dustjax.runtime import configure_xla, quiet_library_logs
+
+    configure_xla()  # before anything starts JAX's backend
+    quiet_library_logs()
     from dustjax.catalog import CatalogError
     from dustjax.maps import MapError
     from dustjax.vnet.apply import ApplyError

@@ -36,6 +36,10 @@ def configure_jax(config) -> None:
 
 def main(argv):
     del argv
+    from dustjax.runtime import configure_xla, quiet_library_logs
+
+    configure_xla()  # before anything starts JAX's backend
+    quiet_library_logs()
     if FLAGS.config is None:
         raise app.UsageError("--config is required, e.g. --config=experiments/configs/gp_test.py")
     config = FLAGS.config

@@ -40,6 +40,7 @@ def main(argv):
     from dustjax.polaris import evaluate
     from dustjax.training import NonFiniteLossError
 
+    runtime.configure_xla()
     runtime.quiet_library_logs()
     config = FLAGS.config
     if FLAGS.workdir is None and config is None:

@@ -47,6 +47,10 @@ def define_flags() -> None:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from dustjax.runtime import configure_xla, quiet_library_logs
+
+    configure_xla()  # before anything starts JAX's backend
+    quiet_library_logs()
     for name in ("fits", "model", "distance_pc"):
         if FLAGS[name].value is None:
             raise app.UsageError(f"--{name} is required")
