@@ -33,6 +33,63 @@ def ensure_writable_dir(path: str | os.PathLike) -> Path:
     return path
 
 
+def check_can_write_dir(path: str | os.PathLike) -> Path:
+    """`OutputError` unless `ensure_writable_dir(path)` would succeed; creates nothing.
+
+    Entry points call it before any computation, so an unwritable workdir or output is refused
+    in a second, not after the work (and a refused run leaves no empty directory behind)."""
+    path = Path(path)
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise OutputError(
+            f"cannot create output directory {path}: {probe} is a file, not a directory"
+        )
+    if not os.access(probe, os.W_OK | os.X_OK):
+        what = "output directory" if probe == path else f"output directory {path}: its parent"
+        raise OutputError(f"{what} {probe} is not writable")
+    return path
+
+
+PREVIOUS_RUN_DIR = "previous_run"
+
+
+def set_aside_previous_outputs(
+    workdir: str | os.PathLike, names, *, keep=(), log=None
+) -> list[str]:
+    """Move an earlier run's outputs in `workdir` into ``workdir/previous_run/`` (replacing what
+    an even earlier run left there), so that a new run never sits beside files that look like
+    its own, and the run before it is kept (one run back only).
+
+    Only the files a run writes (`names`) move; any other file (the user's) stays, and so do the
+    paths in ``keep`` (the run's input, e.g. a catalogue) even where their names are an output's.
+    Returns the names moved."""
+    workdir = Path(workdir)
+    kept = {Path(p).resolve() for p in keep if p}
+    found = [
+        workdir / name
+        for name in sorted(names)
+        if (workdir / name).is_file() and (workdir / name).resolve() not in kept
+    ]
+    if not found:
+        return []
+    previous = workdir / PREVIOUS_RUN_DIR
+    if previous.exists():
+        for old in previous.iterdir():
+            if old.is_file():
+                old.unlink()
+    previous.mkdir(exist_ok=True)
+    for path in found:
+        path.replace(previous / path.name)
+    moved = [p.name for p in found]
+    if log is not None:
+        log.warning("%s held an earlier run's outputs; moved to %s: %s", workdir, previous, moved)
+    return moved
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to `path`; rename it onto `path` only on success."""

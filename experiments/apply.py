@@ -79,9 +79,20 @@ def main(argv):
 
     try:
         run()
-    except (ApplyError, CatalogError, GriddingError, MapError, FileNotFoundError) as err:
+    except (ApplyError, CatalogError, GriddingError, MapError, OSError) as err:  # OutputError too
         # Bad input: one clear line, no traceback; outputs are written only after success.
         raise SystemExit(f"apply: {err}") from None
+
+
+def parse_columns(items) -> dict[str, str]:
+    """``["extinction=A0", "l=GLON"]`` -> ``{"extinction": "A0", "l": "GLON"}``."""
+    bad = [item for item in items if "=" not in item or not all(item.split("=", 1))]
+    if bad:
+        raise app.UsageError(
+            "--columns takes logical=name pairs, e.g. --columns=extinction=A0,l=GLON; "
+            f"got {bad[0]!r}"
+        )
+    return dict(item.split("=", 1) for item in items)
 
 
 def run():
@@ -105,7 +116,7 @@ def run():
         catalog=FLAGS.catalog,
         literature_cube=FLAGS.literature_cube,
         shape=tuple(int(n) for n in FLAGS.shape) if FLAGS.shape else None,
-        columns=dict(item.split("=", 1) for item in FLAGS.columns),
+        columns=parse_columns(FLAGS.columns),
         coords=FLAGS.coords,
         format=FLAGS.format,
         distance_unit=FLAGS.distance_unit,

@@ -54,6 +54,7 @@ def main(argv):
     for name in ("fits", "model", "distance_pc"):
         if FLAGS[name].value is None:
             raise app.UsageError(f"--{name} is required")
+    from dustjax.io import OutputError
     from dustjax.maps import MapError
     from dustjax.polaris.predict_map import predict_map
 
@@ -64,7 +65,7 @@ def main(argv):
             residual_correction=FLAGS.residual_correction, which=FLAGS.which,
             batch_size=FLAGS.batch_size,
         )  # fmt: skip
-    except (MapError, FileNotFoundError) as err:
+    except (MapError, FileNotFoundError, OutputError, ValueError) as err:
         sys.exit(f"error: {err}")
     for key, value in summary.items():
         print(f"{key:>22}: {value}")

@@ -58,7 +58,7 @@ def evaluate(
 
     workdir = Path(workdir)
     # the symmetry is checked against the box and the training data before the slow load
-    saved = train.load_config(workdir)
+    saved = train.require_method(workdir, "vnet", "evaluate")
     region = region_of(saved)
     symmetry = symmetry or saved.eval.get("symmetry") or "none"
     symmetries = sym.region_symmetries(region, symmetry, simulator_name(saved))
