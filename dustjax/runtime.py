@@ -96,3 +96,54 @@ def quiet_library_logs() -> None:
     for target in targets:
         if not any(isinstance(f, _QuietLibraries) for f in target.filters):
             target.addFilter(_QuietLibraries())
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing for the entry points (``app.run(main, flags_parser=parse_flags)``),
+    with a bad config file or config key as one line instead of a 30-55 line traceback from
+    ml_collections: ``error: --config.num_epoch: no key 'num_epoch' in the config. Did you mean
+    "num_epochs" instead of "num_epoch"?``. Flag errors keep absl's own two lines."""
+    import sys
+
+    from absl import flags
+
+    try:
+        remaining = flags.FLAGS(argv)
+        for name in list(flags.FLAGS):
+            value = flags.FLAGS[name].value
+            if type(value).__name__ == "_ErrorConfig":  # a config file that failed to load
+                value.get("name")  # ml_collections defers the error to the first use: raise it
+        return remaining
+    except flags.Error as err:
+        sys.stderr.write(f"FATAL Flags parsing error: {err}\n")
+        sys.stderr.write("Pass --helpshort or --helpfull to see help on flags.\n")
+        sys.exit(1)
+    except (AttributeError, KeyError, OSError, TypeError, ValueError) as err:
+        sys.exit(f"error: {config_error_line(err, argv)}")
+
+
+def config_error_line(err: BaseException, argv: list[str]) -> str:
+    """One line for an error raised while loading a config file or applying an override."""
+    import difflib
+    import re
+
+    while err.args and isinstance(err.args[0], BaseException):  # AttributeError(KeyError(...))
+        err = err.args[0]
+    text = str(err.args[0] if err.args else err)
+    # ml_collections: "'num_epoch'\nDid you mean ...": the key, then the suggestion
+    match = re.match(r"^'*([\w.]+)'*\s*\n\s*(Did you mean.*)", text, re.S)
+    if match:
+        key, hint = match.group(1), " ".join(match.group(2).split())
+        flag = next((a.split("=")[0] for a in argv if re.match(rf"--\w+\.(.*\.)?{key}\b", a)), "")
+        return f"{flag + ': ' if flag else ''}no key {key!r} in the config. {hint}"
+    missing = re.search(r"Attempted \[[^\]]*\]:\s*(\S+)\s*\[Errno 2\]", text)
+    if missing:  # a config file that does not exist: name the nearest ones
+        from pathlib import Path
+
+        path = Path(missing.group(1))
+        known = sorted(p.stem for p in path.parent.glob("*.py") if not p.stem.startswith("_"))
+        close = difflib.get_close_matches(path.stem, known, n=1)
+        hint = f" Did you mean {path.parent / close[0]}.py?" if close else ""
+        where = f" ({len(known)} configs in {path.parent}/)" if known else ""
+        return f"config file {path} not found.{hint}{where}"
+    return " ".join(text.split())

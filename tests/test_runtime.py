@@ -90,3 +90,30 @@ def test_every_entry_point_quiets_the_libraries():
     entry_points += [p for p in (repo / "data_gen").glob("*.py") if p.name != "__init__.py"]
     missing = [p.name for p in entry_points if "quiet_library_logs()" not in p.read_text()]
     assert not missing
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--config=experiments/configs/vnet_test.py", "--config.num_epoch=3"],
+         "error: --config.num_epoch: no key 'num_epoch' in the config. Did you mean"),
+        (["--config=experiments/configs/vnet_test.py", "--config.optimizer.learning_rat=3"],
+         'Did you mean "learning_rate" instead of "learning_rat"?'),
+        (["--config=experiments/configs/vnet_tset.py"],
+         "error: config file experiments/configs/vnet_tset.py not found. Did you mean "
+         "experiments/configs/vnet_test.py?"),
+    ],
+)  # fmt: skip
+def test_a_config_typo_is_one_line_with_the_suggestion(args, expected):
+    """ml_collections raised 34-55 lines of traceback for these (issue 19)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.train", "--workdir=/nonexistent/never", *args],
+        capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[1],
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()], proc.stderr
+    assert expected in proc.stderr
