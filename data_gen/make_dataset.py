@@ -124,8 +124,10 @@ def ensure_dataset(config) -> None:
         "no dataset in %s: simulating %d %s cubes (%s) with data_gen.make_dataset",
         data_dir, config.data.num_examples, config.data.region, simulator or "default simulator",
     )  # fmt: skip
+    from dustjax.vnet.data import region_of  # the config's cube size too (config.data.shape)
+
     make_dataset(
-        config.data.region, int(config.data.num_examples), str(data_dir), int(config.seed),
+        region_of(config), int(config.data.num_examples), str(data_dir), int(config.seed),
         simulator=simulator,
     )  # fmt: skip
 

@@ -36,7 +36,9 @@ def define_flags() -> None:
     flags.DEFINE_string(
         "literature_cube", None, "A Cartesian density cube (FITS) instead of stars."
     )
-    flags.DEFINE_string("model", None, "Training workdir of the V-net (--method=vnet).")
+    flags.DEFINE_string(
+        "model", None, "Training workdir of the V-net (default: what `make train` made here)."
+    )
     flags.DEFINE_enum(
         "method", "vnet", ["vnet", "nnls"],
         "vnet: the trained model in --model; nnls: non-negative least squares through the LOS "
@@ -100,8 +102,6 @@ def run():
 
     if (FLAGS.catalog is None) == (FLAGS.literature_cube is None):
         raise app.UsageError("give exactly one of --catalog and --literature_cube")
-    if FLAGS.method == "vnet" and FLAGS.model is None:
-        raise app.UsageError("--method=vnet needs --model (a training workdir)")
     subregion = None
     if FLAGS.subregion:
         if len(FLAGS.subregion) != 6:

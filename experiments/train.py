@@ -99,6 +99,10 @@ def main(argv):
         logging.error("%s", err)
         sys.exit(f"error: {err}")
     logging.info("summary: %s", summary)
+    if (config.get("eval") or {}).get("after_training"):  # the test split, figures, next step
+        from dustjax.vnet.report import after_training
+
+        print(after_training(config, workdir, summary), flush=True)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,30 @@ OUTPUT_NAMES = (
 )  # fmt: skip
 
 
+def candidate_model_workdirs(region_name: str) -> list[Path]:
+    """Where `make train REGION=...` leaves the region's V-net: the paper config's workdir on an
+    accelerator, the CPU config's otherwise (``workdirs/<config name>``)."""
+    name = str(region_name).lower()
+    return [Path("workdirs") / f"vnet_{name}", Path("workdirs") / f"vnet_{name}_cpu"]
+
+
+def default_model_workdir(region_name: str) -> Path:
+    """The newest trained workdir of `candidate_model_workdirs` (apply without a model), or an
+    `ApplyError` saying how to make one."""
+    from dustjax.training.workdir import CONFIG_FILE
+
+    found = [p for p in candidate_model_workdirs(region_name) if (p / CONFIG_FILE).exists()]
+    if not found:
+        raise ap.ApplyError(
+            f"no model given and none trained for {region_name} here (looked for "
+            + " and ".join(str(p) for p in candidate_model_workdirs(region_name))
+            + f"): train one with `make train REGION={region_name}`, or pass --model=WORKDIR"
+        )
+    newest = max(found, key=lambda p: (p / CONFIG_FILE).stat().st_mtime)
+    log.info("no model given: using %s, the newest V-net trained for %s", newest, region_name)
+    return newest
+
+
 def make_map(
     model: str | os.PathLike,
     region_name: str,
@@ -80,8 +104,8 @@ def make_map(
     if method == "nnls":
         shape = tuple(shape) if shape else box.shape
     else:
-        if model is None:
-            raise ap.ApplyError("method 'vnet' needs a model (a training workdir)")
+        if model is None or (str(model) == "vnet" and not Path(model).exists()):
+            model = default_model_workdir(region_name)  # `make apply` without MODEL=
         shape = tuple(shape) if shape else ap.model_region(model).shape
     region = box if shape == box.shape else box.with_shape(shape)
     truth = stars = dustmap = demo_stars_catalog = None
