@@ -46,6 +46,8 @@ def check_can_write_dir(path: str | os.PathLike) -> Path:
             break
         probe = probe.parent
     if probe.exists() and not probe.is_dir():
+        if probe == path:
+            raise OutputError(f"output directory {path} is a file, not a directory")
         raise OutputError(
             f"cannot create output directory {path}: {probe} is a file, not a directory"
         )

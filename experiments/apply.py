@@ -88,9 +88,11 @@ def main(argv):
 
 def parse_columns(items) -> dict[str, str]:
     """``["extinction=A0", "l=GLON"]`` -> ``{"extinction": "A0", "l": "GLON"}``."""
+    from dustjax.vnet.apply import ApplyError
+
     bad = [item for item in items if "=" not in item or not all(item.split("=", 1))]
-    if bad:
-        raise app.UsageError(
+    if bad:  # a one-line error (absl prints its whole usage text before a UsageError's line)
+        raise ApplyError(
             "--columns takes logical=name pairs, e.g. --columns=extinction=A0,l=GLON; "
             f"got {bad[0]!r}"
         )
@@ -98,14 +100,15 @@ def parse_columns(items) -> dict[str, str]:
 
 
 def run():
+    from dustjax.vnet.apply import ApplyError
     from dustjax.vnet.output import make_map
 
     if (FLAGS.catalog is None) == (FLAGS.literature_cube is None):
-        raise app.UsageError("give exactly one of --catalog and --literature_cube")
+        raise ApplyError("give exactly one of --catalog and --literature_cube")
     subregion = None
     if FLAGS.subregion:
         if len(FLAGS.subregion) != 6:
-            raise app.UsageError("--subregion needs six numbers: x0,x1,y0,y1,z0,z1 (pc)")
+            raise ApplyError("--subregion needs six numbers: x0,x1,y0,y1,z0,z1 (pc)")
         v = [float(x) for x in FLAGS.subregion]
         subregion = ((v[0], v[1]), (v[2], v[3]), (v[4], v[5]))
     outdir = Path(FLAGS.workdir or f"workdirs/apply_{FLAGS.region}")
