@@ -46,3 +46,24 @@ def test_a_workdir_with_a_checkpoint_is_kept_to_resume(tmp_path):
     (workdir / "checkpoints" / "3").rmdir()
     assert loop.remove_failed_start(workdir, None, [workdir]) == ["checkpoints", "config.json"]
     assert not workdir.exists()
+
+
+def test_an_unwritable_workdir_is_refused_before_any_data_is_simulated(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    (tmp_path / "a_file").write_text("")
+    repo = Path(__file__).resolve().parents[2]
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.train", "--config=experiments/configs/vnet_lr_cpu.py",
+         f"--workdir={tmp_path}/a_file/run", f"--data_dir={tmp_path}/data",
+         "--make_data_if_missing"],
+        capture_output=True, text=True, cwd=repo, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: cannot create output directory {tmp_path}/a_file/run: {tmp_path}/a_file is a "
+        "file, not a directory"
+    )
+    assert not (tmp_path / "data").exists()  # refused before the dataset was simulated
