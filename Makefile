@@ -24,7 +24,8 @@ help:
 	@echo "make train REGION=LR        make the data if missing, then train the region's V-net"
 	@echo "make train MODEL=unet       train the POLARIS U-Net (CONFIG= picks another config)"
 	@echo "make gp CONFIG=gp_test      fit the latent log-density GP"
-	@echo "make apply REGION=SR CATALOG=stars.fits MODEL=workdirs/vnet_sr   catalogue -> 3D map"
+	@echo "make apply REGION=SR         3D map from a demo catalogue with the model make train made"
+	@echo "make apply REGION=SR CATALOG=stars.fits MODEL=workdirs/vnet_sr   your catalogue -> 3D map"
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -66,9 +67,11 @@ gp: setup
 	$(PY) -m experiments.fit_gp --config=experiments/configs/$(or $(CONFIG),gp_test).py \
 	  $(if $(WORKDIR),--workdir=$(WORKDIR))
 
+# MODEL= a training workdir; without it (MODEL is then the family `vnet`) apply takes the one
+# `make train REGION=...` made. CATALOG= a star catalogue; without it a demo one is simulated.
 apply: setup
-	$(PY) -m experiments.apply --region=$(REGION) --catalog=$(CATALOG) --model=$(MODEL) \
-	  $(if $(WORKDIR),--workdir=$(WORKDIR))
+	$(PY) -m experiments.apply --region=$(REGION) --catalog=$(or $(CATALOG),demo) \
+	  $(if $(filter-out vnet,$(MODEL)),--model=$(MODEL)) $(if $(WORKDIR),--workdir=$(WORKDIR))
 
 bench: setup
 	$(PY) -m benchmarks.simulate

@@ -90,6 +90,10 @@ def make_clouds(data_config, out: str, num: int, seed: int, *, overwrite: bool =
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from dustjax.runtime import configure_xla, quiet_library_logs
+
+    configure_xla()  # before anything starts JAX's backend
+    quiet_library_logs()
     if not FLAGS.out:
         raise app.UsageError("--out is required")
     from dustjax.io import DatasetError, OutputError
@@ -108,4 +112,6 @@ def main(argv):
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    from dustjax.runtime import parse_flags
+
+    app.run(main, flags_parser=parse_flags)  # a config typo: one line, no traceback

@@ -124,8 +124,10 @@ def ensure_dataset(config) -> None:
         "no dataset in %s: simulating %d %s cubes (%s) with data_gen.make_dataset",
         data_dir, config.data.num_examples, config.data.region, simulator or "default simulator",
     )  # fmt: skip
+    from dustjax.vnet.data import region_of  # the config's cube size too (config.data.shape)
+
     make_dataset(
-        config.data.region, int(config.data.num_examples), str(data_dir), int(config.seed),
+        region_of(config), int(config.data.num_examples), str(data_dir), int(config.seed),
         simulator=simulator,
     )  # fmt: skip
 
@@ -155,6 +157,10 @@ def _jsonable(d):
 
 def main(argv):
     del argv
+    from dustjax.runtime import configure_xla, quiet_library_logs
+
+    configure_xla()  # before anything starts JAX's backend
+    quiet_library_logs()
     try:
         region = region_from_flags(FLAGS.region, FLAGS.shape, FLAGS.lower_pc, FLAGS.upper_pc)
         out = FLAGS.out or f"data/{region.name}"
@@ -177,4 +183,6 @@ def main(argv):
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    from dustjax.runtime import parse_flags
+
+    app.run(main, flags_parser=parse_flags)  # a config typo: one line, no traceback

@@ -105,6 +105,10 @@ def draw_preview(region: Region, density, extinction, out: str, title: str = "")
 
 def main(argv):
     del argv
+    from dustjax.runtime import configure_xla, quiet_library_logs
+
+    configure_xla()  # before anything starts JAX's backend
+    quiet_library_logs()
     try:
         if FLAGS.data:
             region, density, extinction = load_example(FLAGS.data, FLAGS.split, FLAGS.index)
@@ -130,4 +134,6 @@ def main(argv):
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    from dustjax.runtime import parse_flags
+
+    app.run(main, flags_parser=parse_flags)  # a config typo: one line, no traceback

@@ -30,6 +30,10 @@ def define_flags() -> None:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from dustjax.runtime import configure_xla, quiet_library_logs
+
+    configure_xla()  # before anything starts JAX's backend
+    quiet_library_logs()
     from dustjax.polaris.plots import preview_cloud
 
     summary = preview_cloud(FLAGS.config.data, FLAGS.out, FLAGS.seed)
@@ -40,4 +44,6 @@ def main(argv):
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    from dustjax.runtime import parse_flags
+
+    app.run(main, flags_parser=parse_flags)  # a config typo: one line, no traceback

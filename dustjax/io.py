@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import tempfile
@@ -31,6 +32,65 @@ def ensure_writable_dir(path: str | os.PathLike) -> Path:
     if not os.access(path, os.W_OK | os.X_OK):
         raise OutputError(f"output directory {path} is not writable")
     return path
+
+
+def check_can_write_dir(path: str | os.PathLike) -> Path:
+    """`OutputError` unless `ensure_writable_dir(path)` would succeed; creates nothing.
+
+    Entry points call it before any computation, so an unwritable workdir or output is refused
+    in a second, not after the work (and a refused run leaves no empty directory behind)."""
+    path = Path(path)
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        if probe == path:
+            raise OutputError(f"output directory {path} is a file, not a directory")
+        raise OutputError(
+            f"cannot create output directory {path}: {probe} is a file, not a directory"
+        )
+    if not os.access(probe, os.W_OK | os.X_OK):
+        what = "output directory" if probe == path else f"output directory {path}: its parent"
+        raise OutputError(f"{what} {probe} is not writable")
+    return path
+
+
+PREVIOUS_RUN_DIR = "previous_run"
+
+
+def set_aside_previous_outputs(
+    workdir: str | os.PathLike, names, *, keep=(), log=None
+) -> list[str]:
+    """Move an earlier run's outputs in `workdir` into ``workdir/previous_run/`` (replacing what
+    an even earlier run left there), so that a new run never sits beside files that look like
+    its own, and the run before it is kept (one run back only).
+
+    Only the files a run writes (`names`) move; any other file (the user's) stays, and so do the
+    paths in ``keep`` (the run's input, e.g. a catalogue) even where their names are an output's.
+    Returns the names moved."""
+    workdir = Path(workdir)
+    kept = {Path(p).resolve() for p in keep if p}
+    found = [
+        workdir / name
+        for name in sorted(names)
+        if (workdir / name).is_file() and (workdir / name).resolve() not in kept
+    ]
+    if not found:
+        return []
+    previous = workdir / PREVIOUS_RUN_DIR
+    if previous.exists():
+        for old in previous.iterdir():
+            if old.is_file():
+                old.unlink()
+    previous.mkdir(exist_ok=True)
+    for path in found:
+        path.replace(previous / path.name)
+    moved = [p.name for p in found]
+    if log is not None:
+        log.warning("%s held an earlier run's outputs; moved to %s: %s", workdir, previous, moved)
+    return moved
 
 
 @contextlib.contextmanager
@@ -186,8 +246,85 @@ def write_sharded_dataset(
       overwrite: replace a complete (or partial) dataset already in `out_dir`.
 
     Returns the dataset directory. ``dataset_info.json`` is written last; a directory without it
-    never reads as a dataset.
+    never reads as a dataset. A killed run's temporary files are removed by the next run; a run
+    that fails before its first shard removes what it created.
     """
+    out_dir = Path(out_dir)
+    before = set(p.name for p in out_dir.iterdir()) if out_dir.is_dir() else None
+    new_dirs = [d for d in (out_dir, *out_dir.parents) if not d.exists()]
+    try:
+        return _write_sharded_dataset(
+            out_dir, splits=splits, features=features, make_examples=make_examples,
+            metadata=metadata, examples_per_shard=examples_per_shard, chunk=chunk,
+            overwrite=overwrite, desc=desc, progress=progress,
+        )  # fmt: skip
+    except BaseException:
+        _remove_failed_start(out_dir, before, new_dirs)
+        raise
+
+
+def _remove_failed_start(out_dir: Path, before: set[str] | None, new_dirs) -> None:
+    """After a failed run: if it completed no shard, remove what it created (its .partial.json,
+    temporary files, the directories it made); completed shards stay, to be resumed."""
+    if not out_dir.is_dir():
+        return
+    created = [p for p in out_dir.iterdir() if p.name not in (before or set())]
+    if any(p.suffix == ".tfrecord" for p in created) or any(
+        name.endswith(".tfrecord") for name in (before or ())
+    ):
+        return
+    for path in created:
+        if path.is_file():
+            path.unlink()
+    for directory in new_dirs:  # deepest first
+        if directory.is_dir() and not any(directory.iterdir()):
+            directory.rmdir()
+
+
+def remove_stale_temporaries(out_dir: Path) -> list[str]:
+    """Delete the temporary files (``.<name>.<random>.tmp``, `atomic_path`) that a killed run
+    left in a dataset directory; returns their names."""
+    stale = sorted(out_dir.glob(".*.tmp"))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return [p.name for p in stale]
+
+
+def dataset_settings(request: dict[str, Any]) -> str:
+    """The settings of a (partial) dataset request as the make_dataset flags that ask for it,
+    e.g. ``--region=SR --shape=16,16,16 --simulator=levy --num=600 --seed=0
+    --examples_per_shard=256`` (V-net datasets), else the splits and shard size."""
+    meta = request.get("metadata", {})
+    region = meta.get("region") if isinstance(meta.get("region"), dict) else None
+    num = sum(int(n) for n in request.get("splits", {}).values())
+    shard = f"--examples_per_shard={request.get('examples_per_shard')}"
+    if region is None or "simulator" not in meta:
+        return f"splits {request.get('splits')}, {shard}"
+    name = str(region.get("name", "")).split("@")[0]
+    flags = [f"--region={name or '?'}"]
+    if "@custom" in str(region.get("name", "")):
+        flags += [
+            "--lower_pc=" + ",".join(f"{v:g}" for v in region["lower_pc"]),
+            "--upper_pc=" + ",".join(f"{v:g}" for v in region["upper_pc"]),
+        ]
+    flags += ["--shape=" + ",".join(str(n) for n in region.get("shape", []))]
+    flags += [f"--simulator={meta['simulator']}", f"--num={num}", f"--seed={meta.get('seed')}"]
+    return " ".join([*flags, shard])
+
+
+def _write_sharded_dataset(
+    out_dir: Path,
+    *,
+    splits,
+    features,
+    make_examples,
+    metadata,
+    examples_per_shard,
+    chunk,
+    overwrite,
+    desc,
+    progress,
+) -> Path:
     import hashlib
 
     from tqdm.auto import tqdm
@@ -213,9 +350,14 @@ def write_sharded_dataset(
         if previous != request:
             raise DatasetError(
                 f"{out_dir} holds an interrupted dataset made with other settings "
-                f"({_diff_keys(previous, request)}); rerun with the same settings to resume, "
-                "or pass --overwrite to start again"
+                f"({_diff_keys(previous, request)}): its settings are {dataset_settings(previous)}"
+                f", yours {dataset_settings(request)}; resume it with `python -m "
+                f"data_gen.make_dataset {dataset_settings(previous)} --out={out_dir}`, or pass "
+                "--overwrite to start again with yours"
             )
+    stale = remove_stale_temporaries(out_dir)
+    if stale:
+        logging.getLogger(__name__).info("removed a killed run's temporary files: %s", stale)
     write_json(partial_path, request)
 
     plan = shard_plan(splits, examples_per_shard)
@@ -287,9 +429,11 @@ def read_dataset_info(data_dir: str | os.PathLike) -> dict[str, Any]:
     info_path = data_dir / DATASET_INFO
     if not info_path.exists():
         if (data_dir / PARTIAL_INFO).exists():
+            settings = dataset_settings(read_json(data_dir / PARTIAL_INFO))
             raise DatasetError(
-                f"{data_dir} holds an interrupted dataset (no {DATASET_INFO}); rerun the same "
-                "make_dataset command to finish it"
+                f"{data_dir} holds an interrupted dataset (no {DATASET_INFO}); finish it with "
+                f"`python -m data_gen.make_dataset {settings} --out={data_dir}` (the settings "
+                "it was started with)"
             )
         raise DatasetError(f"no dataset in {data_dir} (no {DATASET_INFO})")
     info = read_json(info_path)

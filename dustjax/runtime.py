@@ -1,6 +1,7 @@
 """Process set-up for the entry points: XLA flags (before JAX starts its backend) and logging.
 
-`quiet_library_logs()` drops orbax's per-save INFO chatter. The rest is about XLA flags:
+`quiet_library_logs()` keeps the logs to the run's own lines (no orbax INFO floods, no "Unable
+to initialize backend 'tpu'", no TensorFlow oneDNN notices). The rest is about XLA flags:
 
 XLA assigns 3D convolutions NCDHW layouts on Hopper GPUs (only 2D ones get NHWC), and cuDNN then
 transposes every activation to NHWC and back around each call. ``--xla_gpu_force_conv_nhwc``
@@ -47,21 +48,105 @@ def configure_xla(flags=GPU_FLAGS) -> list[str]:
     return added
 
 
+# Known harmless orbax warnings of a read-only restore (apply, evaluate, predict_map load a run).
+_ORBAX_NOISE = (
+    "read_only=True",
+    "directory is read only",
+    "Metadata file does not exist",
+)
+
+
+class _QuietLibraries(logging.Filter):
+    """Drops orbax's INFO lines (and its known harmless read-only warnings) from absl logging."""
+
+    def filter(self, record):
+        if "orbax" not in record.pathname and not record.name.startswith("orbax"):
+            return True
+        if record.levelno >= logging.ERROR:
+            return True
+        if record.levelno >= logging.WARNING:
+            return not any(text in record.getMessage() for text in _ORBAX_NOISE)
+        return False
+
+
 def quiet_library_logs() -> None:
-    """Drop orbax's per-save INFO chatter from absl logging (warnings and errors still show)."""
+    """Only the run's own lines, warnings and errors: every entry point calls it first thing.
 
-    class _Filter(logging.Filter):
-        def filter(self, record):
-            return record.levelno >= logging.WARNING or "orbax" not in record.pathname
-
-    for handler in logging.getLogger("absl").handlers + logging.getLogger().handlers:
-        handler.addFilter(_Filter())
+    - orbax logs each checkpoint save and restore in ~30 INFO lines through absl's logger (and
+      a few harmless warnings on a read-only restore): a filter on the ``absl`` and ``orbax``
+      loggers (and their handlers) drops them; orbax errors still show.
+    - JAX logs "Unable to initialize backend 'tpu'" at INFO on every machine without a TPU:
+      its ``jax._src.xla_bridge`` logger is set to WARNING.
+    - TensorFlow (only the TFRecord reader and writer here: no TensorFlow arithmetic) prints a
+      oneDNN notice and CPU-instruction notices when imported: ``TF_ENABLE_ONEDNN_OPTS=0`` and
+      ``TF_CPP_MIN_LOG_LEVEL=1`` (each unless the user set it; must run before the import).
+    Calling it twice adds nothing twice.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
+    targets = [logging.getLogger("absl"), logging.getLogger("orbax"), logging.getLogger()]
+    targets += logging.getLogger("absl").handlers + logging.getLogger().handlers
     try:
         from absl import logging as absl_logging
 
-        absl_logging.get_absl_handler().addFilter(_Filter())
+        targets.append(absl_logging.get_absl_handler())
     except ImportError:
         pass
+    for target in targets:
+        if not any(isinstance(f, _QuietLibraries) for f in target.filters):
+            target.addFilter(_QuietLibraries())
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing for the entry points (``app.run(main, flags_parser=parse_flags)``),
+    with a bad config file or config key as one line instead of a 30-55 line traceback from
+    ml_collections: ``error: --config.num_epoch: no key 'num_epoch' in the config. Did you mean
+    "num_epochs" instead of "num_epoch"?``. Flag errors keep absl's own two lines."""
+    import sys
+
+    from absl import flags
+
+    try:
+        remaining = flags.FLAGS(argv)
+        for name in list(flags.FLAGS):
+            value = flags.FLAGS[name].value
+            if type(value).__name__ == "_ErrorConfig":  # a config file that failed to load
+                value.get("name")  # ml_collections defers the error to the first use: raise it
+        return remaining
+    except flags.Error as err:
+        sys.stderr.write(f"FATAL Flags parsing error: {err}\n")
+        sys.stderr.write("Pass --helpshort or --helpfull to see help on flags.\n")
+        sys.exit(1)
+    except (AttributeError, KeyError, OSError, TypeError, ValueError) as err:
+        sys.exit(f"error: {config_error_line(err, argv)}")
+
+
+def config_error_line(err: BaseException, argv: list[str]) -> str:
+    """One line for an error raised while loading a config file or applying an override."""
+    import difflib
+    import re
+
+    while err.args and isinstance(err.args[0], BaseException):  # AttributeError(KeyError(...))
+        err = err.args[0]
+    text = str(err.args[0] if err.args else err)
+    # ml_collections: "'num_epoch'\nDid you mean ...": the key, then the suggestion
+    match = re.match(r"^'*([\w.]+)'*\s*\n\s*(Did you mean.*)", text, re.S)
+    if match:
+        key, hint = match.group(1), " ".join(match.group(2).split())
+        flag = next((a.split("=")[0] for a in argv if re.match(rf"--\w+\.(.*\.)?{key}\b", a)), "")
+        return f"{flag + ': ' if flag else ''}no key {key!r} in the config. {hint}"
+    missing = re.search(r"Attempted \[[^\]]*\]:\s*(\S+)\s*\[Errno 2\]", text)
+    if missing:  # a config file that does not exist: name the nearest ones
+        from pathlib import Path
+
+        path = Path(missing.group(1))
+        known = sorted(p.stem for p in path.parent.glob("*.py") if not p.stem.startswith("_"))
+        close = difflib.get_close_matches(path.stem, known, n=1)
+        hint = f" Did you mean {path.parent / close[0]}.py?" if close else ""
+        where = f" ({len(known)} configs in {path.parent}/)" if known else ""
+        return f"config file {path} not found.{hint}{where}"
+    return " ".join(text.split())
 
 
 # ==== persistent compilation cache ================================================================

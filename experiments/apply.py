@@ -36,7 +36,9 @@ def define_flags() -> None:
     flags.DEFINE_string(
         "literature_cube", None, "A Cartesian density cube (FITS) instead of stars."
     )
-    flags.DEFINE_string("model", None, "Training workdir of the V-net (--method=vnet).")
+    flags.DEFINE_string(
+        "model", None, "Training workdir of the V-net (default: what `make train` made here)."
+    )
     flags.DEFINE_enum(
         "method", "vnet", ["vnet", "nnls"],
         "vnet: the trained model in --model; nnls: non-negative least squares through the LOS "
@@ -78,22 +80,34 @@ def main(argv):
 
     try:
         run()
-    except (ApplyError, CatalogError, GriddingError, MapError, FileNotFoundError) as err:
+    except (ApplyError, CatalogError, GriddingError, MapError, OSError) as err:  # OutputError too
         # Bad input: one clear line, no traceback; outputs are written only after success.
         raise SystemExit(f"apply: {err}") from None
 
 
+def parse_columns(items) -> dict[str, str]:
+    """``["extinction=A0", "l=GLON"]`` -> ``{"extinction": "A0", "l": "GLON"}``."""
+    from dustjax.vnet.apply import ApplyError
+
+    bad = [item for item in items if "=" not in item or not all(item.split("=", 1))]
+    if bad:  # a one-line error (absl prints its whole usage text before a UsageError's line)
+        raise ApplyError(
+            "--columns takes logical=name pairs, e.g. --columns=extinction=A0,l=GLON; "
+            f"got {bad[0]!r}"
+        )
+    return dict(item.split("=", 1) for item in items)
+
+
 def run():
+    from dustjax.vnet.apply import ApplyError
     from dustjax.vnet.output import make_map
 
     if (FLAGS.catalog is None) == (FLAGS.literature_cube is None):
-        raise app.UsageError("give exactly one of --catalog and --literature_cube")
-    if FLAGS.method == "vnet" and FLAGS.model is None:
-        raise app.UsageError("--method=vnet needs --model (a training workdir)")
+        raise ApplyError("give exactly one of --catalog and --literature_cube")
     subregion = None
     if FLAGS.subregion:
         if len(FLAGS.subregion) != 6:
-            raise app.UsageError("--subregion needs six numbers: x0,x1,y0,y1,z0,z1 (pc)")
+            raise ApplyError("--subregion needs six numbers: x0,x1,y0,y1,z0,z1 (pc)")
         v = [float(x) for x in FLAGS.subregion]
         subregion = ((v[0], v[1]), (v[2], v[3]), (v[4], v[5]))
     outdir = Path(FLAGS.workdir or f"workdirs/apply_{FLAGS.region}")
@@ -104,7 +118,7 @@ def run():
         catalog=FLAGS.catalog,
         literature_cube=FLAGS.literature_cube,
         shape=tuple(int(n) for n in FLAGS.shape) if FLAGS.shape else None,
-        columns=dict(item.split("=", 1) for item in FLAGS.columns),
+        columns=parse_columns(FLAGS.columns),
         coords=FLAGS.coords,
         format=FLAGS.format,
         distance_unit=FLAGS.distance_unit,
@@ -133,4 +147,6 @@ if __name__ == "__main__":
 
     define_flags()
     define_runtime_flags()
-    app.run(main)
+    from dustjax.runtime import parse_flags
+
+    app.run(main, flags_parser=parse_flags)  # a config typo: one line, no traceback

@@ -64,4 +64,6 @@ if __name__ == "__main__":
 
     define_flags()
     define_runtime_flags()
-    app.run(main)
+    from dustjax.runtime import parse_flags
+
+    app.run(main, flags_parser=parse_flags)  # a config typo: one line, no traceback

@@ -36,6 +36,10 @@ def configure_jax(config) -> None:
 
 def main(argv):
     del argv
+    from dustjax.runtime import configure_xla, quiet_library_logs
+
+    configure_xla()  # before anything starts JAX's backend
+    quiet_library_logs()
     if FLAGS.config is None:
         raise app.UsageError("--config is required, e.g. --config=experiments/configs/gp_test.py")
     config = FLAGS.config
@@ -74,4 +78,6 @@ if __name__ == "__main__":
     from experiments.runtime_flags import define_runtime_flags
 
     define_runtime_flags()
-    app.run(main)
+    from dustjax.runtime import parse_flags
+
+    app.run(main, flags_parser=parse_flags)  # a config typo: one line, no traceback

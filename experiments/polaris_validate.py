@@ -40,6 +40,7 @@ def main(argv):
     from dustjax.polaris import evaluate
     from dustjax.training import NonFiniteLossError
 
+    runtime.configure_xla()
     runtime.quiet_library_logs()
     config = FLAGS.config
     if FLAGS.workdir is None and config is None:
@@ -60,4 +61,6 @@ def main(argv):
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    from dustjax.runtime import parse_flags
+
+    app.run(main, flags_parser=parse_flags)  # a config typo: one line, no traceback

@@ -53,9 +53,14 @@ def define_flags() -> None:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from dustjax.runtime import configure_xla, quiet_library_logs
+
+    configure_xla()  # before anything starts JAX's backend
+    quiet_library_logs()
     for name in ("fits", "model", "distance_pc"):
         if FLAGS[name].value is None:
             raise app.UsageError(f"--{name} is required")
+    from dustjax.io import OutputError
     from dustjax.maps import MapError
     from dustjax.polaris.predict_map import predict_map
 
@@ -76,7 +81,7 @@ def main(argv):
                 bunit=FLAGS.bunit, residual_correction=FLAGS.residual_correction,
                 which=FLAGS.which, batch_size=FLAGS.batch_size,
             )  # fmt: skip
-    except (MapError, FileNotFoundError) as err:
+    except (MapError, FileNotFoundError, OutputError, ValueError) as err:
         sys.exit(f"error: {err}")
     for key, value in summary.items():
         print(f"{key:>22}: {value}")
@@ -84,4 +89,6 @@ def main(argv):
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    from dustjax.runtime import parse_flags
+
+    app.run(main, flags_parser=parse_flags)  # a config typo: one line, no traceback

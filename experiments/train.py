@@ -71,7 +71,7 @@ def main(argv):
     start_runtime()  # XLA flags, compilation cache, several processes: before any JAX work
     from data_gen.make_dataset import ensure_dataset
     from dustjax import training
-    from dustjax.io import DatasetError
+    from dustjax.io import DatasetError, OutputError, check_can_write_dir
     from experiments.configs import choose_config
 
     if FLAGS.config is not None:
@@ -84,16 +84,24 @@ def main(argv):
             raise app.UsageError(str(err)) from None
     with config.unlocked():
         resolve_data_dir(config, FLAGS.region, FLAGS["region"].present)
+    workdir = FLAGS.workdir or str(Path("workdirs") / config.get("name", "run"))
+    try:  # before any data is simulated or any step is run
+        check_can_write_dir(workdir)
+    except OutputError as err:
+        sys.exit(f"error: {err}")
     if FLAGS.make_data_if_missing:
         ensure_dataset(config)
-    workdir = FLAGS.workdir or str(Path("workdirs") / config.get("name", "run"))
     logging.info("workdir %s; %d device(s): %s", workdir, jax.device_count(), jax.devices())
     try:
         summary = training.train_and_evaluate(config, workdir)
-    except (training.NonFiniteLossError, ValueError, FileNotFoundError, DatasetError) as err:
+    except (training.NonFiniteLossError, ValueError, OSError, DatasetError) as err:
         logging.error("%s", err)
         sys.exit(f"error: {err}")
     logging.info("summary: %s", summary)
+    if (config.get("eval") or {}).get("after_training"):  # the test split, figures, next step
+        from dustjax.vnet.report import after_training
+
+        print(after_training(config, workdir, summary), flush=True)
 
 
 if __name__ == "__main__":
@@ -101,4 +109,6 @@ if __name__ == "__main__":
 
     define_flags()
     define_runtime_flags()
-    app.run(main)
+    from dustjax.runtime import parse_flags
+
+    app.run(main, flags_parser=parse_flags)  # a config typo: one line, no traceback

@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dustjax import distributed, provenance
+from dustjax import io as dio
 from dustjax.gp import calibration, predict, svgp
 from dustjax.gp import fit as gpfit
 from dustjax.gp.grid import LBDGrid
@@ -112,40 +113,17 @@ OUTPUT_NAMES = (
     "fig5_density_slices.png",
     "figB1_sightlines.png",
 )
-PREVIOUS_RUN_DIR = "previous_run"
+PREVIOUS_RUN_DIR = dio.PREVIOUS_RUN_DIR
 DEFAULT_POSTERIOR_SAMPLES = 12
 DEFAULT_CALIBRATION_FRACTION = 0.1
 CALIBRATION_TARGET_COVERAGE = 0.68  # of the held-out stars' observed extinctions
 
 
 def set_aside_previous_outputs(workdir: Path, *, keep=()) -> list[str]:
-    """Move an earlier run's outputs in `workdir` into ``workdir/previous_run/`` (replacing what
-    an even earlier run left there), so that a new run that fails or stops early never sits
-    beside maps that look like its own, and the run before it is kept (one run back only).
-
-    Only the files a run writes (`OUTPUT_NAMES`) move; any other file stays, and so do the
-    paths in ``keep`` (the run's input catalogue) even where their names are an output's.
-    Returns the names moved."""
-    workdir = Path(workdir)
-    kept = {Path(p).resolve() for p in keep if p}
-    found = [
-        workdir / name
-        for name in sorted(OUTPUT_NAMES)
-        if (workdir / name).is_file() and (workdir / name).resolve() not in kept
-    ]
-    if not found:
-        return []
-    previous = workdir / PREVIOUS_RUN_DIR
-    if previous.exists():
-        for old in previous.iterdir():
-            if old.is_file():
-                old.unlink()
-    previous.mkdir(exist_ok=True)
-    for path in found:
-        path.replace(previous / path.name)
-    names = [p.name for p in found]
-    logger.warning("%s held an earlier run's outputs; moved to %s: %s", workdir, previous, names)
-    return names
+    """Move an earlier run's outputs (`OUTPUT_NAMES`) in `workdir` into ``workdir/previous_run/``
+    (`dustjax.io.set_aside_previous_outputs`), keeping the paths in ``keep`` (the run's input
+    catalogue); returns the names moved."""
+    return dio.set_aside_previous_outputs(workdir, OUTPUT_NAMES, keep=keep, log=logger)
 
 
 MASS_NOTES = dict(

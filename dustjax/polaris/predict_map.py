@@ -219,6 +219,23 @@ def predict_map(
     valid = np.isfinite(column)
     if not valid.any():
         raise MapError(f"{fits_path} has no valid (finite, positive) pixel")
+    # Everything that can be checked is checked before the model is loaded and run: the run's
+    # method, the residual correction's file, the output's directory.
+    train.require_method(workdir, "polaris", "predict_map")
+    correction_path = None
+    if residual_correction != "none":
+        correction_path = (
+            Path(workdir) / "validation" / "residual_correction.json"
+            if residual_correction == "auto"
+            else Path(residual_correction)
+        )
+        if not correction_path.exists():
+            raise MapError(
+                f"{correction_path} not found: run experiments.polaris_validate on {workdir} "
+                "first, or pass --residual_correction=none"
+            )
+    out = Path(out) if out else Path(fits_path).with_name(Path(fits_path).stem + "_density.fits")
+    dio.check_can_write_dir(out.parent)
     model, variables, config = train.load_trained(workdir, which)
     tile = int(config.model.input_shape[0])
     model_pc = float(config.data.grid.cell_size_pc)
@@ -244,24 +261,12 @@ def predict_map(
         progress=True,
     )  # fmt: skip
     log10_density = log10_density_from_output(output)
-    correction_path = None
-    if residual_correction != "none":
-        correction_path = (
-            Path(workdir) / "validation" / "residual_correction.json"
-            if residual_correction == "auto"
-            else Path(residual_correction)
-        )
-        if not correction_path.exists():
-            raise MapError(
-                f"{correction_path} not found: run experiments.polaris_validate on {workdir} "
-                "first, or pass --residual_correction=none"
-            )
+    if correction_path is not None:
         correction = ResidualCorrection.from_dict(dio.read_json(correction_path))
         log10_density = np.where(np.isfinite(log10_density), correction(log10_density), np.nan)
     back, _ = resample(log10_density, column.shape, np.isfinite(log10_density))
     density = np.where(valid & np.isfinite(back), 10.0**back, np.nan).astype(np.float32)
 
-    out = Path(out) if out else Path(fits_path).with_name(Path(fits_path).stem + "_density.fits")
     target = config.data.get("target", "mass_weighted")
     out_header = wcs.to_header()
     out_header["BUNIT"] = ("cm-3", "hydrogen number density")

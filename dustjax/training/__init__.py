@@ -20,10 +20,11 @@ from dustjax.training.tasks import (
     register_data_source,
     register_task,
 )
-from dustjax.training.workdir import load_config
+from dustjax.training.workdir import WrongMethodError, load_config, require_method
 
 __all__ = [
     "NonFiniteLossError",
+    "WrongMethodError",
     "Task",
     "get_data_source",
     "get_task",
@@ -33,5 +34,6 @@ __all__ = [
     "population_batch_stats",
     "register_data_source",
     "register_task",
+    "require_method",
     "train_and_evaluate",
 ]

@@ -55,6 +55,7 @@ from dustjax.training.steps import (
 )
 from dustjax.training.tasks import DEFAULT_TASK, get_data_source, get_task
 from dustjax.training.workdir import (
+    CHECKPOINT_DIR,
     CONFIG_FILE,
     LOSS_CURVE_FILE,
     METRICS_FILE,
@@ -114,9 +115,45 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     """Train ``config``'s model in `workdir` (resuming if it holds a checkpoint).
 
     Returns a summary dict (best epoch and validation loss, epochs run, why it stopped, ...),
-    also written to ``workdir/train_summary.json``.
+    also written to ``workdir/train_summary.json``. A run that fails (or is interrupted) before
+    its first checkpoint removes what it created (`remove_failed_start`): no empty or
+    config-only workdir is left behind; one with a checkpoint stays, to be resumed.
     """
     check_config(config)
+    workdir = Path(workdir)
+    before = set(p.name for p in workdir.iterdir()) if workdir.is_dir() else None
+    new_dirs = [d for d in (workdir, *workdir.parents) if not d.exists()]
+    try:
+        return _train_and_evaluate(config, workdir)
+    except BaseException:
+        remove_failed_start(workdir, before, new_dirs)
+        raise
+
+
+def remove_failed_start(workdir: Path, before: set[str] | None, new_dirs=()) -> list[str]:
+    """Remove what a failed run created in `workdir` (the entries not in `before`, None if
+    there was no workdir, and the directories `new_dirs` it created, when left empty), unless a
+    checkpoint exists: then the workdir resumes, and stays. Returns the names removed."""
+    import shutil
+
+    if not workdir.is_dir():
+        return []
+    checkpoints = workdir / CHECKPOINT_DIR
+    if checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir()):
+        return []
+    created = sorted(p.name for p in workdir.iterdir() if p.name not in (before or set()))
+    for name in created:
+        path = workdir / name
+        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+    for directory in new_dirs:  # deepest first
+        if directory.is_dir() and not any(directory.iterdir()):
+            directory.rmdir()
+    if created:
+        log.info("the run failed before its first checkpoint: removed %s from %s", created, workdir)
+    return created
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path) -> dict:
     workdir = dio.ensure_writable_dir(workdir)
     task = get_task(config.get("task", DEFAULT_TASK))
     source = get_data_source(config.data.source)

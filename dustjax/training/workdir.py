@@ -39,6 +39,42 @@ def load_config(workdir: str | Path) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(provenance.strip(dio.read_json(path)))  # config alone
 
 
+# What each method's runs are for, named in the refusal when a workdir of one method is given to
+# another's tool (the method is the package of the run's task in the engine's table).
+METHOD_USES = {
+    "vnet": "a V-net run (star extinctions -> 3D density): use it with experiments.apply or "
+    "experiments.evaluate",
+    "polaris": "a POLARIS U-Net run (column density map -> volume density): use it with "
+    "experiments.predict_map or experiments.polaris_validate",
+}
+
+
+class WrongMethodError(ValueError):
+    """A training workdir of another method than the tool's (a U-Net run given to apply, ...)."""
+
+
+def method_of(config) -> str | None:
+    """The method package (``"vnet"``, ``"polaris"``) of a run's task, or None if unknown."""
+    from dustjax.training.tasks import BUILTIN_TASKS, DEFAULT_TASK
+
+    spec = BUILTIN_TASKS.get(str(config.get("task", DEFAULT_TASK)), "")
+    parts = spec.split(":")[0].split(".")
+    return parts[1] if len(parts) > 1 and parts[0] == "dustjax" else None
+
+
+def require_method(workdir: str | Path, method: str, tool: str) -> ml_collections.ConfigDict:
+    """The config of the run in `workdir`, or one-line `WrongMethodError` naming both methods
+    when the run is not of `method` (what `tool`, e.g. "apply", needs)."""
+    config = load_config(workdir)
+    have = method_of(config)
+    if have is not None and have != method:
+        raise WrongMethodError(
+            f"{workdir} holds {METHOD_USES.get(have, have)}; {tool} needs "
+            f"{METHOD_USES[method].split(':')[0]}"
+        )
+    return config
+
+
 def read_metrics(path: Path) -> list[dict]:
     if not path.exists():
         return []

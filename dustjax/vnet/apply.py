@@ -74,13 +74,16 @@ def density_predictor(model, variables) -> Predictor:
 
 def model_region(workdir: str | os.PathLike) -> Region:
     """The region (box and cube size) a training workdir was trained on."""
-    from dustjax.training.workdir import CONFIG_FILE, load_config
+    from dustjax.training.workdir import CONFIG_FILE, WrongMethodError, require_method
     from dustjax.vnet.data import region_of
 
     workdir = Path(workdir)
     if not (workdir / CONFIG_FILE).exists():
         raise ApplyError(f"{workdir} is not a training workdir (no {CONFIG_FILE})")
-    return region_of(load_config(workdir))
+    try:
+        return region_of(require_method(workdir, "vnet", "apply"))
+    except WrongMethodError as err:
+        raise ApplyError(str(err)) from None
 
 
 def load_predictor(

@@ -59,7 +59,7 @@ def evaluate(
 
     workdir = Path(workdir)
     # the symmetry is checked against the box and the training data before the slow load
-    saved = train.load_config(workdir)
+    saved = train.require_method(workdir, "vnet", "evaluate")
     region = region_of(saved)
     symmetry = symmetry or saved.eval.get("symmetry") or "none"
     symmetries = sym.region_symmetries(region, symmetry, simulator_name(saved))
@@ -88,7 +88,7 @@ def evaluate(
 
     spectra = metrics.SpectrumAccumulator(region.shape, region.cell_size_pc)
     residuals = None
-    loss_sum, num_cubes, example = 0.0, 0, None
+    loss_sum, zero_loss_sum, num_cubes, example = 0.0, 0.0, 0, None
     start = time.perf_counter()
     batches = source(
         config, split, batch_size=batch_size, seed=int(config.seed), epoch=0, train=False
@@ -102,6 +102,8 @@ def evaluate(
         pred_hat = np.asarray(predict(jnp.asarray(padded[task.input_key])))[:n]
         true_hat = batch[task.target_key][:n]
         loss_sum += float(np.sum(np.mean((pred_hat - true_hat) ** 2, axis=(1, 2, 3, 4))))
+        # the baseline a map must beat: no dust anywhere (rho_hat = 10 ln(1 + 0) = 0)
+        zero_loss_sum += float(np.sum(np.mean(true_hat**2, axis=(1, 2, 3, 4))))
         # back to physical units: rho = exp(rho_hat / 10) - 1 (mag/pc), inverse of eq. 2
         rho_p = np.asarray(transforms.denormalise_density(pred_hat[..., 0]))
         rho_t = np.asarray(transforms.denormalise_density(true_hat[..., 0]))
@@ -148,6 +150,7 @@ def evaluate(
         region=region.to_dict(),
         num_cubes=num_cubes,
         loss_eq3=loss_sum / num_cubes,
+        loss_eq3_zero_prediction=zero_loss_sum / num_cubes,
         residual_mag_per_pc={k: res[k] for k in
                              ("median", "dispersion", "robust_dispersion", "mean", "rms")},
         relative_rms=res["relative_rms"],

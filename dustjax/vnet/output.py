@@ -23,6 +23,36 @@ from dustjax.vnet.plots import (
 
 log = logging.getLogger(__name__)
 
+FIGURES = ("slices", "face_on", "consistency", "truth_vs_prediction", "edge_effect")
+# Every file a run writes into its output directory (what the next run sets aside)
+OUTPUT_NAMES = (
+    "density.fits", "summary.json", "demo_catalog.fits", *(f"{name}.png" for name in FIGURES),
+)  # fmt: skip
+
+
+def candidate_model_workdirs(region_name: str) -> list[Path]:
+    """Where `make train REGION=...` leaves the region's V-net: the paper config's workdir on an
+    accelerator, the CPU config's otherwise (``workdirs/<config name>``)."""
+    name = str(region_name).lower()
+    return [Path("workdirs") / f"vnet_{name}", Path("workdirs") / f"vnet_{name}_cpu"]
+
+
+def default_model_workdir(region_name: str) -> Path:
+    """The newest trained workdir of `candidate_model_workdirs` (apply without a model), or an
+    `ApplyError` saying how to make one."""
+    from dustjax.training.workdir import CONFIG_FILE
+
+    found = [p for p in candidate_model_workdirs(region_name) if (p / CONFIG_FILE).exists()]
+    if not found:
+        raise ap.ApplyError(
+            f"no model given and none trained for {region_name} here (looked for "
+            + " and ".join(str(p) for p in candidate_model_workdirs(region_name))
+            + f"): train one with `make train REGION={region_name}`, or pass --model=WORKDIR"
+        )
+    newest = max(found, key=lambda p: (p / CONFIG_FILE).stat().st_mtime)
+    log.info("no model given: using %s, the newest V-net trained for %s", newest, region_name)
+    return newest
+
 
 def make_map(
     model: str | os.PathLike,
@@ -66,42 +96,46 @@ def make_map(
         raise ap.ApplyError("give exactly one of a catalogue and a literature cube")
     if method not in ("vnet", "nnls"):
         raise ap.ApplyError(f"method must be 'vnet' or 'nnls', got {method!r}")
+    # Cheap checks first, slow work after: the output directory, the model's region (its
+    # config.json), then the input read and validated, and only then the model loaded (15-30 s).
+    outdir = dio.check_can_write_dir(outdir)
     box = Region.named(region_name)
     config = None
     if method == "nnls":
+        shape = tuple(shape) if shape else box.shape
+    else:
+        if model is None or (str(model) == "vnet" and not Path(model).exists()):
+            model = default_model_workdir(region_name)  # `make apply` without MODEL=
+        shape = tuple(shape) if shape else ap.model_region(model).shape
+    region = box if shape == box.shape else box.with_shape(shape)
+    truth = stars = dustmap = demo_stars_catalog = None
+    if literature_cube:
+        dustmap = maps.DustMap.from_fits(literature_cube, density_scale=density_scale)
+    elif catalog == "demo":
+        from dustjax.sims.stars import demo_catalog
+
+        d = demo_catalog(region, demo_stars, seed=seed)
+        stars = demo_stars_catalog = d.catalog
+        truth = d.density
+    else:
+        stars = cat.read_star_catalog(
+            catalog, columns or {}, coords=coords, region=region, format=format,
+            distance_unit=distance_unit,
+        )  # fmt: skip
+    if method == "nnls":
         from dustjax import inversion
 
-        shape = tuple(shape) if shape else box.shape
-        region = box if shape == box.shape else box.with_shape(shape)
         kw = {k: v for k, v in (("smoothness", nnls_smoothness), ("num_steps", nnls_steps))
               if v is not None}  # fmt: skip
         kind = "literature" if literature_cube else "catalogue"
         predictor = inversion.nnls_predictor(region, input_kind=kind, **kw)
         log.info("NNLS %s, %s", predictor.nnls_settings, region)
     else:
-        if model is None:
-            raise ap.ApplyError("method 'vnet' needs a model (a training workdir)")
-        shape = tuple(shape) if shape else ap.model_region(model).shape
-        region = box if shape == box.shape else box.with_shape(shape)
         predictor, region, config = ap.load_predictor(model, region, symmetry=symmetry)
         log.info("model %s, %s", model, region)
-    outdir = Path(outdir)
     if literature_cube:
-        dustmap = maps.DustMap.from_fits(literature_cube, density_scale=density_scale)
         result = ap.run_literature(dustmap, region, predictor, subregion=subregion, seed=seed)
     else:
-        truth = None
-        if catalog == "demo":
-            from dustjax.sims.stars import demo_catalog
-
-            d = demo_catalog(region, demo_stars, seed=seed)
-            stars, truth = d.catalog, d.density
-            cat.write_star_catalog(outdir / "demo_catalog.fits", stars)
-        else:
-            stars = cat.read_star_catalog(
-                catalog, columns or {}, coords=coords, region=region, format=format,
-                distance_unit=distance_unit,
-            )  # fmt: skip
         log.info("%d stars (%d dropped)", len(stars), stars.num_dropped)
         result = ap.run_catalog(
             stars, region, predictor, k=k, num_redraws=num_redraws, batch_size=batch_size,
@@ -119,6 +153,7 @@ def make_map(
         outdir, result, write_fits=write_fits, plots=plots,
         header={"MODELDIR": Path(model).name[-60:] if method == "vnet" else "nnls"},
         provenance_record=prov,
+        demo_catalog=demo_stars_catalog, keep=[p for p in (catalog, literature_cube) if p],
     )  # fmt: skip
 
 
@@ -130,11 +165,18 @@ def write_outputs(
     plots: bool = True,
     header: dict | None = None,
     provenance_record: dict | None = None,
+    demo_catalog=None,
+    keep=(),
 ) -> dict[str, str]:
     """FITS map, JSON summary and figures into `outdir`; returns ``{what: path}``.
 
     Both the FITS header and the summary carry `provenance_record` (`dustjax.provenance`;
     default: one naming the method of ``result.summary``, with no config or inputs).
+    Called once the map is made: an earlier run's outputs in `outdir` (the names in
+    `OUTPUT_NAMES`, nothing else, and never the paths in ``keep``, the run's inputs) first move
+    to ``outdir/previous_run/`` (`dustjax.io.set_aside_previous_outputs`), so no file of another
+    run sits beside the new map. ``demo_catalog`` (a `StarCatalog`): the demo catalogue the map
+    was made from, written as ``demo_catalog.fits``.
 
     Files: ``density.fits`` (primary: density; UNCERT: MC dispersion; EXTINCT: the input
     extinction cube; EXTUNC: MC dispersion of the integrated extinction), ``summary.json``,
@@ -144,9 +186,15 @@ def write_outputs(
     Every file is written atomically; the summary last.
     """
     outdir = dio.ensure_writable_dir(outdir)
+    dio.set_aside_previous_outputs(outdir, OUTPUT_NAMES, keep=keep, log=log)
     files: dict[str, str] = {}
     prov = provenance_record or provenance.record(f"{result.summary.get('method', 'vnet')} apply")
     header = {**(header or {}), **provenance.fits_cards(prov)}
+    if demo_catalog is not None:
+        from dustjax.catalog import write_star_catalog
+
+        files["demo_catalog"] = str(outdir / "demo_catalog.fits")
+        write_star_catalog(files["demo_catalog"], demo_catalog)
     if write_fits:
         files["fits"] = str(
             maps.write_cartesian_map(

@@ -96,4 +96,5 @@ def vnet_config(name: str, region: str) -> ml_collections.ConfigDict:
     c.eval.batch_size = 0  # 0 = eval_batch_size
     c.eval.max_cubes = 0  # 0 = the whole test split
     c.eval.density_bins = 100
+    c.eval.after_training = False  # True: evaluate the test split when training ends (CPU)
     return c

@@ -29,4 +29,5 @@ def get_config():
     c.optimizer.learning_rate = 1e-3  # 2e-3 killed the output ReLU (all-zero predictions) on LR
     c.early_stopping.patience = 3
     c.compute_dtype = "float32"
+    c.eval.after_training = True  # end with the test metrics, the figures and the next step
     return c

@@ -284,7 +284,8 @@ def test_make_map_runs_the_demo_catalogue_end_to_end(tmp_path, monkeypatch):
                      num_redraws=2, batch_size=2, symmetry="flip_y", plots=False)  # fmt: skip
     assert seen["region"].shape == REGION.shape and seen["symmetry"] == "flip_y"
     assert seen["region"].lower_pc == REGION.lower_pc
-    assert set(files) == {"fits", "summary"} and (tmp_path / "out/demo_catalog.fits").exists()
+    assert set(files) == {"fits", "summary", "demo_catalog"}
+    assert (tmp_path / "out/demo_catalog.fits").exists()
     summary = json.loads((tmp_path / "out/summary.json").read_text())
     assert summary["model_workdir"] == "wd"
     np.testing.assert_array_equal(maps.DustMap.from_fits(files["fits"]).density, 0.0)

@@ -1,0 +1,115 @@
+"""What `make_map` (experiments.apply) leaves on disk: an earlier run's outputs set aside, never
+the user's files; nothing written before success; every cheap check before the model loads."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax.numpy as jnp
+import pytest
+
+from dustjax import io as dio
+from dustjax.catalog import CatalogError
+from dustjax.geometry import Region
+from dustjax.vnet import apply as ap
+from dustjax.vnet.output import make_map
+
+REGION = Region.named("SR").with_shape((8, 8, 8))
+
+
+@pytest.fixture
+def zero_model(monkeypatch):
+    """The model's region and loading replaced by a zero predictor on REGION; records calls."""
+    calls = []
+    monkeypatch.setattr(ap, "model_region", lambda model: REGION)
+
+    def load_predictor(model, region, symmetry="none"):
+        calls.append(model)
+        return (lambda extinction: jnp.zeros_like(extinction)), region, None
+
+    monkeypatch.setattr(ap, "load_predictor", load_predictor)
+    return calls
+
+
+def _run(outdir, **kw):
+    kw = dict(dict(catalog="demo", demo_stars=300, num_redraws=0, plots=False), **kw)
+    return make_map("wd", "SR", outdir, **kw)
+
+
+def test_a_second_run_sets_the_first_runs_outputs_aside_and_keeps_the_users(tmp_path, zero_model):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")  # the user's own file
+    (out / "truth_vs_prediction.png").write_bytes(b"old figure")  # an earlier run's
+    (out / "summary.json").write_text('{"old": true}')
+    (out / "demo_catalog.fits").write_bytes(b"old catalogue")
+    files = _run(out)
+    assert set(files) == {"fits", "summary", "demo_catalog"}
+    # nothing of the earlier run beside the new map: it is in previous_run/
+    assert not (out / "truth_vs_prediction.png").exists()
+    previous = out / dio.PREVIOUS_RUN_DIR
+    assert sorted(p.name for p in previous.iterdir()) == [
+        "demo_catalog.fits", "summary.json", "truth_vs_prediction.png",
+    ]  # fmt: skip
+    assert (previous / "truth_vs_prediction.png").read_bytes() == b"old figure"
+    assert (out / "notes.txt").read_text() == "mine"
+    assert "old" not in json.loads((out / "summary.json").read_text())
+    assert (out / "demo_catalog.fits").read_bytes() != b"old catalogue"
+    # a catalogue given as input is never moved, even under an output's name
+    files = _run(out, catalog=str(out / "demo_catalog.fits"), distance_unit="pc")
+    assert (out / "demo_catalog.fits").exists() and "demo_catalog" not in files
+    assert (previous / "density.fits").exists()
+
+
+def test_a_failed_run_writes_nothing(tmp_path, monkeypatch, zero_model):
+    def broken(*args, **kwargs):
+        raise ap.ApplyError("the model is broken")
+
+    monkeypatch.setattr(ap, "run_catalog", broken)
+    with pytest.raises(ap.ApplyError, match="broken"):
+        _run(tmp_path / "fresh")
+    assert not (tmp_path / "fresh").exists()  # not even demo_catalog.fits
+    out = tmp_path / "old"
+    out.mkdir()
+    (out / "density.fits").write_bytes(b"the earlier map")
+    with pytest.raises(ap.ApplyError):
+        _run(out)
+    assert sorted(os.listdir(out)) == ["density.fits"]  # the earlier run untouched
+
+
+def test_bad_input_is_refused_before_the_model_loads(tmp_path, zero_model):
+    bad = tmp_path / "stars.csv"
+    bad.write_text("ra,dec\n1,2\n")
+    with pytest.raises(CatalogError):
+        _run(tmp_path / "out", catalog=str(bad))
+    assert zero_model == [] and not (tmp_path / "out").exists()
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    with pytest.raises(dio.OutputError, match="is a file"):
+        _run(blocker / "out")
+    assert zero_model == []
+
+
+def test_check_can_write_dir_creates_nothing(tmp_path):
+    target = tmp_path / "a" / "b"
+    assert dio.check_can_write_dir(target) == target and not (tmp_path / "a").exists()
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if os.access(locked, os.W_OK):  # running as root: permissions are not enforced
+            pytest.skip("root ignores directory permissions")
+        with pytest.raises(dio.OutputError, match="not writable"):
+            dio.check_can_write_dir(locked / "out")
+    finally:
+        locked.chmod(0o700)
+
+
+def test_columns_without_a_name_are_one_line():
+    from experiments.apply import parse_columns
+
+    assert parse_columns(["extinction=A0", "l=GLON"]) == {"extinction": "A0", "l": "GLON"}
+    for bad in (["extinction"], ["extinction="], ["=A0"]):
+        with pytest.raises(ap.ApplyError, match="logical=name pairs"):
+            parse_columns(bad)
