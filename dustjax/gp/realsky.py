@@ -65,6 +65,7 @@ NOISE_FRACTION = 0.1
 NOISE_FLOOR_MAG = 0.02
 REL_ERROR_FLOOR_MAG = 0.02
 PERCENTILES = (16.0, 50.0, 84.0)
+CALIBRATION_TARGET_COVERAGE = 0.68  # as `pipeline`: of the validation stars' observed extinctions
 
 
 # ---- truths -----------------------------------------------------------------------------------
@@ -309,6 +310,18 @@ def star_samples(
         op = grid.star_operator(l_deg, b_deg, distance_pc, dtype=np.dtype(dtype))
         ext = apply_star_operator(rho, op.flat_index, op.partial_pc, op.d_widths_pc)
     return np.asarray(ext, np.float64)
+
+
+def _pipeline_bands(params, grid, jitter, fit_settings, model_error, stars, sl, seed, samples=64):
+    """16/50/84 % bands of stars by the pipeline's route (`predict.predict_star_extinctions`)."""
+    from dustjax.gp import predict
+
+    op = grid.star_operator(stars["l"][sl], stars["b"][sl], stars["d"][sl])
+    return predict.predict_star_extinctions(
+        params, grid, op.flat_index, op.partial_pc, link=fit_settings.link, jitter=jitter,
+        num_samples=samples, seed=seed, model_error=model_error,
+        kernel_coords=KernelCoords.for_grid(grid, fit_settings.kernel_coords),
+    ).astype(np.float64)  # fmt: skip
 
 
 def add_model_error(samples, frac, floor_mag, seed: int = 11):
@@ -566,6 +579,19 @@ def run_test(truth, settings: TestSettings, *, progress: bool = False) -> dict[s
     calib["posthoc"] = dict(frac=f, floor_mag=s)
     best = "column+learned" if model_error is not None else "column"
     bands[best + "+posthoc"] = star_scores(widen_bands(percentiles(col_hold), f, s), true_hold)
+    # what `experiments/fit_gp` reports: the pipeline's own star bands (diagonal samples plus
+    # the learned model error) widened by its coverage-targeted post-hoc term
+    pipe_val, pipe_hold = (
+        _pipeline_bands(params, grid, result.jitter, fit_settings, model_error, stars, sl, seed)
+        for sl, seed in ((val_sl, 3), (hold_sl, 1))
+    )
+    f, s = calibrate_posthoc(
+        pipe_val, stars["observed"][val_sl], stars["sigma"][val_sl],
+        target_coverage=CALIBRATION_TARGET_COVERAGE,
+    )  # fmt: skip
+    calib["pipeline"] = dict(frac=f, floor_mag=s, target_coverage=CALIBRATION_TARGET_COVERAGE)
+    bands["pipeline"] = star_scores(pipe_hold, true_hold)
+    bands["pipeline+calibrated"] = star_scores(widen_bands(pipe_hold, f, s), true_hold)
 
     # the grid's discretisation: the same bands against what the training grid can represent
     avg_train = cell_average(truth, grid, sub=3)

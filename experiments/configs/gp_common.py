@@ -21,6 +21,9 @@ def gp_config(name: str) -> ml_collections.ConfigDict:
         dict(l="", b="", distance="", extinction="", sigma_extinction="", sigma_distance="")
     )
     c.data.distance_unit = "pc"
+    # source "cube": stars drawn in a known density (a cube file, clumps:SEED, lognormal:SEED)
+    c.data.cube = ""
+    c.data.distribution = "uniform"  # or "catalog" (magnitude-limited)
     c.data.inflate_sigma = True  # fold distance uncertainties into sigma_A (Rezaei Kh. 2020)
     c.data.simulation = ml_collections.ConfigDict(
         dict(
