@@ -87,7 +87,7 @@ def suite(name):
     smoke = _real(
         "smoke", num_stars=3000, num_validation=300, num_holdout=300, shape=(8, 6, 12),
         num_inducing=50, star_samples=16, kernel_coords="log_spherical",
-        fit=_fit(max_iterations=30, min_iterations=10, num_samples=4),
+        fit=_fit(max_iterations=30, min_iterations=10, num_samples=4, anneal_iterations=10),
     )  # fmt: skip
     if name == "smoke":
         return [smoke]
@@ -108,8 +108,10 @@ def suite(name):
         smoke,
         *[(n, s, kw | dict(star_samples=64, fit=_fit(max_fit_seconds=6.0))) for n, s, kw in sims],
         _real("real_paper_logsph", kernel_coords="log_spherical",
-              fit=_fit(max_iterations=8000, max_fit_seconds=45.0), **paper, **fine),
-        _real("real_paper_xyz", fit=_fit(max_iterations=8000, max_fit_seconds=30.0),
+              fit=_fit(max_iterations=8000, max_fit_seconds=45.0, anneal_iterations=200),
+              **paper, **fine),
+        _real("real_paper_xyz",
+              fit=_fit(max_iterations=8000, max_fit_seconds=30.0, anneal_iterations=200),
               **paper, **fine),
     ]  # fmt: skip
 

@@ -561,6 +561,13 @@ def run_test(truth, settings: TestSettings, *, progress: bool = False) -> dict[s
     col_hold, col_val = samples_of(hold_sl, "column"), samples_of(val_sl, "column")
     col_hold_model = col_hold
     bands["diagonal"] = star_scores(percentiles(diag_hold), true_hold)
+    if result.params_before_anneal is not None:  # what the annealing steps changed
+        before = star_samples(
+            result.params_before_anneal, grid, stars["l"][hold_sl], stars["b"][hold_sl],
+            stars["d"][hold_sl], jitter=result.jitter, num_samples=settings.star_samples,
+            link=fit_settings.link, kernel_coords=settings.kernel_coords,
+        )  # fmt: skip
+        bands["diagonal_before_anneal"] = star_scores(percentiles(before), true_hold)
     f, s = calibrate_posthoc(
         percentiles(diag_val), stars["observed"][val_sl], stars["sigma"][val_sl]
     )
@@ -647,6 +654,7 @@ def run_test(truth, settings: TestSettings, *, progress: bool = False) -> dict[s
         fit=dict(
             status=result.status,
             iterations=result.iterations,
+            anneal_start=result.anneal_start,
             jitter=result.jitter,
             timings=result.timings,
             elbo_last=result.elbo_history[-1],

@@ -59,9 +59,10 @@ if [ "$NGPU" -ge 2 ]; then
     run_one xyz real_paper_xyz "${GPUS[1]}" "$FIT" &
     wait
 else
+    # one GPU: the XYZ counterpart only if the log-spherical fit still gets >= ~140 s
     FREE=$(( R - 2 * OVERHEAD ))
-    if [ "$FREE" -ge 60 ]; then
-        run_one logsph real_paper_logsph "${GPUS[0]}" $(( FREE * 7 / 10 ))
+    if [ "$FREE" -ge 210 ] || { [ "$SMOKE" = "1" ] && [ "$FREE" -ge 60 ]; }; then
+        run_one logsph real_paper_logsph "${GPUS[0]}" $(( FREE * 2 / 3 ))
         R2=$(( $(left) - MARGIN - OVERHEAD ))
         if [ "$R2" -ge 20 ]; then run_one xyz real_paper_xyz "${GPUS[0]}" "$R2"; fi
     else
