@@ -179,6 +179,8 @@ def test_realsky_test_runs_end_to_end_on_a_small_lognormal_field():
         "pipeline", "pipeline+calibrated",
     }  # fmt: skip
     assert row["band"] == "pipeline+calibrated"  # what experiments/fit_gp reports
+    arrays = result["star_arrays"]
+    assert arrays["hold_pct"].shape == (3, 300) and arrays["val_true"].shape == (300,)
 
 
 @pytest.mark.skipif(not (REAL / "bayestar19_LR_anticentre.fits").is_file(), reason="no real data")

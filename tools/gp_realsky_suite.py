@@ -147,6 +147,12 @@ def main(argv):
                 raise SystemExit(3) from err
             results[name] = dict(error=repr(err))
             continue
+        arrays = result.pop("star_arrays", None)
+        if arrays is not None:
+            import numpy as np
+
+            arrays = {k: np.asarray(v, np.float32) for k, v in arrays.items()}
+            np.savez_compressed(out / f"{name}_stars.npz", **arrays)
         results[name] = result
         row = realsky.summary_row(result)
         fit = result["fit"]

@@ -666,6 +666,21 @@ def run_test(truth, settings: TestSettings, *, progress: bool = False) -> dict[s
         gp=dict(stars=bands, density=gp_density, calibration=calib),
         knn=dict(stars=knn_stars, density=knn_dens, k=settings.knn_k),
         discretisation=discretisation,
+        # per-star arrays (not JSON): the bands of the validation and held-out stars by the
+        # pipeline's route, to study calibrations without refitting (`tools.gp_realsky_suite`
+        # writes them to NAME_stars.npz)
+        star_arrays=dict(
+            val_pct=pipe_val,
+            hold_pct=pipe_hold,
+            val_observed=stars["observed"][val_sl],
+            val_sigma=stars["sigma"][val_sl],
+            val_true=stars["true"][val_sl],
+            hold_observed=stars["observed"][hold_sl],
+            hold_sigma=stars["sigma"][hold_sl],
+            hold_true=true_hold,
+            hold_diag_pct=percentiles(diag_hold),
+            hold_column_learned_pct=percentiles(col_hold),
+        ),  # fmt: skip
         true_extinction_holdout=dict(
             median=float(np.median(true_hold)), p90=float(np.percentile(true_hold, 90))
         ),

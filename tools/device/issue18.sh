@@ -11,6 +11,8 @@
 # fits by their own time limit (tools.gp_realsky_suite --max_fit_seconds), within BUDGET_S.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
+# several processes may share a GPU (the fit_gp calibration runs beside the big fit)
+export XLA_PYTHON_CLIENT_PREALLOCATE=false
 : "${OUT_DIR:?set OUT_DIR}"
 BUDGET_S=${BUDGET_S:-300}
 REAL_DIR=${REAL_DIR:-../shared/data/real}
@@ -53,6 +55,39 @@ run_one() {  # name test gpu fit_seconds
     note "$name rc=$?"
 }
 R=$(( $(left) - MARGIN ))
+
+# 2b. beside the big fit(s), on the last GPU: calibrated bands through experiments/fit_gp on
+#     three simulated seeds (the paper's clumps, CPU size: 20,000 stars, 12 x 12 x 20, M = 300)
+#     and the real cube (gp_taurus_cpu), each with the paper's likelihood and with the learned
+#     model error; summary.json only (~20-30 s each on a GPU).
+calib_set() {
+    local gpu=$1 deadline=$(( $(date +%s) + $2 ))
+    local runs=""
+    for me in False True; do
+        for seed in 1 2 3; do runs="$runs sim${seed}_me$me:gp_paper_sim_cpu:$seed:$me"; done
+        runs="$runs real_me$me:gp_taurus_cpu:0:$me"
+    done
+    for r in $runs; do
+        IFS=':' read -r name cfg seed me <<< "$r"
+        local t=$(( deadline - $(date +%s) ))
+        if [ "$t" -lt 30 ]; then note "calib: no time for $name"; continue; fi
+        local iters=1500; [ "$SMOKE" = "1" ] && iters=20
+        CUDA_VISIBLE_DEVICES=$gpu timeout "$t" $PY -m experiments.fit_gp \
+            --config="experiments/configs/$cfg.py" --workdir="$OUT_DIR/calib_work/$name" \
+            --config.seed="$seed" --config.fit.model_error="$me" --config.data.cube="$CUBE" \
+            --config.fit.max_iterations=$iters --config.fit.min_iterations=$(( iters / 4 )) \
+            --config.output.plots=False --config.output.fits=False \
+            > "$OUT_DIR/calib_$name.log" 2>&1
+        note "calib $name rc=$?"
+        mkdir -p "$OUT_DIR/calib"
+        cp "$OUT_DIR/calib_work/$name/summary.json" "$OUT_DIR/calib/$name.json" 2>/dev/null
+        rm -rf "$OUT_DIR/calib_work/$name"
+    done
+    rm -rf "$OUT_DIR/calib_work"
+}
+calib_set "${GPUS[$(( NGPU - 1 ))]}" "$R" &
+CALIB_PID=$!
+
 if [ "$NGPU" -ge 2 ]; then
     FIT=$(( R - OVERHEAD ))
     run_one logsph real_paper_logsph "${GPUS[0]}" "$FIT" &
@@ -69,6 +104,8 @@ else
         run_one logsph real_paper_logsph "${GPUS[0]}" $(( R - OVERHEAD ))
     fi
 fi
+
+wait $CALIB_PID
 
 # 3. the ELBO curves and one summary table (CPU only, seconds)
 timeout 60 $PY - "$OUT_DIR" <<'PYEOF' >> "$OUT_DIR/summary.txt" 2>&1
@@ -95,6 +132,17 @@ try:
 except Exception as err:  # the numbers matter more than the figure
     print("no figure:", err)
 from dustjax.gp.realsky import summary_row
+print("fit_gp calibration runs: name, status, iterations, held-out (validation) true coverage "
+      "before -> after, fit stars' true coverage uncalibrated -> calibrated, (f, s), density "
+      "residual, P50 < 0.9 A")
+for p in sorted((out / "calib").glob("*.json")):
+    s = json.loads(p.read_text())
+    c, m = s.get("calibration") or {}, s.get("simulation", {}).get("metrics", {})
+    print(p.stem, s["status"], s["iterations"],
+          c.get("validation_coverage_true_before"), "->", c.get("validation_coverage_true_after"),
+          m.get("fraction_true_within_p16_p84_fit_stars_uncalibrated"), "->",
+          m.get("fraction_true_within_p16_p84"), (c.get("frac"), c.get("floor_mag")),
+          m.get("density_residual_typical"), m.get("fraction_underestimated_median_below_90pct"))
 for key, r in rows.items():
     if "error" in r:
         print(key, "ERROR", r["error"]); continue
