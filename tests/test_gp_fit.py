@@ -309,3 +309,30 @@ def test_model_error_term_is_learned_and_enters_the_sharded_elbo():
     assert set(svgp.MODEL_ERROR_KEYS) <= set(res.params)
     # the time limit is checked after each call (the first, compiling, call is not counted)
     assert res.status == "time_limit" and res.iterations == 10
+
+
+def test_annealing_runs_its_steps_at_the_reduced_rate_after_the_fit_would_stop():
+    cat = _catalog()
+    stars = fit.make_star_data(cat, GRID)
+    params = fit.initial_params(
+        cat, dict(num_inducing=6, scale_lengths_pc=30.0, amplitude_dex=0.3, mean_dex=-2.5)
+    )
+    base = dict(num_samples=2, jitter=1e-4, min_iterations=1000, learning_rate=0.05)
+    plain = fit.fit(params, stars, GRID, fit.FitSettings(max_iterations=10, **base), progress=False)
+    assert plain.anneal_start is None and plain.iterations == 10
+    # max_iterations 30 leaves room for 20 annealing steps after the first 10; at a step factor
+    # of 1e-6 they move nothing, so the result is the 10-step fit's
+    res = fit.fit(
+        params, stars, GRID,
+        fit.FitSettings(max_iterations=30, anneal_iterations=20, anneal_factor=1e-6, **base),
+        progress=False,
+    )  # fmt: skip
+    assert res.status == "max_iterations" and res.anneal_start == 10 and res.iterations == 30
+    np.testing.assert_allclose(
+        res.params_before_anneal["q_mean"], plain.params["q_mean"], rtol=1e-5
+    )
+    for k in plain.params:
+        np.testing.assert_allclose(res.params[k], plain.params[k], rtol=1e-4, atol=1e-5)
+    assert not np.allclose(plain.params["q_mean"], params["q_mean"], atol=1e-3)  # 10 steps moved
+    with pytest.raises(ValueError, match="anneal"):
+        fit.FitSettings(anneal_iterations=10, anneal_factor=0.0)

@@ -362,3 +362,47 @@ def test_every_output_records_its_provenance(run):
         header = fits.getheader(workdir / name)
         assert header["CFGHASH"] == prov["config_hash"] and header["METHOD"] == "gp"
         assert header["DJVERS"] == prov["dustjax_version"]
+def test_cube_source_draws_stars_in_a_known_density_with_its_truth():
+    c = _small_config()
+    c.data.source = "cube"
+    c.data.cube = "lognormal:3"
+    c.data.simulation.num_stars = 2000
+    grid = LBDGrid.from_dict(dict(c.grid))
+    catalog, counts, truth = pipeline.load_stars(c, grid)
+    assert counts["num_stars"] == len(catalog) == len(truth["extinction"]) == 2000
+    np.testing.assert_allclose(
+        truth["extinction"],
+        truth["field"].extinction(catalog.l_deg, catalog.b_deg, catalog.distance_pc),
+        rtol=1e-5,
+    )
+    resid = (catalog.extinction - truth["extinction"]) / catalog.sigma_extinction
+    assert abs(np.std(resid) - 1.0) < 0.05  # noise max(0.1 A, 0.02) mag, as reported
+
+
+def test_star_predictions_use_the_fits_kernel_coordinates():
+    """With log-spherical kernel coordinates the star predictions must evaluate the GP at the
+    cells' log-spherical coordinates (they used XYZ whatever the fit's): the pipeline's route
+    (`predict.predict_star_extinctions`) agrees with realsky's independent one, XYZ does not."""
+    import jax.numpy as jnp
+
+    from dustjax.gp import predict, realsky, svgp
+    from dustjax.gp.coords import KernelCoords
+
+    grid = LBDGrid((150.0, 180.0), (-25.0, -5.0), (100.0, 600.0), (4, 3, 5), ghost_cells=1)
+    coords = KernelCoords.for_grid(grid, "log_spherical")
+    cells = coords.grid_cells(grid)  # inducing points at the cells: no conditional variance
+    rng = np.random.default_rng(0)
+    params = svgp.init_params(
+        cells, scale_lengths_pc=60.0, amplitude_dex=0.5, mean_dex=-3.0, q_std=1e-4
+    )
+    params["q_mean"] = jnp.asarray(rng.standard_normal(len(cells)), jnp.float32)
+    lon, lat, dist = rng.uniform(151, 179, 50), rng.uniform(-24, -6, 50), rng.uniform(150, 590, 50)
+    op = grid.star_operator(lon, lat, dist)
+    kw = dict(jitter=1e-4, num_samples=8)
+    pct = predict.predict_star_extinctions(
+        params, grid, op.flat_index, op.partial_pc, kernel_coords=coords, **kw
+    )
+    other = realsky.star_samples(params, grid, lon, lat, dist, kernel_coords="log_spherical", **kw)
+    np.testing.assert_allclose(pct[1], np.median(other, axis=0), rtol=0.02)
+    xyz = predict.predict_star_extinctions(params, grid, op.flat_index, op.partial_pc, **kw)
+    assert np.median(np.abs(xyz[1] / pct[1] - 1.0)) > 0.1

@@ -175,8 +175,12 @@ def test_realsky_test_runs_end_to_end_on_a_small_lognormal_field():
     row = realsky.summary_row(result)
     assert 0 <= row["gp_coverage"] <= 1 and row["knn_rel_error"] > 0
     assert set(result["gp"]["stars"]) == {
-        "diagonal", "diagonal+posthoc", "column", "column+learned", "column+learned+posthoc"
+        "diagonal", "diagonal+posthoc", "column", "column+learned", "column+learned+posthoc",
+        "pipeline", "pipeline+calibrated",
     }  # fmt: skip
+    assert row["band"] == "pipeline+calibrated"  # what experiments/fit_gp reports
+    arrays = result["star_arrays"]
+    assert arrays["hold_pct"].shape == (3, 300) and arrays["val_true"].shape == (300,)
 
 
 @pytest.mark.skipif(not (REAL / "bayestar19_LR_anticentre.fits").is_file(), reason="no real data")

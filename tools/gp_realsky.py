@@ -8,7 +8,8 @@ r"""The latent GP on a field it did not make, scored against a 10-nearest-neighb
 Draws stars in the cube (uniform in l, b, d^3, or ``--distribution=catalog``), integrates their
 extinctions exactly through it, adds noise sigma = max(0.1 A, 0.02), keeps a validation and a
 held-out set, fits the GP (`dustjax.gp.realsky.run_test`) and writes ``realsky.json`` to --out
-with the scores of the GP (each band variant) and of the kNN baseline, and prints the table row.
+with the scores of the GP (each band variant) and of the kNN baseline (and ``realsky_stars.npz``:
+the validation and held-out stars' bands and extinctions), and prints the table row.
 A ``.npy`` cube needs its ``.header.json`` beside it (no astropy needed).
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 from absl import app, flags
 
 from dustjax.gp import realsky
@@ -80,6 +82,8 @@ def main(argv):
     result = realsky.run_test(truth, settings, progress=False)
     out = Path(FLAGS.out)
     out.mkdir(parents=True, exist_ok=True)
+    arrays = result.pop("star_arrays")
+    np.savez_compressed(out / "realsky_stars.npz", **{k: np.asarray(v) for k, v in arrays.items()})
     (out / "realsky.json").write_text(json.dumps(result, indent=1) + "\n")
     row = realsky.summary_row(result)
     print(json.dumps(dict(fit=result["fit"] | {"elbo_every_50": None}, row=row), indent=1))

@@ -14,7 +14,8 @@ ways and the 10-nearest-neighbour median scored the same way). Suites:
   20,000 stars, 20 x 15 x 35, 300 inducing points).
 * ``device``: the same simulated fields and CPU-size real sky, then the real sky at the paper's
   size (120,000 stars, 1,000+ inducing points, finer grids), each fit bounded in time.
-* ``smoke``: one tiny real-sky test (seconds).
+* ``smoke``: one tiny real-sky test (seconds); ``smoke_paper``: the device suite's two paper-size
+  real-sky tests at that tiny size (a CPU check of `tools/device/issue18.sh`).
 * ``grids``: no fit: for several training grids, the error of the extinction the grid can
   represent (the cube averaged over each cell, eqs. 7-8) on the real sky, and the kNN baseline
   with 20,000 and 120,000 stars (`realsky.representation_errors`; ~1 min on a CPU).
@@ -34,7 +35,9 @@ from absl import app, flags
 from dustjax.gp import realsky
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("suite", "cpu", ["cpu", "device", "smoke", "grids"], "Which tests.")
+flags.DEFINE_enum(
+    "suite", "cpu", ["cpu", "device", "smoke", "smoke_paper", "grids"], "Which tests."
+)
 flags.DEFINE_string("cube", "../shared/data/real/bayestar19_LR_anticentre.fits", "Real cube.")
 flags.DEFINE_string("out", "/tmp/gp_realsky_suite", "Output directory (suite.json).")
 flags.DEFINE_list("only", [], "Run only the tests of these names.")
@@ -84,10 +87,18 @@ def suite(name):
     smoke = _real(
         "smoke", num_stars=3000, num_validation=300, num_holdout=300, shape=(8, 6, 12),
         num_inducing=50, star_samples=16, kernel_coords="log_spherical",
-        fit=_fit(max_iterations=30, min_iterations=10, num_samples=4),
+        fit=_fit(max_iterations=30, min_iterations=10, num_samples=4, anneal_iterations=10),
     )  # fmt: skip
     if name == "smoke":
         return [smoke]
+    if (
+        name == "smoke_paper"
+    ):  # the device suite's paper tests at smoke size (tools/device/issue18.sh)
+        tiny = {k: v for k, v in smoke[2].items() if k != "kernel_coords"}
+        return [
+            ("real_paper_logsph", "CUBE", tiny | dict(kernel_coords="log_spherical")),
+            ("real_paper_xyz", "CUBE", tiny),
+        ]
     if name == "cpu":
         return [*sims, _real("real_cpu"), _real("real_cpu_logsph", kernel_coords="log_spherical")]
     paper = dict(num_stars=120_000, num_validation=5_000, num_holdout=5_000, star_samples=64)
@@ -97,8 +108,10 @@ def suite(name):
         smoke,
         *[(n, s, kw | dict(star_samples=64, fit=_fit(max_fit_seconds=6.0))) for n, s, kw in sims],
         _real("real_paper_logsph", kernel_coords="log_spherical",
-              fit=_fit(max_iterations=8000, max_fit_seconds=45.0), **paper, **fine),
-        _real("real_paper_xyz", fit=_fit(max_iterations=8000, max_fit_seconds=30.0),
+              fit=_fit(max_iterations=8000, max_fit_seconds=45.0, anneal_iterations=200),
+              **paper, **fine),
+        _real("real_paper_xyz",
+              fit=_fit(max_iterations=8000, max_fit_seconds=30.0, anneal_iterations=200),
               **paper, **fine),
     ]  # fmt: skip
 
@@ -134,6 +147,12 @@ def main(argv):
                 raise SystemExit(3) from err
             results[name] = dict(error=repr(err))
             continue
+        arrays = result.pop("star_arrays", None)
+        if arrays is not None:
+            import numpy as np
+
+            arrays = {k: np.asarray(v, np.float32) for k, v in arrays.items()}
+            np.savez_compressed(out / f"{name}_stars.npz", **arrays)
         results[name] = result
         row = realsky.summary_row(result)
         fit = result["fit"]

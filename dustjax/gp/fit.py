@@ -99,6 +99,11 @@ class FitSettings:
       kernel_coords: where the kernel is stationary: "xyz" (the paper) or "log_spherical"
         (`dustjax.gp.coords`: scale lengths proportional to distance). The inducing points of
         the parameters must live in the same coordinates (`initial_params(kernel_coords=...)`).
+      anneal_iterations, anneal_factor: once the fit would stop (stopping rule, time limit,
+        max_iterations), run ``anneal_iterations`` more steps at ``anneal_factor`` times the
+        learning rate, then stop (0: off). Adam at a constant step ends in a Monte Carlo noise
+        ball around the optimum whose size scales with the step; the time limit keeps room for
+        the annealing steps (their time estimated from the steps so far).
       calibration_fraction: not used by `fit` itself: the fraction of the catalogue's stars
         that `pipeline.fit_and_predict` holds out of the fit to calibrate the extinction bands
         (a post-hoc model error, `dustjax.gp.calibration`); 0: off.
@@ -129,6 +134,8 @@ class FitSettings:
     model_error_init: tuple[float, float] = (0.05, 0.01)
     max_fit_seconds: float | None = None
     kernel_coords: str = "xyz"
+    anneal_iterations: int = 0
+    anneal_factor: float = 0.1
     calibration_fraction: float = 0.1
 
     def __post_init__(self):
@@ -140,6 +147,11 @@ class FitSettings:
             )
         if self.plateau_window < 2:
             raise ValueError(f"plateau_window must be >= 2, got {self.plateau_window}")
+        if self.anneal_iterations < 0 or not 0 < self.anneal_factor <= 1:
+            raise ValueError(
+                "anneal_iterations must be >= 0 and anneal_factor in (0, 1], got "
+                f"{self.anneal_iterations}, {self.anneal_factor}"
+            )
 
     @property
     def model(self) -> svgp.SVGPModel:
@@ -161,6 +173,8 @@ class FitResult:
     timings: dict[str, float]
     failed_iteration: int | None = None
     message: str = ""
+    anneal_start: int | None = None  # iteration at which the annealing steps began
+    params_before_anneal: dict[str, Any] | None = None  # (numpy) the parameters then
 
 
 # ---- stars ------------------------------------------------------------------------------------
@@ -393,9 +407,19 @@ def make_optimizer(settings: FitSettings) -> optax.GradientTransformation:
     if settings.warmup_iterations > 0:
         lr = optax.linear_schedule(lr / settings.warmup_iterations, lr, settings.warmup_iterations)
     adamw = optax.adamw(lr, weight_decay=settings.weight_decay, mask=mask)
-    if not settings.scale_q_offdiagonal:
-        return adamw
-    return optax.chain(adamw, scale_q_offdiagonal())
+    parts = [adamw] + ([scale_q_offdiagonal()] if settings.scale_q_offdiagonal else [])
+    if settings.anneal_iterations > 0:  # a step factor the host can change (`_set_step_factor`)
+        parts.append(optax.inject_hyperparams(optax.scale)(step_size=1.0))
+    return parts[0] if len(parts) == 1 else optax.chain(*parts)
+
+
+def _set_step_factor(opt_state, factor: float):
+    """``opt_state`` of `make_optimizer` (annealing on) with the step factor set to ``factor``;
+    the new value keeps the old one's dtype and sharding (no recompilation)."""
+    inject = opt_state[-1]
+    old = inject.hyperparams["step_size"]
+    new = jax.device_put(jnp.asarray(factor, old.dtype), old.sharding)
+    return (*opt_state[:-1], inject._replace(hyperparams={**inject.hyperparams, "step_size": new}))
 
 
 def _all_finite(tree):
@@ -579,7 +603,8 @@ def fit(
     optimizer = make_optimizer(settings)
     train_chunk = make_train_chunk(elbo_fn, optimizer, settings.steps_per_call)
     stars = shard_stars(stars, mesh)
-    params = replicate(params, mesh)
+    # a copy: the carry is donated, and the caller keeps its own arrays (it may fit them again)
+    params = jax.tree.map(jnp.copy, replicate(params, mesh))
     jitter = stable_jitter(params, settings.jitter, settings.max_jitter)
 
     opt_state = optimizer.init(params)
@@ -590,9 +615,10 @@ def fit(
     history: list[float] = []
     timings = dict(compile_and_first_call_s=0.0, fit_s=0.0)
     status, failed_iteration, message = "max_iterations", None, ""
+    anneal_start = before_anneal = None
     t_start = time.perf_counter()
     bar = _progress(settings.max_iterations, progress)
-    while len(history) < settings.max_iterations:
+    while len(history) < settings.max_iterations or anneal_start is not None:
         t0 = time.perf_counter()
         carry, elbos = train_chunk(carry, key, stars, jnp.asarray(jitter, dtype))
         elbos = np.asarray(elbos)  # the host sync point: once per chunk
@@ -631,16 +657,37 @@ def fit(
         history.extend(float(e) for e in elbos)
         bar.update(len(elbos))
         bar.set_postfix(elbo=f"{history[-1]:.6g}")
+        if anneal_start is not None:
+            if len(history) - anneal_start >= settings.anneal_iterations:
+                break
+            continue
+        elapsed = time.perf_counter() - t_start - timings["compile_and_first_call_s"]
+        reason = None
         if should_stop(history, settings):
-            status = "converged"
-            break
-        if (
-            settings.max_fit_seconds is not None
-            and time.perf_counter() - t_start - timings["compile_and_first_call_s"]
-            > settings.max_fit_seconds
-        ):
-            status = "time_limit"
-            break
+            reason = "converged"
+        elif settings.max_fit_seconds is not None:
+            n_timed = max(len(history) - settings.steps_per_call, 1)
+            room = settings.anneal_iterations * elapsed / n_timed  # time the annealing needs
+            if elapsed + room > settings.max_fit_seconds:
+                reason = "time_limit"
+        if reason is None and len(history) + settings.anneal_iterations >= settings.max_iterations:
+            reason = "max_iterations"
+        if reason is not None:
+            status = reason
+            if settings.anneal_iterations == 0:
+                break
+            anneal_start = len(history)
+            logger.info("annealing from iteration %d (%s)", anneal_start, reason)
+            params_, opt_, good_p, good_o, step, failed_ = carry
+            before_anneal = jax.tree.map(np.asarray, params_)
+            carry = (
+                params_,
+                _set_step_factor(opt_, settings.anneal_factor),
+                good_p,
+                _set_step_factor(good_o, settings.anneal_factor),
+                step,
+                failed_,
+            )
     bar.close()
     timings["fit_s"] = time.perf_counter() - t_start
     n_timed = len(history) - settings.steps_per_call
@@ -665,6 +712,8 @@ def fit(
         timings=timings,
         failed_iteration=failed_iteration,
         message=message,
+        anneal_start=anneal_start,
+        params_before_anneal=before_anneal,
     )
 
 

@@ -116,6 +116,13 @@ def _column_chunk(
     )
 
 
+def _cells(grid: LBDGrid, kernel_coords) -> np.ndarray:
+    """Cell centres ``(num_cells, 3)`` in the kernel's coordinates (None: heliocentric XYZ)."""
+    if kernel_coords is None:
+        return grid.cell_centres_xyz()
+    return kernel_coords.grid_cells(grid)
+
+
 def predict_maps(
     params,
     grid: LBDGrid,
@@ -127,6 +134,7 @@ def predict_maps(
     max_chunk_cells=2**20 // 4,
     progress=True,
     num_posterior_samples=0,
+    kernel_coords=None,
 ):
     """Percentile cubes of density and extinction on ``grid`` and dust-mass samples.
 
@@ -143,6 +151,9 @@ def predict_maps(
     ``(K, nl, nb, nd_total)`` (mag/pc, float32) and ``foreground_samples`` ``(K, nl, nb)`` (mag):
     K joint posterior draws of the whole grid (draw k shares its inducing-point sample across
     all chunks), from which any integrated quantity's percentiles can be computed.
+
+    ``kernel_coords``: the `dustjax.gp.coords.KernelCoords` of the fit (None: XYZ, the paper);
+    build it from the *training* grid so that stars, fit and prediction share one map.
     """
     if not 0 <= num_posterior_samples <= num_samples:
         raise ValueError(
@@ -157,7 +168,7 @@ def predict_maps(
     key = jax.random.key(seed)
     key_u, key_cells = jax.random.split(key)
     eps_inducing = jax.random.normal(key_u, (num_samples, m), dtype)
-    xyz = grid.cell_centres_xyz().reshape(nl * nb, nd_total, 3)
+    xyz = _cells(grid, kernel_coords).reshape(nl * nb, nd_total, 3)
     d_widths = jnp.asarray(grid.d_widths_pc(), dtype)
     roi_end = grid.ghost_cells + grid.shape[2]
     shells = jnp.asarray(roi_shell_volumes(grid), dtype)
@@ -263,15 +274,17 @@ def predict_star_extinctions(
     seed=1,
     star_chunk=262_144,
     model_error=None,
+    kernel_coords=None,
 ):
     """Percentiles ``(3, num_stars)`` of the model extinction of stars on the training grid.
 
     ``model_error`` = (f, s) (a fit's learned model error, `svgp.model_error_scales`): each
     sample gets N(0, (f A)^2 + s^2) added, so the percentiles are those of the true extinction
     (what the grid and the GP cannot represent included), not of the model's alone.
+    ``kernel_coords``: as in `predict_maps`.
     """
     dtype = params["mean"].dtype
-    cells = jnp.asarray(grid.cell_centres_xyz(), dtype)
+    cells = jnp.asarray(_cells(grid, kernel_coords), dtype)
     model = svgp.SVGPModel(link=link, num_samples=num_samples, max_log10_density=None)
     density = _density_samples(
         params, jax.random.key(seed), cells, grid.full_shape, model, jnp.asarray(jitter, dtype)

@@ -65,6 +65,7 @@ NOISE_FRACTION = 0.1
 NOISE_FLOOR_MAG = 0.02
 REL_ERROR_FLOOR_MAG = 0.02
 PERCENTILES = (16.0, 50.0, 84.0)
+CALIBRATION_TARGET_COVERAGE = 0.68  # as `pipeline`: of the validation stars' observed extinctions
 
 
 # ---- truths -----------------------------------------------------------------------------------
@@ -311,6 +312,18 @@ def star_samples(
     return np.asarray(ext, np.float64)
 
 
+def _pipeline_bands(params, grid, jitter, fit_settings, model_error, stars, sl, seed, samples=64):
+    """16/50/84 % bands of stars by the pipeline's route (`predict.predict_star_extinctions`)."""
+    from dustjax.gp import predict
+
+    op = grid.star_operator(stars["l"][sl], stars["b"][sl], stars["d"][sl])
+    return predict.predict_star_extinctions(
+        params, grid, op.flat_index, op.partial_pc, link=fit_settings.link, jitter=jitter,
+        num_samples=samples, seed=seed, model_error=model_error,
+        kernel_coords=KernelCoords.for_grid(grid, fit_settings.kernel_coords),
+    ).astype(np.float64)  # fmt: skip
+
+
 def add_model_error(samples, frac, floor_mag, seed: int = 11):
     """Samples of the true extinction: model samples plus N(0, (f A)^2 + s^2) each."""
     rng = np.random.default_rng(seed)
@@ -548,6 +561,13 @@ def run_test(truth, settings: TestSettings, *, progress: bool = False) -> dict[s
     col_hold, col_val = samples_of(hold_sl, "column"), samples_of(val_sl, "column")
     col_hold_model = col_hold
     bands["diagonal"] = star_scores(percentiles(diag_hold), true_hold)
+    if result.params_before_anneal is not None:  # what the annealing steps changed
+        before = star_samples(
+            result.params_before_anneal, grid, stars["l"][hold_sl], stars["b"][hold_sl],
+            stars["d"][hold_sl], jitter=result.jitter, num_samples=settings.star_samples,
+            link=fit_settings.link, kernel_coords=settings.kernel_coords,
+        )  # fmt: skip
+        bands["diagonal_before_anneal"] = star_scores(percentiles(before), true_hold)
     f, s = calibrate_posthoc(
         percentiles(diag_val), stars["observed"][val_sl], stars["sigma"][val_sl]
     )
@@ -566,6 +586,19 @@ def run_test(truth, settings: TestSettings, *, progress: bool = False) -> dict[s
     calib["posthoc"] = dict(frac=f, floor_mag=s)
     best = "column+learned" if model_error is not None else "column"
     bands[best + "+posthoc"] = star_scores(widen_bands(percentiles(col_hold), f, s), true_hold)
+    # what `experiments/fit_gp` reports: the pipeline's own star bands (diagonal samples plus
+    # the learned model error) widened by its coverage-targeted post-hoc term
+    pipe_val, pipe_hold = (
+        _pipeline_bands(params, grid, result.jitter, fit_settings, model_error, stars, sl, seed)
+        for sl, seed in ((val_sl, 3), (hold_sl, 1))
+    )
+    f, s = calibrate_posthoc(
+        pipe_val, stars["observed"][val_sl], stars["sigma"][val_sl],
+        target_coverage=CALIBRATION_TARGET_COVERAGE,
+    )  # fmt: skip
+    calib["pipeline"] = dict(frac=f, floor_mag=s, target_coverage=CALIBRATION_TARGET_COVERAGE)
+    bands["pipeline"] = star_scores(pipe_hold, true_hold)
+    bands["pipeline+calibrated"] = star_scores(widen_bands(pipe_hold, f, s), true_hold)
 
     # the grid's discretisation: the same bands against what the training grid can represent
     avg_train = cell_average(truth, grid, sub=3)
@@ -621,6 +654,7 @@ def run_test(truth, settings: TestSettings, *, progress: bool = False) -> dict[s
         fit=dict(
             status=result.status,
             iterations=result.iterations,
+            anneal_start=result.anneal_start,
             jitter=result.jitter,
             timings=result.timings,
             elbo_last=result.elbo_history[-1],
@@ -632,6 +666,21 @@ def run_test(truth, settings: TestSettings, *, progress: bool = False) -> dict[s
         gp=dict(stars=bands, density=gp_density, calibration=calib),
         knn=dict(stars=knn_stars, density=knn_dens, k=settings.knn_k),
         discretisation=discretisation,
+        # per-star arrays (not JSON): the bands of the validation and held-out stars by the
+        # pipeline's route, to study calibrations without refitting (`tools.gp_realsky_suite`
+        # writes them to NAME_stars.npz)
+        star_arrays=dict(
+            val_pct=pipe_val,
+            hold_pct=pipe_hold,
+            val_observed=stars["observed"][val_sl],
+            val_sigma=stars["sigma"][val_sl],
+            val_true=stars["true"][val_sl],
+            hold_observed=stars["observed"][hold_sl],
+            hold_sigma=stars["sigma"][hold_sl],
+            hold_true=true_hold,
+            hold_diag_pct=percentiles(diag_hold),
+            hold_column_learned_pct=percentiles(col_hold),
+        ),  # fmt: skip
         true_extinction_holdout=dict(
             median=float(np.median(true_hold)), p90=float(np.percentile(true_hold, 90))
         ),

@@ -21,6 +21,9 @@ def gp_config(name: str) -> ml_collections.ConfigDict:
         dict(l="", b="", distance="", extinction="", sigma_extinction="", sigma_distance="")
     )
     c.data.distance_unit = "pc"
+    # source "cube": stars drawn in a known density (a cube file, clumps:SEED, lognormal:SEED)
+    c.data.cube = ""
+    c.data.distribution = "uniform"  # or "catalog" (magnitude-limited)
     c.data.inflate_sigma = True  # fold distance uncertainties into sigma_A (Rezaei Kh. 2020)
     c.data.simulation = ml_collections.ConfigDict(
         dict(
@@ -87,6 +90,12 @@ def gp_config(name: str) -> ml_collections.ConfigDict:
             model_error=False,
             model_error_init=(0.05, 0.01),
             max_fit_seconds=config_dict.placeholder(float),
+            # where the kernel is stationary: "xyz" (the paper) or "log_spherical" (scale
+            # lengths proportional to distance; dustjax.gp.coords)
+            kernel_coords="xyz",
+            # after the fit would stop: this many steps at anneal_factor x the learning rate
+            anneal_iterations=0,
+            anneal_factor=0.1,
             # stars held out of the fit; a post-hoc model error (f A)^2 + s^2 fitted on them
             # widens the extinction bands (docs/gp.md); 0: off
             calibration_fraction=0.1,
