@@ -148,7 +148,7 @@ def main(argv):
         ))  # fmt: skip
         print(rows[-1])
     result = dict(
-        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        date=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         jax=jax.__version__, device=jax.devices()[0].device_kind, rows=rows,
         command="python -m benchmarks.unet_throughput " + " ".join(
             f"--{k}={_flag_text(FLAGS[k].value)}"

@@ -178,16 +178,60 @@ def write_fits(path: str | os.PathLike, hdus, overwrite: bool = True) -> None:
 # Layout of a dataset directory:
 #   <split>-<i>-of-<n>.tfrecord   shards, each written to a temporary name and renamed when whole
 #   .partial.json                 the request of a run in progress (what a resume must match)
-#   dataset_info.json             written last: its presence is what makes a dataset complete
-# Every feature is a float32 array stored as raw little-endian bytes; shapes live in the info file.
+#   dataset_info.json, features.json   tensorflow_datasets' description of the same files, so
+#                                 that `tfds.builder_from_directory(dir)` loads it with its splits
+#   dustjax_dataset.json          written last: its presence is what makes a dataset complete
+# Every feature is a float32 array stored as raw little-endian bytes (tfds' Tensor feature with
+# encoding "bytes"); shapes live in the info files. Datasets written before 2026-11-30 have
+# dustjax's info in dataset_info.json (no tfds files); they are still read.
 
-DATASET_INFO = "dataset_info.json"
+DATASET_INFO = "dustjax_dataset.json"
+LEGACY_DATASET_INFO = "dataset_info.json"  # dustjax's info before 2026-11-30
+TFDS_INFO, TFDS_FEATURES = "dataset_info.json", "features.json"
+TFDS_FILE_TEMPLATE = "{SPLIT}-{SHARD_X_OF_Y}.tfrecord"  # = shard_plan's file names
 PARTIAL_INFO = ".partial.json"
 FORMAT_VERSION = 1
+TFRECORD_EXTRA = "pip install 'dustjax[tfrecord]'"
 
 
 class DatasetError(RuntimeError):
     """A dataset directory that is missing, incomplete, mismatched or corrupt."""
+
+
+class MissingExtraError(ImportError):
+    """An optional dependency (an extra of the dustjax package) that is not installed."""
+
+
+def import_tensorflow():
+    """tensorflow, for the TFRecord datasets only; a `MissingExtraError` naming the extra if it is
+    not installed (the core install trains, fits and maps without it)."""
+    try:
+        import tensorflow as tf
+    except ImportError as err:
+        raise MissingExtraError(
+            f"TFRecord datasets need tensorflow, which is not installed ({err}). Install the "
+            f"extra: {TFRECORD_EXTRA}. Training needs no dataset files: the default V-net and "
+            "U-Net configs simulate their data on the device (config.data.source='simulate')."
+        ) from None
+    return tf
+
+
+def dataset_complete(data_dir: str | os.PathLike) -> bool:
+    """Whether `data_dir` holds a complete dataset (its info file was written last)."""
+    data_dir = Path(data_dir)
+    return (data_dir / DATASET_INFO).exists() or _legacy_info(data_dir) is not None
+
+
+def _legacy_info(data_dir: Path) -> dict[str, Any] | None:
+    """dustjax's info of a dataset written before the tfds files (in dataset_info.json)."""
+    path = data_dir / LEGACY_DATASET_INFO
+    if (data_dir / DATASET_INFO).exists() or not path.exists():
+        return None
+    try:
+        info = read_json(path)
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) and "format_version" in info else None
 
 
 def shard_plan(splits: dict[str, int], examples_per_shard: int) -> list[dict[str, Any]]:
@@ -240,14 +284,15 @@ def write_sharded_dataset(
       make_examples: ``f(start, count) -> {name: float32 array (count, *shape)}`` for the global
         example indices ``start .. start + count - 1``; it must be a pure function of the indices
         (so a resumed run writes the same bytes as an uninterrupted one).
-      metadata: stored in ``dataset_info.json`` (region, simulator, seed, ...); a resumed run must
-        ask for the same metadata, splits and features, or it is refused.
+      metadata: stored in ``dustjax_dataset.json`` (region, simulator, seed, ...); a resumed run
+        must ask for the same metadata, splits and features, or it is refused.
       examples_per_shard: shard size; chunk: examples generated per call of `make_examples`.
       overwrite: replace a complete (or partial) dataset already in `out_dir`.
 
-    Returns the dataset directory. ``dataset_info.json`` is written last; a directory without it
-    never reads as a dataset. A killed run's temporary files are removed by the next run; a run
-    that fails before its first shard removes what it created.
+    Returns the dataset directory. ``dustjax_dataset.json`` is written last; a directory without
+    it never reads as a dataset. tensorflow_datasets' ``dataset_info.json`` and ``features.json``
+    come just before it (`write_tfds_info`). A killed run's temporary files are removed by the
+    next run; a run that fails before its first shard removes what it created.
     """
     out_dir = Path(out_dir)
     before = set(p.name for p in out_dir.iterdir()) if out_dir.is_dir() else None
@@ -327,6 +372,8 @@ def _write_sharded_dataset(
 ) -> Path:
     import hashlib
 
+    import_tensorflow()  # before anything is written: a clear error naming the extra
+
     from tqdm.auto import tqdm
 
     out_dir = ensure_writable_dir(out_dir)
@@ -341,7 +388,7 @@ def _write_sharded_dataset(
     info_path, partial_path = out_dir / DATASET_INFO, out_dir / PARTIAL_INFO
     if overwrite:
         _remove_dataset_files(out_dir)
-    elif info_path.exists():
+    elif dataset_complete(out_dir):
         raise DatasetError(
             f"{out_dir} already holds a complete dataset; pass --overwrite to replace it"
         )
@@ -373,14 +420,78 @@ def _write_sharded_dataset(
         shards_info.append(dict(shard, bytes=path.stat().st_size, sha256=digest))
     bar.close()
     info = dict(request, shards=shards_info, num_examples=total)
+    write_tfds_info(out_dir, info)
     write_json(info_path, info)
     partial_path.unlink()
     return out_dir
 
 
+def tfds_name(metadata: dict[str, Any]) -> str:
+    """The dataset's tfds name: ``dustjax_<kind or simulator>`` (letters, digits, underscores)."""
+    kind = str(metadata.get("kind") or metadata.get("simulator") or "dataset")
+    return "dustjax_" + "".join(c if c.isalnum() else "_" for c in kind).lower()
+
+
+def write_tfds_info(out_dir: str | os.PathLike, info: dict[str, Any]) -> None:
+    """tensorflow_datasets' ``dataset_info.json`` and ``features.json`` for a dataset's shards
+    (written without importing tfds): ``tfds.builder_from_directory(out_dir)`` then loads it, each
+    split under its name, each feature a float32 `tfds.features.Tensor` in physical units."""
+    out_dir = Path(out_dir)
+    by_split: dict[str, list[dict[str, Any]]] = {name: [] for name in info["splits"]}
+    for shard in info["shards"]:
+        by_split[shard["split"]].append(shard)
+    metadata = info.get("metadata", {})
+    tensor = "tensorflow_datasets.core.features.tensor_feature.Tensor"
+    features = {
+        name: {
+            "pythonClassName": tensor,
+            "tensor": {
+                "shape": {"dimensions": [str(int(n)) for n in shape]},
+                "dtype": "float32",
+                "encoding": "bytes",
+            },
+        }
+        for name, shape in info["features"].items()
+    }
+    write_json(
+        out_dir / TFDS_FEATURES,
+        {
+            "type": "tensorflow_datasets.core.features.features_dict.FeaturesDict",
+            "content": {"features": features},
+            "proto_cls": "tensorflow_datasets.FeaturesDict",
+        },
+    )
+    units = metadata.get("units", {})
+    write_json(
+        out_dir / TFDS_INFO,
+        {
+            "name": tfds_name(metadata),
+            "description": (
+                f"Simulated by dustjax {metadata.get('dustjax_version', '')}: float32 features "
+                + ", ".join(f"{k} ({units.get(k, 'physical units')})" for k in info["features"])
+                + f". Full metadata in {DATASET_INFO}."
+            ),
+            "version": "1.0.0",
+            "fileFormat": "tfrecord",
+            "moduleName": "dustjax.io",
+            "splits": [
+                {
+                    "name": name,
+                    "shardLengths": [str(s["count"]) for s in shards],
+                    "numBytes": str(sum(s.get("bytes", 0) for s in shards)),
+                    "filepathTemplate": TFDS_FILE_TEMPLATE,
+                }
+                for name, shards in by_split.items()
+                if shards
+            ],
+        },
+    )
+
+
 def _write_shard(path: Path, shard, features, make_examples, chunk, bar) -> None:
     import numpy as np
-    import tensorflow as tf
+
+    tf = import_tensorflow()
 
     starts = list(range(shard["start"], shard["start"] + shard["count"], chunk))
     counts = [min(chunk, shard["start"] + shard["count"] - s) for s in starts]
@@ -411,8 +522,8 @@ def _write_shard(path: Path, shard, features, make_examples, chunk, bar) -> None
 
 
 def _remove_dataset_files(out_dir: Path) -> None:
-    # The completeness marker goes first, so an interrupted removal never looks complete.
-    for name in (DATASET_INFO, PARTIAL_INFO):
+    # The completeness markers go first, so an interrupted removal never looks complete.
+    for name in (DATASET_INFO, LEGACY_DATASET_INFO, PARTIAL_INFO, TFDS_INFO, TFDS_FEATURES):
         (out_dir / name).unlink(missing_ok=True)
     for shard in out_dir.glob("*.tfrecord"):
         shard.unlink()
@@ -427,6 +538,9 @@ def read_dataset_info(data_dir: str | os.PathLike) -> dict[str, Any]:
     """The metadata of a complete dataset; a clear `DatasetError` otherwise."""
     data_dir = Path(data_dir)
     info_path = data_dir / DATASET_INFO
+    legacy = _legacy_info(data_dir)
+    if legacy is not None:
+        info_path = data_dir / LEGACY_DATASET_INFO
     if not info_path.exists():
         if (data_dir / PARTIAL_INFO).exists():
             settings = dataset_settings(read_json(data_dir / PARTIAL_INFO))
@@ -436,7 +550,7 @@ def read_dataset_info(data_dir: str | os.PathLike) -> dict[str, Any]:
                 "it was started with)"
             )
         raise DatasetError(f"no dataset in {data_dir} (no {DATASET_INFO})")
-    info = read_json(info_path)
+    info = legacy if legacy is not None else read_json(info_path)
     if info.get("format_version") != FORMAT_VERSION:
         raise DatasetError(
             f"{info_path} has format version {info.get('format_version')}, "
@@ -476,7 +590,7 @@ def tfrecord_dataset(
     With several processes (multi-host), each reads a disjoint part: whole shards when there are
     at least as many shards as processes, else every `process_count`-th example.
     """
-    import tensorflow as tf
+    tf = import_tensorflow()
 
     data_dir = Path(data_dir)
     info = verify_dataset(data_dir)

@@ -1,8 +1,9 @@
 """Shared figure helpers: `pyplot()` and `save_figure()`, used by every method's plots.
 
-matplotlib is imported inside `pyplot()` with the non-interactive Agg backend, so importing this
-module costs nothing and plotting works on headless machines. `save_figure` writes atomically
-(`dustjax.io.atomic_path`) and closes the figure.
+Figures are made with matplotlib's object API (`matplotlib.figure.Figure`), never through pyplot's
+state machine: no backend is chosen or switched, so the library draws on headless machines and
+leaves a notebook's own backend (and its ``plt.show()``) alone; no figure stays open in pyplot.
+matplotlib is imported on first use. `save_figure` writes atomically (`dustjax.io.atomic_path`).
 
 `loss_curve` (the training engine's, Chen, Qin & Li fig. 6) is drawn here too; each method's own
 figures live with it (`dustjax.vnet.plots`, `dustjax.gp.plots`, ...).
@@ -17,18 +18,43 @@ from pathlib import Path
 from dustjax.io import atomic_path
 
 
-def pyplot():
-    """matplotlib.pyplot with the non-interactive Agg backend, imported on first use."""
-    import matplotlib
+class _Figures:
+    """The figure-making part of pyplot's interface (``subplots``, ``figure``, ``close``) on the
+    object API: each call makes a new `matplotlib.figure.Figure` that no backend or pyplot owns."""
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    _SUBPLOT_KEYS = frozenset(
+        ("sharex", "sharey", "squeeze", "width_ratios", "height_ratios", "subplot_kw")
+        + ("gridspec_kw",)
+    )
 
-    return plt
+    @staticmethod
+    def figure(**kwargs):
+        from matplotlib.figure import Figure
+
+        return Figure(**kwargs)
+
+    def subplots(self, nrows: int = 1, ncols: int = 1, **kwargs):
+        """``(figure, axes)`` as `matplotlib.pyplot.subplots` returns them."""
+        grid_kw = {k: kwargs.pop(k) for k in list(kwargs) if k in self._SUBPLOT_KEYS}
+        fig = self.figure(**kwargs)
+        return fig, fig.subplots(nrows, ncols, **grid_kw)
+
+    @staticmethod
+    def close(fig=None) -> None:
+        """Nothing to release: pyplot never held the figure (kept for pyplot-style callers)."""
+
+
+_FIGURES = _Figures()
+
+
+def pyplot() -> _Figures:
+    """Figure factory with pyplot's ``subplots``/``figure``/``close`` signatures, on the object API
+    (no backend switch, nothing registered with pyplot; see the module's docstring)."""
+    return _FIGURES
 
 
 def save_figure(fig, path: str | os.PathLike, *, dpi: int = 110, **kwargs) -> Path:
-    """Write `fig` as a PNG atomically (a temporary file, then a rename) and close it.
+    """Write `fig` as a PNG atomically (a temporary file, then a rename).
 
     Keyword arguments go to `fig.savefig` (`bbox_inches` defaults to "tight"). Returns the path.
     """
@@ -36,7 +62,6 @@ def save_figure(fig, path: str | os.PathLike, *, dpi: int = 110, **kwargs) -> Pa
     kwargs.setdefault("bbox_inches", "tight")
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi, **kwargs)
-    pyplot().close(fig)
     return path
 
 

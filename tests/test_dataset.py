@@ -224,3 +224,49 @@ def test_a_dataset_of_another_region_or_shape_is_refused(lr_dataset):
     config.data.simulator = "levy"  # and the simulator check reads the same metadata
     with pytest.raises(ValueError, match="holds 'lognormal' cubes"):
         check_dataset_matches(config, info)
+
+
+def test_tensorflow_datasets_loads_the_splits(tmp_path):
+    """`tfds.builder_from_directory` reads a dustjax dataset: every split with its count, every
+    feature float32 of its shape, the same values as dustjax's own reader."""
+    tfds = pytest.importorskip("tensorflow_datasets")
+    out = _write(tmp_path / "d")
+    builder = tfds.builder_from_directory(str(out))
+    splits = {name: split.num_examples for name, split in builder.info.splits.items()}
+    assert splits == {"train": 7, "validation": 3, "test": 2}
+    assert builder.info.features["a"].shape == (2, 3)
+    assert np.dtype(builder.info.features["a"].np_dtype) == np.float32
+    for split in splits:
+        ours = [ex["a"] for ex in tfrecord_dataset(out, split).as_numpy_iterator()]
+        theirs = [ex["a"] for ex in tfds.as_numpy(builder.as_dataset(split, shuffle_files=False))]
+        np.testing.assert_array_equal(np.stack(theirs), np.stack(ours))
+    assert [int(a[0, 0]) for a in theirs] == [10, 11]  # the test split: examples 10 and 11
+
+
+def test_a_dataset_from_before_the_tfds_files_still_reads(tmp_path):
+    """dustjax's info used to live in dataset_info.json (now tfds' file): such a dataset reads,
+    counts as complete, and --overwrite replaces it."""
+    from dustjax.io import LEGACY_DATASET_INFO, TFDS_FEATURES, dataset_complete
+
+    out = _write(tmp_path / "old")
+    (out / DATASET_INFO).replace(out / LEGACY_DATASET_INFO)
+    (out / TFDS_FEATURES).unlink()
+    assert dataset_complete(out)
+    assert read_dataset_info(out)["splits"] == {"train": 7, "validation": 3, "test": 2}
+    assert [int(ex["a"][0, 0]) for ex in tfrecord_dataset(out, "validation")] == [7, 8, 9]
+    with pytest.raises(DatasetError, match="already holds a complete dataset"):
+        _write(out)
+    _write(out, overwrite=True)
+    assert (out / DATASET_INFO).exists() and (out / TFDS_FEATURES).exists()
+
+
+def test_without_tensorflow_the_tfrecord_path_names_the_extra(tmp_path, monkeypatch):
+    """No tensorflow (the core install): one clear error naming the extra, and nothing written."""
+    from dustjax.io import MissingExtraError
+
+    monkeypatch.setitem(sys.modules, "tensorflow", None)  # `import tensorflow` now fails
+    with pytest.raises(MissingExtraError, match=r"pip install 'dustjax\[tfrecord\]'"):
+        _write(tmp_path / "d")
+    assert not (tmp_path / "d").exists() or not any((tmp_path / "d").iterdir())
+    with pytest.raises(MissingExtraError, match="tfrecord"):
+        next(iter(tfrecord_batches(tmp_path / "d", "train", 2)))

@@ -14,6 +14,9 @@ GRID = LBDGrid((50.0, 90.0), (-10.0, 10.0), (180.0, 500.0), (8, 4, 5))
 def _bright_pixel_lb(fig, ax):
     """(l, b) in the axes' data coordinates of the bright pixels the figure shows in ``ax``,
     read from the rendered image (not from the imshow arguments)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)  # a raster canvas to read pixels from (the figure has no backend's)
     fig.canvas.draw()
     rgba = np.asarray(fig.canvas.buffer_rgba())
     height = rgba.shape[0]
@@ -30,13 +33,9 @@ def _bright_pixel_lb(fig, ax):
 def test_maps_draw_a_pixel_at_its_own_longitude_with_l_increasing_to_the_left(
     which, monkeypatch, tmp_path
 ):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    monkeypatch.setattr(plt, "close", lambda *args, **kwargs: None)  # keep the figure to read
-    before = set(plt.get_fignums())
+    drawn = []  # the figures the plot functions save (object API: pyplot never holds them)
+    save = plots.save_figure
+    monkeypatch.setattr(plots, "save_figure", lambda fig, p: drawn.append(fig) or save(fig, p))
     i, j = 1, 2  # l in [55, 60], b in [0, 5]
     img = np.zeros(GRID.shape[:2])
     img[i, j] = 1.0
@@ -46,8 +45,7 @@ def test_maps_draw_a_pixel_at_its_own_longitude_with_l_increasing_to_the_left(
         cube = np.zeros(GRID.full_shape)
         cube[i, j, 2] = 1.0
         plots.plot_density_slices(GRID, cube, [GRID.d_centres_pc()[2]], tmp_path / "fig5.png")
-    (num,) = set(plt.get_fignums()) - before
-    fig = plt.figure(num)
+    (fig,) = drawn
     monkeypatch.undo()
     ax = fig.axes[0]
     lon, lat = _bright_pixel_lb(fig, ax)
@@ -56,7 +54,6 @@ def test_maps_draw_a_pixel_at_its_own_longitude_with_l_increasing_to_the_left(
     left, right = ax.get_xlim()
     assert left > right  # l increases to the left, as on the sky
     assert (min(left, right), max(left, right)) == pytest.approx(GRID.l_range_deg)
-    plt.close(fig)
 
 
 def _uniform_posterior(rho, dtype=np.float64):

@@ -158,7 +158,7 @@ def _parse_config(*overrides):
     from absl import flags
     from ml_collections import config_flags
 
-    argv = ["fit_gp", f"--config={REPO / 'experiments/configs/gp_test.py'}", *overrides]
+    argv = ["fit_gp", f"--config={REPO / 'dustjax/configs/gp_test.py'}", *overrides]
     fv = flags.FlagValues()
     config_flags.DEFINE_config_file(
         "config", None, "", flag_values=fv, lock_config=True, sys_argv=argv
@@ -186,7 +186,7 @@ def test_cli_reports_an_unwritable_workdir_in_one_line(tmp_path):
             sys.executable,
             "-m",
             "experiments.fit_gp",
-            f"--config={REPO / 'experiments/configs/gp_test.py'}",
+            f"--config={REPO / 'dustjax/configs/gp_test.py'}",
             f"--workdir={blocker / 'out'}",
             "--progress=false",
         ],
@@ -362,6 +362,8 @@ def test_every_output_records_its_provenance(run):
         header = fits.getheader(workdir / name)
         assert header["CFGHASH"] == prov["config_hash"] and header["METHOD"] == "gp"
         assert header["DJVERS"] == prov["dustjax_version"]
+
+
 def test_cube_source_draws_stars_in_a_known_density_with_its_truth():
     c = _small_config()
     c.data.source = "cube"

@@ -62,13 +62,13 @@ def train_part(out: Path) -> dict[str, np.ndarray]:
     import jax.numpy as jnp
 
     from dustjax import training
+    from dustjax.configs import vnet_test
     from dustjax.distributed import to_host
     from dustjax.sharding import make_mesh, replicated
     from dustjax.training.optim import make_optimizer
     from dustjax.training.steps import build_model, create_train_state, make_loss_and_grads
     from dustjax.training.tasks import get_data_source, get_task
     from dustjax.training.workdir import read_metrics
-    from experiments.configs import vnet_test
 
     config = vnet_test.get_config()
     config.num_epochs = FLAGS.epochs
@@ -111,9 +111,9 @@ def train_part(out: Path) -> dict[str, np.ndarray]:
 def gp_part(out: Path) -> dict[str, np.ndarray]:
     import jax
 
+    from dustjax.configs import gp_test
     from dustjax.gp.fit import load_params
     from dustjax.gp.pipeline import fit_and_predict
-    from experiments.configs import gp_test
 
     config = gp_test.get_config()
     config.data.simulation.num_stars = 800
@@ -135,7 +135,7 @@ def gp_part(out: Path) -> dict[str, np.ndarray]:
 
 
 def worker() -> None:
-    from experiments.runtime_flags import start_runtime
+    from dustjax.cli.runtime_flags import start_runtime
 
     start_runtime()
     import jax
@@ -265,7 +265,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from experiments.runtime_flags import define_runtime_flags
+    from dustjax.cli.runtime_flags import define_runtime_flags
 
     define_flags()
     define_runtime_flags()

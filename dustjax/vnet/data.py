@@ -31,7 +31,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from dustjax.geometry import Region
-from dustjax.io import DATASET_INFO, DatasetError, read_dataset_info
+from dustjax.io import DatasetError, dataset_complete, read_dataset_info
 from dustjax.sharding import batch_sharding, check_batch_size, make_mesh
 from dustjax.training.tasks import SizedBatches, Task, h1_per_example
 from dustjax.vnet import transforms
@@ -57,12 +57,12 @@ def normalise(density, extinction, xp=jnp):
 def require_dataset(data_dir: str | Path, region_name: str | None = None) -> dict:
     """The dataset's info, or a `MissingDatasetError` that names the command that makes it."""
     data_dir = Path(data_dir)
-    if not (data_dir / DATASET_INFO).exists():
+    if not dataset_complete(data_dir):
         region = region_name or "SR"
         partial = " (an interrupted one is there: rerun it to finish)" if data_dir.exists() else ""
         raise MissingDatasetError(
             f"no complete dataset at {data_dir}{partial}; create it with "
-            f"`make data REGION={region} DATA={data_dir}` or `python -m data_gen.make_dataset "
+            f"`make data REGION={region} DATA={data_dir}` or `dustjax-make-dataset "
             f"--region={region} --out={data_dir}`"
         )
     return read_dataset_info(data_dir)
@@ -86,9 +86,9 @@ def tfrecord_batches(
     ``process_index``/``process_count`` default to this JAX process among all (multi-host): each
     process then reads its own part, and `batch_size` is the per-process batch.
     """
-    import tensorflow as tf
+    from dustjax.io import import_tensorflow, tfrecord_dataset
 
-    from dustjax.io import tfrecord_dataset
+    tf = import_tensorflow()
 
     tf.config.set_visible_devices([], "GPU")  # tf.data only; the accelerators belong to JAX
     info = require_dataset(data_dir)
