@@ -613,17 +613,19 @@ class DustMap:
             out = np.empty((len(xyz), 1))
             for k in np.unique(pick):
                 rows = pick == k
-                out[rows, 0] = self._sample_values(xyz[rows], idx[rows], integrated)[:, k]
+                out[rows, 0] = self._one_sample(xyz[rows], idx[rows], integrated, k)
             return out
         out = np.empty((len(xyz), self.num_samples))
         for k in range(self.num_samples):
-            if integrated:
-                fg = self.foreground  # the median foreground where draws of it are missing
-                fg = fg if self.foreground_samples is None else self.foreground_samples[k]
-                out[:, k] = self._integrate(xyz, idx, self.samples[k], fg)
-            else:
-                out[:, k] = self.samples[k][idx[:, 0], idx[:, 1], idx[:, 2]]
+            out[:, k] = self._one_sample(xyz, idx, integrated, k)
         return out
+
+    def _one_sample(self, xyz, idx, integrated, k):
+        if not integrated:
+            return self.samples[k][idx[:, 0], idx[:, 1], idx[:, 2]]
+        fg = self.foreground  # the median foreground where draws of it are missing
+        fg = fg if self.foreground_samples is None else self.foreground_samples[k]
+        return self._integrate(xyz, idx, self.samples[k], fg)
 
     def _integrate(self, xyz, idx, density=None, foreground=None):
         if density is None:
