@@ -155,7 +155,7 @@ def test_configs_are_found_by_name_from_any_directory(tmp_path, monkeypatch):
     own = tmp_path / "vnet_sr.py"
     own.write_text("def get_config(): ...\n")
     assert config_path("vnet_sr.py") == "vnet_sr.py"  # a file of the user's own wins
-    with pytest.raises(ValueError, match="no config file 'nope'.*packaged configs: .*vnet_sr"):
+    with pytest.raises(ValueError, match="no config file 'nope'.*Packaged configs: .*vnet_sr"):
         config_path("nope")
     with pytest.raises(ValueError, match="no config file 'mine/gp_test.py'"):
         config_path("mine/gp_test.py")  # a missing file of the user's own is not replaced

@@ -100,8 +100,8 @@ def test_every_entry_point_quiets_the_libraries():
         (["--config=experiments/configs/vnet_test.py", "--config.optimizer.learning_rat=3"],
          'Did you mean "learning_rate" instead of "learning_rat"?'),
         (["--config=experiments/configs/vnet_tset.py"],
-         "error: config file experiments/configs/vnet_tset.py not found. Did you mean "
-         "experiments/configs/vnet_test.py?"),
+         "error: no config file 'experiments/configs/vnet_tset.py' and no packaged config of "
+         "that name. Did you mean 'vnet_test'?"),
     ],
 )  # fmt: skip
 def test_a_config_typo_is_one_line_with_the_suggestion(args, expected):

@@ -1,5 +1,6 @@
 r"""Simulate cloud cubes with their gas velocities and temperatures (issue 21, part III).
 
+    dustjax-make-cloud-cubes --config=unet_emission_cpu --out=data/cloud_cubes --num=10
     python -m data_gen.make_cloud_cubes --config=experiments/configs/unet_emission_cpu.py \
         --out=data/cloud_cubes --num=10 [--seed=0]
 

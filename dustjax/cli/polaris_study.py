@@ -1,5 +1,6 @@
 r"""Run one of the POLARIS U-Net studies (Ribeiro 2025 part II) as a batch of trainings.
 
+    dustjax-polaris-study --config=polaris_study --study=filters_levels --root=runs/polaris_study
     python -m experiments.polaris_study --config=experiments/configs/polaris_study.py \
         --study=filters_levels --root=runs/polaris_study       # fig. 14: filters x levels
     python -m experiments.polaris_study ... --study=convs_per_block   # fig. 16

@@ -57,8 +57,12 @@ def config_path(value: str) -> str:
     packaged_spelling = parent == "." or parent.endswith(("experiments/configs", "dustjax/configs"))
     if packaged_spelling and name and not name.startswith("_") and candidate.is_file():
         return f"{candidate}{colon}{argument}"
+    import difflib
+
+    close = difflib.get_close_matches(name, available_configs(), n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
     raise ValueError(
-        f"no config file {path!r} and no packaged config of that name; packaged configs: "
+        f"no config file {path!r} and no packaged config of that name.{hint} Packaged configs: "
         + ", ".join(available_configs())
     )
 
