@@ -28,12 +28,14 @@ SAVED_XLA_FLAGS=${XLA_FLAGS:-}
 
 # ---- 1. smoke (<= 20 s): imports, configs, one ray-traced line -----------------------------
 timeout ${SMOKE_S:-20} $PY -m tools.polaris_emission_device smoke "$OUT_DIR" 2>&1 | tee -a "$OUT_DIR/run.log"
-if [ "${PIPESTATUS[0]}" != 0 ] && [ "${AUTOTUNE:-0}" = 0 ]; then
+SMOKE_RC=${PIPESTATUS[0]}
+if [ "$SMOKE_RC" != 0 ] && [ "${AUTOTUNE:-0}" = 0 ]; then
   echo "issue21: smoke failed with XLA_FLAGS=$XLA_FLAGS; retrying without" | tee -a "$OUT_DIR/run.log"
   export XLA_FLAGS="$SAVED_XLA_FLAGS"
   timeout ${SMOKE_S:-20} $PY -m tools.polaris_emission_device smoke "$OUT_DIR" 2>&1 | tee -a "$OUT_DIR/run.log"
+  SMOKE_RC=${PIPESTATUS[0]}
 fi
-[ "${PIPESTATUS[0]}" = 0 ] || { echo "issue21: smoke failed" | tee -a "$OUT_DIR/run.log"; exit 1; }
+[ "$SMOKE_RC" = 0 ] || { echo "issue21: smoke failed" | tee -a "$OUT_DIR/run.log"; exit 1; }
 
 # ---- 2. ray-tracing speed (<= 15 s; SKIP_BENCH=1 skips it) ----------------------------------
 if [ "${SKIP_BENCH:-0}" != 1 ]; then
