@@ -67,9 +67,24 @@ def bench(out: Path, small: bool) -> None:
 
 
 def compare(out: Path, config_module: str, workdir: str, deadline_s: float) -> None:
+    import os
+
+    import jax
+
     from dustjax.polaris import multi_input as mi
 
     start = time.perf_counter()
+    # A persistent compilation cache: runs of the second target reuse the first target's
+    # programs (same shapes), instead of compiling them again.
+    cache = os.environ.get("JAX_COMPILATION_CACHE_DIR")
+    if cache:
+        jax.config.update("jax_compilation_cache_dir", cache)
+        for name, value in (("jax_persistent_cache_min_compile_time_secs", 0.0),
+                            ("jax_persistent_cache_min_entry_size_bytes", 0)):  # fmt: skip
+            try:
+                jax.config.update(name, value)
+            except (AttributeError, KeyError, ValueError):
+                pass
     config = importlib.import_module(config_module).get_config()
     t0 = time.perf_counter()
     splits = mi.emission_splits(config)
@@ -83,6 +98,9 @@ def compare(out: Path, config_module: str, workdir: str, deadline_s: float) -> N
 
 
 if __name__ == "__main__":
+    from dustjax.runtime import configure_xla
+
+    configure_xla()  # the U-Net's GPU flags (NHWC convolutions), before JAX starts
     what, out = sys.argv[1], Path(sys.argv[2])
     out.mkdir(parents=True, exist_ok=True)
     if what == "smoke":
