@@ -59,7 +59,8 @@ def unet_config(name: str = "unet", model: str = "unet") -> ml_collections.Confi
              atol=0.0, cooldown=0, accumulation_size=0, min_scale=1e-3)
     )  # fmt: skip
     c.early_stopping = ml_collections.ConfigDict(dict(patience=20, min_delta=0.0))
-    c.max_train_seconds = 0.0  # wall-clock budget of one training call (0 = none)
+    c.max_train_seconds = 0.0  # wall-clock budget of one training call after its first epoch
+    c.plot_every_epochs = 1  # redraw the loss curve every n epochs (0 = only at the end)
     c.compute_dtype = "auto"
     c.num_devices = 0
     c.log_every_steps = 10

@@ -52,7 +52,8 @@ log = logging.getLogger(__name__)
 STUDIES = ("filters_levels", "convs_per_block", "train_size", "kan")
 RESULT_FILE = "result.json"
 # config keys that change how a run is carried out, not what it computes
-RUNTIME_KEYS = ("max_train_seconds", "progress_bar", "log_every_steps", "study")
+RUNTIME_KEYS = ("max_train_seconds", "progress_bar", "log_every_steps", "plot_every_epochs",
+                "study")  # fmt: skip
 # the KAN variants of sect. 3.3 as in experiments/configs/{knet,ukan,unet_kan_branch}.py
 KAN_MODELS = ("unet", "knet", "ukan", "unet_kan_branch")
 
@@ -250,19 +251,16 @@ def _clean_workdir(workdir: Path, fp: str) -> None:
     shutil.rmtree(workdir)
 
 
-def train_point(config, point: Point, study_dir, *, max_train_seconds: float = 0.0) -> dict:
-    """Train (or resume) one point and evaluate its best checkpoint; writes and returns the
-    point's result (``status`` "done")."""
+def train_point(config, point: Point, study_dir) -> dict:
+    """Train (or resume) one point, within its budget (`study_budget`), and evaluate its best
+    checkpoint; writes and returns the point's result (``status`` "done")."""
     from dustjax import training as train
 
     cfg = point_config(config, point)
     fp = fingerprint(cfg)
     workdir = Path(study_dir) / "points" / point.name
     _clean_workdir(workdir, fp)
-    cap = study_budget(config, study_dir)
-    if max_train_seconds:
-        cap = min(cap, max_train_seconds) if cap else max_train_seconds
-    cfg.max_train_seconds = float(cap)
+    cfg.max_train_seconds = study_budget(config, study_dir)
     start = time.perf_counter()
     try:
         summary = train.train_and_evaluate(cfg, workdir)
@@ -288,8 +286,8 @@ def train_point(config, point: Point, study_dir, *, max_train_seconds: float = 0
 
 
 def study_budget(config, study_dir) -> float:
-    """The training budget of one point in seconds (0 = none): ``study.<name>.max_train_seconds``,
-    else ``study.max_train_seconds``."""
+    """The training budget of one point in seconds after its first epoch (0 = none):
+    ``study.<name>.max_train_seconds``, else ``study.max_train_seconds``."""
     name = Path(study_dir).name
     own = config.study[name].get("max_train_seconds", 0) if name in config.study else 0
     return float(own or config.study.get("max_train_seconds", 0) or 0)
@@ -368,17 +366,18 @@ def run_study(
     *,
     shard: tuple[int, int] = (0, 1),
     deadline_s: float = 0.0,
-    eval_reserve_s: float = 15.0,
+    reserve_s: float = 30.0,
     min_point_s: float = 10.0,
     draw_only: bool = False,
 ) -> dict:
     """Train the unfinished points of `study` (this shard's), then write the table and figure.
 
-    deadline_s (0 = none): seconds from the call after which no point starts; a point gets at
-    most what is left minus `eval_reserve_s` as its training budget, and is started only if
-    that is at least its own budget (`study_budget`; `min_point_s` when it has none), so every
-    finished point had the same chance. Returns the table (`collect_results`) with ``"run"``:
-    what this call did per point ("skipped: finished", "trained", "not started: deadline").
+    deadline_s (0 = none): seconds from the call after which no point starts. A point's
+    training budget (`study_budget`, counted after its first epoch) is not cut: it starts only
+    if that budget (`min_point_s` when it has none) plus `reserve_s` (compilation, first epoch,
+    evaluation) is left, so every finished point had the same chance. Returns the table
+    (`collect_results`) with ``"run"``: what this call did per point ("skipped: finished",
+    "trained", "not started: deadline").
     """
     _check_study(study)
     index, count = shard
@@ -397,16 +396,13 @@ def run_study(
         if todo:
             info = prepare_data(config, root)
             log.info("%s: %d of %d points to train; data %s", study, len(todo), len(mine), info)
+        need = max(min_point_s, study_budget(config, study_dir)) + reserve_s
         for p in todo:
-            budget = 0.0
-            if deadline_s:
-                left = deadline_s - (time.monotonic() - start)
-                if left - eval_reserve_s < max(min_point_s, study_budget(config, study_dir)):
-                    ran[p.name] = "not started: deadline"
-                    continue
-                budget = left - eval_reserve_s
+            if deadline_s and deadline_s - (time.monotonic() - start) < need:
+                ran[p.name] = "not started: deadline"
+                continue
             log.info("%s: training %s (%s)", study, p.name, p.params)
-            train_point(config, p, study_dir, max_train_seconds=budget)
+            train_point(config, p, study_dir)
             ran[p.name] = "trained"
             write_table(config, study, root)
     table = write_table(config, study, root)

@@ -22,8 +22,11 @@ Choices, and why:
   each epoch's data is a pure function of (seed, epoch), so a run restarted on its workdir ends
   where an uninterrupted run would, bit for bit on the same device.
 - A non-finite loss stops the run naming the step; the last good checkpoint is untouched.
-- ``config.max_train_seconds`` (optional, 0 = none): a wall-clock budget for one call, checked
-  after each epoch; not kept in the checkpoint, so a later call on the workdir goes on.
+- ``config.max_train_seconds`` (optional, 0 = none): a wall-clock budget for one call, counted
+  from the end of its first epoch (so compilation is not in it) and checked after each epoch;
+  not kept in the checkpoint, so a later call on the workdir goes on.
+- ``config.plot_every_epochs`` (optional, default 1; 0 = only at the end): how often the loss
+  curve is redrawn (a fraction of a second each, which adds up over short epochs).
 - Outputs in the workdir: config.json, metrics.jsonl (one JSON line per epoch), loss_curve.png
   (paper fig. 6), checkpoints/, train_summary.json.
 """
@@ -232,10 +235,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path) -> dic
     patience = int(config.early_stopping.get("patience", 0) or 0)
     min_delta = float(config.early_stopping.get("min_delta", 0.0))
     log_every = max(1, int(config.get("log_every_steps", 10)))
-    # A wall-clock budget for this call (compilation included); not kept in the checkpoint, so
-    # a later call on the workdir goes on training.
+    # A wall-clock budget for this call, counted from the end of its first epoch (compilation
+    # and its variance under load excluded); not kept in the checkpoint, so a later call on the
+    # workdir goes on training.
     max_seconds = float(config.get("max_train_seconds", 0) or 0)
-    started, out_of_time = time.perf_counter(), ""
+    started, out_of_time = None, ""
+    plot_every = int(config.get("plot_every_epochs", 1) or 0)
     try:
         while loop["epoch"] < config.num_epochs and not loop["stop_reason"] and not out_of_time:
             epoch = loop["epoch"] + 1
@@ -279,9 +284,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path) -> dic
                 epoch, row["train_loss"], val_loss, loop["best_val_loss"], loop["best_epoch"],
                 row["samples_per_s"],
             )  # fmt: skip
-            if primary:
+            if primary and plot_every and epoch % plot_every == 0:
                 _plot_loss_curve(workdir, history, config)
-            if max_seconds and time.perf_counter() - started >= max_seconds:
+            if started is None:
+                started = time.perf_counter()
+            elif max_seconds and time.perf_counter() - started >= max_seconds:
                 if epoch < config.num_epochs and not loop["stop_reason"]:
                     out_of_time = f"time budget: max_train_seconds={max_seconds:g} spent"
     finally:

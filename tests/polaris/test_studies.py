@@ -53,7 +53,7 @@ def test_grids_follow_the_config_and_the_paper():
     # fig. 23: every size a multiple of the batch
     assert all(p.params["unseen_per_pass"] == 0 for p in sizes if p.params["virtual_batch"] == 16)
     c = studies.point_config(device, by_name["b32_n79_s0"])
-    assert c.data.num_train_crops == 79 and c.data.passes_per_epoch == 10 and c.num_epochs == 30
+    assert c.data.num_train_crops == 79 and c.data.passes_per_epoch == 30 and c.num_epochs == 10
 
     # the KAN variants as their own configs build them (experiments/configs/ukan.py, ...)
     kan = {p.params["model"]: studies.point_config(device, p) for p in

@@ -603,9 +603,11 @@ def test_a_refused_run_leaves_the_workdir_config_untouched(tmp_path):
 def test_time_budget_stops_a_call_and_a_later_call_goes_on(tmp_path):
     config = _random_config()
     config.num_epochs = 3
-    config.max_train_seconds = 1e-9  # spent by the end of the first epoch
+    config.max_train_seconds = 1e-9  # counted from the end of epoch 1: spent by that of epoch 2
+    config.plot_every_epochs = 0  # the loss curve only at the end
     summary = train.train_and_evaluate(config, tmp_path)
-    assert summary["epochs_run"] == 1 and summary["stop_reason"].startswith("time budget")
+    assert summary["epochs_run"] == 2 and summary["stop_reason"].startswith("time budget")
+    assert (tmp_path / "loss_curve.png").exists()
     config.max_train_seconds = 0.0  # the budget is per call, not kept in the checkpoint
     again = train.train_and_evaluate(config, tmp_path)
     assert again["epochs_run"] == 3 and again["stop_reason"] == "reached num_epochs=3"

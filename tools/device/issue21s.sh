@@ -5,9 +5,9 @@
 #   OUT_DIR=/out BUDGET_S=300 bash tools/device/issue21s.sh          # one (or two) H200
 #   JAX_PLATFORMS=cpu SMOKE=1 OUT_DIR=/tmp/x BUDGET_S=150 bash tools/device/issue21s.sh
 #
-# Steps: a smoke point (fails fast), the crops simulated once (shared by every study), then six
-# processes at once on the visible GPU(s) (filters x levels in two shards, convs per block,
-# training-set size, the KAN variants in two shards), each with --deadline_s so that no point
+# Steps: a smoke point (fails fast) while the crops are simulated once (shared by every study),
+# then ten processes at once on the visible GPU(s) (filters x levels in four shards, convs per
+# block, training-set size and the KAN variants in two each), each with --deadline_s so that no point
 # starts late and each point's training is bounded; then the tables and figures are rebuilt
 # from all the points and copied to $OUT_DIR with the logs (checkpoints stay in $WORK_DIR).
 set -uo pipefail
@@ -37,7 +37,7 @@ fi
 caps() {  # per-point training budgets (seconds) of the four studies, scaled
   awk -v s="$SCALE" -v smoke="$SMOKE" 'BEGIN {
     if (smoke == 1) { printf "5 5 5 5"; exit }
-    printf "%.0f %.0f %.0f %.0f", 20 * s, 35 * s, 12 * s, 75 * s }'
+    printf "%.0f %.0f %.0f %.0f", 25 * s, 25 * s, 20 * s, 60 * s }'
 }
 read -r CAP_FL CAP_CONV CAP_SIZE CAP_KAN <<<"$(caps)"
 {
@@ -48,18 +48,19 @@ read -r CAP_FL CAP_CONV CAP_SIZE CAP_KAN <<<"$(caps)"
 } >"$LOG/env.txt" 2>&1
 cat "$LOG/env.txt"
 
-# 1. smoke: one tiny point end to end on the device (a bug fails here, in ~20 s)
+# 1. smoke: one tiny point end to end on the device (a bug fails here, in ~20 s), while
+# 2. the crops are simulated, once, into $WORK/root/data for every process
+DATA_T=$(($(left) - 60)); [ "$DATA_T" -lt 20 ] && DATA_T=20
+timeout "$DATA_T" "${RUN[@]}" --config="$CONFIG" "${ONE[@]}" --prepare_data_only \
+  >"$LOG/data.log" 2>&1 &
+DATA_PID=$!
 if ! timeout 60 "${RUN[@]}" --config=experiments/configs/polaris_study_test.py "${ONE[@]}" \
     --root="$WORK/smoke" --study=filters_levels \
     --config.study.filters_levels.levels="(1,)" --config.num_epochs=1 >"$LOG/smoke.log" 2>&1; then
-  echo "smoke step failed:"; tail -30 "$LOG/smoke.log"; exit 1
+  echo "smoke step failed:"; tail -30 "$LOG/smoke.log"; kill "$DATA_PID"; exit 1
 fi
 echo "smoke ok at $(($(date +%s) - START)) s"
-
-# 2. the crops, simulated once and kept in $WORK/root/data for every process
-DATA_T=$(($(left) - 60)); [ "$DATA_T" -lt 20 ] && DATA_T=20
-if ! timeout "$DATA_T" "${RUN[@]}" --config="$CONFIG" "${ONE[@]}" --prepare_data_only \
-    >"$LOG/data.log" 2>&1; then
+if ! wait "$DATA_PID"; then
   echo "crop simulation failed:"; tail -30 "$LOG/data.log"; exit 1
 fi
 echo "crops ready at $(($(date +%s) - START)) s: $(tail -1 "$LOG/data.log")"
@@ -74,7 +75,7 @@ if [ -n "${RESUME_FROM:-}" ]; then
   echo "resumed $(find "$WORK/root" -name result.json | wc -l) finished points from $RESUME_FROM"
 fi
 
-# 3. the studies, six processes at once, one GPU each (round robin over the visible ones)
+# 3. the studies, ten processes at once, one GPU each (round robin over the visible ones)
 GPUS=()
 if [ -n "${CUDA_VISIBLE_DEVICES:-}" ]; then IFS=, read -r -a GPUS <<<"$CUDA_VISIBLE_DEVICES"; fi
 DEADLINE=$(($(left) - 40))  # seconds each process may start points in; 40 s for tables + copy
@@ -89,12 +90,19 @@ launch() {
     --deadline_s="$DEADLINE" "$@" >"$LOG/$name.log" 2>&1 &
   PIDS+=($!) NAMES+=("$name")
 }
-launch kan0 --study=kan --shard=0/2 --config.study.kan.max_train_seconds="$CAP_KAN"
-launch fl0 --study=filters_levels --shard=0/2 --config.study.filters_levels.max_train_seconds="$CAP_FL"
-launch size --study=train_size --config.study.train_size.max_train_seconds="$CAP_SIZE"
-launch kan1 --study=kan --shard=1/2 --config.study.kan.max_train_seconds="$CAP_KAN"
-launch fl1 --study=filters_levels --shard=1/2 --config.study.filters_levels.max_train_seconds="$CAP_FL"
-launch convs --study=convs_per_block --config.study.convs_per_block.max_train_seconds="$CAP_CONV"
+for k in 0 1; do
+  launch "kan$k" --study=kan --shard="$k/2" --config.study.kan.max_train_seconds="$CAP_KAN"
+done
+for k in 0 1 2 3; do
+  launch "fl$k" --study=filters_levels --shard="$k/4" \
+    --config.study.filters_levels.max_train_seconds="$CAP_FL"
+done
+for k in 0 1; do
+  launch "size$k" --study=train_size --shard="$k/2" \
+    --config.study.train_size.max_train_seconds="$CAP_SIZE"
+  launch "convs$k" --study=convs_per_block --shard="$k/2" \
+    --config.study.convs_per_block.max_train_seconds="$CAP_CONV"
+done
 for k in "${!PIDS[@]}"; do
   wait "${PIDS[$k]}"; rc=$?
   echo "${NAMES[$k]}: exit $rc$([ $rc = 124 ] && echo ' (timed out: its last point resumes next time)')" \
