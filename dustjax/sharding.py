@@ -1,12 +1,12 @@
 """One device mesh and the batch plumbing around it, for the training engine and the GP.
 
 `make_mesh` builds a 1D mesh over all devices (of every process, `dustjax.distributed`) with
-one named axis ("data" for training,
-the GP's "stars"); a batch is split along its leading axis over that axis, parameters are
-replicated. `check_batch_size` refuses a batch that does not divide over the devices,
-`pad_batch` pads a short last evaluation batch (with a ``weight`` mask), `prefetch_to_mesh` puts
-batches on the devices a few steps ahead, and `split_over_devices` gives the layout of state
-split over the devices (the optimiser moments with ``shard_optimizer_state``, ZeRO stage 1).
+one named axis ("data" for training, the GP's "stars"); a batch is split along its leading
+axis over that axis, parameters are replicated. `check_batch_size` refuses a batch that does
+not divide over the devices, `pad_batch` pads a short last evaluation batch (with a ``weight``
+mask), `prefetch_to_mesh` puts batches on the devices a few steps ahead, and
+`split_over_devices` gives the layout of state split over the devices (the optimiser moments
+with ``shard_optimizer_state``, ZeRO stage 1).
 """
 
 from __future__ import annotations

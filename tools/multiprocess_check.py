@@ -235,7 +235,11 @@ def launcher() -> dict:
         devices, gpus = FLAGS.devices_per_process, None
         ref_devices = n * devices
     else:
-        devices, gpus = None, [str(i) for i in range(n)]
+        visible = [g for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g.strip()]
+        gpus = visible[:n] if visible else [str(i) for i in range(n)]  # the GPUs we were given
+        if len(gpus) < n:
+            raise app.UsageError(f"{n} processes need {n} GPUs, CUDA_VISIBLE_DEVICES={visible}")
+        devices = None
         ref_devices = None
     times = {}
     if not (FLAGS.reuse_reference and (out / "one" / "result.npz").exists()):

@@ -62,6 +62,10 @@ def main(argv):
         logging.error("%s", err)
         print(f"fit_gp: error: {err}", file=sys.stderr)
         sys.exit(1)
+    from dustjax import distributed
+
+    if not distributed.is_primary():  # process 0 predicts, writes and reports
+        return
     brief = dict(
         status=summary["status"],
         iterations=summary["iterations"],

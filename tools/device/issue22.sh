@@ -9,6 +9,9 @@
 # 4. two processes, one GPU each, against one process with both GPUs: vnet_test training and a
 #    GP fit (tools.multiprocess_check).
 # SMOKE=1: CPU-sized versions of every step (JAX_PLATFORMS=cpu), for a test on the laptop.
+# STEPS=compile_cache (a comma list of smoke,mc,compile_cache,multiprocess): only those steps.
+# CC_ENTRIES: the compile_cache entries (default train,bench_apply: experiments.apply's demo
+# writes its catalogue as FITS, which needs astropy, absent on the device).
 # Everything lands in $OUT_DIR (JSON + logs, < 1 MiB); the script stops within $BUDGET_S.
 set -u
 export PYTHONUNBUFFERED=1
@@ -16,6 +19,8 @@ export NCCL_NVLS_ENABLE=0  # no NVLink multicast (KINDS.md)
 OUT_DIR=${OUT_DIR:?set OUT_DIR}
 BUDGET_S=${BUDGET_S:-240}
 SMOKE=${SMOKE:-0}
+STEPS=${STEPS:-smoke,mc,compile_cache,multiprocess}
+want() { [[ ",$STEPS," == *",$1,"* ]]; }
 PY=${PYTHON:-python3}
 mkdir -p "$OUT_DIR"
 START=$(date +%s)
@@ -50,29 +55,40 @@ if [ "$SMOKE" = 1 ]; then
   MP="--platform=cpu --devices_per_process=1 --what=train --epochs=1 --timeout=600"
 else
   BIG="--num_stars=1000000 --num_redraws=300 --batch_size=32 --mc_repeats=2"
-  CC="--entries=train,bench_apply,apply --bench_features=128,256,512,1024 --bench_stars=100000 --bench_redraws=64 --timeout=120"
+  CC="--entries=${CC_ENTRIES:-train,bench_apply} --bench_features=128,256,512,1024 --bench_stars=100000 --bench_redraws=64 --timeout=120"
   MP="--platform=gpu --rtol=2e-3 --timeout=150"
 fi
 
 # 1. smoke (20 s): tiny V-net, fused Monte Carlo on every local device
-run smoke 15 20 $PY -m benchmarks.apply --mc_only --region=SR --num_stars=5000 --num_redraws=4 \
+want smoke && run smoke 15 20 $PY -m benchmarks.apply --mc_only --region=SR --num_stars=5000 --num_redraws=4 \
   --batch_size=2 --features=4,8 --mc_repeats=1 --knn_backend=kdtree --out="$OUT_DIR/smoke"
 # 2. the Monte Carlo benchmark
-run mc 40 60 $PY -m benchmarks.apply --mc_only --mc_devices=1,2 $BIG --out="$OUT_DIR/mc"
+want mc && run mc 40 60 $PY -m benchmarks.apply --mc_only --mc_devices=1,2 $BIG --out="$OUT_DIR/mc"
 # 3. the compilation cache, first vs second run (its own fresh cache directory)
-run compile_cache 60 60 $PY -m benchmarks.compile_cache $CC --out=/tmp/issue22_cc
-mkdir -p "$OUT_DIR/compile_cache"
-cp /tmp/issue22_cc/results.json /tmp/issue22_cc/*.log "$OUT_DIR/compile_cache/" 2>/dev/null
+if want compile_cache; then
+  rm -rf /tmp/issue22_cc
+  CC_SHARE=60; [ "$STEPS" = compile_cache ] && CC_SHARE=95
+  run compile_cache $CC_SHARE 60 $PY -m benchmarks.compile_cache $CC --out=/tmp/issue22_cc
+  mkdir -p "$OUT_DIR/compile_cache"
+  cp /tmp/issue22_cc/results.json /tmp/issue22_cc/*.log /tmp/issue22_cc/*_compile.json \
+    "$OUT_DIR/compile_cache/" 2>/dev/null
+  for d in /tmp/issue22_cc/bench_apply*; do
+    [ -f "$d/results.json" ] && cp "$d/results.json" "$OUT_DIR/compile_cache/$(basename "$d").json"
+  done
+fi
 # 4. two processes, one GPU each, against one process with both
 unset DUSTJAX_COMPILATION_CACHE
-run multiprocess 95 60 $PY -m tools.multiprocess_check --processes=2 $MP --out=/tmp/issue22_mp
-mkdir -p "$OUT_DIR/multiprocess"
-for d in one many; do
-  for f in /tmp/issue22_mp/$d/worker*.log; do
-    [ -f "$f" ] && tail -c 20000 "$f" > "$OUT_DIR/multiprocess/${d}_$(basename "$f")"
+rm -rf /tmp/issue22_mp
+want multiprocess && run multiprocess 95 60 $PY -m tools.multiprocess_check --processes=2 $MP --out=/tmp/issue22_mp
+if want multiprocess; then
+  mkdir -p "$OUT_DIR/multiprocess"
+  for d in one many; do
+    for f in /tmp/issue22_mp/$d/worker*.log; do
+      [ -f "$f" ] && tail -c 20000 "$f" > "$OUT_DIR/multiprocess/${d}_$(basename "$f")"
+    done
   done
-done
-cp /tmp/issue22_mp/report.json "$OUT_DIR/multiprocess/" 2>/dev/null
+  cp /tmp/issue22_mp/report.json "$OUT_DIR/multiprocess/" 2>/dev/null
+fi
 rm -rf "$OUT_DIR"/mc/map "$OUT_DIR"/smoke/map
 echo "total $(( $(date +%s) - START )) s of $BUDGET_S" | tee -a "$OUT_DIR/steps.txt"
 du -sh "$OUT_DIR"
