@@ -94,3 +94,10 @@ def test_training_on_an_interrupted_dataset_names_the_command_that_finishes_it(t
         f"--region=SR --shape=16,16,16 --simulator=levy --num=8 --seed=3 --examples_per_shard=2 "
         f"--out={out}`"
     )  # (it said `make data REGION=SR DATA=...`: N=10000 cubes, refused as other settings)
+
+
+def test_the_regions_own_shape_keeps_its_name_so_a_hinted_resume_matches():
+    from data_gen.make_dataset import region_from_flags
+
+    assert region_from_flags("LR", ["32", "32", "32"]).name == "LR"
+    assert region_from_flags("SR", ["16", "16", "16"]).name == "SR@(16, 16, 16)"
