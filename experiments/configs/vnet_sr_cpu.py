@@ -10,7 +10,7 @@ a science-grade map (that needs `vnet_sr` on an accelerator).
 Hardware: CPU, float32. Data: 600 paper-setting Levy cubes of the SR box on a 16^3 grid (12 pc
 cells; 432 train / 108 validation / 60 test). Model: the paper's architecture with features
 (8, 16, 32, 64) (0.4 M parameters), batch 8, 4 epochs of 54 steps. At 16^3 a training step costs
-0.9-1.2 s of CPU time against 7.0 s at the paper's 32^3 (`python -m benchmarks.vnet_cpu_step`),
+0.9-1.2 s of CPU time against 7.0-9.1 s at the paper's 32^3 (`python -m benchmarks.vnet_cpu_step`),
 which is what brings the first run under 10 minutes. After training, the test split is
 evaluated (`eval.after_training`) and the run ends with the test metrics, the figures' paths
 and the next command. Time: 7.3 CPU-minutes in all, data included (about 5 minutes on 2 idle
