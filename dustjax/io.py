@@ -352,7 +352,8 @@ def dataset_settings(request: dict[str, Any]) -> str:
             "--lower_pc=" + ",".join(f"{v:g}" for v in region["lower_pc"]),
             "--upper_pc=" + ",".join(f"{v:g}" for v in region["upper_pc"]),
         ]
-    flags += ["--shape=" + ",".join(str(n) for n in region.get("shape", []))]
+    if "@(" in str(region.get("name", "")):  # re-gridded: the region's default shape otherwise
+        flags += ["--shape=" + ",".join(str(n) for n in region.get("shape", []))]
     flags += [f"--simulator={meta['simulator']}", f"--num={num}", f"--seed={meta.get('seed')}"]
     return " ".join([*flags, shard])
 

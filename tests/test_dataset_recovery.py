@@ -79,3 +79,25 @@ def test_the_interrupted_dataset_hint_gives_the_settings_that_resume_it(tmp_path
     assert dataset_settings({"splits": {"train": 2}, "examples_per_shard": 1}) == (
         "splits {'train': 2}, --examples_per_shard=1"
     )
+
+
+def test_training_on_an_interrupted_dataset_names_the_command_that_finishes_it(tmp_path):
+    from dustjax.vnet.data import MissingDatasetError, require_dataset
+
+    out = tmp_path / "d"
+    with pytest.raises(RuntimeError):
+        _write(out, fail_at=4)
+    with pytest.raises(MissingDatasetError) as err:
+        require_dataset(out, "SR")
+    assert str(err.value) == (
+        f"{out} holds an interrupted dataset; finish it with `python -m data_gen.make_dataset "
+        f"--region=SR --shape=16,16,16 --simulator=levy --num=8 --seed=3 --examples_per_shard=2 "
+        f"--out={out}`"
+    )  # (it said `make data REGION=SR DATA=...`: N=10000 cubes, refused as other settings)
+
+
+def test_the_regions_own_shape_keeps_its_name_so_a_hinted_resume_matches():
+    from data_gen.make_dataset import region_from_flags
+
+    assert region_from_flags("LR", ["32", "32", "32"]).name == "LR"
+    assert region_from_flags("SR", ["16", "16", "16"]).name == "SR@(16, 16, 16)"

@@ -147,9 +147,11 @@ def region_from_flags(name, shape=None, lower_pc=None, upper_pc=None) -> Region:
         region = Region(lower, upper, region.shape, name=f"{region.name}@custom")
     if shape:
         try:
-            region = region.with_shape(tuple(int(v) for v in shape))
+            cells = tuple(int(v) for v in shape)
         except ValueError as err:
             raise ValueError(f"--shape must be three whole numbers: {err}") from None
+        if cells != tuple(region.shape):  # the region's own shape keeps its name (and metadata)
+            region = region.with_shape(cells)
     return region
 
 

@@ -31,7 +31,14 @@ import numpy as np
 from jax.sharding import Mesh
 
 from dustjax.geometry import Region
-from dustjax.io import DatasetError, dataset_complete, read_dataset_info
+from dustjax.io import (
+    PARTIAL_INFO,
+    DatasetError,
+    dataset_complete,
+    dataset_settings,
+    read_dataset_info,
+    read_json,
+)
 from dustjax.sharding import batch_sharding, check_batch_size, make_mesh
 from dustjax.training.tasks import SizedBatches, Task, h1_per_example
 from dustjax.vnet import transforms
@@ -59,6 +66,13 @@ def require_dataset(data_dir: str | Path, region_name: str | None = None) -> dic
     data_dir = Path(data_dir)
     if not dataset_complete(data_dir):
         region = region_name or "SR"
+        if (data_dir / PARTIAL_INFO).exists():
+            started = read_json(data_dir / PARTIAL_INFO)
+            if "simulator" in started.get("metadata", {}):  # the settings it was started with
+                raise MissingDatasetError(
+                    f"{data_dir} holds an interrupted dataset; finish it with `python -m "
+                    f"data_gen.make_dataset {dataset_settings(started)} --out={data_dir}`"
+                )
         partial = " (an interrupted one is there: rerun it to finish)" if data_dir.exists() else ""
         raise MissingDatasetError(
             f"no complete dataset at {data_dir}{partial}; create it with "

@@ -36,10 +36,7 @@ def closing_lines(config, workdir: Path, summary: dict, metrics: dict) -> str:
     else:
         versus = "no zero-prediction baseline"
     residual = metrics["residual_mag_per_pc"]
-    checks = metrics.get("paper_checks", {})
-    paper = metrics.get("paper", {})
-    cr = "; ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in checks.items() if v is not None)
-    paper_cr = paper.get("c_r_min") or paper.get("c_r_min_all")
+    cr = _cross_correlation_text(metrics.get("c_r_table") or {})
     eval_dir = workdir / "eval"
     figures = [workdir / "loss_curve.png"] + [eval_dir / name for name in EVAL_FIGURES]
     figures = [str(p) for p in figures if p.exists()]
@@ -51,8 +48,7 @@ def closing_lines(config, workdir: Path, summary: dict, metrics: dict) -> str:
         f"(epoch {summary['best_epoch']}; {summary['stop_reason']})",
         f"test split ({metrics['num_cubes']} cubes of {shape}): eq. 3 loss {loss:.3g}, "
         f"{versus}; density residual dispersion {residual['dispersion']:.3g} mag/pc"
-        + (f"; {cr}" if cr else "")
-        + (f" (the paper's target: {paper_cr})" if paper_cr else ""),
+        + (f"; {cr}" if cr else ""),
         f"metrics: {eval_dir / 'test_metrics.json'}",
         "figures: " + ", ".join(figures),
         f"next: a 3D map from a star catalogue with this model: make apply REGION={region}"
@@ -67,6 +63,19 @@ def closing_lines(config, workdir: Path, summary: dict, metrics: dict) -> str:
             "config) is what to use for science; docs/validation.md has its numbers."
         )
     return "\n".join(lines)
+
+
+def _cross_correlation_text(table: dict) -> str:
+    """c_r (eq. 4) at the first wavenumber bin, a quarter and half-way along the table: e.g.
+    ``c_r 0.81 / 0.37 / 0.20 at k = 0.04 / 0.13 / 0.23 pc^-1 (1: perfect)``."""
+    k, c_r = list(table.get("k", [])), list(table.get("c_r", []))
+    if len(k) < 3:
+        return ""
+    picks = sorted({0, round((len(k) - 1) / 4), round((len(k) - 1) / 2)})
+    return (
+        "c_r " + " / ".join(f"{c_r[i]:.2f}" for i in picks) + " at k = "
+        + " / ".join(f"{k[i]:.2f}" for i in picks) + " pc^-1 (1: perfect)"
+    )  # fmt: skip
 
 
 def _is_default_workdir(config, workdir: Path) -> bool:

@@ -23,7 +23,7 @@ def _metrics(loss, zero):
     return dict(
         loss_eq3=loss, loss_eq3_zero_prediction=zero, num_cubes=60,
         residual_mag_per_pc=dict(dispersion=0.0021), region=dict(shape=[16, 16, 16]),
-        paper_checks={"min_c_r_k_0.046_0.893": 0.31}, paper=dict(c_r_min=0.9),
+        c_r_table=dict(k=[0.04, 0.08, 0.12, 0.16, 0.2, 0.24], c_r=[0.9, 0.7, 0.5, 0.3, 0.2, 0.1]),
     )  # fmt: skip
 
 
@@ -40,6 +40,7 @@ def test_closing_lines_say_how_good_where_and_what_next(tmp_path, monkeypatch):
         "test split (60 cubes of 16x16x16): eq. 3 loss 0.0003, 25 % below predicting no dust"
         in text
     )
+    assert "c_r 0.90 / 0.70 / 0.50 at k = 0.04 / 0.08 / 0.12 pc^-1 (1: perfect)" in text
     assert (
         "figures: workdirs/vnet_sr_cpu/loss_curve.png, workdirs/vnet_sr_cpu/eval/slices.png" in text
     )
