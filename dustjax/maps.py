@@ -323,6 +323,7 @@ class DustMap:
         mode: str = "median",
         pct=None,
         rng=None,
+        model_error: bool = True,
     ):
         """Density (mag/pc) or, with ``integrated=True``, extinction (mag) at `SkyCoord` points.
 
@@ -341,6 +342,15 @@ class DustMap:
         * ``"samples"``: every sample, on a trailing axis of length ``num_samples``;
         * ``"random_sample"``: one sample chosen at random for each point (``rng``: a seed or a
           `numpy.random.Generator`).
+
+        ``model_error`` (GP maps, integrated queries): the posterior samples hold only what the
+        model knows; a fit's learned model error and its post-hoc calibration (header keywords
+        ``MEFRAC``/``MEFLOOR`` and ``CALFRAC``/``CALFLOOR``, `extinction_model_error`) add
+        N(0, (f A)^2 + s^2) to the extinction. With True (default) the percentiles and the
+        uncertainty of integrated queries from samples include it (each percentile moved away
+        from the median in quadrature by z_p sqrt((f A)^2 + s^2), z_p the normal quantile): the
+        bands of the true extinction, as the pipeline's extinction cubes and star bands.
+        ``"samples"`` and ``"random_sample"`` stay the model's own draws.
         """
         from dustjax.geometry import skycoord_to_cartesian
 
@@ -351,8 +361,9 @@ class DustMap:
         xyz = skycoord_to_cartesian(coords)
         shape = np.shape(xyz)[:-1]
         out = self.query_xyz(
-            xyz.reshape(-1, 3), integrated, return_uncertainty, mode=mode, pct=pct, rng=rng
-        )
+            xyz.reshape(-1, 3), integrated, return_uncertainty, mode=mode, pct=pct, rng=rng,
+            model_error=model_error,
+        )  # fmt: skip
         if return_uncertainty:
             return out[0].reshape(shape), out[1].reshape(shape)
         return out.reshape(shape + out.shape[1:])
@@ -372,6 +383,7 @@ class DustMap:
         mode: str = "median",
         pct=None,
         rng=None,
+        model_error: bool = True,
     ):
         """As `query` for heliocentric Galactic XYZ ``(N, 3)`` in pc (no astropy needed)."""
         modes = ("median", "percentile", "samples", "random_sample")
@@ -401,8 +413,17 @@ class DustMap:
         if mode == "random_sample":
             pick = np.random.default_rng(rng).integers(0, per_sample.shape[1], len(xyz))
             return per_sample[np.arange(len(xyz)), pick]
+        widen = integrated and model_error and any(self.extinction_model_error())
         if mode == "percentile":
-            out = np.percentile(per_sample, np.asarray(pct, np.float64), axis=1)
+            q = np.asarray(pct, np.float64)
+            out = np.percentile(per_sample, q, axis=1)  # (len(q), N) or (N,)
+            if widen:
+                from scipy.stats import norm
+
+                med = np.median(per_sample, axis=1)
+                z = norm.ppf(q / 100.0).reshape(np.shape(q) + (1,) * (out.ndim - np.ndim(q)))
+                extra = z**2 * self._model_error_variance(med)
+                out = med + np.where(z < 0, -1.0, 1.0) * np.sqrt((out - med) ** 2 + extra)
             return np.moveaxis(out, 0, -1) if np.ndim(pct) else out
         if per_sample is not None:  # integrated, median over the samples
             value = np.median(per_sample, axis=1)
@@ -415,13 +436,30 @@ class DustMap:
             return value
         if per_sample is not None:
             p16, p84 = np.percentile(per_sample, [16.0, 84.0], axis=1)
-            return value, 0.5 * (p84 - p16)
+            half = 0.5 * (p84 - p16)
+            if widen:
+                half = np.sqrt(half**2 + self._model_error_variance(value))
+            return value, half
         source = self.extinction_uncertainty if integrated else self.uncertainty
         if source is None:
             what = "integrated extinction" if integrated else "density"
             raise MapError(f"this map carries no {what} uncertainty")
         sigma = source[idx[:, 0], idx[:, 1], idx[:, 2]].astype(np.float64)
         return value, np.where(inside, sigma, np.nan)
+
+    def extinction_model_error(self) -> tuple[float, float]:
+        """(f, s): the model error of a GP map's extinctions beyond its posterior samples, the
+        learned term (``MEFRAC``, ``MEFLOOR``) and the post-hoc calibration (``CALFRAC``,
+        ``CALFLOOR``) in quadrature (`dustjax.gp.pipeline.extinction_model_error`); (0, 0) for
+        maps without them."""
+        m = self.meta
+        f = float(np.hypot(float(m.get("MEFRAC", 0.0)), float(m.get("CALFRAC", 0.0))))
+        s = float(np.hypot(float(m.get("MEFLOOR", 0.0)), float(m.get("CALFLOOR", 0.0))))
+        return f, s
+
+    def _model_error_variance(self, extinction):
+        f, s = self.extinction_model_error()
+        return (f * np.asarray(extinction, np.float64)) ** 2 + s**2
 
     def _sample_values(self, xyz, idx, integrated):
         """``(N, K)``: each posterior sample's density at, or integral to, the points."""

@@ -333,8 +333,12 @@ def _fit_and_predict(config, workdir, *, progress):
         num_posterior_samples=num_posterior_samples,
         kernel_coords=coords,
     )
-    if calib_summary is not None:  # extinction to a point: the bands a star there would have
-        f, s = calib_summary["frac"], calib_summary["floor_mag"]
+    # extinction to a point: the bands a star there would have, i.e. the model's plus the
+    # learned model error (as in the star bands) and the post-hoc term, in quadrature
+    if model_error is not None:
+        summary["model_error"] = dict(frac=float(model_error[0]), floor_mag=float(model_error[1]))
+    f, s = extinction_model_error(summary)
+    if f > 0 or s > 0:
         for key in ("extinction_pct", "total_extinction_pct"):
             maps[key] = calibration.widen_bands(maps[key], f, s).astype(maps[key].dtype)
     summary["timings"]["predict_s"] = time.perf_counter() - t0
@@ -460,8 +464,22 @@ def _calibrate(
     return out
 
 
+def extinction_model_error(summary) -> tuple[float, float]:
+    """(f, s) of all the model error a run's extinction bands carry beyond the posterior: the
+    learned term (``summary["model_error"]``) and the post-hoc one (``summary["calibration"]``)
+    added in quadrature; (0, 0) when there is neither."""
+    parts = [summary.get("model_error"), summary.get("calibration")]
+    parts = [p for p in parts if p]
+    f = math.sqrt(sum(p["frac"] ** 2 for p in parts))
+    s = math.sqrt(sum(p["floor_mag"] ** 2 for p in parts))
+    return f, s
+
+
 def _fits_meta(summary) -> dict[str, Any]:
     meta: dict[str, Any] = dict(status=summary["status"])
+    me = summary.get("model_error")
+    if me is not None:  # the learned model error (fit.model_error)
+        meta.update(MEFRAC=me["frac"], MEFLOOR=me["floor_mag"])
     c = summary.get("calibration")
     if c is not None:
         meta.update(
