@@ -344,9 +344,9 @@ class DustMap:
           `numpy.random.Generator`).
 
         ``model_error`` (GP maps, integrated queries): the posterior samples hold only what the
-        model knows; a fit's learned model error and its post-hoc calibration (header keywords
-        ``MEFRAC``/``MEFLOOR`` and ``CALFRAC``/``CALFLOOR``, `extinction_model_error`) add
-        N(0, (f A)^2 + s^2) to the extinction. With True (default) the percentiles and the
+        model knows; the fit's model error (header keywords ``CALFRAC``/``CALFLOOR``, calibrated
+        on held-out stars, else the learned ``MEFRAC``/``MEFLOOR``; `extinction_model_error`)
+        adds N(0, (f A)^2 + s^2) to the extinction. With True (default) the percentiles and the
         uncertainty of integrated queries from samples include it (each percentile moved away
         from the median in quadrature by z_p sqrt((f A)^2 + s^2), z_p the normal quantile): the
         bands of the true extinction, as the pipeline's extinction cubes and star bands.
@@ -448,14 +448,15 @@ class DustMap:
         return value, np.where(inside, sigma, np.nan)
 
     def extinction_model_error(self) -> tuple[float, float]:
-        """(f, s): the model error of a GP map's extinctions beyond its posterior samples, the
-        learned term (``MEFRAC``, ``MEFLOOR``) and the post-hoc calibration (``CALFRAC``,
-        ``CALFLOOR``) in quadrature (`dustjax.gp.pipeline.extinction_model_error`); (0, 0) for
-        maps without them."""
+        """(f, s): the model error of a GP map's extinctions beyond its posterior samples: the
+        calibrated one (``CALFRAC``, ``CALFLOOR``), which replaces a learned term, else the
+        learned one (``MEFRAC``, ``MEFLOOR``) (`dustjax.gp.pipeline.extinction_model_error`);
+        (0, 0) for maps without them."""
         m = self.meta
-        f = float(np.hypot(float(m.get("MEFRAC", 0.0)), float(m.get("CALFRAC", 0.0))))
-        s = float(np.hypot(float(m.get("MEFLOOR", 0.0)), float(m.get("CALFLOOR", 0.0))))
-        return f, s
+        for f_key, s_key in (("CALFRAC", "CALFLOOR"), ("MEFRAC", "MEFLOOR")):
+            if f_key in m:
+                return float(m[f_key]), float(m.get(s_key, 0.0))
+        return 0.0, 0.0
 
     def _model_error_variance(self, extinction):
         f, s = self.extinction_model_error()

@@ -271,10 +271,11 @@ def test_star_bands_with_a_model_error_have_its_analytic_width():
 
 
 def test_integrated_percentiles_from_samples_carry_the_maps_model_error():
-    """A GP map whose header holds a learned (MEFRAC, MEFLOOR) and a post-hoc (CALFRAC,
+    """A GP map whose header holds a learned (MEFRAC, MEFLOOR) and a calibrated (CALFRAC,
     CALFLOOR) model error: integrated percentiles and uncertainties from the samples are those
-    of the model plus N(0, (f A)^2 + s^2) (f, s the quadrature sums): for Gaussian samples, a
-    Gaussian of the summed variance. The raw draws and the density queries are unchanged."""
+    of the model plus N(0, (f A)^2 + s^2) with the calibrated (f, s), which replaces the learned
+    one: for Gaussian samples, a Gaussian of the summed variance. The raw draws and the density
+    queries are unchanged."""
     import dataclasses
 
     from scipy.stats import norm
@@ -289,13 +290,16 @@ def test_integrated_percentiles_from_samples_carry_the_maps_model_error():
     edges = (np.array([60.0, 70.0, 80.0]), np.array([-5.0, 0.0, 5.0]), np.linspace(100, 600, 6))
     samples = np.broadcast_to(c[:, None, None, None], (k, 2, 2, 5)).astype(np.float64)
     plain = DustMap("spherical", np.full((2, 2, 5), mu), edges, samples=samples)
-    meta = dict(MEFRAC=0.06, MEFLOOR=0.0, CALFRAC=0.08, CALFLOOR=0.03)
+    meta = dict(MEFRAC=0.06, MEFLOOR=0.0, CALFRAC=0.1, CALFLOOR=0.03)
     m = dataclasses.replace(plain, meta=meta)
     f, fl = m.extinction_model_error()
     assert (f, fl) == pytest.approx((0.1, 0.03))
+    learned_only = dataclasses.replace(plain, meta=dict(MEFRAC=0.06, MEFLOOR=0.01))
+    assert learned_only.extinction_model_error() == pytest.approx((0.06, 0.01))
     summary = dict(model_error=dict(frac=0.06, floor_mag=0.0),
-                   calibration=dict(frac=0.08, floor_mag=0.03))  # fmt: skip
+                   calibration=dict(frac=0.1, floor_mag=0.03))  # fmt: skip
     assert extinction_model_error(summary) == pytest.approx((0.1, 0.03))
+    assert extinction_model_error(dict(model_error=dict(frac=0.06, floor_mag=0.0))) == (0.06, 0.0)
     assert extinction_model_error({}) == (0.0, 0.0)
 
     d = np.array([150.0, 420.0])
