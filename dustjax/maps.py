@@ -343,6 +343,7 @@ class DustMap:
         rng=None,
         return_flags: bool = False,
         chunk: int = QUERY_CHUNK,
+        model_error: bool = True,
     ):
         """Density (mag/pc) or, with ``integrated=True``, extinction (mag) at `SkyCoord` points.
 
@@ -380,6 +381,15 @@ class DustMap:
         sight line crosses the map) and ``min_reliable_distmod`` / ``max_reliable_distmod``, the
         distance moduli of the nearest and farthest profile distances inside the map (NaN if
         none). Work goes ``chunk`` points at a time (10^6 points stay well under 500 MB).
+
+        ``model_error`` (GP maps, integrated queries): the posterior samples hold only what the
+        model knows; the fit's model error (header keywords ``CALFRAC``/``CALFLOOR``, calibrated
+        on held-out stars, else the learned ``MEFRAC``/``MEFLOOR``; `extinction_model_error`)
+        adds N(0, (f A)^2 + s^2) to the extinction. With True (default) the percentiles and the
+        uncertainty of integrated queries from samples include it (each percentile moved away
+        from the median in quadrature by z_p sqrt((f A)^2 + s^2), z_p the normal quantile): the
+        bands of the true extinction, as the pipeline's extinction cubes and star bands.
+        ``"samples"`` and ``"random_sample"`` stay the model's own draws.
         """
         gal = _galactic(coords)
         has_distance = _has_distance(gal)
@@ -401,7 +411,9 @@ class DustMap:
             pick = None
             if mode == "random_sample":
                 pick = np.repeat(generator.integers(0, self.num_samples, stop - start), per_line)
-            v, s, ins = self._evaluate(xyz, integrated, return_uncertainty, mode, pct, pick, table)
+            v, s, ins = self._evaluate(
+                xyz, integrated, return_uncertainty, mode, pct, pick, table, model_error
+            )
             if value is None:
                 value = np.empty((len(flat), per_line) + v.shape[1:], v.dtype)
                 sigma = None if s is None else np.empty((len(flat), per_line), s.dtype)
@@ -487,6 +499,7 @@ class DustMap:
         pct=None,
         rng=None,
         chunk: int = QUERY_CHUNK,
+        model_error: bool = True,
     ):
         """As `query` for heliocentric Galactic XYZ ``(N, 3)`` in pc (no astropy needed)."""
         self._check_mode(mode, pct, return_uncertainty)
@@ -508,6 +521,7 @@ class DustMap:
                     pct,
                     None if pick is None else pick[part],
                     table,
+                    model_error,
                 )  # fmt: skip
             )
         inside = np.concatenate([p[2] for p in parts]) if parts else np.ones(0, bool)
@@ -547,7 +561,9 @@ class DustMap:
         n = self.shape[0] * self.shape[1] * (1 if self.grid == "spherical" else self.shape[2])
         return generator.integers(0, self.num_samples, n)
 
-    def _evaluate(self, xyz, integrated, return_uncertainty, mode, pct, pick, table):
+    def _evaluate(
+        self, xyz, integrated, return_uncertainty, mode, pct, pick, table, model_error=True
+    ):
         """``(value (N, ...), uncertainty (N,) or None, inside (N,))`` for points ``(N, 3)``."""
         idx, inside = self.cell_of(xyz)
         if table is not None:
@@ -567,8 +583,17 @@ class DustMap:
             return per_sample[:, 0], None, inside
         if mode == "mean":
             return per_sample.mean(axis=1), None, inside
+        widen = integrated and model_error and any(self.extinction_model_error())
         if mode == "percentile":
-            out = np.percentile(per_sample, np.asarray(pct, np.float64), axis=1)
+            q = np.asarray(pct, np.float64)
+            out = np.percentile(per_sample, q, axis=1)  # (len(q), N) or (N,)
+            if widen:
+                from scipy.stats import norm
+
+                med = np.median(per_sample, axis=1)
+                z = norm.ppf(q / 100.0).reshape(np.shape(q) + (1,) * (out.ndim - np.ndim(q)))
+                extra = z**2 * self._model_error_variance(med)
+                out = med + np.where(z < 0, -1.0, 1.0) * np.sqrt((out - med) ** 2 + extra)
             return (np.moveaxis(out, 0, -1) if np.ndim(pct) else out), None, inside
         if per_sample is not None:  # median of the samples' integrals
             value = np.median(per_sample, axis=1)
@@ -581,7 +606,10 @@ class DustMap:
             return value, None, inside
         if per_sample is not None:
             p16, p84 = np.percentile(per_sample, [16.0, 84.0], axis=1)
-            return value, 0.5 * (p84 - p16), inside
+            half = 0.5 * (p84 - p16)
+            if widen:
+                half = np.sqrt(half**2 + self._model_error_variance(value))
+            return value, half, inside
         source = self.extinction_uncertainty if integrated else self.uncertainty
         if source is None:
             what = "integrated extinction" if integrated else "density"
@@ -605,6 +633,21 @@ class DustMap:
         flags["min_reliable_distmod"] = np.where(any_inside, distmod[first], np.nan)
         flags["max_reliable_distmod"] = np.where(any_inside, distmod[last], np.nan)
         return flags
+
+    def extinction_model_error(self) -> tuple[float, float]:
+        """(f, s): the model error of a GP map's extinctions beyond its posterior samples: the
+        calibrated one (``CALFRAC``, ``CALFLOOR``), which replaces a learned term, else the
+        learned one (``MEFRAC``, ``MEFLOOR``) (`dustjax.gp.pipeline.extinction_model_error`);
+        (0, 0) for maps without them."""
+        m = self.meta
+        for f_key, s_key in (("CALFRAC", "CALFLOOR"), ("MEFRAC", "MEFLOOR")):
+            if f_key in m:
+                return float(m[f_key]), float(m.get(s_key, 0.0))
+        return 0.0, 0.0
+
+    def _model_error_variance(self, extinction):
+        f, s = self.extinction_model_error()
+        return (f * np.asarray(extinction, np.float64)) ** 2 + s**2
 
     def _sample_values(self, xyz, idx, integrated, pick=None):
         """``(N, K)``: each posterior sample's density at, or integral to, the points; with

@@ -265,3 +265,60 @@ def test_star_bands_with_a_model_error_have_its_analytic_width():
     mc = half * np.sqrt(0.16 * 0.84 / 2000) / norm.pdf(1.0)  # sd of a 16/84 % estimate
     np.testing.assert_array_less(np.abs(0.5 * (wide[2] - wide[0]) - half), 4 * mc)
     np.testing.assert_array_less(np.abs(wide[1] - a), 4 * 1.25 * half / np.sqrt(2000))
+
+
+def test_integrated_percentiles_from_samples_carry_the_maps_model_error():
+    """A GP map whose header holds a learned (MEFRAC, MEFLOOR) and a calibrated (CALFRAC,
+    CALFLOOR) model error: integrated percentiles and uncertainties from the samples are those
+    of the model plus N(0, (f A)^2 + s^2) with the calibrated (f, s), which replaces the learned
+    one: for Gaussian samples, a Gaussian of the summed variance. The raw draws and the density
+    queries are unchanged."""
+    import dataclasses
+
+    from scipy.stats import norm
+
+    from dustjax.catalog import galactic_to_cartesian_np
+    from dustjax.gp.pipeline import extinction_model_error
+    from dustjax.maps import DustMap
+
+    rng = np.random.default_rng(4)
+    k, mu, s = 4000, 2e-3, 5e-4
+    c = rng.normal(mu, s, k)
+    edges = (np.array([60.0, 70.0, 80.0]), np.array([-5.0, 0.0, 5.0]), np.linspace(100, 600, 6))
+    samples = np.broadcast_to(c[:, None, None, None], (k, 2, 2, 5)).astype(np.float64)
+    plain = DustMap("spherical", np.full((2, 2, 5), mu), edges, samples=samples)
+    meta = dict(MEFRAC=0.06, MEFLOOR=0.0, CALFRAC=0.1, CALFLOOR=0.03)
+    m = dataclasses.replace(plain, meta=meta)
+    f, fl = m.extinction_model_error()
+    assert (f, fl) == pytest.approx((0.1, 0.03))
+    learned_only = dataclasses.replace(plain, meta=dict(MEFRAC=0.06, MEFLOOR=0.01))
+    assert learned_only.extinction_model_error() == pytest.approx((0.06, 0.01))
+    summary = dict(model_error=dict(frac=0.06, floor_mag=0.0),
+                   calibration=dict(frac=0.1, floor_mag=0.03))  # fmt: skip
+    assert extinction_model_error(summary) == pytest.approx((0.1, 0.03))
+    assert extinction_model_error(dict(model_error=dict(frac=0.06, floor_mag=0.0))) == (0.06, 0.0)
+    assert extinction_model_error({}) == (0.0, 0.0)
+
+    d = np.array([150.0, 420.0])
+    xyz = galactic_to_cartesian_np(np.array([65.0, 75.0]), np.array([2.0, -3.0]), d)
+    mean, sd = mu * (d - 100.0), s * (d - 100.0)
+    total = np.sqrt(sd**2 + (f * mean) ** 2 + fl**2)
+    z = norm.ppf([0.16, 0.5, 0.84])
+    got = m.query_xyz(xyz, integrated=True, mode="percentile", pct=[16, 50, 84])
+    expected = mean[:, None] + total[:, None] * z[None, :]
+    np.testing.assert_allclose(got, expected, rtol=0.02, atol=0.02 * sd.max())
+    _, sigma = m.query_xyz(xyz, integrated=True, return_uncertainty=True)
+    np.testing.assert_allclose(sigma, total, rtol=0.03)
+    raw = m.query_xyz(xyz, integrated=True, mode="percentile", pct=[16, 50, 84], model_error=False)
+    np.testing.assert_allclose(
+        raw, plain.query_xyz(xyz, integrated=True, mode="percentile", pct=[16, 50, 84])
+    )
+    one = m.query_xyz(xyz, integrated=True, mode="percentile", pct=84)
+    np.testing.assert_allclose(one, got[:, 2])
+    np.testing.assert_allclose(
+        m.query_xyz(xyz, integrated=True, mode="samples"),
+        plain.query_xyz(xyz, integrated=True, mode="samples"),
+    )
+    np.testing.assert_allclose(  # densities are the model's
+        m.query_xyz(xyz, mode="percentile", pct=84), plain.query_xyz(xyz, mode="percentile", pct=84)
+    )

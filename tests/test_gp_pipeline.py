@@ -408,3 +408,27 @@ def test_star_predictions_use_the_fits_kernel_coordinates():
     np.testing.assert_allclose(pct[1], np.median(other, axis=0), rtol=0.02)
     xyz = predict.predict_star_extinctions(params, grid, op.flat_index, op.partial_pc, **kw)
     assert np.median(np.abs(xyz[1] / pct[1] - 1.0)) > 0.1
+
+
+def test_calibration_rescales_a_learned_model_error_down_as_well_as_up():
+    """The calibrated model error keeps the learned term's shape f : s and scales it to 68 %
+    observed coverage: down when the learned term over-covers, up when it under-covers."""
+    from dustjax.gp import calibration
+
+    rng = np.random.default_rng(1)
+    p50 = rng.uniform(0.2, 2.0, 20000)
+    w = 0.02 * p50
+    pct = np.stack([p50 - w, p50, p50 + w])
+    sigma = 0.1 * p50
+    truth = p50 + 0.08 * p50 * rng.standard_normal(p50.size)  # a model error of 8 %
+    observed = truth + sigma * rng.standard_normal(p50.size)
+    for learned in ((0.3, 0.0), (0.02, 0.0)):  # over- and under-covering
+        f, s = calibration.calibrate_model_error(pct, observed, sigma, learned=learned)
+        assert s == 0.0 and f == pytest.approx(np.sqrt(0.08**2 - 0.02**2), rel=0.1)
+        widened = calibration.widen_bands(pct, f, s)
+        assert calibration.observed_coverage(widened, observed, sigma) == pytest.approx(
+            0.68, abs=0.01
+        )
+    assert calibration.calibrate_model_error(pct, observed, sigma) == calibration.calibrate_posthoc(
+        pct, observed, sigma, target_coverage=0.68
+    )

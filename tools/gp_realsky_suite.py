@@ -42,6 +42,7 @@ flags.DEFINE_string("cube", "../shared/data/real/bayestar19_LR_anticentre.fits",
 flags.DEFINE_string("out", "/tmp/gp_realsky_suite", "Output directory (suite.json).")
 flags.DEFINE_list("only", [], "Run only the tests of these names.")
 flags.DEFINE_float("max_fit_seconds", 0.0, "Bound every fit (0: the suite's own bounds).")
+flags.DEFINE_integer("anneal_iterations", -1, "Annealing steps of every fit (-1: the suite's).")
 
 PAPER_BOX = (50.0, 90.0, -10.0, 10.0, 180.0, 500.0)
 
@@ -137,6 +138,8 @@ def main(argv):
             continue
         if FLAGS.max_fit_seconds:
             kw = kw | dict(fit=kw["fit"] | dict(max_fit_seconds=FLAGS.max_fit_seconds))
+        if FLAGS.anneal_iterations >= 0:
+            kw = kw | dict(fit=kw["fit"] | dict(anneal_iterations=FLAGS.anneal_iterations))
         t0 = time.perf_counter()
         try:
             truth = realsky.make_truth(FLAGS.cube if spec == "CUBE" else spec, kw["field"])

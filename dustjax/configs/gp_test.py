@@ -20,6 +20,7 @@ def get_config():
     c.fit.num_samples = 8
     c.fit.max_iterations = 60
     c.fit.min_iterations = 20
+    c.fit.anneal_iterations = 0  # 60 iterations in all: no room for the annealing steps
     c.predict.shape = (12, 12, 20)
     c.predict.num_samples = 16
     c.predict.star_samples = 16

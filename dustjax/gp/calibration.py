@@ -45,6 +45,37 @@ def calibrate_posthoc(pct, observed, sigma, *, target_coverage=None) -> tuple[fl
     return float(np.sqrt(hi) * f), float(np.sqrt(hi) * s)
 
 
+def calibrate_model_error(
+    pct_model, observed, sigma, *, learned=None, target_coverage: float = 0.68
+) -> tuple[float, float]:
+    """(f, s) of the whole model error to add to the *model's* bands (no model error in them).
+
+    Without a learned term: `calibrate_posthoc(target_coverage=...)`. With one (``learned`` =
+    (f, s) of `svgp.model_error_scales`), its shape f : s is kept and it is scaled by the
+    k >= 0 that brings the held-out stars' observed coverage to the target, so the calibration,
+    fitted on stars the fit did not see, has the last word: k < 1 narrows a learned term that
+    over-covers (76.7 % of the true extinctions on the real sky at paper size, where the
+    learned term was added to the bands before), k > 1 widens it.
+    """
+    if learned is None:
+        return calibrate_posthoc(pct_model, observed, sigma, target_coverage=target_coverage)
+    f0, s0 = (float(v) for v in learned)
+
+    def cov(k):
+        widened = widen_bands(pct_model, np.sqrt(k) * f0, np.sqrt(k) * s0)
+        return observed_coverage(widened, observed, sigma)
+
+    if cov(0.0) >= target_coverage or (f0 == 0 and s0 == 0):
+        return 0.0, 0.0
+    lo, hi = 0.0, 1.0
+    while cov(hi) < target_coverage and hi < 1e8:
+        lo, hi = hi, hi * 4.0
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (lo, mid) if cov(mid) >= target_coverage else (mid, hi)
+    return float(np.sqrt(hi) * f0), float(np.sqrt(hi) * s0)
+
+
 def _maximum_likelihood(pct, observed, sigma) -> tuple[float, float]:
     from scipy.optimize import minimize
 

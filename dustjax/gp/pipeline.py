@@ -286,7 +286,7 @@ def _fit_and_predict(config, workdir, *, progress):
         jitter=result.jitter,
         num_samples=int(config.predict.star_samples),
         seed=int(config.seed) + 1,
-        model_error=model_error,
+        model_error=None if calib is not None else model_error,  # calibrated: added below
         kernel_coords=coords,
     )
     star_bands = (
@@ -299,14 +299,17 @@ def _fit_and_predict(config, workdir, *, progress):
         calib_summary = _calibrate(
             params, grid, settings, result.jitter, config, calib, model_error, coords
         )
-        star_pct_model = star_pct
+        star_pct_model = (
+            star_pct
+            if model_error is None
+            else calibration.widen_bands(star_pct, *(float(v) for v in model_error))
+        )  # the bands without the calibration, for the summary
         star_pct = calibration.widen_bands(
             star_pct, calib_summary["frac"], calib_summary["floor_mag"]
         )
         star_bands = (
-            "true extinction: model"
-            + ("" if model_error is None else " plus the learned model error")
-            + " plus the post-hoc model error N(0, (f A)^2 + s^2) fitted on held-out stars"
+            "true extinction: model plus the post-hoc model error N(0, (f A)^2 + s^2) fitted on "
+            "held-out stars" + ("" if model_error is None else " (the learned term, rescaled)")
         )
     summary["star_bands"] = star_bands
     summary["calibration"] = calib_summary
@@ -323,8 +326,12 @@ def _fit_and_predict(config, workdir, *, progress):
         num_posterior_samples=num_posterior_samples,
         kernel_coords=coords,
     )
-    if calib_summary is not None:  # extinction to a point: the bands a star there would have
-        f, s = calib_summary["frac"], calib_summary["floor_mag"]
+    # extinction to a point: the bands a star there would have, i.e. the model's plus the
+    # model error (calibrated, or else learned), as in the star bands
+    if model_error is not None:
+        summary["model_error"] = dict(frac=float(model_error[0]), floor_mag=float(model_error[1]))
+    f, s = extinction_model_error(summary)
+    if f > 0 or s > 0:
         for key in ("extinction_pct", "total_extinction_pct"):
             maps[key] = calibration.widen_bands(maps[key], f, s).astype(maps[key].dtype)
     summary["timings"]["predict_s"] = time.perf_counter() - t0
@@ -407,13 +414,11 @@ def calibration_split(num_stars: int, fraction: float, *, seed: int) -> np.ndarr
 def _calibrate(
     params, grid, settings, jitter, config, calib, model_error, coords
 ) -> dict[str, Any]:
-    """Fit the post-hoc model error (f, s) on the held-out stars (`calibration.calibrate_posthoc`,
-    the likelihood `realsky` maximises, scaled to the 68 % coverage target) and score their bands
-    before and after.
-
-    With the learned model error on (``fit.model_error``), the held-out bands already hold it and
-    the post-hoc term is fitted on top of it: it composes (adds in quadrature) and comes out near
-    zero where the learned term already explains the residuals."""
+    """Fit the model error (f, s) of the bands on the held-out stars and score their bands before
+    and after (`calibration.calibrate_model_error`): without a learned term, the post-hoc term of
+    `calibration.calibrate_posthoc` (the likelihood `realsky` maximises, scaled to the 68 %
+    coverage target); with one (``fit.model_error``), the learned term rescaled (up or down) to
+    that target. Either way (f, s) is the whole model error added to the model's bands."""
     cat = calib["catalog"]
     cstars = gpfit.make_star_data(
         cat, grid, num_shards=1, dtype=params["mean"].dtype, sigma=calib["sigma"]
@@ -427,19 +432,21 @@ def _calibrate(
         jitter=jitter,
         num_samples=int(config.predict.star_samples),
         seed=int(config.seed) + 3,
-        model_error=model_error,
         kernel_coords=coords,
-    ).astype(np.float64)
+    ).astype(np.float64)  # the model's bands, no model error
     observed, sigma = np.asarray(cat.extinction, np.float64), np.asarray(calib["sigma"], np.float64)
-    f, s = calibration.calibrate_posthoc(
-        pct, observed, sigma, target_coverage=CALIBRATION_TARGET_COVERAGE
+    learned = None if model_error is None else tuple(float(v) for v in model_error)
+    f, s = calibration.calibrate_model_error(
+        pct, observed, sigma, learned=learned, target_coverage=CALIBRATION_TARGET_COVERAGE
     )
     widened = calibration.widen_bands(pct, f, s)
+    if learned is not None:  # "before": the bands with the learned term as fitted
+        pct = calibration.widen_bands(pct, *learned)
     out: dict[str, Any] = dict(
         frac=f,
         floor_mag=s,
         num_stars=len(cat),
-        composed_with_learned_model_error=model_error is not None,
+        rescales_learned_model_error=learned is not None,
         validation_coverage_observed_before=calibration.observed_coverage(pct, observed, sigma),
         validation_coverage_observed_after=calibration.observed_coverage(widened, observed, sigma),
     )
@@ -450,10 +457,21 @@ def _calibrate(
     return out
 
 
+def extinction_model_error(summary) -> tuple[float, float]:
+    """(f, s) of the model error a run's extinction bands carry beyond the posterior: the
+    calibrated one (``summary["calibration"]``, which replaces a learned term) when there is
+    one, else the learned term (``summary["model_error"]``), else (0, 0)."""
+    part = summary.get("calibration") or summary.get("model_error")
+    return (float(part["frac"]), float(part["floor_mag"])) if part else (0.0, 0.0)
+
+
 def _fits_meta(summary) -> dict[str, Any]:
     meta: dict[str, Any] = dict(status=summary["status"])
     if "provenance" in summary:
         meta.update(provenance.fits_cards(summary["provenance"]))
+    me = summary.get("model_error")
+    if me is not None:  # the learned model error (fit.model_error)
+        meta.update(MEFRAC=me["frac"], MEFLOOR=me["floor_mag"])
     c = summary.get("calibration")
     if c is not None:
         meta.update(

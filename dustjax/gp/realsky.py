@@ -52,7 +52,7 @@ from dustjax.catalog import StarCatalog
 from dustjax.geometry import galactic_to_cartesian_np
 from dustjax.gp import fit as gpfit
 from dustjax.gp import svgp
-from dustjax.gp.calibration import calibrate_posthoc, widen_bands
+from dustjax.gp.calibration import calibrate_model_error, calibrate_posthoc, widen_bands
 from dustjax.gp.coords import KernelCoords
 from dustjax.gp.grid import LBDGrid
 from dustjax.los import apply_star_operator, integrate_to_points
@@ -586,19 +586,25 @@ def run_test(truth, settings: TestSettings, *, progress: bool = False) -> dict[s
     calib["posthoc"] = dict(frac=f, floor_mag=s)
     best = "column+learned" if model_error is not None else "column"
     bands[best + "+posthoc"] = star_scores(widen_bands(percentiles(col_hold), f, s), true_hold)
-    # what `experiments/fit_gp` reports: the pipeline's own star bands (diagonal samples plus
-    # the learned model error) widened by its coverage-targeted post-hoc term
-    pipe_val, pipe_hold = (
-        _pipeline_bands(params, grid, result.jitter, fit_settings, model_error, stars, sl, seed)
+    # what `experiments/fit_gp` reports: without calibration, the pipeline's star bands (diagonal
+    # samples plus the learned model error); calibrated, the model's bands plus the model error
+    # rescaled to 68 % observed coverage of the validation stars (`calibrate_model_error`)
+    pipe_hold = _pipeline_bands(
+        params, grid, result.jitter, fit_settings, model_error, stars, hold_sl, 1
+    )
+    model_val, model_hold = (
+        _pipeline_bands(params, grid, result.jitter, fit_settings, None, stars, sl, seed)
         for sl, seed in ((val_sl, 3), (hold_sl, 1))
     )
-    f, s = calibrate_posthoc(
-        pipe_val, stars["observed"][val_sl], stars["sigma"][val_sl],
+    learned = None if model_error is None else tuple(float(v) for v in model_error)
+    f, s = calibrate_model_error(
+        model_val, stars["observed"][val_sl], stars["sigma"][val_sl], learned=learned,
         target_coverage=CALIBRATION_TARGET_COVERAGE,
     )  # fmt: skip
     calib["pipeline"] = dict(frac=f, floor_mag=s, target_coverage=CALIBRATION_TARGET_COVERAGE)
     bands["pipeline"] = star_scores(pipe_hold, true_hold)
-    bands["pipeline+calibrated"] = star_scores(widen_bands(pipe_hold, f, s), true_hold)
+    bands["pipeline+calibrated"] = star_scores(widen_bands(model_hold, f, s), true_hold)
+    pipe_val = model_val  # saved below: the model's bands of the validation stars
 
     # the grid's discretisation: the same bands against what the training grid can represent
     avg_train = cell_average(truth, grid, sub=3)
@@ -670,8 +676,10 @@ def run_test(truth, settings: TestSettings, *, progress: bool = False) -> dict[s
         # pipeline's route, to study calibrations without refitting (`tools.gp_realsky_suite`
         # writes them to NAME_stars.npz)
         star_arrays=dict(
-            val_pct=pipe_val,
-            hold_pct=pipe_hold,
+            val_pct=pipe_val,  # the model's bands (no model error)
+            hold_pct=model_hold,
+            hold_pipeline_pct=pipe_hold,  # with the learned model error, uncalibrated
+            learned_model_error=np.asarray(learned if learned is not None else (0.0, 0.0)),
             val_observed=stars["observed"][val_sl],
             val_sigma=stars["sigma"][val_sl],
             val_true=stars["true"][val_sl],
