@@ -81,3 +81,19 @@ def test_derivative_channel_needs_asinh():
     c.data.normalisation = "eq12"
     with pytest.raises(ValueError, match="asinh"):
         model_kwargs(c)
+
+
+def test_heldout_summary_pools_skill_over_cubes():
+    """tools/sky_heldout.summarise: the pooled skill is 1 - sum MSE / sum Var, the medians are
+    the cubes' medians (a perfect cube and one at zero skill pool to 1 - v2 / (v1 + v2))."""
+    from tools.sky_heldout import summarise
+
+    rows = [
+        dict(skill=1.0, dust_recovered=1.0, log_r=1.0, rmse=0.0, truth_std=1.0),
+        dict(skill=0.0, dust_recovered=0.5, log_r=0.5, rmse=2.0, truth_std=2.0),
+        dict(skill=0.5, dust_recovered=2.0, log_r=0.9, rmse=1.0, truth_std=np.sqrt(2.0)),
+    ]
+    s = summarise(rows)
+    assert s["median_skill"] == 0.5 and s["median_dust_recovered"] == 1.0
+    assert np.isclose(s["pooled_skill"], 1.0 - (0 + 4 + 1) / (1 + 4 + 2))
+    assert s["num_cubes"] == 3

@@ -19,8 +19,14 @@ left() { echo $(( BUDGET_S - ($(date +%s) - T0) )); }
 IFS=, read -r -a G <<< "${CUDA_VISIBLE_DEVICES:-0,1}"
 GPU_LR=${G[0]:-0}
 GPU_SR=${G[1]:-$GPU_LR}
+# RUNS: REGION:ARM pairs (default: both arms of both regions); NNLS_REGIONS: NNLS rows beside them.
+# A second, shorter call (17b: RUNS=LR:deriv NNLS_REGIONS= RATE_FACTOR=1) trains one model alone.
+RUNS=${RUNS:-"LR:plain LR:deriv SR:plain SR:deriv"}
+NNLS_REGIONS=${NNLS_REGIONS-"LR SR"}
+RATE_FACTOR=${RATE_FACTOR:-0.6}
 MEM_ARM=0.38 MEM_NNLS=0.15  # per process: two arms + NNLS on each GPU
 [ "$GPU_SR" = "$GPU_LR" ] && MEM_ARM=0.19 MEM_NNLS=0.08  # one GPU for all six processes
+[ "$(wc -w <<< "$RUNS")" = 1 ] && MEM_ARM=0.75  # one training alone
 WD=${WORKDIR_ROOT:-/tmp/i17_wd}
 EV=${EVAL_ROOT:-/tmp/i17_eval}
 rm -rf "$WD" "$EV"; mkdir -p "$WD" "$EV"
@@ -49,7 +55,7 @@ SCORE_RESERVE=${SCORE_RESERVE:-110}  # s kept after training for the real-sky an
 OVERHEAD=${OVERHEAD:-190}            # s of smoke, throughput, compilation, validation, calibration
 EPOCHS=${EPOCHS:-3}
 SETS=()
-HELDOUT_N=12
+HELDOUT_N=${HELDOUT_N:-12}
 if [ "$SMOKE" = 1 ]; then
   CAT[SR]="--num_stars=3000 --sigma_a=0.03 --sigma_b=0.05 --distance_error=0 --num_redraws=2"
   CAT[LR]="--num_stars=20000 --sigma_a=0.05 --sigma_b=0.05 --distance_error=0.05 --num_redraws=2"
@@ -81,7 +87,7 @@ arm() {  # region gpu arm
   local STOP=$(( $(left) - SCORE_RESERVE + 30 ))
   echo "$R $ARM: training budget ${TRAIN}s, hard stop ${STOP}s, at $(( $(date +%s) - T0 ))s" >> "$RD/train.log"
   timeout $STOP $PY -m tools.vnet_sky_device --regions=$R --train_seconds=$TRAIN --epochs=$EPOCHS \
-    --measure_steps=20 --calibration_redraws=${CAL_REDRAWS:-8} --rate_factor=0.6 "${EXTRA_SET[@]}" \
+    --measure_steps=${MEASURE_STEPS:-20} --calibration_redraws=${CAL_REDRAWS:-8} --rate_factor=$RATE_FACTOR "${EXTRA_SET[@]}" \
     ${SETS[@]+"${SETS[@]}"} --out="$RD" --workdir_root="$WD/$ARM" >> "$RD/train.log" 2>&1
   echo "$R $ARM: training exit $? at $(( $(date +%s) - T0 ))s" >> "$RD/train.log"
   local MODEL="$WD/$ARM/vnet_sky_$L"
@@ -111,10 +117,13 @@ nnls_rows() {  # NNLS beside the training (independent of it), on the region's G
 }
 
 PIDS=()
-for R in LR SR; do
+for RUN in $RUNS; do
+  R=${RUN%%:*} ARM=${RUN##*:}
   GPU=$GPU_LR; [ $R = SR ] && GPU=$GPU_SR
-  arm $R "$GPU" plain & PIDS+=($!)
-  arm $R "$GPU" deriv & PIDS+=($!)
+  arm $R "$GPU" "$ARM" & PIDS+=($!)
+done
+for R in $NNLS_REGIONS; do
+  GPU=$GPU_LR; [ $R = SR ] && GPU=$GPU_SR
   nnls_rows $R "$GPU" & PIDS+=($!)
 done
 wait "${PIDS[@]}"
