@@ -73,8 +73,12 @@ def _flags_parser(module_name: str, doc: str | None):
         except ValueError as err:
             print(f"{Path(argv[0]).name}: error: {err}", file=sys.stderr)
             sys.exit(2)
+        from dustjax import runtime
+
+        # dustjax.runtime.parse_flags (where present) reports a bad config key in one line
+        parse_flags = getattr(runtime, "parse_flags", app.parse_flags_with_usage)
         try:
-            return app.parse_flags_with_usage(argv)
+            return parse_flags(argv)
         except SystemExit as stop:
             if stop.code == 1 and any(a in _HELP_FULL for a in argv[1:]):
                 sys.exit(0)  # absl ends --helpfull with status 1; asking for help is no error
