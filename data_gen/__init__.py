@@ -3,4 +3,4 @@ make_clouds, preview, preview_clouds); ``python -m data_gen.make_dataset`` still
 
 import dustjax.cli
 
-__path__ = [*dustjax.cli.__path__]
+__path__ = [*dustjax.cli.__path__, *__path__]  # then modules still in data_gen/ (not installed)

@@ -5,6 +5,8 @@
 import dustjax.cli
 import dustjax.configs
 
-__path__ = [*dustjax.cli.__path__]  # experiments.<entry point> -> dustjax/cli/<entry point>.py
+# experiments.<entry point> -> dustjax/cli/<entry point>.py; modules still in experiments/ (not
+# installed) are found after them.
+__path__ = [*dustjax.cli.__path__, *__path__]
 configs = dustjax.configs
 __import__("sys").modules[__name__ + ".configs"] = dustjax.configs

@@ -224,3 +224,13 @@ def test_lower_bounds_are_the_minimum_versions_file():
     for requirement in PYPROJECT["project"]["dependencies"]:
         name, _, bound = requirement.partition(">=")
         assert pins.get(name.lower().replace("_", "-")) == bound, requirement
+
+
+def test_without_tensorflow_make_dataset_names_the_extra_in_one_line(tmp_path):
+    proc = _run(
+        [sys.executable, "-m", "dustjax.cli.make_dataset", "--num=3", f"--out={tmp_path / 'd'}"],
+        cwd=tmp_path, env=no_tensorflow_env(),
+    )  # fmt: skip
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "pip install 'dustjax[tfrecord]'" in proc.stderr
+    assert not (tmp_path / "d").exists()

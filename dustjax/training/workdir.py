@@ -171,7 +171,9 @@ def _shape_mismatches(state_dir: Path, abstract) -> list[tuple[str, tuple, tuple
         return tuple(name(k) for k in path)
 
     try:
-        tree = ocp.StandardCheckpointer().metadata(state_dir).item_metadata
+        meta = ocp.StandardCheckpointer().metadata(state_dir)
+        # orbax >= 0.11.2x: StepMetadata.item_metadata; older: TreeMetadata.tree
+        tree = meta.item_metadata if hasattr(meta, "item_metadata") else meta.tree
         stored = {
             names(p): tuple(m.shape)
             for p, m in jax.tree_util.tree_leaves_with_path(tree)
