@@ -103,7 +103,8 @@ class FitSettings:
         max_iterations), run ``anneal_iterations`` more steps at ``anneal_factor`` times the
         learning rate, then stop (0: off). Adam at a constant step ends in a Monte Carlo noise
         ball around the optimum whose size scales with the step; the time limit keeps room for
-        the annealing steps (their time estimated from the steps so far).
+        the annealing steps (their time estimated from the steps so far, once 5 calls and
+        ``min_iterations`` are done; at most half of ``max_fit_seconds``).
       calibration_fraction: not used by `fit` itself: the fraction of the catalogue's stars
         that `pipeline.fit_and_predict` holds out of the fit to calibrate the extinction bands
         (a post-hoc model error, `dustjax.gp.calibration`); 0: off.
@@ -666,8 +667,16 @@ def fit(
         if should_stop(history, settings):
             reason = "converged"
         elif settings.max_fit_seconds is not None:
-            n_timed = max(len(history) - settings.steps_per_call, 1)
-            room = settings.anneal_iterations * elapsed / n_timed  # time the annealing needs
+            # the time the annealing steps need, from the speed so far: only once enough steps
+            # are timed and the fit has had its min_iterations (a device call on a shared GPU
+            # had a slow second call; the reserve then started 800 annealing steps at iteration
+            # 20), and never more than half the budget
+            n_timed = len(history) - settings.steps_per_call
+            room = 0.0
+            if n_timed >= 5 * settings.steps_per_call and len(history) >= settings.min_iterations:
+                room = min(
+                    settings.anneal_iterations * elapsed / n_timed, 0.5 * settings.max_fit_seconds
+                )
             if elapsed + room > settings.max_fit_seconds:
                 reason = "time_limit"
         if reason is None and len(history) + settings.anneal_iterations >= settings.max_iterations:
