@@ -73,11 +73,15 @@ def test_vnet_derivative_channel_adds_two_inputs_and_needs_geometry():
 
 def test_derivative_channel_needs_asinh():
     from dustjax.vnet.data import model_kwargs
+    from dustjax.vnet.normalisation import Normalisation
     from experiments.configs.vnet_sky_test import get_config
 
     c = get_config()
     c.model.derivative_channel = True
     assert model_kwargs(c)["derivative_channel"] == (0.05, 1e-4)
+    c.data.normalisation_params = None  # the defaults are the normalisation's own
+    default = Normalisation("asinh")
+    assert model_kwargs(c)["derivative_channel"] == (default.e0, default.rho0)
     c.data.normalisation = "eq12"
     with pytest.raises(ValueError, match="asinh"):
         model_kwargs(c)

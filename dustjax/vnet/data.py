@@ -300,13 +300,19 @@ def model_kwargs(config) -> dict[str, Any]:
     region = region_of(config)
     kwargs = {"los_frame_pc": tuple(region.lower_pc) + tuple(region.cell_size_pc)}
     if config.model.get("derivative_channel", False):  # needs the asinh normalisation's scales
-        from dustjax.vnet.normalisation import normalisation_of
-
-        norm = normalisation_of(config)
-        if norm.name != "asinh":
+        # read from the config here: normalisation.py imports this module (its task hooks), so
+        # importing it back would close an import loop; the defaults are Normalisation's (tested)
+        if (config.data.get("normalisation") or "eq12") != "asinh":
             raise ValueError("config.model.derivative_channel needs data.normalisation='asinh'")
-        kwargs["derivative_channel"] = (float(norm.e0), float(norm.rho0))
+        params = dict(config.data.get("normalisation_params") or {})
+        kwargs["derivative_channel"] = (
+            float(params.get("e0", ASINH_DEFAULTS[0])),
+            float(params.get("rho0", ASINH_DEFAULTS[1])),
+        )
     return kwargs
+
+
+ASINH_DEFAULTS = (0.05, 1e-4)  # = dustjax.vnet.normalisation.Normalisation's (e0, rho0)
 
 
 def input_shape(config) -> tuple[int, ...]:

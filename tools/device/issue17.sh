@@ -52,7 +52,7 @@ declare -A CAT=(
   [LR]="--num_stars=1000000 --sigma_a=0.05 --sigma_b=0.05 --distance_error=0.05"
 )
 SCORE_RESERVE=${SCORE_RESERVE:-110}  # s kept after training for the real-sky and held-out scores
-OVERHEAD=${OVERHEAD:-190}            # s of smoke, throughput, compilation, validation, calibration
+OVERHEAD=${OVERHEAD:-300}  # s before and after the steps: runs 3-4 took ~210 s to the first step (90 s compiling the observation loop), + validation, calibration
 EPOCHS=${EPOCHS:-3}
 SETS=()
 HELDOUT_N=${HELDOUT_N:-12}
@@ -87,7 +87,7 @@ arm() {  # region gpu arm
   local STOP=$(( $(left) - SCORE_RESERVE + 30 ))
   echo "$R $ARM: training budget ${TRAIN}s, hard stop ${STOP}s, at $(( $(date +%s) - T0 ))s" >> "$RD/train.log"
   timeout $STOP $PY -m tools.vnet_sky_device --regions=$R --train_seconds=$TRAIN --epochs=$EPOCHS \
-    --measure_steps=${MEASURE_STEPS:-20} --calibration_redraws=${CAL_REDRAWS:-8} --rate_factor=$RATE_FACTOR "${EXTRA_SET[@]}" \
+    --measure_steps=${MEASURE_STEPS:-40} --calibration_redraws=${CAL_REDRAWS:-8} --rate_factor=$RATE_FACTOR "${EXTRA_SET[@]}" \
     ${SETS[@]+"${SETS[@]}"} --out="$RD" --workdir_root="$WD/$ARM" >> "$RD/train.log" 2>&1
   echo "$R $ARM: training exit $? at $(( $(date +%s) - T0 ))s" >> "$RD/train.log"
   local MODEL="$WD/$ARM/vnet_sky_$L"
