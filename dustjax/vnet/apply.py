@@ -228,10 +228,10 @@ def redraw_gridder(knn: gridding.KNNWeights, catalog: cat.StarCatalog, batch_siz
     w = jnp.asarray(small.weights, jnp.float32)
     shape = tuple(knn.shape)
 
+    from dustjax.vnet.montecarlo import redraw_cubes
+
     def grid(key):
-        draws = ext + sig * jax.random.normal(key, (batch_size, ext.shape[0]), ext.dtype)
-        cubes = jnp.sum(jnp.take(draws, idx, axis=1) * w, axis=-1).reshape(batch_size, *shape)
-        return jnp.maximum(cubes, 0.0)
+        return redraw_cubes(key, ext, sig, idx, w, batch_size, shape)
 
     return grid
 

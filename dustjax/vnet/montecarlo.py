@@ -57,8 +57,8 @@ def hoist_constants(fn: Callable, *example) -> tuple[Callable, list]:
 
 
 def redraw_cubes(key, ext, sig, idx, w, batch_size: int, shape):
-    """`dustjax.vnet.apply.redraw_gridder`'s ``grid(key)`` with the catalogue as arguments:
-    ``(batch_size, *shape)`` cubes of E ~ N(ext, sig) gridded by eq. 5, clipped at 0."""
+    """``(batch_size, *shape)`` cubes of E ~ N(ext, sig) gridded by eq. 5, clipped at 0: the one
+    redraw-and-grid step (`dustjax.vnet.apply.redraw_gridder` closes it over a catalogue)."""
     draws = ext + sig * jax.random.normal(key, (batch_size, ext.shape[0]), ext.dtype)
     cubes = jnp.sum(jnp.take(draws, idx, axis=1) * w, axis=-1).reshape(batch_size, *shape)
     return jnp.maximum(cubes, 0.0)
