@@ -40,7 +40,9 @@ def accuracy_map(table, path) -> None:
     for (f, lv), (mean, _, _) in acc.items():
         grid[levels.index(lv), filters.index(f)] = mean
     fig, ax = plt.subplots(figsize=(1.3 * len(filters) + 2.5, 0.9 * len(levels) + 1.8))
-    cmap = plt.get_cmap("viridis").with_extremes(bad="0.85")
+    from matplotlib import colormaps
+
+    cmap = colormaps["viridis"].with_extremes(bad="0.85")
     im = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, origin="lower", aspect="auto")
     finite = grid[np.isfinite(grid)]
     mid = 0.5 * (finite.min() + finite.max()) if finite.size else 0.0
