@@ -46,7 +46,9 @@ def test_cli_vnet_without_model_is_a_usage_error(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "experiments.apply", "--catalog=demo",
          f"--workdir={tmp_path / 'out'}"],
-        capture_output=True, text=True, cwd=ROOT, timeout=300, env=env,
-    )  # fmt: skip
+        capture_output=True, text=True, cwd=tmp_path, timeout=300, env=env,
+    )  # fmt: skip  (cwd: a directory with no workdirs/ of trained models)
     assert proc.returncode != 0
-    assert "--method=vnet needs --model" in proc.stderr
+    # no --model and no trained workdir of the region here: one line naming where it looked
+    assert "no model given and none trained for SR" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr

@@ -52,5 +52,5 @@ def start_runtime() -> bool:
     quiet_library_logs()
     if several and not distributed.is_primary():
         logging.set_verbosity(logging.WARNING)
-    logging.info("compilation cache: %s", cache or "off")
+    logging.debug("compilation cache: %s", cache or "off")  # not a line for every run
     return several
