@@ -43,20 +43,12 @@ def test_cli_nnls_literature_cube_writes_the_vnet_outputs(tmp_path):
 
 def test_cli_vnet_without_model_is_a_usage_error(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
+    # run in tmp_path: a directory without workdirs/ of trained models
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "experiments.apply",
-            "--catalog=demo",
-            f"--workdir={tmp_path / 'out'}",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=300,
-        env=env,
-    )  # fmt: skip  (cwd: a directory with no workdirs/ of trained models)
+        [sys.executable, "-m", "experiments.apply", "--catalog=demo",
+         f"--workdir={tmp_path / 'out'}"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300, env=env,
+    )  # fmt: skip
     assert proc.returncode != 0
     # no --model and no trained workdir of the region here: one line naming where it looked
     assert "no model given and none trained for SR" in proc.stderr
