@@ -65,7 +65,7 @@ def test_apply_without_a_model_takes_the_one_make_train_made(tmp_path, monkeypat
 def test_make_apply_without_model_does_not_pass_the_family_as_a_workdir():
     proc = subprocess.run(["make", "-n", "apply", "PY=python"], capture_output=True, text=True,
                           cwd=REPO, timeout=60)  # fmt: skip
-    command = proc.stdout[proc.stdout.index("experiments.apply") :]
+    command = proc.stdout[proc.stdout.index("cli.apply") :]
     assert "--model" not in command and "--catalog=demo" in command
 
 
