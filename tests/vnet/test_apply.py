@@ -248,7 +248,7 @@ def test_cli_bad_input_is_one_line_without_traceback(tmp_path):
     csv = tmp_path / "stars.csv"
     csv.write_text("l,b,distance,A\n180,0,50,0.1\n")
     proc = subprocess.run(
-        [sys.executable, "-m", "experiments.apply", "--catalog", str(csv), "--model",
+        [sys.executable, "-m", "dustjax.cli.apply", "--catalog", str(csv), "--model",
          str(tmp_path), "--workdir", str(tmp_path / "out")],
         capture_output=True, text=True, cwd=tmp_path.parent, timeout=300,
     )  # fmt: skip
