@@ -36,13 +36,8 @@ def calibrate_posthoc(pct, observed, sigma, *, target_coverage=None) -> tuple[fl
 
     if cov(0.0) >= target_coverage:
         return 0.0, 0.0
-    lo, hi = 0.0, 1.0
-    while cov(hi) < target_coverage and hi < 1e8:
-        lo, hi = hi, hi * 4.0
-    for _ in range(60):
-        mid = 0.5 * (lo + hi)
-        lo, hi = (lo, mid) if cov(mid) >= target_coverage else (mid, hi)
-    return float(np.sqrt(hi) * f), float(np.sqrt(hi) * s)
+    k = _smallest_scale_reaching(cov, target_coverage)
+    return float(np.sqrt(k) * f), float(np.sqrt(k) * s)
 
 
 def calibrate_model_error(
@@ -67,13 +62,20 @@ def calibrate_model_error(
 
     if cov(0.0) >= target_coverage or (f0 == 0 and s0 == 0):
         return 0.0, 0.0
+    k = _smallest_scale_reaching(cov, target_coverage)
+    return float(np.sqrt(k) * f0), float(np.sqrt(k) * s0)
+
+
+def _smallest_scale_reaching(cov, target_coverage: float) -> float:
+    """The smallest variance scale k > 0 with ``cov(k) >= target_coverage`` (coverage rises with
+    k): brackets it by factors of 4 from 1 (up to 1e8), then bisects 60 times."""
     lo, hi = 0.0, 1.0
     while cov(hi) < target_coverage and hi < 1e8:
         lo, hi = hi, hi * 4.0
     for _ in range(60):
         mid = 0.5 * (lo + hi)
         lo, hi = (lo, mid) if cov(mid) >= target_coverage else (mid, hi)
-    return float(np.sqrt(hi) * f0), float(np.sqrt(hi) * s0)
+    return hi
 
 
 def _maximum_likelihood(pct, observed, sigma) -> tuple[float, float]:
