@@ -43,6 +43,14 @@ def parse_args(argv=None):
     p.add_argument("--rate_factor", type=float, default=1.0,
                    help="steps = rate_factor x measured rate x train_seconds (e.g. 0.5 when "
                    "another training shares the GPU)")  # fmt: skip
+    p.add_argument("--plan", default="", help="JSON file of the training's step plan: written "
+                   "by the first call (from the measured rate), read by a later call that resumes "
+                   "the same workdir (no new measurement, the same schedule)")  # fmt: skip
+    p.add_argument("--call_seconds", type=float, default=0.0,
+                   help="training in this call ends within this many seconds of its start "
+                   "(config.stop_before_unix); 0: train to the plan's end")  # fmt: skip
+    p.add_argument("--finish", action="store_true", help="calibrate (and --evaluate) even when "
+                   "this call's budget stopped the training before the plan's end")  # fmt: skip
     p.add_argument("--calibration_redraws", type=int, default=0,
                    help="fit the sigma scale with this many Monte Carlo redraws per cube "
                    "(the apply route's band); 0: against the model variance alone")  # fmt: skip
@@ -340,6 +348,7 @@ def evaluate(region: str, workdir, cubes: str, out: Path, nnls: bool, median_too
 
 def main(argv=None):
     args = parse_args(argv)
+    call_began = time.time()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     from dustjax.runtime import configure_xla, quiet_library_logs
 
@@ -362,29 +371,47 @@ def main(argv=None):
         t_region = time.perf_counter()
         config = _config(region, args.set)
         summary = dict(region=region, config=config.name, devices=str(jax.devices()))
-        try:
-            summary["throughput"] = measure(config, args.measure_steps)
-        except Exception as err:
-            log.exception("%s: smoke/throughput failed", region)
-            summary["error"] = repr(err)
-            dio.write_json(out / f"{region}_summary.json", summary)
-            continue
-        dio.write_json(out / f"{region}_summary.json", summary)
-        if args.skip_train or budget <= 0:
-            continue
-        if args.deadline_s:
-            left = args.deadline_s - (time.perf_counter() - t_start)
-            later = len(regions) - i - 1
-            reserve = args.eval_reserve_s * (1 + later) + 60.0 * later + 40.0
-            budget = min(budget, max(20.0, left - reserve))
-            log.info("%s: training budget %.0f s (%.0f s left)", region, budget, left)
-        summary["train_budget_s"] = budget
-        rate = summary["throughput"]["steps_per_s_observed"]
-        total = max(args.epochs, int(args.rate_factor * rate * budget))
-        with config.unlocked():
-            config.data.steps_per_epoch = max(1, total // args.epochs)
-            config.num_epochs = args.epochs
         workdir = Path(args.workdir_root) / f"vnet_sky_{region.lower()}"
+        plan_path = Path(args.plan.replace("{region}", region)) if args.plan else None
+        resuming = bool(plan_path and plan_path.exists() and (workdir / "checkpoints").is_dir())
+        if resuming:  # a later call on the same workdir: the first call's schedule, no measuring
+            plan = json.loads(plan_path.read_text())
+            summary["resumed_plan"] = plan
+            log.info("%s: resuming %s with the plan %s", region, workdir, plan)
+        else:
+            try:
+                summary["throughput"] = measure(config, args.measure_steps)
+            except Exception as err:
+                log.exception("%s: smoke/throughput failed", region)
+                summary["error"] = repr(err)
+                dio.write_json(out / f"{region}_summary.json", summary)
+                continue
+            dio.write_json(out / f"{region}_summary.json", summary)
+            if args.skip_train or budget <= 0:
+                continue
+            if args.deadline_s:
+                left = args.deadline_s - (time.perf_counter() - t_start)
+                later = len(regions) - i - 1
+                reserve = args.eval_reserve_s * (1 + later) + 60.0 * later + 40.0
+                budget = min(budget, max(20.0, left - reserve))
+                log.info("%s: training budget %.0f s (%.0f s left)", region, budget, left)
+            rate = summary["throughput"]["steps_per_s_observed"]
+            total = max(args.epochs, int(args.rate_factor * rate * budget))
+            plan = dict(
+                steps_per_epoch=max(1, total // args.epochs),
+                num_epochs=args.epochs,
+                train_seconds=budget,
+                steps_per_s=rate,
+                rate_factor=args.rate_factor,
+            )
+            if plan_path:
+                dio.write_json(plan_path, plan)
+        summary["train_budget_s"] = plan["train_seconds"]
+        with config.unlocked():
+            config.data.steps_per_epoch = int(plan["steps_per_epoch"])
+            config.num_epochs = int(plan["num_epochs"])
+            if args.call_seconds:  # stop before the epoch that would end past the call's end
+                config.stop_before_unix = call_began + args.call_seconds
         t0 = time.perf_counter()
         summary["train"] = training.train_and_evaluate(config, workdir)
         summary["train"]["wall_s"] = time.perf_counter() - t0
@@ -392,6 +419,11 @@ def main(argv=None):
         summary["train"]["workdir"] = str(workdir)
         metrics = (workdir / METRICS_FILE).read_text()
         summary["train"]["metrics"] = [json.loads(x) for x in metrics.splitlines() if x.strip()]
+        if "time budget" in summary["train"]["stop_reason"] and not args.finish:
+            summary["wall_s"] = time.perf_counter() - t_region
+            dio.write_json(out / f"{region}_summary.json", summary)
+            log.info("%s: paused by this call's budget; a later call with --plan resumes", region)
+            continue
         try:
             summary["calibration"] = calibrate(
                 workdir, config, num_redraws=args.calibration_redraws

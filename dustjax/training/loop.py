@@ -25,6 +25,10 @@ Choices, and why:
 - ``config.max_train_seconds`` (optional, 0 = none): a wall-clock budget for one call, counted
   from the end of its first epoch (so compilation is not in it) and checked after each epoch;
   not kept in the checkpoint, so a later call on the workdir goes on.
+- ``config.stop_before_unix`` (optional, 0 = none): an absolute deadline (``time.time()``) for
+  one call: after each epoch the run stops if the next epoch, as long as the last one, would end
+  after it. For a device call of fixed length whose start-up (compilation, measurements) varies;
+  not kept in the checkpoint either.
 - ``config.plot_every_epochs`` (optional, default 1; 0 = only at the end): how often the loss
   curve is redrawn (a fraction of a second each, which adds up over short epochs).
 - Outputs in the workdir: config.json, metrics.jsonl (one JSON line per epoch), loss_curve.png
@@ -95,6 +99,9 @@ def check_config(config) -> None:
     budget = config.get("max_train_seconds", 0) or 0
     if isinstance(budget, bool) or not isinstance(budget, int | float) or budget < 0:
         bad("max_train_seconds", budget, "a number of seconds >= 0 (0: no limit)")
+    deadline = config.get("stop_before_unix", 0) or 0
+    if isinstance(deadline, bool) or not isinstance(deadline, int | float) or deadline < 0:
+        bad("stop_before_unix", deadline, "a time.time() value, or 0 (no deadline)")
     positive_int("batch_size", config.get("batch_size"))
     positive_int("eval_batch_size", config.get("eval_batch_size"), optional=True)
     for key in ("steps_per_epoch", "eval_steps"):
@@ -239,11 +246,13 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path) -> dic
     # and its variance under load excluded); not kept in the checkpoint, so a later call on the
     # workdir goes on training.
     max_seconds = float(config.get("max_train_seconds", 0) or 0)
+    stop_before = float(config.get("stop_before_unix", 0) or 0)
     started, out_of_time = None, ""
     plot_every = int(config.get("plot_every_epochs", 1) or 0)
     try:
         while loop["epoch"] < config.num_epochs and not loop["stop_reason"] and not out_of_time:
             epoch = loop["epoch"] + 1
+            epoch_began = time.time()
             state, row = _train_epoch(
                 config, epoch, state, train_step, source, seed, steps_per_epoch,
                 step_rng, data_sharding, log_every, manager,
@@ -291,6 +300,13 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path) -> dic
             elif max_seconds and time.perf_counter() - started >= max_seconds:
                 if epoch < config.num_epochs and not loop["stop_reason"]:
                     out_of_time = f"time budget: max_train_seconds={max_seconds:g} spent"
+            now = time.time()
+            if stop_before and now + (now - epoch_began) > stop_before and not out_of_time:
+                if epoch < config.num_epochs and not loop["stop_reason"]:
+                    out_of_time = (
+                        f"time budget: another epoch would end after stop_before_unix="
+                        f"{stop_before:.0f} ({stop_before - now:.0f} s left)"
+                    )
     finally:
         manager.wait_until_finished()
     if not loop["stop_reason"]:

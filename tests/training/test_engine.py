@@ -614,3 +614,20 @@ def test_time_budget_stops_a_call_and_a_later_call_goes_on(tmp_path):
     config.max_train_seconds = -1.0
     with pytest.raises(ValueError, match="max_train_seconds"):
         train.train_and_evaluate(config, tmp_path / "refused")
+
+
+def test_a_deadline_stops_before_the_epoch_that_would_pass_it(tmp_path):
+    import time
+
+    config = _random_config()
+    config.num_epochs = 3
+    config.plot_every_epochs = 0
+    config.stop_before_unix = time.time() + 1e-3  # epoch 1 runs; epoch 2 would end after it
+    summary = train.train_and_evaluate(config, tmp_path)
+    assert summary["epochs_run"] == 1 and "stop_before_unix" in summary["stop_reason"]
+    config.stop_before_unix = time.time() + 3600.0  # a later call with room goes on to the end
+    again = train.train_and_evaluate(config, tmp_path)
+    assert again["epochs_run"] == 3 and again["stop_reason"] == "reached num_epochs=3"
+    config.stop_before_unix = -5.0
+    with pytest.raises(ValueError, match="stop_before_unix"):
+        train.train_and_evaluate(config, tmp_path / "refused")
