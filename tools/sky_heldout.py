@@ -47,6 +47,9 @@ def parse_args(argv=None):
     p.add_argument("--nnls", action="store_true", help="score the NNLS baseline too")
     p.add_argument("--nnls_steps", type=int, default=None)
     p.add_argument("--seed", type=int, default=0, help="added to the test split's seed")
+    p.add_argument("--refine", default="", help="literature route: also score the V-net map "
+                   "refined by the exact cube (dustjax.vnet.refine) at these comma-separated "
+                   "noise floors (mag), e.g. 0.003,0.01,0.03")  # fmt: skip
     p.add_argument("--out", required=True, help="output JSON")
     return p.parse_args(argv)
 
@@ -90,7 +93,7 @@ def main(argv=None) -> dict:
     from dustjax.training import load_config
     from dustjax.vnet import data as vdata
     from dustjax.vnet import normalisation as nz
-    from dustjax.vnet import realsky
+    from dustjax.vnet import realsky, refine
     from dustjax.vnet.observe import observe_batch
 
     t0 = time.perf_counter()
@@ -111,6 +114,7 @@ def main(argv=None) -> dict:
         for route in ("literature", "catalogue"):
             nnls[route] = jax.jit(inversion.nnls_predictor(region, input_kind=route, **kw))
     norm = model.normalisation
+    floors = [float(v) for v in args.refine.split(",") if v.strip()]
     rows = {}
     base = jax.random.key(vdata._derived_seed(int(config.seed), vdata.SPLITS["test"], args.seed))
     done = 0
@@ -127,6 +131,14 @@ def main(argv=None) -> dict:
                 preds["vnet_mean"] = np.maximum(np.asarray(norm.density_mean(mu, sigma)), 0.0)
             if route in nnls:
                 preds["nnls"] = np.asarray(nnls[route](ext))
+            if route == "literature" and floors and sigma is not None:
+                prior = refine.prior_from_hat(norm, np.asarray(mu), np.asarray(sigma))
+                for floor in floors:
+                    preds[f"vnet_refined_{floor:g}"] = np.stack([
+                        refine.refine_cube(np.asarray(ext)[i], prior[0][i], prior[1][i], region,
+                                           sigma_floor=floor)
+                        for i in range(b)
+                    ])  # fmt: skip
             for method, pred in preds.items():
                 for i in range(b):
                     s = realsky.scores(pred[i], truth[i], region)

@@ -373,11 +373,11 @@ def main(argv=None):
         summary = dict(region=region, config=config.name, devices=str(jax.devices()))
         workdir = Path(args.workdir_root) / f"vnet_sky_{region.lower()}"
         plan_path = Path(args.plan.replace("{region}", region)) if args.plan else None
-        resuming = bool(plan_path and plan_path.exists() and (workdir / "checkpoints").is_dir())
-        if resuming:  # a later call on the same workdir: the first call's schedule, no measuring
+        if plan_path and plan_path.exists():  # a later call on the same workdir (or a plan
+            # from an earlier measurement): that schedule, no measuring
             plan = json.loads(plan_path.read_text())
-            summary["resumed_plan"] = plan
-            log.info("%s: resuming %s with the plan %s", region, workdir, plan)
+            summary["resumed_plan" if (workdir / "checkpoints").is_dir() else "given_plan"] = plan
+            log.info("%s: training %s with the plan %s", region, workdir, plan)
         else:
             try:
                 summary["throughput"] = measure(config, args.measure_steps)

@@ -13,6 +13,9 @@
 # tools.realsky_vnet) and on held-out sky simulations beside NNLS (tools.sky_heldout). When phase
 # 2 finds no workdir (the machine was given back between the calls) it trains from scratch for
 # what its own budget allows, and its summary says so.
+# PHASE=2 on an empty $WD trains from scratch in one call; RATE=steps/s (known from an earlier
+# phase 1 on the same GPU) skips the measurement. REFINE=0.003,0.01,0.03 also scores the
+# physics refinement of the V-net's map (dustjax.vnet.refine) at those literature noise floors.
 # SMOKE=1 JAX_PLATFORMS=cpu: tiny models and catalogues, for a test on a laptop.
 set -u
 export PYTHONUNBUFFERED=1
@@ -96,6 +99,11 @@ arm() {  # REGION GPU ARM
     echo "$R $ARM: phase 2 found no workdir (machine given back?): training from scratch, ${FRESH}s" >> "$LOG"
     echo "{\"fresh_start_in_phase_2\": true, \"train_seconds\": $FRESH}" > "$RD/phase2_fresh.json"
     local TRAIN_ARGS=(--train_seconds=$FRESH)
+    if [ -n "${RATE:-}" ]; then  # a known step rate (steps/s, alone on the GPU): no measuring
+      local STEPS=$(python3 -c "print(max($EPOCHS, int(0.9 * $RATE * $FRESH)) // $EPOCHS)")
+      echo "{\"steps_per_epoch\": $STEPS, \"num_epochs\": $EPOCHS, \"train_seconds\": $FRESH, \"steps_per_s\": $RATE, \"rate_factor\": 0.9}" > "$WD/plan_$R.json"
+      cp "$WD/plan_$R.json" "$RD/"
+    fi
   fi
   timeout $(( CALL + 60 )) $PY -m tools.vnet_sky_device "${TRAIN_ARGS[@]}" --call_seconds=$CALL --finish \
     "${ARGS[@]}" >> "$LOG" 2>&1
@@ -106,12 +114,13 @@ arm() {  # REGION GPU ARM
     local EXTRA=""; [ $ROUTE = catalogue ] && EXTRA=${CAT[$R]}
     local T=$(( $(left) - 15 )); [ $T -lt 5 ] && break
     timeout $T $PY -m tools.realsky_vnet --cube="$CUBE" --region=$R --route=$ROUTE --model="$MODEL" \
-      $EXTRA --out="$EV/${R}_${ROUTE}_vnet_$ARM" >> "$RD/score.log" 2>&1
+      $EXTRA ${REFINE:+--refine=$REFINE} --out="$EV/${R}_${ROUTE}_vnet_$ARM" >> "$RD/score.log" 2>&1
     echo "$R $ARM: $ROUTE scored (exit $?) at $(( $(date +%s) - T0 ))s" >> "$RD/score.log"
   done
   local HO=""; [ "$SMOKE" = 1 ] && HO="--nnls_steps=20"
   local T=$(( $(left) - 8 ))
   [ $T -gt 5 ] && timeout $T $PY -m tools.sky_heldout --model="$MODEL" --num_cubes=$HELDOUT_N --nnls $HO \
+    ${REFINE:+--refine=$REFINE} \
     ${CAT[$R]//--num_redraws=2/} --out="$RD/heldout_sims.json" >> "$RD/score.log" 2>&1
   echo "$R $ARM: held-out exit $? at $(( $(date +%s) - T0 ))s" >> "$RD/score.log"
   cp "$MODEL/metrics.jsonl" "$MODEL/calibration.json" "$MODEL/loss_curve.png" "$RD/" 2>/dev/null
@@ -139,6 +148,9 @@ for name, r in rows.items():
     s = r["scores"]
     print(f"{name:26s} skill {s['skill']:.3f} dust {s['dust_recovered']:.3f} log_r {s['log_r']:.3f} "
           f"min_c_r {s.get('min_c_r')} band {s.get('band_coverage')}")
+    for k, v in (r.get("refined") or {}).items():
+        q = v["scores"]
+        print(f"  refined {k:14s} skill {q['skill']:.3f} dust {q['dust_recovered']:.3f} log_r {q['log_r']:.3f}")
 for h in sorted(out.glob("*/heldout_sims.json")):
     for k, v in json.loads(h.read_text())["summary"].items():
         print(f"held-out {h.parent.name} {k:22s} " + ", ".join(f"{a} {b:.3f}" for a, b in v.items()))
