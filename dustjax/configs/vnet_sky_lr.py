@@ -18,6 +18,12 @@ wall time, 8 min with evaluations): 29.8 steps/s against 49.2 noiseless (ratio 0
 without echo). Real LR cube, literature route: skill 0.845, dust 84 %, log-r 0.971 (median point
 map; the mean: 0.72, 123 %); catalogue (10^6 stars, hypot(0.05, 0.05 E), 5 % distance errors,
 mean point map): skill -3.7, dust 147 %, log-r 0.94, band coverage 0.83. NNLS: 0.958 and 0.26.
+Run 5 (two H200 calls of ~9 minutes on a warm machine, 2026-11-30, docs/results/
+realsky_vnet_run5_h200.json; `PHASE=1|2 ... bash tools/device/issue17b.sh`, docs/validation.md
+"Current results"): with `model.derivative_channel=True`, 15,888 steps (16 epochs of 993) at
+27.2 steps/s (noiseless 49.0: ratio 0.555), sigma scale 0.74. Real LR cube, literature route:
+skill 0.893, dust 104 %, log-r 0.977 (the issue's targets met); catalogue (10^6 stars): skill
+0.700 (NNLS 0.41), dust 58 %, band coverage 0.652.
 """
 
 from dustjax.configs.vnet_sky_common import vnet_sky_config

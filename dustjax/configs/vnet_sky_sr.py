@@ -20,6 +20,11 @@ Validation simulations: skill 0.65, log-r 0.87, band coverage 0.68 after sigma_s
 Real SR cube (mean point map): literature skill 0.24, dust 159 %, log-r 0.93; catalogue (30,000
 stars) skill 0.15, dust 156 %, log-r 0.92, band coverage 0.72. NNLS: 0.96 and 0.79. The skill
 targets (>= 0.95 literature, >= 0.75 catalogue) are not met.
+Run 5 (one H200, ~11 minutes of training, 2026-11-30, docs/results/realsky_vnet_run5_h200.json;
+`bash tools/device/issue17b.sh`, docs/validation.md "Current results"): 25,280 steps at 43.2
+steps/s (noiseless 49.1: ratio 0.88), sigma scale 0.91. Real SR cube: literature skill 0.755,
+catalogue (30,000 stars) 0.722, band coverage 0.645; refined by the literature cube
+(`dustjax.vnet.refine`, run 6): 0.954.
 """
 
 from dustjax.configs.vnet_sky_common import vnet_sky_config
