@@ -49,6 +49,12 @@ def define_flags() -> None:
         "vnet: the trained model in --model; nnls: non-negative least squares through the LOS "
         "operator, no network (dustjax.inversion; the region's cells are 32^3 unless --shape).",
     )  # fmt: skip
+    flags.DEFINE_bool(
+        "refine", False,
+        "Use the V-net's map and band as the prior of a fit to the extinctions (the stars, or the "
+        "literature cube's extinctions): dustjax.vnet.refine. Needs a variance head.",
+    )  # fmt: skip
+    flags.DEFINE_float("refine_floor", 0.01, "--refine on a literature cube: noise floor (mag).")
     flags.DEFINE_float("nnls_smoothness", None, "NNLS regulariser weight (default: per input).")
     flags.DEFINE_integer("nnls_steps", None, "NNLS accelerated projected-gradient iterations.")
     flags.DEFINE_string("workdir", None, "Output directory (default workdirs/apply_<region>).")
@@ -141,6 +147,8 @@ def run():
         method=FLAGS.method,
         nnls_smoothness=FLAGS.nnls_smoothness,
         nnls_steps=FLAGS.nnls_steps,
+        refine=FLAGS.refine,
+        refine_floor=FLAGS.refine_floor,
     )
     for name, path in files.items():
         logging.info("wrote %s: %s", name, path)

@@ -113,3 +113,43 @@ def test_columns_without_a_name_are_one_line():
     for bad in (["extinction"], ["extinction="], ["=A0"]):
         with pytest.raises(ap.ApplyError, match="logical=name pairs"):
             parse_columns(bad)
+
+
+class _FakeHat:
+    """A variance head that predicts no dust (rho_hat 0) with sigma_hat 1 (asinh, rho0 1e-3)."""
+
+    def __init__(self, has_variance=True):
+        from dustjax.vnet.normalisation import Normalisation
+
+        self.has_variance = has_variance
+        self.normalisation = Normalisation("asinh", e0=0.05, rho0=1e-3)
+
+    def predict_hat(self, extinction):
+        return jnp.zeros_like(extinction), jnp.ones_like(extinction)
+
+
+def test_refine_fits_the_stars_and_says_what_it_did(tmp_path, zero_model, monkeypatch):
+    from dustjax.vnet import normalisation
+
+    monkeypatch.setattr(normalisation, "load_model_predictor", lambda model: _FakeHat())
+    _run(tmp_path / "out", refine=True, demo_stars=2000)
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    info = summary["refined"]
+    assert info["source"] == "stars" and info["num_stars"] > 0
+    assert info["dust_sum_network"] == 0.0 and info["dust_sum_refined"] > 0.0
+    # the zero map misses the stars' extinctions; the refined one integrates back to them better
+    before, after = info["consistency_network"], info["consistency_refined"]
+    assert abs(after["median_difference_mag"]) < abs(before["median_difference_mag"])
+    assert after["fraction_within_1sigma"] > before["fraction_within_1sigma"]
+
+
+def test_refine_is_refused_without_a_variance_head_or_with_nnls(tmp_path, zero_model, monkeypatch):
+    from dustjax.vnet import normalisation
+
+    monkeypatch.setattr(normalisation, "load_model_predictor", lambda model: _FakeHat(False))
+    with pytest.raises(ap.ApplyError, match="variance head"):
+        _run(tmp_path / "a", refine=True)
+    assert not (tmp_path / "a" / "summary.json").exists()
+    with pytest.raises(ap.ApplyError, match="--method=vnet"):
+        make_map(None, "SR", tmp_path / "b", catalog="demo", method="nnls", refine=True)
+    assert not (tmp_path / "b").exists()
