@@ -221,10 +221,17 @@ def test_cli_catalogue_route_from_npy(tmp_path):
             "--num_redraws=4",
             "--batch_size=4",
             "--no_figure",
+            "--save_arrays",
             f"--out={tmp_path / 'out'}",
         ]
     )
     saved = json.loads((tmp_path / "out" / "realsky.json").read_text())
+    with np.load(tmp_path / "out" / "arrays.npz") as arrays:  # the map scored is the map saved
+        assert "mu_hat" not in arrays and arrays["density"].shape == (8, 8, 8)
+        p, t = arrays["density"].astype(float), arrays["truth"].astype(float)
+        assert 1 - np.mean((p - t) ** 2) / np.var(t) == pytest.approx(
+            report["scores"]["skill"], abs=1e-4
+        )
     assert saved["scores"]["skill"] == pytest.approx(report["scores"]["skill"])
     assert saved["catalogue"]["num_drawn"] == 3000 and saved["k"] == 3
     assert 0.0 <= saved["scores"]["band_coverage"] <= 1.0

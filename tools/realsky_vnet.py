@@ -59,6 +59,12 @@ def parse_args(argv=None):
         "comma-separated noise floors (mag) of the literature cube, e.g. 0.003,0.01,0.03 (the "
         "catalogue route uses the stars' own sigmas and needs any non-empty value)",
     )
+    p.add_argument(
+        "--save_arrays",
+        action="store_true",
+        help="also write DIR/arrays.npz: the model's input extinction cube, the truth, the map, "
+        "and a variance head's mu_hat / sigma_hat (to study post-processing without the model)",
+    )
     p.add_argument("--no_figure", action="store_true")
     p.add_argument("--out", required=True, help="output directory")
     return p.parse_args(argv)
@@ -107,6 +113,8 @@ def main(argv=None) -> dict:
         total_seconds=time.perf_counter() - t0,
     )
     files = realsky.write_report(args.out, report, result, figure=not args.no_figure)
+    if args.save_arrays:
+        files["arrays"] = realsky.save_arrays(args.out, result, hat_model)
     s = report["scores"]
     print(
         f"{args.route} {region.name} {args.model}: skill {s['skill']:.3f}, dust "

@@ -495,6 +495,34 @@ def refined_scores(result, region: Region, hat_model, catalog, floors) -> dict[s
     return out
 
 
+def save_arrays(outdir, result: ap.MapResult, hat_model=None) -> str:
+    """``outdir/arrays.npz`` (float32 cubes): extinction (the model's input), truth, density (the
+    map), density_std (the band's half-width, when there is one) and, with a variance head,
+    mu_hat and sigma_hat of the nominal input. Written atomically; returns the path."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    arrays = dict(extinction=result.extinction, density=result.density)
+    for name in ("truth", "density_std"):
+        if getattr(result, name) is not None:
+            arrays[name] = getattr(result, name)
+    if hat_model is not None:
+        mu, sigma = hat_model.predict_hat(np.asarray(result.extinction)[None])
+        arrays["mu_hat"], arrays["sigma_hat"] = np.asarray(mu)[0], np.asarray(sigma)[0]
+    arrays = {k: np.asarray(v, np.float32) for k, v in arrays.items()}
+    path = Path(outdir) / "arrays.npz"
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez_compressed(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return str(path)
+
+
 def plot(result: ap.MapResult, report: dict[str, Any], title: str = ""):
     """Three panels: truth and prediction (XY slab through the Sun's Z) and the cell scatter."""
     from dustjax.plots import pyplot
