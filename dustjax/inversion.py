@@ -193,14 +193,13 @@ def _power_iteration(op, v, *, num_iters):
     return jax.lax.fori_loop(0, num_iters, body, (v, jnp.float32(0.0)))
 
 
-@functools.partial(jax.jit, static_argnames=("num_steps", "accelerate", "regulariser"))
-def _solve(op, data, x0, step, lam, *, num_steps, accelerate, regulariser):
-    def grad(x):
-        return gradient(op, x, data, lam, regulariser)
+def _fista(grad, prox, x0, step, num_steps: int, accelerate: bool = True):
+    """x <- prox(y - step grad(y)) with Nesterov's momentum on y (FISTA; plain proximal gradient
+    without ``accelerate``), ``num_steps`` times from ``x0`` inside a ``lax.fori_loop``."""
 
     def body(_, carry):
         x, y, t = carry
-        x_new = jnp.maximum(y - step * grad(y), 0.0)
+        x_new = prox(y - step * grad(y))
         if accelerate:
             t_new = 0.5 * (1.0 + jnp.sqrt(1.0 + 4.0 * t * t))
             y_new = x_new + ((t - 1.0) / t_new) * (x_new - x)
@@ -210,6 +209,15 @@ def _solve(op, data, x0, step, lam, *, num_steps, accelerate, regulariser):
 
     x, _, _ = jax.lax.fori_loop(0, num_steps, body, (x0, x0, jnp.float32(1.0)))
     return x
+
+
+@functools.partial(jax.jit, static_argnames=("num_steps", "accelerate", "regulariser"))
+def _solve(op, data, x0, step, lam, *, num_steps, accelerate, regulariser):
+    return _fista(
+        lambda x: gradient(op, x, data, lam, regulariser),
+        lambda z: jnp.maximum(z, 0.0),
+        x0, step, num_steps, accelerate,
+    )  # fmt: skip
 
 
 def solve_nnls(
@@ -260,17 +268,11 @@ def _solve_with_prior(op, data, x0, step, prior_mean, prior_precision, *, num_st
     separable and closed form: argmin_x |x - z|^2 / (2 t) + p (x - m)^2 / 2 over x >= 0 is
     max(0, (z + t p m) / (1 + t p))."""
     tp = step * prior_precision
-
-    def body(_, carry):
-        x, y, t = carry
-        z = y - step * op.transpose(op.apply(y) - data)
-        x_new = jnp.maximum((z + tp * prior_mean) / (1.0 + tp), 0.0)
-        t_new = 0.5 * (1.0 + jnp.sqrt(1.0 + 4.0 * t * t))
-        y_new = x_new + ((t - 1.0) / t_new) * (x_new - x)
-        return x_new, y_new, t_new
-
-    x, _, _ = jax.lax.fori_loop(0, num_steps, body, (x0, x0, jnp.float32(1.0)))
-    return x
+    return _fista(
+        lambda x: op.transpose(op.apply(x) - data),
+        lambda z: jnp.maximum((z + tp * prior_mean) / (1.0 + tp), 0.0),
+        x0, step, num_steps,
+    )  # fmt: skip
 
 
 def solve_with_prior(
