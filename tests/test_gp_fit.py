@@ -336,3 +336,31 @@ def test_annealing_runs_its_steps_at_the_reduced_rate_after_the_fit_would_stop()
     assert not np.allclose(plain.params["q_mean"], params["q_mean"], atol=1e-3)  # 10 steps moved
     with pytest.raises(ValueError, match="anneal"):
         fit.FitSettings(anneal_iterations=10, anneal_factor=0.0)
+
+
+def test_anneal_average_is_the_mean_of_the_iterates_after_each_annealing_call():
+    cat = _catalog()
+    stars = fit.make_star_data(cat, GRID)
+    params = fit.initial_params(
+        cat, dict(num_inducing=6, scale_lengths_pc=30.0, amplitude_dex=0.3, mean_dex=-2.5)
+    )
+    base = dict(num_samples=2, jitter=1e-4, min_iterations=1000, learning_rate=0.05,
+                steps_per_call=5, anneal_factor=0.5)  # fmt: skip
+    # both anneal from iteration 10 (max_iterations - anneal_iterations): the same iterates
+    short = fit.fit(params, stars, GRID, fit.FitSettings(max_iterations=15, anneal_iterations=5,
+                                                         **base), progress=False)  # fmt: skip
+    long = fit.fit(params, stars, GRID, fit.FitSettings(max_iterations=20, anneal_iterations=10,
+                                                        **base), progress=False)  # fmt: skip
+    avg = fit.fit(
+        params, stars, GRID,
+        fit.FitSettings(max_iterations=20, anneal_iterations=10, anneal_average=True, **base),
+        progress=False,
+    )  # fmt: skip
+    assert short.anneal_start == long.anneal_start == avg.anneal_start == 10
+    assert short.params_last_iterate is None and long.params_last_iterate is None
+    for k in params:
+        np.testing.assert_allclose(avg.params_last_iterate[k], long.params[k], rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(
+            avg.params[k], 0.5 * (short.params[k] + long.params[k]), rtol=1e-5, atol=1e-6
+        )
+    assert not np.allclose(short.params["q_mean"], long.params["q_mean"], atol=1e-4)
