@@ -338,7 +338,8 @@ def test_annealing_runs_its_steps_at_the_reduced_rate_after_the_fit_would_stop()
         fit.FitSettings(anneal_iterations=10, anneal_factor=0.0)
 
 
-def test_anneal_average_is_the_mean_of_the_iterates_after_each_annealing_call():
+@pytest.mark.slow  # four compiled fits: ~35 s on 2 cores
+def test_anneal_average_is_the_mean_of_the_iterates_of_the_annealing_second_half():
     cat = _catalog()
     stars = fit.make_star_data(cat, GRID)
     params = fit.initial_params(
@@ -346,21 +347,26 @@ def test_anneal_average_is_the_mean_of_the_iterates_after_each_annealing_call():
     )
     base = dict(num_samples=2, jitter=1e-4, min_iterations=1000, learning_rate=0.05,
                 steps_per_call=5, anneal_factor=0.5)  # fmt: skip
-    # both anneal from iteration 10 (max_iterations - anneal_iterations): the same iterates
-    short = fit.fit(params, stars, GRID, fit.FitSettings(max_iterations=15, anneal_iterations=5,
-                                                         **base), progress=False)  # fmt: skip
-    long = fit.fit(params, stars, GRID, fit.FitSettings(max_iterations=20, anneal_iterations=10,
-                                                        **base), progress=False)  # fmt: skip
+    # all anneal from iteration 10 (max_iterations - anneal_iterations): the same iterates;
+    # 20 annealing steps are 4 calls, the second half the iterates after 15 and 20 steps
+    runs = {
+        n: fit.fit(params, stars, GRID, fit.FitSettings(max_iterations=10 + n,
+                   anneal_iterations=n, **base), progress=False)
+        for n in (10, 15, 20)
+    }  # fmt: skip
     avg = fit.fit(
         params, stars, GRID,
-        fit.FitSettings(max_iterations=20, anneal_iterations=10, anneal_average=True, **base),
+        fit.FitSettings(max_iterations=30, anneal_iterations=20, anneal_average=True, **base),
         progress=False,
     )  # fmt: skip
-    assert short.anneal_start == long.anneal_start == avg.anneal_start == 10
-    assert short.params_last_iterate is None and long.params_last_iterate is None
+    assert avg.anneal_start == 10 and all(r.anneal_start == 10 for r in runs.values())
+    assert runs[20].params_last_iterate is None
     for k in params:
-        np.testing.assert_allclose(avg.params_last_iterate[k], long.params[k], rtol=1e-5, atol=1e-7)
         np.testing.assert_allclose(
-            avg.params[k], 0.5 * (short.params[k] + long.params[k]), rtol=1e-5, atol=1e-6
+            avg.params_last_iterate[k], runs[20].params[k], rtol=1e-5, atol=1e-7
         )
-    assert not np.allclose(short.params["q_mean"], long.params["q_mean"], atol=1e-4)
+        np.testing.assert_allclose(
+            avg.params[k], 0.5 * (runs[15].params[k] + runs[20].params[k]), rtol=1e-5, atol=1e-6
+        )
+    assert not np.allclose(runs[15].params["q_mean"], runs[20].params["q_mean"], atol=1e-4)
+    assert not np.allclose(avg.params["q_mean"], runs[10].params["q_mean"], atol=1e-5)

@@ -105,10 +105,12 @@ class FitSettings:
         ball around the optimum whose size scales with the step; the time limit keeps room for
         the annealing steps (their time estimated from the steps so far, once 5 calls and
         ``min_iterations`` are done; at most half of ``max_fit_seconds``).
-      anneal_average: return the mean of the annealing steps' iterates (taken after every
-        compiled call, i.e. every ``steps_per_call`` steps) instead of the last one: tail
-        (Polyak-Ruppert) averaging, which shrinks the Monte Carlo noise ball further at no cost
-        an iteration. The last iterate is kept in `FitResult.params_last_iterate`.
+      anneal_average: return the mean of the iterates of the annealing's second half (taken
+        after every compiled call, i.e. every ``steps_per_call`` steps) instead of the last
+        one: tail (Polyak-Ruppert) averaging, which shrinks the Monte Carlo noise ball further at
+        no cost an iteration; the first half, in which the fit moves from the full rate's noise
+        ball towards the optimum, is left out. The last iterate is kept in
+        `FitResult.params_last_iterate`.
       calibration_fraction: not used by `fit` itself: the fraction of the catalogue's stars
         that `pipeline.fit_and_predict` holds out of the fit to calibrate the extinction bands
         (a post-hoc model error, `dustjax.gp.calibration`); 0: off.
@@ -674,7 +676,9 @@ def fit(
         bar.update(len(elbos))
         bar.set_postfix(elbo=f"{history[-1]:.6g}")
         if anneal_start is not None:
-            if settings.anneal_average:
+            if settings.anneal_average and 2 * (len(history) - anneal_start) > (
+                settings.anneal_iterations
+            ):
                 num_averaged += 1
                 average = (
                     jax.tree.map(jnp.copy, carry[0])
