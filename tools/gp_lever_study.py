@@ -9,10 +9,11 @@ at the full learning rate to the plateau rule with the first stage's annealing s
 continued from its last iterate, each a fresh AdamW at ``factor x`` the rate for ``steps``
 iterations (what longer or lower annealing would add). After every stage the held-out median
 relative error of the diagonal samples' median (as `realsky.run_test` scores it) of the last
-iterate, of the stage's average iterate (`FitSettings.anneal_average`) and of the average since
-the annealing began; the ELBO; and the kNN baseline's error on the same stars. Restarting AdamW
-between stages differs from one long anneal by the moments' warm-up (one call of 10 steps at the
-stage's own rate, not averaged). Writes ``levers.json`` to --out.
+iterate, of the average over the stage's second half (`FitSettings.anneal_average`) and of the
+average of those averages (weighted by their calls); the ELBO; and the kNN baseline's error on
+the same stars. Restarting AdamW between stages differs from one long anneal by the moments'
+warm-up (one call of 10 steps at the stage's own rate, not averaged). Writes ``levers.json``
+to --out.
 """
 
 from __future__ import annotations
@@ -116,8 +117,8 @@ def main(argv):
     score("before annealing", res.params_before_anneal, res, res.anneal_start)
     score(f"+{steps} at {factor}: last iterate", res.params_last_iterate, res, done)
     score(f"+{steps} at {factor}: average", res.params, res, done)
-    # the average since the annealing began, over every stage (weights: calls averaged)
-    count = int(steps) // 10
+    # the average of the stages' averages (weights: calls averaged)
+    count = int(steps) // 20  # calls averaged: the annealing's second half
     cumulative = res.params
     last = res.params_last_iterate
     for stage in FLAGS.stages[1:]:
@@ -131,14 +132,14 @@ def main(argv):
             res = gpfit.fit(last, star_data, grid, gpfit.FitSettings(**st), mesh=mesh,
                             progress=False)  # fmt: skip
         done += res.iterations
-        n = int(steps) // 10
+        n = int(steps) // 20
         cumulative = {k: (count * cumulative[k] + n * res.params[k]) / (count + n)
                       for k in cumulative}  # fmt: skip
         count += n
         last = res.params_last_iterate
         score(f"{stage}: last iterate", last, res, done)
         score(f"{stage}: stage average", res.params, res, done)
-        score(f"{stage}: average since annealing began", cumulative, res, done)
+        score(f"{stage}: average of the stage averages", cumulative, res, done)
 
 
 if __name__ == "__main__":
