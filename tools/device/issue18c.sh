@@ -60,8 +60,9 @@ note "bench rc=$? $(grep -o '"ms_per_iteration_median": [0-9.]*' "$OUT_DIR/bench
 paper_sim() {  # the paper's simulated test as a user runs it (compile + fit + predict)
     local cfg=gp_paper_sim extra=""
     [ "$SMOKE" = "1" ] && { cfg=gp_test; extra="--config.fit.max_iterations=30"; }
-    local t0=$(date +%s)
-    timeout $(( SIM_S + 15 )) $PY -m dustjax.cli.fit_gp --config=$cfg \
+    local t0=$(date +%s) to=$(( $(left) - 2 ))
+    [ "$to" -gt $(( SIM_S + 15 )) ] && to=$(( SIM_S + 15 ))
+    timeout "$to" $PY -m dustjax.cli.fit_gp --config=$cfg \
         --workdir="$OUT_DIR/paper_sim_work" --config.output.plots=False \
         --config.output.fits=False $extra > "$OUT_DIR/paper_sim.log" 2>&1
     local rc=$?
