@@ -98,7 +98,8 @@ else
 fi
 
 # 4. the ELBO curve and one summary (CPU only, seconds)
-timeout 30 $PY - "$OUT_DIR" <<'PYEOF' > "$OUT_DIR/summary.txt" 2>&1
+T_SUM=$(left); [ "$T_SUM" -gt 30 ] && T_SUM=30; [ "$T_SUM" -lt 5 ] && T_SUM=5
+timeout "$T_SUM" $PY - "$OUT_DIR" <<'PYEOF' > "$OUT_DIR/summary.txt" 2>&1
 import json, sys
 from pathlib import Path
 out = Path(sys.argv[1])
