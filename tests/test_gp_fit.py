@@ -336,3 +336,37 @@ def test_annealing_runs_its_steps_at_the_reduced_rate_after_the_fit_would_stop()
     assert not np.allclose(plain.params["q_mean"], params["q_mean"], atol=1e-3)  # 10 steps moved
     with pytest.raises(ValueError, match="anneal"):
         fit.FitSettings(anneal_iterations=10, anneal_factor=0.0)
+
+
+@pytest.mark.slow  # four compiled fits: ~35 s on 2 cores
+def test_anneal_average_is_the_mean_of_the_iterates_of_the_annealing_second_half():
+    cat = _catalog()
+    stars = fit.make_star_data(cat, GRID)
+    params = fit.initial_params(
+        cat, dict(num_inducing=6, scale_lengths_pc=30.0, amplitude_dex=0.3, mean_dex=-2.5)
+    )
+    base = dict(num_samples=2, jitter=1e-4, min_iterations=1000, learning_rate=0.05,
+                steps_per_call=5, anneal_factor=0.5)  # fmt: skip
+    # all anneal from iteration 10 (max_iterations - anneal_iterations): the same iterates;
+    # 20 annealing steps are 4 calls, the second half the iterates after 15 and 20 steps
+    runs = {
+        n: fit.fit(params, stars, GRID, fit.FitSettings(max_iterations=10 + n,
+                   anneal_iterations=n, **base), progress=False)
+        for n in (10, 15, 20)
+    }  # fmt: skip
+    avg = fit.fit(
+        params, stars, GRID,
+        fit.FitSettings(max_iterations=30, anneal_iterations=20, anneal_average=True, **base),
+        progress=False,
+    )  # fmt: skip
+    assert avg.anneal_start == 10 and all(r.anneal_start == 10 for r in runs.values())
+    assert runs[20].params_last_iterate is None
+    for k in params:
+        np.testing.assert_allclose(
+            avg.params_last_iterate[k], runs[20].params[k], rtol=1e-5, atol=1e-7
+        )
+        np.testing.assert_allclose(
+            avg.params[k], 0.5 * (runs[15].params[k] + runs[20].params[k]), rtol=1e-5, atol=1e-6
+        )
+    assert not np.allclose(runs[15].params["q_mean"], runs[20].params["q_mean"], atol=1e-4)
+    assert not np.allclose(avg.params["q_mean"], runs[10].params["q_mean"], atol=1e-5)

@@ -167,3 +167,17 @@ def test_float64_runs_keep_float64_partial_path_lengths():
     op = grid.star_operator(cat.l_deg, cat.b_deg, cat.distance_pc)
     np.testing.assert_allclose(np.asarray(op.partial_pc), expected, rtol=0, atol=1e-12)
     assert op.d_widths_pc.dtype == jnp.float64
+
+
+def test_star_operator_arrays_are_the_operators_on_the_host_in_the_asked_dtype():
+    grid = _grid(ghost_cells=2)
+    rng = np.random.default_rng(6)
+    lon, lat, d = rng.uniform(50, 90, 50), rng.uniform(-10, 10, 50), rng.uniform(180, 500, 50)
+    op = grid.star_operator(lon, lat, d, dtype=np.float32)
+    flat, partial = grid.star_operator_arrays(lon, lat, d, dtype=np.float32)
+    assert type(flat) is np.ndarray and type(partial) is np.ndarray
+    assert flat.dtype == np.int32 and partial.dtype == np.float32
+    np.testing.assert_array_equal(flat, np.asarray(op.flat_index))
+    np.testing.assert_array_equal(partial, np.asarray(op.partial_pc))
+    with pytest.raises(GridError, match="outside"):
+        grid.star_operator_arrays([10.0], [0.0], [300.0], dtype=np.float32)

@@ -43,6 +43,9 @@ flags.DEFINE_string("out", "/tmp/gp_realsky_suite", "Output directory (suite.jso
 flags.DEFINE_list("only", [], "Run only the tests of these names.")
 flags.DEFINE_float("max_fit_seconds", 0.0, "Bound every fit (0: the suite's own bounds).")
 flags.DEFINE_integer("anneal_iterations", -1, "Annealing steps of every fit (-1: the suite's).")
+flags.DEFINE_float("anneal_factor", 0.0, "Annealing step factor of every fit (0: the suite's).")
+flags.DEFINE_boolean("anneal_average", False, "Average the annealing iterates in every fit.")
+flags.DEFINE_integer("num_inducing", 0, "Inducing points of every test (0: the suite's).")
 
 PAPER_BOX = (50.0, 90.0, -10.0, 10.0, 180.0, 500.0)
 
@@ -140,6 +143,12 @@ def main(argv):
             kw = kw | dict(fit=kw["fit"] | dict(max_fit_seconds=FLAGS.max_fit_seconds))
         if FLAGS.anneal_iterations >= 0:
             kw = kw | dict(fit=kw["fit"] | dict(anneal_iterations=FLAGS.anneal_iterations))
+        if FLAGS.anneal_factor:
+            kw = kw | dict(fit=kw["fit"] | dict(anneal_factor=FLAGS.anneal_factor))
+        if FLAGS.anneal_average:
+            kw = kw | dict(fit=kw["fit"] | dict(anneal_average=True))
+        if FLAGS.num_inducing:
+            kw = kw | dict(num_inducing=FLAGS.num_inducing)
         t0 = time.perf_counter()
         try:
             truth = realsky.make_truth(FLAGS.cube if spec == "CUBE" else spec, kw["field"])

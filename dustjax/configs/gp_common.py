@@ -97,6 +97,8 @@ def gp_config(name: str) -> ml_collections.ConfigDict:
             # (the real-sky fit of issue 18: held-out error 6.4 % -> 4.7 % with 200; 0: off)
             anneal_iterations=200,
             anneal_factor=0.1,
+            # return the mean of the annealing's second half of iterates, not the last one
+            anneal_average=False,
             # stars held out of the fit; a post-hoc model error (f A)^2 + s^2 fitted on them
             # widens the extinction bands (docs/gp.md); 0: off
             calibration_fraction=0.1,

@@ -105,6 +105,12 @@ class FitSettings:
         ball around the optimum whose size scales with the step; the time limit keeps room for
         the annealing steps (their time estimated from the steps so far, once 5 calls and
         ``min_iterations`` are done; at most half of ``max_fit_seconds``).
+      anneal_average: return the mean of the iterates of the annealing's second half (taken
+        after every compiled call, i.e. every ``steps_per_call`` steps) instead of the last
+        one: tail (Polyak-Ruppert) averaging, which shrinks the Monte Carlo noise ball further at
+        no cost an iteration; the first half, in which the fit moves from the full rate's noise
+        ball towards the optimum, is left out. The last iterate is kept in
+        `FitResult.params_last_iterate`.
       calibration_fraction: not used by `fit` itself: the fraction of the catalogue's stars
         that `pipeline.fit_and_predict` holds out of the fit to calibrate the extinction bands
         (a post-hoc model error, `dustjax.gp.calibration`); 0: off.
@@ -137,6 +143,7 @@ class FitSettings:
     kernel_coords: str = "xyz"
     anneal_iterations: int = 0
     anneal_factor: float = 0.1
+    anneal_average: bool = False
     calibration_fraction: float = 0.1
 
     def __post_init__(self):
@@ -176,6 +183,8 @@ class FitResult:
     message: str = ""
     anneal_start: int | None = None  # iteration at which the annealing steps began
     params_before_anneal: dict[str, Any] | None = None  # (numpy) the parameters then
+    # (numpy) with ``anneal_average``: the last iterate (``params`` is then the average)
+    params_last_iterate: dict[str, Any] | None = None
 
 
 # ---- stars ------------------------------------------------------------------------------------
@@ -222,9 +231,10 @@ def _star_arrays(catalog, grid: LBDGrid, total: int, dtype, sigma, to_array):
     sigma = catalog.sigma_extinction if sigma is None else sigma
     pad = total - n
     np_dtype = np.dtype(dtype)
-    if n:
-        op = grid.star_operator(catalog.l_deg, catalog.b_deg, catalog.distance_pc)
-        flat_index, partial_pc = op.flat_index, op.partial_pc
+    if n:  # host arrays in the fit's dtype: one copy to the devices, none back
+        flat_index, partial_pc = grid.star_operator_arrays(
+            catalog.l_deg, catalog.b_deg, catalog.distance_pc, dtype=np_dtype
+        )
     else:
         flat_index, partial_pc = np.zeros(0, np.int32), np.zeros(0, np_dtype)
 
@@ -423,6 +433,12 @@ def _set_step_factor(opt_state, factor: float):
     return (*opt_state[:-1], inject._replace(hyperparams={**inject.hyperparams, "step_size": new}))
 
 
+@jax.jit
+def _running_mean(mean, params, count):
+    """``mean`` of ``count - 1`` iterates updated with one more (``params``)."""
+    return jax.tree.map(lambda m, p: m + (p - m) / count.astype(m.dtype), mean, params)
+
+
 def _all_finite(tree):
     leaves = jax.tree.leaves(tree)
     return functools.reduce(jnp.logical_and, [jnp.all(jnp.isfinite(x)) for x in leaves])
@@ -616,7 +632,8 @@ def fit(
     history: list[float] = []
     timings = dict(compile_and_first_call_s=0.0, fit_s=0.0)
     status, failed_iteration, message = "max_iterations", None, ""
-    anneal_start = before_anneal = None
+    anneal_start = before_anneal = average = None
+    num_averaged = 0
     t_start = time.perf_counter()
     bar = _progress(settings.max_iterations, progress)
     while len(history) < settings.max_iterations or anneal_start is not None:
@@ -659,6 +676,15 @@ def fit(
         bar.update(len(elbos))
         bar.set_postfix(elbo=f"{history[-1]:.6g}")
         if anneal_start is not None:
+            if settings.anneal_average and 2 * (len(history) - anneal_start) > (
+                settings.anneal_iterations
+            ):
+                num_averaged += 1
+                average = (
+                    jax.tree.map(jnp.copy, carry[0])
+                    if average is None
+                    else _running_mean(average, carry[0], jnp.int32(num_averaged))
+                )
             if len(history) - anneal_start >= settings.anneal_iterations:
                 break
             continue
@@ -706,6 +732,9 @@ def fit(
         )
     final = carry[2] if status == "nan_elbo" else carry[0]
     final = jax.tree.map(np.asarray, final)
+    last_iterate = None
+    if average is not None and status != "nan_elbo":
+        last_iterate, final = final, jax.tree.map(np.asarray, average)
     if status == "nan_elbo":
         logger.error(message)
         if workdir is not None and distributed.is_primary():
@@ -723,6 +752,7 @@ def fit(
         message=message,
         anneal_start=anneal_start,
         params_before_anneal=before_anneal,
+        params_last_iterate=last_iterate,
     )
 
 

@@ -229,6 +229,17 @@ class LBDGrid:
         through float32.
         """
         dtype = np.dtype(jnp.result_type(float) if dtype is None else dtype)
+        flat_index, partial = self.star_operator_arrays(l_deg, b_deg, distance_pc, dtype=dtype)
+        return StarOperator(
+            flat_index=jnp.asarray(flat_index),
+            partial_pc=jnp.asarray(partial),
+            d_widths_pc=jnp.asarray(self.d_widths_pc().astype(dtype)),
+            full_shape=self.full_shape,
+        )
+
+    def star_operator_arrays(self, l_deg, b_deg, distance_pc, *, dtype) -> tuple[np.ndarray, ...]:
+        """`star_operator`'s ``flat_index`` (int32) and ``partial_pc`` (``dtype``) as host
+        (numpy) arrays, for callers that pad or split them before they go to the devices."""
         column, cell, inside = self.locate(l_deg, b_deg, distance_pc)
         if not np.all(inside):
             raise GridError(
@@ -236,14 +247,8 @@ class LBDGrid:
                 "LBDGrid.select_inside first"
             )
         nd_total = self.full_shape[2]
-        edges = self.d_edges_pc()
-        partial = np.asarray(distance_pc, np.float64) - edges[cell]
-        return StarOperator(
-            flat_index=jnp.asarray((column * nd_total + cell).astype(np.int32)),
-            partial_pc=jnp.asarray(partial.astype(dtype)),
-            d_widths_pc=jnp.asarray(self.d_widths_pc().astype(dtype)),
-            full_shape=self.full_shape,
-        )
+        partial = np.asarray(distance_pc, np.float64) - self.d_edges_pc()[cell]
+        return (column * nd_total + cell).astype(np.int32), partial.astype(np.dtype(dtype))
 
     def select_inside(self, catalog):
         """Keep the stars of a `dustjax.catalog.StarCatalog` inside the grid; log the count."""

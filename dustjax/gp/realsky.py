@@ -568,6 +568,13 @@ def run_test(truth, settings: TestSettings, *, progress: bool = False) -> dict[s
             link=fit_settings.link, kernel_coords=settings.kernel_coords,
         )  # fmt: skip
         bands["diagonal_before_anneal"] = star_scores(percentiles(before), true_hold)
+    if result.params_last_iterate is not None:  # `anneal_average`: the last iterate too
+        last = star_samples(
+            result.params_last_iterate, grid, stars["l"][hold_sl], stars["b"][hold_sl],
+            stars["d"][hold_sl], jitter=result.jitter, num_samples=settings.star_samples,
+            link=fit_settings.link, kernel_coords=settings.kernel_coords,
+        )  # fmt: skip
+        bands["diagonal_last_iterate"] = star_scores(percentiles(last), true_hold)
     f, s = calibrate_posthoc(
         percentiles(diag_val), stars["observed"][val_sl], stars["sigma"][val_sl]
     )
