@@ -13,7 +13,7 @@ from jax.sharding import Mesh
 
 from dustjax.sharding import batch_sharding, make_mesh, replicated
 from dustjax.training.optim import make_optimizer
-from dustjax.training.steps import build_model, create_train_state
+from dustjax.training.steps import abstract_train_state, build_model
 from dustjax.training.tasks import DEFAULT_TASK, get_task
 from dustjax.training.workdir import (
     CHECKPOINT_DIR,
@@ -40,8 +40,9 @@ def load_trained(workdir: str | Path, which: str = "best", mesh: Mesh | None = N
         model = build_model(config)
         tx = make_optimizer(config, 1)
         shape = _input_shape_from_config(config)
-        example = jnp.zeros(shape, jnp.float32)
-        state = create_train_state(model, tx, example, jax.random.key(0), mesh)
+        # the restore target from shapes alone (no initialisation program: issue 22)
+        example = jax.ShapeDtypeStruct(shape, jnp.float32)
+        state = abstract_train_state(model, tx, example, mesh)
         hint = get_task(config.get("task", DEFAULT_TASK)).restore_hint
         state, loop = restore_checkpoint(manager, step, state, hint=hint)
     finally:
