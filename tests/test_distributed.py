@@ -174,3 +174,66 @@ def test_training_and_gp_fit_in_two_processes_equal_one_process(tmp_path):
                 "gp_params"):  # fmt: skip
         assert report[key]["max_rel_diff"] <= 2e-4, key
     assert report["train_loss"]["size"] == 3  # two epochs, then one resumed from the checkpoint
+
+
+# Each process: the fused Monte Carlo split over the two processes (each its block of batches)
+# against the same Monte Carlo in this process alone (over_processes=False).
+_MC_WORKER = textwrap.dedent(
+    """
+    import json, sys
+    from dustjax import distributed
+    distributed.initialize(sys.argv[1], 2, int(sys.argv[2]))
+    import jax, jax.numpy as jnp, numpy as np
+    from dustjax import catalog as cat
+    from dustjax.geometry import Region
+    from dustjax.vnet import apply as ap, gridding, montecarlo
+    region = Region.named("SR").with_shape((8, 8, 8))
+    rng = np.random.default_rng(0)
+    n = 1500
+    catalog = cat.StarCatalog.from_arrays(
+        xyz_pc=rng.uniform(region.lower_pc, region.upper_pc, (n, 3)),
+        extinction=rng.uniform(0.0, 1.0, n), sigma_extinction=rng.uniform(0.05, 0.3, n))
+    knn = gridding.knn_weights(region, catalog)
+    kernel = jnp.asarray(rng.normal(0, 0.3, (3, 3, 3, 1, 2)), jnp.float32)
+    mix = jnp.asarray([0.02, -0.01], jnp.float32)
+    def predictor(e):
+        y = jax.lax.conv_general_dilated(e[..., None], kernel, (1, 1, 1), "SAME",
+            dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
+        return jax.nn.softplus(jnp.tanh(y) @ mix + 0.01)
+    nominal = ap.predict_one(predictor, np.maximum(knn.apply(catalog.extinction), 0.0))
+    kw = dict(num_redraws=19, batch_size=4, seed=5, reference=nominal)  # 5 batches: 3 + 2
+    split = montecarlo.monte_carlo(predictor, knn, catalog, region, **kw)
+    alone = montecarlo.monte_carlo(predictor, knn, catalog, region, over_processes=False, **kw)
+    # small output (a full pipe would block a process that its partner waits for at exit)
+    from hashlib import sha256 as sha
+    out = {k: dict(scale=float(np.max(np.abs(alone[k]))), finite=bool(np.isfinite(v).all()),
+                   diff=float(np.max(np.abs(v - alone[k]))), hash=sha(v.tobytes()).hexdigest(),
+                   alone_hash=sha(alone[k].tobytes()).hexdigest()) for k, v in split.items()}
+    print("RESULT" + json.dumps(out), flush=True)
+    """
+)
+
+
+def test_the_monte_carlo_splits_its_redraws_over_two_processes():
+    address = f"localhost:{_free_port()}"
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _MC_WORKER, address, str(i)], cwd=ROOT,
+                         env=_env(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for i in range(2)
+    ]  # fmt: skip
+    results = []
+    try:
+        for p in procs:
+            stdout, stderr = p.communicate(timeout=600)
+            assert p.returncode == 0, stderr[-3000:]
+            line = next(x for x in stdout.splitlines() if x.startswith("RESULT"))
+            results.append(json.loads(line[len("RESULT") :]))
+    finally:
+        for p in procs:
+            p.kill()
+    for key in ("density_mean", "density_std", "extinction_std"):
+        r0, r1 = results[0][key], results[1][key]
+        assert r0["scale"] > 0 and r0["finite"]
+        assert r0["diff"] <= 1e-5 * r0["scale"], (key, r0)  # float32 sums in another order
+        assert r1["hash"] == r0["hash"]  # both processes hold the same combined moments
+        assert r1["alone_hash"] == r0["alone_hash"]

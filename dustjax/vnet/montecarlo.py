@@ -92,23 +92,24 @@ def redraw_cubes(key, ext, sig, idx, w, batch_size: int, shape):
     return jnp.maximum(cubes, 0.0)
 
 
-def _program(predictor, batch_size: int, shape, num_redraws: int, fill, mesh):
-    """The jitted fused loop for `predictor` (cached while the predictor lives)."""
-    key = (batch_size, tuple(shape), num_redraws, fill, mesh)
+def _program(predictor, batch_size: int, shape, num_redraws: int, num_steps: int, fill, mesh):
+    """The jitted fused loop for `predictor` (cached while the predictor lives): `num_steps`
+    batches from the batch index ``first`` (an argument) on."""
+    key = (batch_size, tuple(shape), num_redraws, num_steps, fill, mesh)
     per_predictor = _cache_of(predictor)
     if key in per_predictor:
         return per_predictor[key]
     example = jax.ShapeDtypeStruct((batch_size, *shape), jnp.float32)
     pure, consts = hoist_constants(predictor, example)
-    num_batches = -(-num_redraws // batch_size)
     split = NamedSharding(mesh, P(MC_AXIS))
     whole = NamedSharding(mesh, P())
 
-    def run(consts, ext, sig, idx, w, ref, op, mask, seed):
+    def run(consts, ext, sig, idx, w, ref, op, mask, seed, first):
         base = jax.random.key(seed)
         ref_ext = op(ref)
 
-        def body(b, carry):
+        def body(i, carry):
+            b = first + i  # the batch's global index: its key and its redraws' numbers
             draw_key, fill_key = jax.random.split(jax.random.fold_in(base, b))
             cubes = redraw_cubes(draw_key, ext, sig, idx, w, batch_size, shape)
             if fill is not None:
@@ -124,7 +125,7 @@ def _program(predictor, batch_size: int, shape, num_redraws: int, fill, mesh):
             return (s1 + dd.sum(0), s2 + (dd**2).sum(0), e1 + de.sum(0), e2 + (de**2).sum(0))
 
         zeros = jnp.zeros(shape, jnp.float32)
-        return jax.lax.fori_loop(0, num_batches, body, (zeros,) * 4)
+        return jax.lax.fori_loop(0, num_steps, body, (zeros,) * 4)
 
     program = (jax.jit(run, out_shardings=whole), consts, whole)
     per_predictor[key] = program
@@ -157,6 +158,7 @@ def monte_carlo(
     reference=None,
     num_devices: int | None = None,
     fill=None,
+    over_processes: bool = True,
 ) -> dict[str, np.ndarray]:
     """`dustjax.vnet.apply.monte_carlo` as one program on the local devices (same arguments,
     same result for the same ``batch_size``; ``num_devices`` limits the devices used).
@@ -164,6 +166,12 @@ def monte_carlo(
     ``batch_size`` is rounded up to a multiple of the devices (the extra redraws of the last
     batch are masked, as the padding of a short last batch is). With ``inside_mask``,
     ``fill(cubes, inside_mask, key)`` fills the cells outside (`apply.fill_outside`).
+
+    Several processes (`dustjax.distributed`; ``over_processes=False`` turns it off): process
+    p runs its block of the batches (the same keys as one process uses for them) on its local
+    devices, then the processes add their sums (`process_allgather`), around the reference of
+    process 0: the same moments as one process, up to the order of the float32 sums. Every
+    process must call it with the same catalogue and arguments.
     """
     if num_redraws < 2:
         raise ValueError(f"num_redraws must be >= 2 for a dispersion, got {num_redraws}")
@@ -175,12 +183,21 @@ def monte_carlo(
     shape = tuple(region.shape)
     op = los_operator(region)
     has_mask = inside_mask is not None
-    run, consts, whole = _program(predictor, batch_size, shape, num_redraws, fill, mesh)
+    processes = jax.process_count() if over_processes else 1
+    num_batches = -(-num_redraws // batch_size)
+    num_steps = -(-num_batches // processes)  # batches past the last are masked (valid)
+    first = (jax.process_index() if processes > 1 else 0) * num_steps
+    run, consts, whole = _program(predictor, batch_size, shape, num_redraws, num_steps, fill,
+                                  mesh)  # fmt: skip
 
     # Inputs as numpy and the key made in the program: an eager JAX op (zeros, op(ref),
     # random.key) is a small program of its own, traced and lowered again in every process.
     put = lambda x: jax.device_put(x, whole)  # noqa: E731
     ref = np.zeros(shape, np.float32) if reference is None else np.asarray(reference, np.float32)
+    if processes > 1:  # all processes' sums around one reference
+        from jax.experimental import multihost_utils
+
+        ref = np.asarray(multihost_utils.broadcast_one_to_all(ref), np.float32)
     mask = np.asarray(inside_mask) if has_mask else np.zeros((), bool)
     s1, s2, e1, e2 = run(
         put(consts),
@@ -189,8 +206,14 @@ def monte_carlo(
         put(op),
         put(mask),
         np.uint32(seed % 2**32),  # jax.random.key(seed)'s own 32 bits (no x64)
+        np.int32(first),
     )
-    s1, s2, e1, e2 = (np.asarray(x, np.float64) for x in (s1, s2, e1, e2))
+    sums = np.stack([np.asarray(x) for x in (s1, s2, e1, e2)])
+    if processes > 1:
+        from jax.experimental import multihost_utils
+
+        sums = np.asarray(multihost_utils.process_allgather(sums), np.float64).sum(axis=0)
+    s1, s2, e1, e2 = sums.astype(np.float64)
     n = num_redraws
     mean = ref.astype(np.float64) + s1 / n
     var = np.clip((s2 - s1**2 / n) / (n - 1), 0.0, None)

@@ -8,14 +8,18 @@
 #
 # 1. smoke (<= 20 s): the fused Monte Carlo on a tiny V-net (fails fast on a bug);
 # 2. the compilation cache: benchmarks.compile_cache, each entry run twice as a new process on one
-#    fresh cache: benchmarks.apply --mc_only (paper V-net, 10^5 stars, 64 redraws: the same
-#    command as the first measurement), then experiments.train (vnet_test, 1 epoch);
-# 3. only if >= 50 s are left: the same benchmarks.apply pair with the code before these changes
-#    (main at 61a53f8, from git), for a before/after on one machine.
-# Writes (< 1 MiB) in $OUT_DIR: env.txt, steps.txt, smoke.log, compile_cache.log,
-# compile_cache/{results.json, <entry><run>_compile.json (per process: trace/lower/XLA seconds,
-# programs, cache hits, costliest functions), bench_apply<run>.json (stage timings)},
-# and before/ likewise for step 3. Stops within $BUDGET_S (every step under `timeout`).
+#    fresh cache: benchmarks.apply --mc_only (paper V-net, random weights, 10^5 stars, 64
+#    redraws: the same command as the first measurement), then experiments.train (vnet_test,
+#    1 epoch);
+# 3. a training workdir of the random paper V-net (benchmarks.apply --save_random_model; not
+#    timed), then the benchmarks.apply pair again with --model=it: apply's own loading path
+#    (orbax restore into shapes, no initialisation program), on its own fresh cache;
+# 4. only if >= 50 s are left: the step-2 benchmarks.apply pair with the code before these
+#    changes (main at 61a53f8, from git), for a before/after on one machine.
+# Writes (< 1 MiB) in $OUT_DIR: env.txt, steps.txt, *.log, compile_cache/ and model/ (step 3):
+# results.json, <entry><run>_compile.json (per process: trace/lower/XLA seconds, programs, cache
+# hits, costliest functions), <entry><run>.json (stage timings), and before/ likewise (step 4).
+# Stops within $BUDGET_S (every step under `timeout`).
 set -u
 export PYTHONUNBUFFERED=1
 OUT_DIR=${OUT_DIR:?set OUT_DIR}
@@ -57,12 +61,16 @@ WORK=$(mktemp -d /tmp/issue22c.XXXXXX)
 export DUSTJAX_COMPILATION_CACHE="$WORK/smoke_cache"
 
 if [ "$SMOKE" = 1 ]; then  # CPU-sized: a V-net of the paper's depth, narrow
-  CC="--entries=bench_apply --bench_features=4,8,16,32 --bench_stars=20000 --bench_redraws=8 --timeout=150"
-  CC_LIMIT=170
+  FEATURES=4,8,16,32
+  CC="--bench_features=$FEATURES --bench_stars=20000 --bench_redraws=8 --timeout=150"
+  ENTRIES=bench_apply  # experiments.train takes minutes on a loaded CPU
+  CC_LIMIT=170 SAVE_LIMIT=120 MODEL_LIMIT=170
   SMOKE_LIMIT=90  # a loaded 2-core CPU compiles for a minute
 else
-  CC="--entries=bench_apply,train --bench_features=128,256,512,1024 --bench_stars=100000 --bench_redraws=64 --timeout=50"
-  CC_LIMIT=100
+  FEATURES=128,256,512,1024
+  CC="--bench_features=$FEATURES --bench_stars=100000 --bench_redraws=64 --timeout=45"
+  ENTRIES=bench_apply,train
+  CC_LIMIT=75 SAVE_LIMIT=40 MODEL_LIMIT=60
   SMOKE_LIMIT=20
 fi
 
@@ -71,14 +79,21 @@ run smoke $SMOKE_LIMIT $PY -m benchmarks.apply --mc_only --region=SR --num_stars
   --batch_size=2 --features=4,8 --mc_repeats=1 --knn_backend=kdtree --plots=false \
   --out="$WORK/smoke" || { echo "smoke failed: stopping"; exit 1; }
 # 2. first vs second run on one fresh cache (compile_cache makes its own cache directory)
-run compile_cache $CC_LIMIT $PY -m benchmarks.compile_cache $CC --out="$WORK/cc"
+run compile_cache $CC_LIMIT $PY -m benchmarks.compile_cache $CC --entries=$ENTRIES --out="$WORK/cc"
 collect "$WORK/cc" "$OUT_DIR/compile_cache"
-# 3. before/after on this machine: the old code's benchmarks.apply pair
+# 3. the same with a trained-model workdir (random weights): apply's loading path
+if run save_model $SAVE_LIMIT $PY -m benchmarks.apply --save_random_model="$WORK/model_lr" --region=LR \
+    --features=$FEATURES; then
+  run model $MODEL_LIMIT $PY -m benchmarks.compile_cache $CC --entries=bench_apply_model \
+    --bench_model="$WORK/model_lr" --out="$WORK/cc_model"
+  collect "$WORK/cc_model" "$OUT_DIR/model"
+fi
+rm -rf "$WORK/model_lr"
+# 4. before/after on this machine: the old code's benchmarks.apply pair
 if [ "$(left)" -ge 50 ] && git cat-file -e "$BEFORE^{commit}" 2>/dev/null; then
   mkdir -p "$WORK/before" && git archive "$BEFORE" | tar -x -C "$WORK/before"
-  OLD_CC=${CC/bench_apply,train/bench_apply}
-  (cd "$WORK/before" && run before $(( $(left) - 5 )) $PY -m benchmarks.compile_cache $OLD_CC \
-    --out="$WORK/cc_before")
+  (cd "$WORK/before" && run before $(( $(left) - 5 )) $PY -m benchmarks.compile_cache $CC \
+    --entries=bench_apply --out="$WORK/cc_before")
   collect "$WORK/cc_before" "$OUT_DIR/before"
 else
   echo "before: skipped ($(left) s left, or no git history)" | tee -a "$OUT_DIR/steps.txt"
