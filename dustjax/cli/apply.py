@@ -142,6 +142,10 @@ def run():
         nnls_smoothness=FLAGS.nnls_smoothness,
         nnls_steps=FLAGS.nnls_steps,
     )
+    from dustjax import distributed
+
+    if not distributed.is_primary():  # several processes: process 0 wrote the map
+        return
     for name, path in files.items():
         logging.info("wrote %s: %s", name, path)
     print(f"map written to {outdir}")

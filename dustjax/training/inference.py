@@ -28,10 +28,11 @@ log = logging.getLogger(__name__)
 def load_trained(workdir: str | Path, which: str = "best", mesh: Mesh | None = None):
     """(model, variables, config) of a trained run: the ``"best"`` or ``"latest"`` checkpoint.
 
-    The model is rebuilt from the saved config.json; variables = {"params", "batch_stats"}.
+    The model is rebuilt from the saved config.json; variables = {"params", "batch_stats"},
+    on this process's first device (`mesh` default; several processes each load them).
     """
     config = load_config(workdir)
-    mesh = mesh or make_mesh(1)
+    mesh = mesh or _first_local_device()
     manager = checkpoint_manager(workdir, read_only=True)
     try:  # closed on errors too
         step = manager.best_step() if which == "best" else manager.latest_step()
@@ -51,6 +52,12 @@ def load_trained(workdir: str | Path, which: str = "best", mesh: Mesh | None = N
     return model, {"params": state.params, "batch_stats": state.batch_stats}, config
 
 
+def _first_local_device() -> Mesh:
+    """A one-device mesh on this process's first device (`make_mesh(1)` is refused when several
+    processes run: a mesh over several processes spans them all)."""
+    return make_mesh(devices=jax.local_devices()[:1])
+
+
 def _input_shape_from_config(config) -> tuple[int, ...]:
     """An example input's shape: ``(1, *config.model.input_shape)``, or the task's own."""
     shape = config.model.get("input_shape")
@@ -67,7 +74,7 @@ def _input_shape_from_config(config) -> tuple[int, ...]:
 def make_predict_fn(model, variables, mesh: Mesh | None = None):
     """``predict(inputs (B, ...)) -> predictions`` with running batch-norm statistics (jitted,
     batch sharded over the mesh; B must divide over its devices)."""
-    mesh = mesh or make_mesh(1)
+    mesh = mesh or _first_local_device()
     data = batch_sharding(mesh)
     variables = jax.device_put(variables, replicated(mesh))
 
@@ -93,7 +100,7 @@ def population_batch_stats(model, variables, inputs: Iterable, mesh: Mesh | None
     if not hasattr(model, "bn_momentum"):
         raise ValueError(f"{type(model).__name__} has no bn_momentum: cannot recompute its stats")
     zero = model.clone(bn_momentum=0.0)
-    mesh = mesh or make_mesh(1)
+    mesh = mesh or _first_local_device()
     data = batch_sharding(mesh)
     variables = jax.device_put(variables, replicated(mesh))
     rng = jax.random.key(0) if rng is None else rng
