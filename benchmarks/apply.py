@@ -10,6 +10,9 @@ r"""Benchmark: star catalogue -> 3D dust map, with Monte Carlo uncertainties (is
     # the Monte Carlo alone, fused on one device vs two, and the per-batch loop (issue 22)
     python -m benchmarks.apply --mc_only --mc_devices=1,2 --out=bench_out/mc
     python -m benchmarks.apply --mc_only --mc_route=loop --out=bench_out/mc_loop
+    # apply's loading path with the paper V-net and no training: a random model's workdir first
+    python -m benchmarks.apply --save_random_model=bench_out/random_lr --region=LR
+    python -m benchmarks.apply --model=bench_out/random_lr --mc_only --out=bench_out/mc_model
 
 Runs unchanged on CPU and GPU and needs neither tensorflow nor astropy: the demo catalogue is
 generated in memory (`dustjax.sims.stars`), FITS writing is off unless --write_fits. Stages timed
