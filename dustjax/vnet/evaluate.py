@@ -86,7 +86,8 @@ def evaluate(
     if bn_stats == "population":
         train_batches = source(config, "train", batch_size=batch_size, seed=int(config.seed),
                                epoch=0, train=True)  # fmt: skip
-        inputs = (b[task.input_key] for b in itertools.islice(train_batches, bn_batches))
+        inputs = (distributed.to_host(b[task.input_key])
+                  for b in itertools.islice(train_batches, bn_batches))  # fmt: skip
         variables = dict(variables, batch_stats=train.population_batch_stats(
             model, variables, inputs, mesh, rng=jax.random.key(int(config.seed))))  # fmt: skip
     predict = sym.symmetrised(train.make_predict_fn(model, variables, mesh), symmetries)
