@@ -3,7 +3,7 @@
 # < 2 s? (The first measurement, commit 3c1c95d: benchmarks.apply with the paper V-net 2.26 s,
 # experiments.train 1.72 s; what was left was JAX's tracing and lowering, redone per process.)
 #
-#   cd <tree> && OUT_DIR=<dir> BUDGET_S=120 bash tools/device/issue22c.sh
+#   cd <tree> && OUT_DIR=<dir> BUDGET_S=180 bash tools/device/issue22c.sh   # one H200, unshared
 #   SMOKE=1 JAX_PLATFORMS=cpu OUT_DIR=/tmp/x BUDGET_S=200 bash tools/device/issue22c.sh  # CPU
 #
 # 1. smoke (<= 20 s): the fused Monte Carlo on a tiny V-net (fails fast on a bug);
@@ -23,7 +23,7 @@
 set -u
 export PYTHONUNBUFFERED=1
 OUT_DIR=${OUT_DIR:?set OUT_DIR}
-BUDGET_S=${BUDGET_S:-120}
+BUDGET_S=${BUDGET_S:-180}
 SMOKE=${SMOKE:-0}
 BEFORE=${BEFORE:-61a53f8}
 PY=${PYTHON:-python3}
@@ -68,9 +68,11 @@ if [ "$SMOKE" = 1 ]; then  # CPU-sized: a V-net of the paper's depth, narrow
   SMOKE_LIMIT=90  # a loaded 2-core CPU compiles for a minute
 else
   FEATURES=128,256,512,1024
-  CC="--bench_features=$FEATURES --bench_stars=100000 --bench_redraws=64 --timeout=45"
+  # per process 90 s: a first run took 27 s on a GPU alone, > 50 s on one shared with another
+  # job (2026-11-30 04:03: cut there); give the script >= 180 s then
+  CC="--bench_features=$FEATURES --bench_stars=100000 --bench_redraws=64 --timeout=90"
   ENTRIES=bench_apply,train
-  CC_LIMIT=75 SAVE_LIMIT=40 MODEL_LIMIT=60
+  CC_LIMIT=130 SAVE_LIMIT=60 MODEL_LIMIT=120
   SMOKE_LIMIT=20
 fi
 
@@ -90,11 +92,18 @@ if run save_model $SAVE_LIMIT $PY -m benchmarks.apply --save_random_model="$WORK
 fi
 rm -rf "$WORK/model_lr"
 # 4. before/after on this machine: the old code's benchmarks.apply pair
-if [ "$(left)" -ge 50 ] && git cat-file -e "$BEFORE^{commit}" 2>/dev/null; then
+# (only from a git checkout of its own: inside another repository git archive gives the
+# subdirectory of that repository's commit, i.e. nothing)
+if [ "$(left)" -ge 50 ] && [ "$(git rev-parse --show-toplevel 2>/dev/null)" = "$PWD" ] \
+    && git cat-file -e "$BEFORE^{commit}" 2>/dev/null; then
   mkdir -p "$WORK/before" && git archive "$BEFORE" | tar -x -C "$WORK/before"
-  (cd "$WORK/before" && run before $(( $(left) - 5 )) $PY -m benchmarks.compile_cache $CC \
-    --entries=bench_apply --out="$WORK/cc_before")
-  collect "$WORK/cc_before" "$OUT_DIR/before"
+  if [ -f "$WORK/before/benchmarks/compile_cache.py" ]; then
+    (cd "$WORK/before" && run before $(( $(left) - 5 )) $PY -m benchmarks.compile_cache $CC \
+      --entries=bench_apply --out="$WORK/cc_before")
+    collect "$WORK/cc_before" "$OUT_DIR/before"
+  else
+    echo "before: skipped (git archive $BEFORE gave no benchmarks/)" | tee -a "$OUT_DIR/steps.txt"
+  fi
 else
   echo "before: skipped ($(left) s left, or no git history)" | tee -a "$OUT_DIR/steps.txt"
 fi
