@@ -10,6 +10,9 @@ r"""Benchmark: star catalogue -> 3D dust map, with Monte Carlo uncertainties (is
     # the Monte Carlo alone, fused on one device vs two, and the per-batch loop (issue 22)
     python -m benchmarks.apply --mc_only --mc_devices=1,2 --out=bench_out/mc
     python -m benchmarks.apply --mc_only --mc_route=loop --out=bench_out/mc_loop
+    # apply's loading path with the paper V-net and no training: a random model's workdir first
+    python -m benchmarks.apply --save_random_model=bench_out/random_lr --region=LR
+    python -m benchmarks.apply --model=bench_out/random_lr --mc_only --out=bench_out/mc_model
 
 Runs unchanged on CPU and GPU and needs neither tensorflow nor astropy: the demo catalogue is
 generated in memory (`dustjax.sims.stars`), FITS writing is off unless --write_fits. Stages timed
@@ -69,6 +72,41 @@ def define_flags() -> None:
     )
     flags.DEFINE_bool("mc_only", False, "Time only the prediction and the Monte Carlo.")
     flags.DEFINE_integer("mc_repeats", 3, "Warm Monte Carlo runs (the best is reported).")
+    flags.DEFINE_string(
+        "save_random_model", None,
+        "Only write a training workdir of a random V-net of --features for --region there (the "
+        "paper's config, one checkpoint), for --model: apply's own loading path (issue 22).",
+    )  # fmt: skip
+
+
+def save_random_model(workdir: str, region_name: str, features, seed: int = 0) -> Path:
+    """A training workdir (config.json + one orbax checkpoint) of an untrained V-net of
+    `features` on the paper's config of `region_name`: what `load_predictor` reads."""
+    import importlib
+
+    from dustjax import io as dio
+    from dustjax.runtime import quiet_library_logs
+    from dustjax.sharding import make_mesh
+    from dustjax.training import steps
+    from dustjax.training import workdir as wd
+    from dustjax.training.inference import _input_shape_from_config
+    from dustjax.training.optim import make_optimizer
+
+    quiet_library_logs()  # orbax's INFO lines
+    config = importlib.import_module(f"dustjax.configs.vnet_{region_name.lower()}").get_config()
+    config.model.kwargs.features = tuple(int(f) for f in features)
+    model, tx = steps.build_model(config), make_optimizer(config, 1)
+    example = jnp.zeros(_input_shape_from_config(config), jnp.float32)
+    mesh = make_mesh(devices=jax.local_devices()[:1])
+    state = steps.create_train_state(model, tx, example, jax.random.key(seed), mesh)
+    out = dio.ensure_writable_dir(workdir)
+    dio.write_json(out / wd.CONFIG_FILE, wd.config_to_dict(config))
+    manager = wd.checkpoint_manager(out)
+    loop = dict(epoch=1, best_val_loss=1.0, best_epoch=1, epochs_since_best=0, stop_reason="")
+    wd.save_checkpoint(manager, 1, state, loop, val_loss=1.0)
+    manager.wait_until_finished()
+    manager.close()
+    return out
 
 
 def _monte_carlo(ap, predictor, knn, catalog, region, seed, density, devices=None):
@@ -88,6 +126,11 @@ def main(argv):
 
     cache_dir = configure_compilation_cache()
     compile_times = report_compile_times_at_exit()
+    if FLAGS.save_random_model:
+        t = time.perf_counter()
+        path = save_random_model(FLAGS.save_random_model, FLAGS.region, FLAGS.features, FLAGS.seed)
+        print(f"random V-net {FLAGS.features} in {path}: {time.perf_counter() - t:.1f} s")
+        return
     from dustjax.geometry import Region
     from dustjax.sims import stars as demo
     from dustjax.vnet import apply as ap
@@ -100,7 +143,7 @@ def main(argv):
     times: dict[str, float] = {}
 
     if FLAGS.model:
-        predictor, region, _ = ap.load_predictor(FLAGS.model)
+        (predictor, region, _), times["model_load_s"] = timed(ap.load_predictor, FLAGS.model)
         model_desc = f"trained {FLAGS.model}"
     else:
         from dustjax.models import VNet
@@ -110,8 +153,17 @@ def main(argv):
             dtype = "float32" if jax.default_backend() == "cpu" else "bfloat16"
         features = tuple(int(f) for f in FLAGS.features)
         model = VNet(features=features, dtype=jnp.dtype(dtype).type)
+        # Flax's own initialisers, drawn with the "rbg" generator (XLA's RngBitGenerator): the
+        # init program is half the size of threefry's and lowers in half the time, which every
+        # process pays again (issue 22). A trained model (--model) is loaded with no program.
+        # The key is made inside the program (an eager one is three more small programs).
+        example = np.zeros((1, *region.shape, 1), np.float32)
+
+        def random_init(seed, x):
+            return model.init(jax.random.key(seed, impl="rbg"), x, train=False)
+
         variables, times["model_init_s"] = timed(
-            jax.jit(model.init), jax.random.key(FLAGS.seed), jnp.zeros((1, *region.shape, 1))
+            jax.jit(random_init), np.uint32(FLAGS.seed), example
         )
         predictor = ap.density_predictor(model, variables)
         model_desc = f"random VNet{features} {dtype}"

@@ -14,7 +14,10 @@ the wall time of the process is measured around it. Entries:
   epoch, a new workdir each run;
 * ``apply``: ``experiments.apply --catalog=demo`` with the model the first ``train`` run wrote,
   ``--apply_stars`` demo stars and ``--apply_redraws`` Monte Carlo redraws;
-* ``bench_apply``: ``benchmarks.apply`` (random V-net of ``--bench_features``, LR region).
+* ``bench_apply``: ``benchmarks.apply`` (random V-net of ``--bench_features``, LR region);
+* ``bench_apply_model``: the same with ``--model=--bench_model``, a training workdir (e.g. a
+  random V-net written by ``benchmarks.apply --save_random_model=DIR``): apply's own loading
+  path (an orbax restore, no initialisation program) instead of a random initialisation.
 
 Results: results.json in --out (and a table on stdout). Target: the second run compiles in < 2 s.
 """
@@ -37,13 +40,14 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
     flags.DEFINE_string("out", "bench_out/compile_cache", "Output directory.")
-    flags.DEFINE_list("entries", ["train", "apply"], "train, apply, bench_apply.")
+    flags.DEFINE_list("entries", ["train", "apply"], "train, apply, bench_apply(_model).")
     flags.DEFINE_string("config", "experiments/configs/vnet_test.py", "train: the config.")
     flags.DEFINE_integer("apply_stars", 20_000, "apply: demo stars.")
     flags.DEFINE_integer("apply_redraws", 32, "apply: Monte Carlo redraws.")
     flags.DEFINE_list("bench_features", ["16", "32", "64", "128"], "bench_apply: V-net widths.")
     flags.DEFINE_integer("bench_stars", 100_000, "bench_apply: demo stars.")
     flags.DEFINE_integer("bench_redraws", 32, "bench_apply: redraws.")
+    flags.DEFINE_string("bench_model", None, "bench_apply_model: the training workdir.")
     flags.DEFINE_integer("timeout", 900, "Seconds for each run.")
 
 
@@ -58,11 +62,16 @@ def _command(entry: str, out: Path, run: int) -> list[str]:
                      f"--model={out / 'train1'}", f"--demo_stars={FLAGS.apply_stars}",
                      f"--num_redraws={FLAGS.apply_redraws}", f"--workdir={out / f'apply{run}'}",
                      "--write_fits=false", "--plots=false"]  # fmt: skip
-    if entry == "bench_apply":
+    if entry in ("bench_apply", "bench_apply_model"):
+        model = []
+        if entry == "bench_apply_model":
+            if not FLAGS.bench_model:
+                raise app.UsageError("bench_apply_model needs --bench_model=WORKDIR")
+            model = [f"--model={FLAGS.bench_model}"]
         return py + ["benchmarks.apply", f"--features={','.join(FLAGS.bench_features)}",
                      f"--num_stars={FLAGS.bench_stars}", f"--num_redraws={FLAGS.bench_redraws}",
-                     "--plots=false", "--mc_repeats=1", "--mc_only",
-                     f"--out={out / f'bench_apply{run}'}"]  # fmt: skip
+                     "--plots=false", "--mc_repeats=1", "--mc_only", *model,
+                     f"--out={out / f'{entry}{run}'}"]  # fmt: skip
     raise app.UsageError(f"unknown entry {entry!r}")
 
 

@@ -203,21 +203,27 @@ class CompileTimes:
 
     ``compile_s`` = tracing + lowering + XLA compilation (or the persistent cache's load), the
     time a warm cache saves; ``programs`` counts the compiled programs, ``cache_hits`` those
-    loaded from the persistent cache.
+    loaded from the persistent cache; ``by_function`` the seconds of the costliest functions by
+    JAX's name for them (a traced function ``f``, its lowering and compilation ``jit(f)``).
     """
 
     def __init__(self):
+        import collections
+
         import jax.monitoring as mon
 
         self.totals = dict.fromkeys(COMPILE_EVENTS.values(), 0.0)
         self.programs = 0
         self.cache_hits = 0
+        self.by_function = collections.defaultdict(float)
 
-        def on_duration(event, duration, **_):
+        def on_duration(event, duration, fun_name=None, **_):
             name = COMPILE_EVENTS.get(event)
             if name:
                 self.totals[name] += float(duration)
                 self.programs += name == "backend_compile_s"
+                if fun_name and name != "cache_retrieval_s":  # retrieval: inside the backend's
+                    self.by_function[str(fun_name)] += float(duration)
 
         def on_event(event, **_):
             self.cache_hits += event == "/jax/compilation_cache/cache_hits"
@@ -226,13 +232,15 @@ class CompileTimes:
         mon.register_event_listener(on_event)
         self._listeners = (on_duration, on_event)
 
-    def summary(self) -> dict:
+    def summary(self, top: int = 12) -> dict:
         t = self.totals
+        costliest = sorted(self.by_function.items(), key=lambda kv: -kv[1])[:top]
         return dict(
             compile_s=t["trace_s"] + t["lower_s"] + t["backend_compile_s"],
             **t,
             programs=self.programs,
             cache_hits=self.cache_hits,
+            by_function={name: round(s, 4) for name, s in costliest},
         )
 
     def close(self) -> None:

@@ -68,4 +68,7 @@ def test_a_second_process_loads_its_programs_from_the_cache(tmp_path):
     assert first["programs"] >= 1 and first["cache_hits"] == 0
     assert second["programs"] == first["programs"]
     assert second["cache_hits"] == second["programs"]  # every program came from the cache
+    # the costliest functions by name: the lambda's trace, its lowering and compilation
+    assert {"<lambda>", "jit(<lambda>)"} <= set(second["by_function"])
+    assert sum(second["by_function"].values()) <= second["compile_s"] + 1e-3  # 4 decimals
     assert any((tmp_path / "cache").iterdir())

@@ -3,6 +3,8 @@
 The slow test runs `tools.multiprocess_check`: training of the `vnet_test` config and a GP fit in
 two processes of two CPU devices each against one process of four (losses, gradients, trained
 parameters restored from the checkpoint both wrote, a resumed epoch, the GP's ELBOs and fit).
+The fused Monte Carlo splits its redraws over two processes (fast); `experiments.apply` and
+`experiments.evaluate` in two processes write once what one process writes (slow).
 """
 
 from __future__ import annotations
@@ -174,3 +176,169 @@ def test_training_and_gp_fit_in_two_processes_equal_one_process(tmp_path):
                 "gp_params"):  # fmt: skip
         assert report[key]["max_rel_diff"] <= 2e-4, key
     assert report["train_loss"]["size"] == 3  # two epochs, then one resumed from the checkpoint
+
+
+# Each process: the fused Monte Carlo split over the two processes (each its block of batches)
+# against the same Monte Carlo in this process alone (over_processes=False).
+_MC_WORKER = textwrap.dedent(
+    """
+    import json, sys
+    from dustjax import distributed
+    distributed.initialize(sys.argv[1], 2, int(sys.argv[2]))
+    import jax, jax.numpy as jnp, numpy as np
+    from dustjax import catalog as cat
+    from dustjax.geometry import Region
+    from dustjax.vnet import apply as ap, gridding, montecarlo
+    region = Region.named("SR").with_shape((8, 8, 8))
+    rng = np.random.default_rng(0)
+    n = 1500
+    catalog = cat.StarCatalog.from_arrays(
+        xyz_pc=rng.uniform(region.lower_pc, region.upper_pc, (n, 3)),
+        extinction=rng.uniform(0.0, 1.0, n), sigma_extinction=rng.uniform(0.05, 0.3, n))
+    knn = gridding.knn_weights(region, catalog)
+    kernel = jnp.asarray(rng.normal(0, 0.3, (3, 3, 3, 1, 2)), jnp.float32)
+    mix = jnp.asarray([0.02, -0.01], jnp.float32)
+    def predictor(e):
+        y = jax.lax.conv_general_dilated(e[..., None], kernel, (1, 1, 1), "SAME",
+            dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
+        return jax.nn.softplus(jnp.tanh(y) @ mix + 0.01)
+    nominal = ap.predict_one(predictor, np.maximum(knn.apply(catalog.extinction), 0.0))
+    kw = dict(num_redraws=19, batch_size=4, seed=5, reference=nominal)  # 5 batches: 3 + 2
+    split = montecarlo.monte_carlo(predictor, knn, catalog, region, **kw)
+    alone = montecarlo.monte_carlo(predictor, knn, catalog, region, over_processes=False, **kw)
+    # small output (a full pipe would block a process that its partner waits for at exit)
+    from hashlib import sha256 as sha
+    out = {k: dict(scale=float(np.max(np.abs(alone[k]))), finite=bool(np.isfinite(v).all()),
+                   diff=float(np.max(np.abs(v - alone[k]))), hash=sha(v.tobytes()).hexdigest(),
+                   alone_hash=sha(alone[k].tobytes()).hexdigest()) for k, v in split.items()}
+    print("RESULT" + json.dumps(out), flush=True)
+    """
+)
+
+
+def test_the_monte_carlo_splits_its_redraws_over_two_processes():
+    address = f"localhost:{_free_port()}"
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _MC_WORKER, address, str(i)], cwd=ROOT,
+                         env=_env(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for i in range(2)
+    ]  # fmt: skip
+    results = []
+    try:
+        for p in procs:
+            stdout, stderr = p.communicate(timeout=600)
+            assert p.returncode == 0, stderr[-3000:]
+            line = next(x for x in stdout.splitlines() if x.startswith("RESULT"))
+            results.append(json.loads(line[len("RESULT") :]))
+    finally:
+        for p in procs:
+            p.kill()
+    for key in ("density_mean", "density_std", "extinction_std"):
+        r0, r1 = results[0][key], results[1][key]
+        assert r0["scale"] > 0 and r0["finite"]
+        assert r0["diff"] <= 1e-5 * r0["scale"], (key, r0)  # float32 sums in another order
+        assert r1["hash"] == r0["hash"]  # both processes hold the same combined moments
+        assert r1["alone_hash"] == r0["alone_hash"]
+
+
+@pytest.mark.slow  # ~20 s: three processes (the library-level split above is the fast check)
+def test_apply_in_two_processes_writes_one_map_equal_to_one_process(tmp_path):
+    """`experiments.apply` (the NNLS route: no trained model needed) as two processes: the Monte
+    Carlo split between them, process 0 alone writes, the map equals one process's."""
+    fits = pytest.importorskip("astropy.io.fits")
+    common = [sys.executable, "-m", "experiments.apply", "--region=SR", "--catalog=demo",
+              "--method=nnls", "--shape=8,8,8", "--nnls_steps=20", "--demo_stars=2000",
+              "--num_redraws=6", "--batch_size=2", "--plots=false",
+              "--knn_backend=kdtree"]  # fmt: skip
+    several = [f"--workdir={tmp_path / 'two'}", "--num_processes=2",
+               f"--coordinator_address=localhost:{_free_port()}"]  # fmt: skip
+    procs = [
+        subprocess.Popen([*common, *several, f"--process_id={i}"], cwd=ROOT, env=_env(1),
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for i in range(2)
+    ]  # fmt: skip
+    one = subprocess.run([*common, f"--workdir={tmp_path / 'one'}"], cwd=ROOT, env=_env(1),
+                         capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert one.returncode == 0, one.stderr[-3000:]
+    logs = []
+    try:
+        for p in procs:
+            logs.append(p.communicate(timeout=600)[0])
+            assert p.returncode == 0, logs[-1][-3000:]
+    finally:
+        for p in procs:
+            p.kill()
+    assert "map written" in logs[0] and "map written" not in logs[1]  # process 0 wrote
+    assert sorted(f.name for f in (tmp_path / "two").iterdir()) == sorted(
+        f.name for f in (tmp_path / "one").iterdir()
+    )
+    with (
+        fits.open(tmp_path / "one/density.fits") as a,
+        fits.open(tmp_path / "two/density.fits") as b,
+    ):
+        for hdu in ("PRIMARY", "UNCERT", "EXTUNC"):
+            x, y = np.asarray(a[hdu].data, np.float64), np.asarray(b[hdu].data, np.float64)
+            assert np.max(np.abs(x)) > 0
+            np.testing.assert_allclose(y, x, rtol=0, atol=1e-5 * np.max(np.abs(x)), err_msg=hdu)
+
+
+def _random_vnet_test_workdir(path: Path) -> Path:
+    """A training workdir of the `vnet_test` V-net with random weights (head included)."""
+    import jax
+
+    from dustjax import io as dio
+    from dustjax.configs.vnet_test import get_config
+    from dustjax.sharding import make_mesh
+    from dustjax.training import steps
+    from dustjax.training import workdir as wd
+    from dustjax.training.optim import make_optimizer
+
+    config = get_config()
+    model, tx = steps.build_model(config), make_optimizer(config, 1)
+    mesh = make_mesh(devices=jax.local_devices()[:1])
+    example = np.zeros((1, *config.data.shape, 1), np.float32)
+    state = steps.create_train_state(model, tx, example, jax.random.key(0), mesh)
+    noise = lambda p: p + 0.05 * jax.random.normal(jax.random.key(1), p.shape)  # noqa: E731
+    state = state.replace(params=jax.tree.map(noise, state.params))  # a head that is not zero
+    dio.write_json(dio.ensure_writable_dir(path) / wd.CONFIG_FILE, wd.config_to_dict(config))
+    manager = wd.checkpoint_manager(path)
+    loop = dict(epoch=1, best_val_loss=1.0, best_epoch=1, epochs_since_best=0, stop_reason="")
+    wd.save_checkpoint(manager, 1, state, loop, val_loss=1.0)
+    manager.wait_until_finished()
+    manager.close()
+    return path
+
+
+@pytest.mark.slow  # ~25 s: three processes
+def test_evaluate_in_two_processes_writes_once_what_one_process_writes(tmp_path):
+    import shutil
+
+    one = _random_vnet_test_workdir(tmp_path / "one")
+    two = shutil.copytree(one, tmp_path / "two")
+    cmd = [sys.executable, "-m", "experiments.evaluate"]
+    several = ["--num_processes=2", f"--coordinator_address=localhost:{_free_port()}"]
+    procs = [
+        subprocess.Popen([*cmd, f"--workdir={two}", *several, f"--process_id={i}"], cwd=ROOT,
+                         env=_env(1), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for i in range(2)
+    ]  # fmt: skip
+    alone = subprocess.run([*cmd, f"--workdir={one}"], cwd=ROOT, env=_env(1),
+                           capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    try:
+        for p in procs:
+            log = p.communicate(timeout=600)[0]
+            assert p.returncode == 0, log[-3000:]
+    finally:
+        for p in procs:
+            p.kill()
+    a = json.loads((one / "eval/test_metrics.json").read_text())
+    b = json.loads((two / "eval/test_metrics.json").read_text())
+    assert a["num_cubes"] == b["num_cubes"] > 0
+    assert sorted(p.name for p in (one / "eval").iterdir()) == sorted(
+        p.name for p in (two / "eval").iterdir()
+    )
+    for key in ("loss_eq3", "relative_rms"):
+        assert b[key] == pytest.approx(a[key], rel=1e-6), key
+    for key, value in a["residual_mag_per_pc"].items():
+        assert b["residual_mag_per_pc"][key] == pytest.approx(value, rel=1e-6, abs=1e-9), key

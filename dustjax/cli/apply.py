@@ -150,6 +150,10 @@ def run():
         refine=FLAGS.refine,
         refine_floor=FLAGS.refine_floor,
     )
+    from dustjax import distributed
+
+    if not distributed.is_primary():  # several processes: process 0 wrote the map
+        return
     for name, path in files.items():
         logging.info("wrote %s: %s", name, path)
     print(f"map written to {outdir}")

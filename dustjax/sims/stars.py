@@ -45,7 +45,9 @@ def simulated_density(region: Region, seed: int = 0, simulator: str | None = Non
     from dustjax import sims
 
     name = simulator or sims.default_simulator(region)
-    density = sims.get_simulator(name)(jax.random.key(seed), region)
+    # one program, not ~20 eager ones each traced and lowered again in every process (issue 22)
+    simulate = jax.jit(sims.get_simulator(name), static_argnums=1)
+    density = simulate(jax.random.key(seed), region)
     return np.asarray(density, np.float32)
 
 

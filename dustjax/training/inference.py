@@ -13,7 +13,7 @@ from jax.sharding import Mesh
 
 from dustjax.sharding import batch_sharding, make_mesh, replicated
 from dustjax.training.optim import make_optimizer
-from dustjax.training.steps import build_model, create_train_state
+from dustjax.training.steps import abstract_train_state, build_model
 from dustjax.training.tasks import DEFAULT_TASK, get_task
 from dustjax.training.workdir import (
     CHECKPOINT_DIR,
@@ -28,10 +28,11 @@ log = logging.getLogger(__name__)
 def load_trained(workdir: str | Path, which: str = "best", mesh: Mesh | None = None):
     """(model, variables, config) of a trained run: the ``"best"`` or ``"latest"`` checkpoint.
 
-    The model is rebuilt from the saved config.json; variables = {"params", "batch_stats"}.
+    The model is rebuilt from the saved config.json; variables = {"params", "batch_stats"},
+    on this process's first device (`mesh` default; several processes each load them).
     """
     config = load_config(workdir)
-    mesh = mesh or make_mesh(1)
+    mesh = mesh or _first_local_device()
     manager = checkpoint_manager(workdir, read_only=True)
     try:  # closed on errors too
         step = manager.best_step() if which == "best" else manager.latest_step()
@@ -40,14 +41,21 @@ def load_trained(workdir: str | Path, which: str = "best", mesh: Mesh | None = N
         model = build_model(config)
         tx = make_optimizer(config, 1)
         shape = _input_shape_from_config(config)
-        example = jnp.zeros(shape, jnp.float32)
-        state = create_train_state(model, tx, example, jax.random.key(0), mesh)
+        # the restore target from shapes alone (no initialisation program: issue 22)
+        example = jax.ShapeDtypeStruct(shape, jnp.float32)
+        state = abstract_train_state(model, tx, example, mesh)
         hint = get_task(config.get("task", DEFAULT_TASK)).restore_hint
         state, loop = restore_checkpoint(manager, step, state, hint=hint)
     finally:
         manager.close()
     log.info("loaded the %s checkpoint (epoch %d) of %s", which, step, workdir)
     return model, {"params": state.params, "batch_stats": state.batch_stats}, config
+
+
+def _first_local_device() -> Mesh:
+    """A one-device mesh on this process's first device (`make_mesh(1)` is refused when several
+    processes run: a mesh over several processes spans them all)."""
+    return make_mesh(devices=jax.local_devices()[:1])
 
 
 def _input_shape_from_config(config) -> tuple[int, ...]:
@@ -66,7 +74,7 @@ def _input_shape_from_config(config) -> tuple[int, ...]:
 def make_predict_fn(model, variables, mesh: Mesh | None = None):
     """``predict(inputs (B, ...)) -> predictions`` with running batch-norm statistics (jitted,
     batch sharded over the mesh; B must divide over its devices)."""
-    mesh = mesh or make_mesh(1)
+    mesh = mesh or _first_local_device()
     data = batch_sharding(mesh)
     variables = jax.device_put(variables, replicated(mesh))
 
@@ -92,7 +100,7 @@ def population_batch_stats(model, variables, inputs: Iterable, mesh: Mesh | None
     if not hasattr(model, "bn_momentum"):
         raise ValueError(f"{type(model).__name__} has no bn_momentum: cannot recompute its stats")
     zero = model.clone(bn_momentum=0.0)
-    mesh = mesh or make_mesh(1)
+    mesh = mesh or _first_local_device()
     data = batch_sharding(mesh)
     variables = jax.device_put(variables, replicated(mesh))
     rng = jax.random.key(0) if rng is None else rng

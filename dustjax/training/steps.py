@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -87,19 +88,35 @@ def create_train_state(
 ) -> TrainState:
     """Initialise the state already placed on the mesh (eval_shape, then jit): replicated, or
     with the optimiser state split over the devices (see `state_shardings`)."""
-
-    def init(rng):
-        variables = model.init(rng, example_input, train=False)
-        return TrainState.create(
-            apply_fn=model.apply,
-            params=variables["params"],
-            batch_stats=variables.get("batch_stats", {}),
-            tx=tx,
-        )
-
+    init = functools.partial(_state_init, model, tx, example_input=example_input)
     abstract = jax.eval_shape(init, rng)
     shardings = state_shardings(abstract, mesh, shard_optimizer_state)
     return jax.jit(init, out_shardings=shardings)(rng)
+
+
+def abstract_train_state(
+    model, tx, example_input, mesh: Mesh, *, shard_optimizer_state: bool = False
+) -> TrainState:
+    """`create_train_state`'s state as ``jax.ShapeDtypeStruct``s with their shardings, computed
+    by tracing the initialisation only: the target of a checkpoint restore, with no program
+    compiled or run (nor loaded from the compilation cache). `example_input` may itself be a
+    ``jax.ShapeDtypeStruct``."""
+    init = functools.partial(_state_init, model, tx)
+    abstract = jax.eval_shape(lambda x: init(jax.random.key(0), example_input=x), example_input)
+    shardings = state_shardings(abstract, mesh, shard_optimizer_state)
+    return jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
+    )
+
+
+def _state_init(model, tx, rng, *, example_input) -> TrainState:
+    variables = model.init(rng, example_input, train=False)
+    return TrainState.create(
+        apply_fn=model.apply,
+        params=variables["params"],
+        batch_stats=variables.get("batch_stats", {}),
+        tx=tx,
+    )
 
 
 def make_loss_and_grads(task: Task):

@@ -218,17 +218,14 @@ def redraw_gridder(knn: gridding.KNNWeights, catalog: cat.StarCatalog, batch_siz
     """``grid(key) -> (batch_size, *knn.shape)``: the catalogue's extinctions redrawn
     E ~ N(E, sigma_E), gridded with the nominal eq.-5 neighbours and weights, clipped at 0.
 
-    Only the stars that are a neighbour of some cell are drawn (`KNNWeights.compact`). Pure JAX:
-    call it inside a jitted step (`monte_carlo`, `dustjax.vnet.realsky.monte_carlo_band`).
+    Only the stars that are a neighbour of some cell are drawn (`KNNWeights.compact`), padded
+    as the fused route pads them (the same draws). Pure JAX: call it inside a jitted step
+    (`monte_carlo`, `dustjax.vnet.realsky.monte_carlo_band`).
     """
-    used, small = knn.compact()
-    ext = jnp.asarray(catalog.extinction[used], jnp.float32)
-    sig = jnp.asarray(catalog.sigma_extinction[used], jnp.float32)
-    idx = jnp.asarray(small.indices)
-    w = jnp.asarray(small.weights, jnp.float32)
-    shape = tuple(knn.shape)
+    from dustjax.vnet.montecarlo import redraw_cubes, redraw_inputs
 
-    from dustjax.vnet.montecarlo import redraw_cubes
+    ext, sig, idx, w = (jnp.asarray(x) for x in redraw_inputs(knn, catalog))
+    shape = tuple(knn.shape)
 
     def grid(key):
         return redraw_cubes(key, ext, sig, idx, w, batch_size, shape)

@@ -45,12 +45,15 @@ def evaluate(
     bn_stats: str = "running",
     bn_batches: int = 64,
 ) -> dict:
-    """Run the paper's evaluation of a training workdir; returns (and writes) the metrics."""
+    """Run the paper's evaluation of a training workdir; returns (and writes) the metrics.
+
+    Several processes (`dustjax.distributed`): each evaluates every cube on its own devices and
+    process 0 alone writes (the work is not split)."""
     import jax
     import jax.numpy as jnp
 
+    from dustjax import distributed, provenance
     from dustjax import io as dio
-    from dustjax import provenance
     from dustjax import training as train
     from dustjax.sharding import make_mesh, pad_batch
     from dustjax.vnet import metrics, plots, transforms
@@ -72,7 +75,10 @@ def evaluate(
         config.data.data_dir = data_dir
     task = train.get_task(config.get("task", train.tasks.DEFAULT_TASK))
     source = train.get_data_source(config.data.source)
-    mesh = make_mesh(config.get("num_devices") or None)
+    if jax.process_count() > 1:  # each process all the cubes, on its own devices
+        mesh = make_mesh(devices=jax.local_devices())
+    else:
+        mesh = make_mesh(config.get("num_devices") or None)
     batch_size = int(
         config.eval.get("batch_size") or config.get("eval_batch_size") or config.batch_size
     )
@@ -80,7 +86,8 @@ def evaluate(
     if bn_stats == "population":
         train_batches = source(config, "train", batch_size=batch_size, seed=int(config.seed),
                                epoch=0, train=True)  # fmt: skip
-        inputs = (b[task.input_key] for b in itertools.islice(train_batches, bn_batches))
+        inputs = (distributed.to_host(b[task.input_key])
+                  for b in itertools.islice(train_batches, bn_batches))  # fmt: skip
         variables = dict(variables, batch_stats=train.population_batch_stats(
             model, variables, inputs, mesh, rng=jax.random.key(int(config.seed))))  # fmt: skip
     predict = sym.symmetrised(train.make_predict_fn(model, variables, mesh), symmetries)
@@ -94,7 +101,7 @@ def evaluate(
         config, split, batch_size=batch_size, seed=int(config.seed), epoch=0, train=False
     )
     for batch in batches:
-        batch = {k: np.asarray(v) for k, v in batch.items()}
+        batch = {k: distributed.to_host(v) for k, v in batch.items()}  # all rows, any process
         n = len(batch[task.input_key])
         if max_cubes:
             n = min(n, max_cubes - num_cubes)
@@ -128,9 +135,9 @@ def evaluate(
     res = residuals.result()
     table = spectra.result()
     name = "eval" + ("" if symmetry == "none" else f"_{symmetry}")
-    out_dir = dio.ensure_writable_dir(
-        workdir / (name + ("_popbn" if bn_stats == "population" else ""))
-    )
+    out_dir = workdir / (name + ("_popbn" if bn_stats == "population" else ""))
+    if distributed.is_primary():
+        dio.ensure_writable_dir(out_dir)
     region_key = str(config.data.region).upper()
     checks = {}
     if region_key == "SR":
@@ -160,6 +167,8 @@ def evaluate(
         seconds=elapsed,
         backend=jax.default_backend(),
     )  # fmt: skip
+    if not distributed.is_primary():  # process 0 writes the metrics and the figures
+        return summary
     prov = provenance.record("vnet evaluate", config, inputs=[workdir])
     dio.write_json(out_dir / "test_metrics.json", provenance.stamp(summary, prov))
     title = f"{config.get('name', '')} ({region_key}, {num_cubes} {split} cubes)"

@@ -89,7 +89,9 @@ def make_map(
     """A trained V-net (training workdir `model`) applied to a star catalogue (a file, or
     ``"demo"``: one sampled from a simulated cube) or to a literature cube (a FITS file), on the
     box of `region_name` with the model's cube size (or `shape`, which must match the model);
-    the outputs (`write_outputs`) go to `outdir`. Returns ``{what: path}``.
+    the outputs (`write_outputs`) go to `outdir`. Returns ``{what: path}`` (``{}`` in every
+    process but the first when several run: all compute, the Monte Carlo split between them,
+    and process 0 writes).
 
     ``method="nnls"``: no network; non-negative least squares through the LOS operator
     (`dustjax.inversion.nnls_predictor`, ``nnls_smoothness`` and ``nnls_steps`` its settings) on
@@ -165,6 +167,10 @@ def make_map(
         result.summary["nnls"] = predictor.nnls_settings
     else:
         result.summary["model_workdir"] = Path(model).name  # a name, not this machine's path
+    from dustjax import distributed
+
+    if not distributed.is_primary():  # several processes: process 0 writes (the same map)
+        return {}
     inputs = [model if method == "vnet" else None, catalog, literature_cube]
     prov = provenance.record(f"{method} apply", config, inputs=inputs)
     return write_outputs(
