@@ -28,7 +28,6 @@ dispersion / 1 km/s.
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import jax
 import jax.numpy as jnp
@@ -45,7 +44,7 @@ from dustjax.polaris.projection import (
     TARGETS,
     project,
 )
-from dustjax.training.tasks import SizedBatches, Task
+from dustjax.training.tasks import Task
 
 PPV = "ppv_tb"  # (N, H, W, channels) brightness temperature, K
 MOMENTS = "moments"  # (N, H, W, 4): emission.MOMENT_NAMES
@@ -243,38 +242,115 @@ def to_model_batch(features: dict, target: str, inputs: str) -> dict[str, np.nda
 
 
 _CACHE: dict[str, dict] = {}
+# data keys that do not change the simulated crops (how they are batched or used, where kept)
+_NOT_IN_DATA_KEY = ("steps_per_epoch", "passes_per_epoch", "target", "crops_file")
 
 
-def emission_splits(config) -> dict[str, dict[str, np.ndarray]]:
-    """The emission crop dataset of a config, simulated in memory (cached per process, shared by
-    configs that differ only in the input kind or the target), split 80/20."""
+def _data_key(config) -> str:
+    """What the crops of a config depend on (its data block but batching, target and input
+    kind, and the dataset seed), as a string."""
     import json
 
     data = config.data
     d = data.to_dict() if hasattr(data, "to_dict") else dict(data)
-    d = {k: v for k, v in d.items() if k not in ("steps_per_epoch", "target")}
+    d = {k: v for k, v in d.items() if k not in _NOT_IN_DATA_KEY}
     d["emission"] = {k: v for k, v in dict(d.get("emission") or {}).items() if k != "inputs"}
     seed = int(data.get("seed", config.get("seed", 0)))
-    key = json.dumps(d, sort_keys=True, default=str) + f"|{seed}"
+    return json.dumps(d, sort_keys=True, default=str) + f"|{seed}"
+
+
+def _fingerprint(key: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def _simulate_splits(config) -> dict[str, dict[str, np.ndarray]]:
+    data = config.data
+    seed = int(data.get("seed", config.get("seed", 0)))
+    num = int(data.num_crops)
+    counts = pdata.split_counts(num, float(data.get("validation_fraction", 0.2)))
+    features, _ = simulate_emission_crops(
+        seed, num, pdata.grid_from_config(data), pdata.selection_from_config(data),
+        settings_from_config(data), param_sampler=pdata.param_sampler_from_config(data),
+        score_target=data.get("score_target", "mass_weighted"),
+        progress=bool(config.get("progress_bar", False)),
+    )  # fmt: skip
+    n_train = counts["train"]
+    return {
+        "train": {k: v[:n_train] for k, v in features.items()},
+        "validation": {k: v[n_train:] for k, v in features.items()},
+    }
+
+
+def _load_crops_file(path, key: str) -> dict[str, dict[str, np.ndarray]]:
+    from pathlib import Path
+
+    from dustjax import io as dio
+
+    path = Path(path)
+    meta = path.with_suffix(".json")
+    if not path.is_file() or not meta.is_file():
+        raise FileNotFoundError(
+            f"config.data.crops_file: no {path} (and {meta.name}); make it with "
+            "multi_input.save_emission_crops(config, path)"
+        )
+    saved = dio.read_json(meta).get("fingerprint")
+    if saved != _fingerprint(key):
+        raise ValueError(
+            f"config.data.crops_file {path} holds crops of another data config (fingerprint "
+            f"{saved}, this config's {_fingerprint(key)}): simulate them again"
+        )
+    with np.load(path) as f:
+        return {split: {k.split("/", 1)[1]: f[k] for k in f.files if k.startswith(split + "/")}
+                for split in ("train", "validation")}  # fmt: skip
+
+
+def emission_splits(config) -> dict[str, dict[str, np.ndarray]]:
+    """The emission crop dataset of a config, split 80/20: simulated in memory (cached per
+    process, shared by configs that differ only in the input kind, the target or the batching),
+    or, with ``config.data.crops_file``, read from the file `save_emission_crops` wrote for the
+    same data config (several processes then train on one simulation)."""
+    key = _data_key(config)
     if key not in _CACHE:
-        num = int(data.num_crops)
-        counts = pdata.split_counts(num, float(data.get("validation_fraction", 0.2)))
-        features, _ = simulate_emission_crops(
-            seed, num, pdata.grid_from_config(data), pdata.selection_from_config(data),
-            settings_from_config(data), param_sampler=pdata.param_sampler_from_config(data),
-            score_target=data.get("score_target", "mass_weighted"),
-            progress=bool(config.get("progress_bar", False)),
-        )  # fmt: skip
-        n_train = counts["train"]
-        _CACHE[key] = {
-            "train": {k: v[:n_train] for k, v in features.items()},
-            "validation": {k: v[n_train:] for k, v in features.items()},
-        }
+        crops_file = config.data.get("crops_file")
+        if crops_file:
+            _CACHE[key] = _load_crops_file(crops_file, key)
+        else:
+            _CACHE[key] = _simulate_splits(config)
     return _CACHE[key]
 
 
+def save_emission_crops(config, path) -> dict:
+    """Simulate (or take from this process's cache) the crops of `config` and write them to
+    `path` (.npz, atomically) with ``<path>.json`` (the data fingerprint and split sizes), for
+    ``config.data.crops_file``. Returns the json's content."""
+    from pathlib import Path
+
+    from dustjax import io as dio
+
+    path = Path(path)
+    key = _data_key(config)
+    if key not in _CACHE:
+        _CACHE[key] = _simulate_splits(config)
+    splits = _CACHE[key]
+    dio.ensure_writable_dir(path.parent)
+    path.with_suffix(".json").unlink(missing_ok=True)  # the npz is complete once this is back
+    arrays = {f"{split}/{k}": v for split, d in splits.items() for k, v in d.items()}
+    with dio.atomic_path(path) as tmp, tmp.open("wb") as f:
+        np.savez(f, **arrays)
+    info = {
+        "fingerprint": _fingerprint(key),
+        "crops": {split: int(len(d[COLUMN])) for split, d in splits.items()},
+        "bytes": path.stat().st_size,
+    }
+    dio.write_json(path.with_suffix(".json"), info)
+    return info
+
+
 def emission_source(config, split, *, batch_size, seed, epoch, train):
-    """Engine data source "polaris_emission_simulate" (same batching as `data.crop_source`)."""
+    """Engine data source "polaris_emission_simulate" (`data.batch_source`, as the column-only
+    source; ``config.data.passes_per_epoch`` passes over the training crops an epoch)."""
     if split not in ("train", "validation"):
         raise ValueError(f"POLARIS datasets have train and validation splits, not {split!r}")
     settings = settings_from_config(config.data)
@@ -282,25 +358,10 @@ def emission_source(config, split, *, batch_size, seed, epoch, train):
         emission_splits(config)[split], config.data.get("target", "mass_weighted"),
         settings.inputs,
     )  # fmt: skip
-    n = len(batch[INPUT_KEY])
-    if train:
-        steps = n // batch_size
-        if steps < 1:
-            raise ValueError(f"{n} training crops give no full batch of {batch_size}")
-
-        def make():
-            order = np.random.default_rng([seed, 7, epoch]).permutation(n)
-            for s in range(steps):
-                idx = np.sort(order[s * batch_size : (s + 1) * batch_size])
-                yield {k: v[idx] for k, v in batch.items()}
-
-        return SizedBatches(make, steps)
-
-    def make_eval():
-        for start in range(0, n, batch_size):
-            yield {k: v[start : start + batch_size] for k, v in batch.items()}
-
-    return SizedBatches(make_eval, math.ceil(n / batch_size))
+    return pdata.batch_source(
+        batch, INPUT_KEY, batch_size=batch_size, seed=seed, epoch=epoch, train=train,
+        passes=config.data.get("passes_per_epoch", 1),
+    )  # fmt: skip
 
 
 def dihedral_augment(batch: dict, rng) -> dict:
@@ -402,6 +463,87 @@ def evaluate_emission_workdir(workdir, which: str = "best", bin_edges=None) -> d
     }
 
 
+EVAL_FILE = "emission_eval.json"
+
+
+def run_config(config, target: str, kind: str):
+    """`config` set to train on `target` from the input kind `kind` (named <target>_<kind>)."""
+    if target not in TARGETS:
+        raise ValueError(f"unknown target {target!r}; use one of {sorted(TARGETS)}")
+    if kind not in INPUT_KINDS:
+        raise ValueError(f"emission inputs must be one of {INPUT_KINDS}, got {kind!r}")
+    c = config.copy_and_resolve_references()
+    with c.unlocked():
+        c.data.target = target
+        c.data.emission.inputs = kind
+        c.name = f"{config.get('name', 'emission')}_{target}_{kind}"
+    return c
+
+
+def train_input(config, workdir, target: str, kind: str) -> dict:
+    """Train (or resume) the U-Net of one (target, input kind) in ``<workdir>/<target>_<kind>``
+    and evaluate its best checkpoint (`write_evaluation`)."""
+    import time
+    from pathlib import Path
+
+    from dustjax import training as train
+
+    run_dir = Path(workdir) / f"{target}_{kind}"
+    t0 = time.perf_counter()
+    summary = train.train_and_evaluate(run_config(config, target, kind), run_dir)
+    return write_evaluation(run_dir, summary, time.perf_counter() - t0)
+
+
+def write_evaluation(run_dir, summary: dict | None, train_wall_s: float) -> dict:
+    """`evaluate_emission_workdir` of a run's best checkpoint with the training's epochs, stop
+    reason (`summary`: the engine's; None for a run stopped from outside, e.g. by a deadline)
+    and wall time, written as ``<run_dir>/emission_eval.json``; returns it."""
+    import json
+    from pathlib import Path
+
+    from dustjax import io as dio
+    from dustjax import training as train
+
+    summary = summary or {}
+    metrics = evaluate_emission_workdir(run_dir)
+    metrics["train_wall_s"] = train_wall_s
+    for k in ("epochs_run", "best_epoch", "stop_reason", "num_params"):
+        metrics[k] = summary.get(k)
+    config = train.load_config(run_dir)
+    if not summary:  # stopped from outside: the epochs its metrics.jsonl recorded
+        rows = [
+            json.loads(line)
+            for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+            if line.strip()
+        ]
+        if rows:
+            best = min(rows, key=lambda r: r["val_loss"])
+            metrics.update(epochs_run=rows[-1]["epoch"], best_epoch=best["epoch"])
+        metrics["stop_reason"] = "stopped from outside (deadline)"
+    n_train = len(emission_splits(config)["train"][COLUMN])
+    passes = int(config.data.get("passes_per_epoch", 1) or 1)
+    metrics["steps_per_epoch"] = n_train // int(config.batch_size) * passes
+    dio.write_json(Path(run_dir) / EVAL_FILE, metrics)
+    return metrics
+
+
+def collect_comparison(workdir, names, extra: dict | None = None) -> dict:
+    """The comparison of runs trained separately (e.g. one process each): every
+    ``<workdir>/<name>/emission_eval.json`` that exists, the others marked not finished; writes
+    ``<workdir>/comparison.{json,md}`` and returns the results."""
+    from pathlib import Path
+
+    from dustjax import io as dio
+
+    results = {**(extra or {}), "runs": {}}
+    for name in names:
+        path = Path(workdir) / name / EVAL_FILE
+        done = path.is_file()
+        results["runs"][name] = dio.read_json(path) if done else {"skipped": "not finished"}
+    _write_comparison(workdir, results)
+    return results
+
+
 def compare_inputs(
     config,
     workdir,
@@ -418,10 +560,8 @@ def compare_inputs(
     per-bin table) and returns the results.
     """
     import time
-    from pathlib import Path
 
     from dustjax import io as dio
-    from dustjax import training as train
 
     start = time.perf_counter()
     workdir = dio.ensure_writable_dir(workdir)
@@ -434,18 +574,7 @@ def compare_inputs(
             if deadline_s is not None and time.perf_counter() - start > deadline_s:
                 results["runs"][name] = {"skipped": "time budget"}
                 continue
-            run_config = config.copy_and_resolve_references()
-            with run_config.unlocked():
-                run_config.data.target = target
-                run_config.data.emission.inputs = kind
-                run_config.name = f"{config.get('name', 'emission')}_{name}"
-            t0 = time.perf_counter()
-            summary = train.train_and_evaluate(run_config, Path(workdir) / name)
-            metrics = evaluate_emission_workdir(Path(workdir) / name)
-            metrics["train_wall_s"] = time.perf_counter() - t0
-            metrics["epochs_run"] = summary.get("epochs_run")
-            metrics["best_epoch"] = summary.get("best_epoch")
-            results["runs"][name] = metrics
+            results["runs"][name] = train_input(config, workdir, target, kind)
             _write_comparison(workdir, results)  # after every run: a cut batch keeps its rows
     results["wall_s"] = time.perf_counter() - start
     _write_comparison(workdir, results)

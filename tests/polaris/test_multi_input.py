@@ -40,6 +40,65 @@ def test_emission_crops_hold_every_input_kind_for_the_same_crops(crops):
                                    atol=1e-5)  # fmt: skip
 
 
+def test_crops_file_round_trip_and_a_file_of_another_config_is_refused(tmp_path, crops):
+    config, splits = crops
+    info = mi.save_emission_crops(config, tmp_path / "crops.npz")
+    assert info["crops"] == {"train": len(splits["train"][COLUMN]),
+                             "validation": len(splits["validation"][COLUMN])}  # fmt: skip
+    # another process: an empty cache, the crops read from the file (not simulated again)
+    saved = dict(mi._CACHE)
+    mi._CACHE.clear()
+    try:
+        c = config.copy_and_resolve_references()
+        c.data.crops_file = str(tmp_path / "crops.npz")
+        c.data.passes_per_epoch = 3  # batching, target and input kind do not change the crops
+        c.data.target = "max"
+        loaded = mi.emission_splits(c)
+        for split in ("train", "validation"):
+            for key in (COLUMN, mi.PPV, mi.MOMENTS):
+                np.testing.assert_array_equal(loaded[split][key], splits[split][key])
+        other = c.copy_and_resolve_references()
+        other.data.seed = 12
+        with pytest.raises(ValueError, match="holds crops of another data config"):
+            mi.emission_splits(other)
+        other.data.crops_file = str(tmp_path / "missing.npz")
+        with pytest.raises(FileNotFoundError, match="missing.npz"):
+            mi.emission_splits(other)
+    finally:
+        mi._CACHE.clear()
+        mi._CACHE.update(saved)
+
+
+def test_emission_source_makes_passes_over_the_same_crops(crops):
+    config, splits = crops
+    c = config.copy_and_resolve_references()
+    n = len(splits["train"][COLUMN])
+    one = list(mi.emission_source(c, "train", batch_size=4, seed=3, epoch=2, train=True))
+    c.data.passes_per_epoch = 2
+    two = list(mi.emission_source(c, "train", batch_size=4, seed=3, epoch=2, train=True))
+    assert len(one) == n // 4 and len(two) == 2 * (n // 4)
+    np.testing.assert_array_equal(two[0][mi.INPUT_KEY], one[0][mi.INPUT_KEY])  # pass 0 unchanged
+    evaluation = list(mi.emission_source(c, "validation", batch_size=4, seed=3, epoch=0,
+                                         train=False))  # fmt: skip
+    assert sum(len(b[mi.INPUT_KEY]) for b in evaluation) == len(splits["validation"][COLUMN])
+
+
+def test_collect_comparison_reads_the_runs_trained_apart(tmp_path):
+    from dustjax import io as dio
+
+    row = {"inputs": "column", "input_channels": 1, "val_mse": 0.02, "val_mse_reference": 0.04,
+           "accuracy_0.1dex": 0.5, "accuracy_0.2dex": 0.8,
+           "bins": {"edges_log10_cm3": [1.0, 1.5, 2.0], "count": [3, 4], "mse": [0.01, 0.03],
+                    "mse_reference": [0.02, 0.05]}}  # fmt: skip
+    dio.write_json(tmp_path / "max_column" / mi.EVAL_FILE, row)
+    results = mi.collect_comparison(tmp_path, ["max_column", "max_ppv"], {"config": "x"})
+    assert results["runs"]["max_ppv"] == {"skipped": "not finished"}
+    assert results["runs"]["max_column"]["val_mse"] == 0.02 and results["config"] == "x"
+    table = (tmp_path / "comparison.md").read_text()
+    assert "| column (1 ch) | 0.0200 | 0.500 | 0.800 | 0.010 | 0.030 |" in table
+    assert "| pointwise N->n | 0.0400 | | | 0.020 | 0.050 |" in table
+
+
 def test_augmentation_rotates_every_channel_with_the_target():
     rng = np.random.default_rng(0)
     batch = {mi.INPUT_KEY: jnp.asarray(rng.normal(size=(3, 8, 8, 5)), jnp.float32)}
