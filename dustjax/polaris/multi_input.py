@@ -35,7 +35,7 @@ import numpy as np
 
 from dustjax.polaris import data as pdata
 from dustjax.polaris import emission as em
-from dustjax.polaris.crops import CropSelection, select_crops
+from dustjax.polaris.crops import CropSelection, accumulate_crops, select_crops
 from dustjax.polaris.projection import (
     COLUMN,
     FEATURE_NAMES,
@@ -146,40 +146,26 @@ def simulate_emission_crops(
 
     sampler = param_sampler or (lambda key: clouds.sample_cloud_params(key))
     spectral = settings.spectral
-    rng = np.random.default_rng(seed)
-    key = jax.random.key(seed)
     size = selection.crop_size
     names = (*FEATURE_NAMES, PPV, MOMENTS)
-    chunks: dict[str, list] = {name: [] for name in names}
-    total = cubes = 0
-    bar = None
-    if progress:
-        from tqdm import tqdm
 
-        bar = tqdm(total=num_crops, desc="emission crops", unit="crop")
-    while total < num_crops:
-        if cubes >= max_cubes:
-            raise RuntimeError(
-                f"only {total} of {num_crops} crops accepted from {cubes} cubes: loosen the crop "
-                "selection or enlarge the cubes"
-            )
-        key, k_params, k_cube = jax.random.split(key, 3)
+    def cut_cube(rng, k_params, k_cube, index):
         kin = settings.sample_kinematics(jax.random.fold_in(k_params, 1))
         state = kinematics.simulate_cloud_state(k_cube, grid, sampler(k_params), kin)
         subgrid = kinematics.subgrid_dispersion_kms(grid, kin) if settings.subgrid else 0.0
         if cubes_dir is not None:
             kinematics.save_cloud(
-                f"{cubes_dir}/cloud_{cubes:05d}.npz", state, grid.cell_size_pc,
-                {"seed": seed, "index": cubes, "kinematics": {k: float(v) for k, v in
+                f"{cubes_dir}/cloud_{index:05d}.npz", state, grid.cell_size_pc,
+                {"seed": seed, "index": index, "kinematics": {k: float(v) for k, v in
                                                               kin._asdict().items()}},
             )  # fmt: skip
-        cubes += 1
+        crops: dict[str, list] = {name: [] for name in names}
         for axis in range(3):
             maps = {k: np.asarray(v) for k, v in project(state["density"], axis,
                                                          grid.cell_size_pc).items()}  # fmt: skip
             corners = select_crops(rng, maps[COLUMN], maps[TARGETS[score_target]], selection)
             if not corners:
-                continue
+                continue  # no ray tracing for a face without crops
             ppv = em.cloud_ppv(
                 state, axis, grid.cell_size_pc, spectral, subgrid_sigma_kms=subgrid,
                 oversample=settings.oversample,
@@ -190,18 +176,13 @@ def simulate_emission_crops(
             for r, c in corners:
                 window = (slice(r, r + size), slice(c, c + size))
                 for name in FEATURE_NAMES:
-                    chunks[name].append(maps[name][window])
-                chunks[PPV].append(ppv[window])
-                chunks[MOMENTS].append(moments[window])
-            total += len(corners)
-            if bar is not None:
-                bar.update(len(corners))
-    if bar is not None:
-        bar.close()
-    features = {name: np.asarray(v[:num_crops], np.float32) for name, v in chunks.items()}
-    order = rng.permutation(num_crops)
-    features = {name: v[order] for name, v in features.items()}
-    return features, {"num_cubes": cubes, "crops_per_cube": total / cubes}
+                    crops[name].append(maps[name][window])
+                crops[PPV].append(ppv[window])
+                crops[MOMENTS].append(moments[window])
+        return crops
+
+    return accumulate_crops(seed, num_crops, cut_cube, names, max_cubes=max_cubes,
+                            progress=progress, desc="emission crops")  # fmt: skip
 
 
 def emission_channels(features: dict, inputs: str) -> np.ndarray:
