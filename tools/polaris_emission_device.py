@@ -7,13 +7,15 @@ then one process per U-Net, side by side, each stopped at a wall-clock time):
     python3 -m tools.polaris_emission_device bench OUT_DIR [SMALL]
     python3 -m tools.polaris_emission_device compare OUT_DIR CONFIG_MODULE WORKDIR DEADLINE_S
     python3 -m tools.polaris_emission_device prepare OUT_DIR CONFIG_MODULE WORKDIR
-    python3 -m tools.polaris_emission_device train OUT_DIR CONFIG_MODULE WORKDIR TARGET KIND STOP_AT
+    python3 -m tools.polaris_emission_device train OUT_DIR CONFIG WORKDIR TARGET KIND STOP_AT \
+        [MODEL]
     python3 -m tools.polaris_emission_device merge OUT_DIR CONFIG_MODULE WORKDIR RUN[,RUN...]
 
 ``prepare`` writes WORKDIR/crops.npz (`multi_input.save_emission_crops`); ``train`` trains one
 (target, input kind) on those crops until it stops by itself (early stop, num_epochs) or the Unix
-time STOP_AT, whichever is first, then evaluates its best checkpoint (WORKDIR/<target>_<kind>/
-emission_eval.json); ``merge`` writes the comparison of every finished run to OUT_DIR.
+time STOP_AT, whichever is first, then evaluates its best checkpoint (WORKDIR/<run>/
+emission_eval.json; MODEL: a KAN variant in place of the U-Net, run <target>_<kind>+<model>);
+``merge`` writes the comparison of every finished run to OUT_DIR.
 """
 
 from __future__ import annotations
@@ -141,7 +143,7 @@ def _on_alarm(signum, frame):
 
 
 def train_one(out: Path, config_module: str, workdir: str, target: str, kind: str,
-              stop_at: float) -> None:  # fmt: skip
+              stop_at: float, model: str | None = None) -> None:  # fmt: skip
     """Train one (target, input kind) until it stops or the Unix time `stop_at`, then evaluate."""
     import signal
 
@@ -150,23 +152,24 @@ def train_one(out: Path, config_module: str, workdir: str, target: str, kind: st
 
     _compilation_cache()
     config = _config(config_module, workdir)
-    run_dir = Path(workdir) / f"{target}_{kind}"
+    name = mi.run_name(target, kind, model)
+    run_dir = Path(workdir) / name
     t0 = time.perf_counter()
     signal.signal(signal.SIGALRM, _on_alarm)
     signal.setitimer(signal.ITIMER_REAL, max(stop_at - time.time(), 0.1))
     summary = None
     try:
-        summary = train.train_and_evaluate(mi.run_config(config, target, kind), run_dir)
+        summary = train.train_and_evaluate(mi.run_config(config, target, kind, model), run_dir)
     except _TimeUp:
-        print(f"train {target}_{kind}: stopped at the deadline", flush=True)
+        print(f"train {name}: stopped at the deadline", flush=True)
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
     wall = time.perf_counter() - t0
     if not (run_dir / "config.json").is_file():  # cut before its first checkpoint
-        print(f"train {target}_{kind}: no checkpoint by the deadline ({wall:.0f} s)", flush=True)
+        print(f"train {name}: no checkpoint by the deadline ({wall:.0f} s)", flush=True)
         return
     metrics = mi.write_evaluation(run_dir, summary, wall)
-    print(f"train {target}_{kind}: val MSE {metrics['val_mse']:.4f} after "
+    print(f"train {name}: val MSE {metrics['val_mse']:.4f} after "
           f"{metrics['epochs_run']} epochs (best {metrics['best_epoch']}), {wall:.0f} s, "
           f"{metrics['stop_reason']}", flush=True)  # fmt: skip
 
@@ -202,7 +205,10 @@ if __name__ == "__main__":
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
         for noisy in ("absl", "orbax", "jax", "etils"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
-        train_one(out, sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6], float(sys.argv[7]))
+        model = sys.argv[8] if len(sys.argv) > 8 and sys.argv[8] else None
+        train_one(
+            out, sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6], float(sys.argv[7]), model
+        )
         # everything is written (the engine waits for its checkpoints): leave without the
         # interpreter's shutdown, which can crash on compilation threads a deadline interrupted
         sys.stdout.flush()

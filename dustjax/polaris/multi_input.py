@@ -427,6 +427,8 @@ def evaluate_emission_workdir(workdir, which: str = "best", bin_edges=None) -> d
     acc = accuracy_curve(pred, true, (0.1, 0.2))
     return {
         "inputs": settings.inputs,
+        "model": config.model.name,
+        "num_params": int(sum(np.size(x) for x in jax.tree_util.tree_leaves(variables["params"]))),
         "target": target,
         "input_channels": input_channels(config),
         "num_validation_crops": int(len(true)),
@@ -447,31 +449,48 @@ def evaluate_emission_workdir(workdir, which: str = "best", bin_edges=None) -> d
 EVAL_FILE = "emission_eval.json"
 
 
-def run_config(config, target: str, kind: str):
-    """`config` set to train on `target` from the input kind `kind` (named <target>_<kind>)."""
+KAN_MODELS = ("knet", "ukan", "unet_kan_branch")
+
+
+def run_name(target: str, kind: str, model: str | None = None) -> str:
+    """``<target>_<kind>``, and ``+<model>`` for a KAN variant in place of the U-Net."""
+    return f"{target}_{kind}" + (f"+{model}" if model else "")
+
+
+def run_config(config, target: str, kind: str, model: str | None = None):
+    """`config` set to train on `target` from the input kind `kind` (named `run_name`); with
+    `model` one of the KAN variants of part II sect. 3.3 at the config's size instead of the
+    U-Net: "knet" (KAN output layer), "ukan" (KAN convolutions in all levels but the first)
+    or "unet_kan_branch" (a parallel per-pixel KAN 1-10-10-10-1 on the column density)."""
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; use one of {sorted(TARGETS)}")
     if kind not in INPUT_KINDS:
         raise ValueError(f"emission inputs must be one of {INPUT_KINDS}, got {kind!r}")
+    if model is not None and model not in KAN_MODELS:
+        raise ValueError(f"model must be one of {KAN_MODELS} (or none: the U-Net), got {model!r}")
     c = config.copy_and_resolve_references()
     with c.unlocked():
         c.data.target = target
         c.data.emission.inputs = kind
-        c.name = f"{config.get('name', 'emission')}_{target}_{kind}"
+        c.name = f"{config.get('name', 'emission')}_{run_name(target, kind, model)}"
+        if model:
+            c.model.name = model
+            if model == "ukan":  # the model's default is the paper's 5 levels
+                c.model.kwargs.kan_levels = int(c.model.kwargs.levels) - 1
     return c
 
 
-def train_input(config, workdir, target: str, kind: str) -> dict:
-    """Train (or resume) the U-Net of one (target, input kind) in ``<workdir>/<target>_<kind>``
+def train_input(config, workdir, target: str, kind: str, model: str | None = None) -> dict:
+    """Train (or resume) the model of one (target, input kind) in ``<workdir>/<run_name>``
     and evaluate its best checkpoint (`write_evaluation`)."""
     import time
     from pathlib import Path
 
     from dustjax import training as train
 
-    run_dir = Path(workdir) / f"{target}_{kind}"
+    run_dir = Path(workdir) / run_name(target, kind, model)
     t0 = time.perf_counter()
-    summary = train.train_and_evaluate(run_config(config, target, kind), run_dir)
+    summary = train.train_and_evaluate(run_config(config, target, kind, model), run_dir)
     return write_evaluation(run_dir, summary, time.perf_counter() - t0)
 
 
@@ -488,7 +507,7 @@ def write_evaluation(run_dir, summary: dict | None, train_wall_s: float) -> dict
     summary = summary or {}
     metrics = evaluate_emission_workdir(run_dir)
     metrics["train_wall_s"] = train_wall_s
-    for k in ("epochs_run", "best_epoch", "stop_reason", "num_params"):
+    for k in ("epochs_run", "best_epoch", "stop_reason"):
         metrics[k] = summary.get(k)
     config = train.load_config(run_dir)
     if not summary:  # stopped from outside: the epochs its metrics.jsonl recorded
@@ -576,9 +595,15 @@ def comparison_table(results: dict) -> str:
     """Markdown: per target, one row per input kind (MSE, accuracy, MSE per density bin)."""
     lines = []
     runs = results["runs"]
-    for target in dict.fromkeys(n.rsplit("_", 1)[0] for n in runs):
-        done = {n.rsplit("_", 1)[1]: r for n, r in runs.items()
-                if n.rsplit("_", 1)[0] == target and "val_mse" in r}  # fmt: skip
+
+    def split(name):  # run_name -> (target, "<kind>" or "<kind>+<model>")
+        base, plus, model = name.partition("+")
+        target, kind = base.rsplit("_", 1)
+        return target, kind + plus + model
+
+    for target in dict.fromkeys(split(n)[0] for n in runs):
+        done = {split(n)[1]: r for n, r in runs.items()
+                if split(n)[0] == target and "val_mse" in r}  # fmt: skip
         if not done:
             continue
         edges = next(iter(done.values()))["bins"]["edges_log10_cm3"]

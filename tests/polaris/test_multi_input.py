@@ -91,12 +91,30 @@ def test_collect_comparison_reads_the_runs_trained_apart(tmp_path):
            "bins": {"edges_log10_cm3": [1.0, 1.5, 2.0], "count": [3, 4], "mse": [0.01, 0.03],
                     "mse_reference": [0.02, 0.05]}}  # fmt: skip
     dio.write_json(tmp_path / "max_column" / mi.EVAL_FILE, row)
-    results = mi.collect_comparison(tmp_path, ["max_column", "max_ppv"], {"config": "x"})
+    kan = mi.run_name("max", "column", "unet_kan_branch")
+    dio.write_json(tmp_path / kan / mi.EVAL_FILE, dict(row, val_mse=0.03))
+    results = mi.collect_comparison(tmp_path, ["max_column", "max_ppv", kan], {"config": "x"})
     assert results["runs"]["max_ppv"] == {"skipped": "not finished"}
     assert results["runs"]["max_column"]["val_mse"] == 0.02 and results["config"] == "x"
     table = (tmp_path / "comparison.md").read_text()
+    assert table.count("target max:") == 1  # the KAN variant's row is in its target's table
     assert "| column (1 ch) | 0.0200 | 0.500 | 0.800 | 0.010 | 0.030 |" in table
+    assert "| column+unet_kan_branch (1 ch) | 0.0300 |" in table
     assert "| pointwise N->n | 0.0400 | | | 0.020 | 0.050 |" in table
+
+
+def test_run_config_sets_target_inputs_and_a_kan_variant():
+    config = unet_emission_test.get_config()
+    c = mi.run_config(config, "max", "moments")
+    assert (c.data.target, c.data.emission.inputs, c.model.name) == ("max", "moments", "unet")
+    assert c.name.endswith("_max_moments") and config.data.emission.inputs == "ppv"  # a copy
+    u = mi.run_config(config, "mass_weighted", "column", "ukan")
+    assert u.model.name == "ukan" and u.model.kwargs.kan_levels == config.model.kwargs.levels - 1
+    assert u.name.endswith("_mass_weighted_column+ukan")
+    with pytest.raises(ValueError, match="model must be one of"):
+        mi.run_config(config, "max", "column", "vnet")
+    with pytest.raises(ValueError, match="unknown target 'mean'"):
+        mi.run_config(config, "mean", "column")
 
 
 def test_augmentation_rotates_every_channel_with_the_target():
@@ -142,6 +160,12 @@ def test_compare_trains_and_evaluates_each_input_kind(tmp_path, crops):
     assert (
         again["runs"]["mass_weighted_column"]["val_mse"] == runs["mass_weighted_column"]["val_mse"]
     )
+    # a run stopped from outside (no engine summary): its epochs come from metrics.jsonl
+    first = runs["mass_weighted_column"]
+    cut = mi.write_evaluation(tmp_path / "mass_weighted_column", None, 1.0)
+    assert (cut["epochs_run"], cut["best_epoch"]) == (first["epochs_run"], first["best_epoch"])
+    assert cut["val_mse"] == first["val_mse"] and "outside" in cut["stop_reason"]
+    assert cut["num_params"] > 0 and cut["model"] == "unet"
 
 
 def test_cloud_cubes_are_written_with_velocity_and_temperature_and_resume(tmp_path):

@@ -7,9 +7,9 @@
 #
 # Steps: (1) a smoke step (<= 20 s: imports, one ray-traced line) beside (2) the crop simulation,
 # once, into $WORK/crops.npz (clouds, velocities, 13CO ray tracing, crop selection); (3) the six
-# U-Nets side by side, one process each (RUNS, default all six), every one stopped at the same
-# wall-clock time (or earlier by its own early stop) and then evaluated on its best checkpoint;
-# (4) the per-bin table of every finished run. Everything that comes back is under $OUT_DIR
+# U-Nets side by side, one process each (RUNS; KAN=1 adds the KAN variants), all stopped at the
+# same wall-clock time (or earlier by their own early stop), then each evaluated on its best
+# checkpoint; (4) the per-bin table of every finished run. What comes back is under $OUT_DIR
 # (JSON, markdown, logs; < 1 MiB); checkpoints and crops stay in $WORK.
 # Needs no astropy, tensorflow or absl; ml_collections on PYTHONPATH.
 set -uo pipefail
@@ -26,6 +26,12 @@ LOG="$OUT_DIR/logs"
 CONFIG=dustjax.configs.unet_emission_gpu
 [ "$SMOKE" = 1 ] && CONFIG=dustjax.configs.unet_emission_test
 RUNS=${RUNS:-mass_weighted_column,mass_weighted_moments,mass_weighted_ppv,max_column,max_moments,max_ppv}
+# KAN=1 adds the KAN variants (part II sect. 3.3) at the same size, column only, <n>_M, beside
+# the column-only U-Net on the same crops; by default only when the budget is >= 300 s (below,
+# three more processes on the GPU would starve the comparison)
+KAN=${KAN:-auto}
+[ "$KAN" = auto ] && { [ "$BUDGET_S" -ge 300 ] && KAN=1 || KAN=0; }
+[ "$KAN" = 1 ] && RUNS="$RUNS,mass_weighted_column+knet,mass_weighted_column+ukan,mass_weighted_column+unet_kan_branch"
 # seconds kept after the trainings' stop: evaluation of the best checkpoint (restore, compile
 # the prediction, ~10-20 s under load) and the merge
 RESERVE_S=${RESERVE_S:-35}
@@ -80,9 +86,11 @@ HARD=$(($(left) - 8))  # a process still alive then is killed (its row is then m
 PIDS=() NAMES=()
 IFS=, read -r -a RUN_LIST <<<"$RUNS"
 for name in "${RUN_LIST[@]}"; do
-  target=${name%_*} kind=${name##*_}
+  base=${name%%+*} model=""
+  [ "$base" != "$name" ] && model=${name#*+}
+  target=${base%_*} kind=${base##*_}
   timeout "$HARD" "${DRV[@]}" train "$OUT_DIR" "$CONFIG" "$WORK" "$target" "$kind" "$STOP_AT" \
-    >"$LOG/$name.log" 2>&1 &
+    "$model" >"$LOG/$name.log" 2>&1 &
   PIDS+=($!) NAMES+=("$name")
 done
 echo "issue21c: ${#PIDS[@]} trainings started, stop at +$((STOP_AT - START)) s" | tee -a "$OUT_DIR/run.log"
