@@ -49,7 +49,7 @@ DRV=("$PY" -m tools.polaris_emission_device)
 } 2>&1 | tee "$OUT_DIR/run.log"
 
 # ---- 1 + 2. smoke (fails fast) beside the crop simulation -----------------------------------
-SIM_T=$(($(left) * 2 / 5)); [ "$SIM_T" -lt 30 ] && SIM_T=30
+SIM_T=$(($(left) / 2)); [ "$SIM_T" -lt 30 ] && SIM_T=30
 timeout "$SIM_T" "${DRV[@]}" prepare "$OUT_DIR" "$CONFIG" "$WORK" >"$LOG/prepare.log" 2>&1 &
 SIM_PID=$!
 timeout "${SMOKE_S:-20}" "${DRV[@]}" smoke "$OUT_DIR" >"$LOG/smoke.log" 2>&1
@@ -62,7 +62,7 @@ if [ "$SMOKE_RC" != 0 ] && [ "${AUTOTUNE:-0}" = 0 ]; then
   kill "$SIM_PID" 2>/dev/null; wait "$SIM_PID" 2>/dev/null
   timeout "${SMOKE_S:-20}" "${DRV[@]}" smoke "$OUT_DIR" >"$LOG/smoke.log" 2>&1
   SMOKE_RC=$?
-  SIM_T=$(($(left) * 2 / 5)); [ "$SIM_T" -lt 30 ] && SIM_T=30
+  SIM_T=$(($(left) / 2)); [ "$SIM_T" -lt 30 ] && SIM_T=30
   timeout "$SIM_T" "${DRV[@]}" prepare "$OUT_DIR" "$CONFIG" "$WORK" >"$LOG/prepare.log" 2>&1 &
   SIM_PID=$!
 fi
