@@ -425,6 +425,13 @@ def evaluate_emission_workdir(workdir, which: str = "best", bin_edges=None) -> d
     ref_bins = [float(ref_sq[index == b].mean()) if (index == b).any() else None
                 for b in range(nb)]  # fmt: skip
     acc = accuracy_curve(pred, true, (0.1, 0.2))
+    # squared errors summed per (validation crop, density bin): the paired bootstrap of
+    # `paired_ratio` resamples crops, the independent units (pixels of a crop are correlated)
+    n = len(true)
+    inside = (index >= 0) & (index < nb)
+    flat = (np.arange(n)[:, None, None] * nb + index)[inside]
+    crop_sse = np.bincount(flat, weights=sq[inside], minlength=n * nb).reshape(n, nb)
+    crop_count = np.bincount(flat, minlength=n * nb).reshape(n, nb)
     return {
         "inputs": settings.inputs,
         "model": config.model.name,
@@ -443,6 +450,50 @@ def evaluate_emission_workdir(workdir, which: str = "best", bin_edges=None) -> d
             "mse_reference": ref_bins,
             "mean_residual": [None if not np.isfinite(m) else float(m) for m in per_bin["mean"]],
         },
+        "per_crop": {
+            "sse": [[float(f"{v:.6g}") for v in row] for row in crop_sse],
+            "count": crop_count.astype(int).tolist(),
+        },
+    }
+
+
+def paired_ratio(run: dict, baseline: dict, num_boot: int = 2000, seed: int = 0) -> dict:
+    """MSE(run) / MSE(baseline), overall and per density bin, with the 2.5-97.5 % interval of
+    a bootstrap over validation crops: the same resampled crops for both runs (paired), so the
+    interval is that of the difference the input makes, not of which crops were drawn. Both
+    runs must be evaluations (`evaluate_emission_workdir`) of the same crops and bins."""
+    import warnings
+
+    a = np.asarray(run["per_crop"]["sse"], np.float64)
+    b = np.asarray(baseline["per_crop"]["sse"], np.float64)
+    if a.shape != b.shape or run["per_crop"]["count"] != baseline["per_crop"]["count"]:
+        raise ValueError("paired_ratio needs two evaluations of the same crops and density bins")
+    n = len(a)
+    rng = np.random.default_rng(seed)
+    weights = np.zeros((num_boot, n))
+    np.add.at(weights, (np.repeat(np.arange(num_boot), n), rng.integers(0, n, num_boot * n)), 1)
+
+    def ratio(sa, sb):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(sb > 0, sa / np.where(sb > 0, sb, 1.0), np.nan)
+
+    boot_a, boot_b = weights @ a, weights @ b  # (num_boot, bins)
+    overall = ratio(boot_a.sum(-1), boot_b.sum(-1))
+    bins = ratio(boot_a, boot_b)
+
+    def clean(x):
+        return [None if not np.isfinite(v) else float(v) for v in np.atleast_1d(x)]
+
+    with warnings.catch_warnings():  # a bin empty in every resample: no interval (None)
+        warnings.simplefilter("ignore", RuntimeWarning)
+        lo, hi = np.nanpercentile(bins, [2.5, 97.5], axis=0)
+    return {
+        "ratio": float(ratio(a.sum(), b.sum())),
+        "low": float(np.percentile(overall, 2.5)),
+        "high": float(np.percentile(overall, 97.5)),
+        "bins": {"ratio": clean(ratio(a.sum(0), b.sum(0))), "low": clean(lo), "high": clean(hi)},
+        "num_crops": n,
+        "num_boot": num_boot,
     }
 
 
@@ -625,6 +676,34 @@ def comparison_table(results: dict) -> str:
                 f"| {kind} ({r['input_channels']} ch) | {r['val_mse']:.4f} | "
                 f"{r['accuracy_0.1dex']:.3f} | {r['accuracy_0.2dex']:.3f} | "
                 + " | ".join("" if m is None else f"{m:.3f}" for m in r["bins"]["mse"])
+                + " |"
+            )
+        lines.append("")
+        base = done.get("column")
+        others = [k for k, r in done.items() if k != "column" and "per_crop" in r]
+        if base is None or "per_crop" not in base or not others:
+            continue
+        lines.append(
+            f"target {target}: MSE / column-only MSE, overall and per bin, [95 % interval of a "
+            f"paired bootstrap over the {len(base['per_crop']['sse'])} validation crops]"
+        )
+        lines.append("")
+        lines.append("| input | MSE ratio | " + " | ".join(bins) + " |")
+        lines.append("|" + "---|" * (2 + len(bins)))
+        for kind in others:
+            try:
+                q = paired_ratio(done[kind], base)
+            except ValueError:
+                continue
+            cells = [
+                "" if m is None else f"{m:.2f}" if lo is None else f"{m:.2f} [{lo:.2f}, {hi:.2f}]"
+                for m, lo, hi in zip(
+                    q["bins"]["ratio"], q["bins"]["low"], q["bins"]["high"], strict=True
+                )
+            ]
+            lines.append(
+                f"| {kind} | **{q['ratio']:.3f}** [{q['low']:.3f}, {q['high']:.3f}] | "
+                + " | ".join(cells)
                 + " |"
             )
         lines.append("")

@@ -90,17 +90,45 @@ def test_collect_comparison_reads_the_runs_trained_apart(tmp_path):
            "accuracy_0.1dex": 0.5, "accuracy_0.2dex": 0.8,
            "bins": {"edges_log10_cm3": [1.0, 1.5, 2.0], "count": [3, 4], "mse": [0.01, 0.03],
                     "mse_reference": [0.02, 0.05]}}  # fmt: skip
-    dio.write_json(tmp_path / "max_column" / mi.EVAL_FILE, row)
+    sse, count = np.array([[1.0, 2.0], [3.0, 4.0]]), [[1, 1], [2, 2]]
+    dio.write_json(tmp_path / "max_column" / mi.EVAL_FILE, dict(row, **_evaluation(sse, count)))
     kan = mi.run_name("max", "column", "unet_kan_branch")
-    dio.write_json(tmp_path / kan / mi.EVAL_FILE, dict(row, val_mse=0.03))
+    twice = dict(row, val_mse=0.03, **_evaluation(2 * sse, count))
+    dio.write_json(tmp_path / kan / mi.EVAL_FILE, twice)
     results = mi.collect_comparison(tmp_path, ["max_column", "max_ppv", kan], {"config": "x"})
     assert results["runs"]["max_ppv"] == {"skipped": "not finished"}
     assert results["runs"]["max_column"]["val_mse"] == 0.02 and results["config"] == "x"
     table = (tmp_path / "comparison.md").read_text()
-    assert table.count("target max:") == 1  # the KAN variant's row is in its target's table
+    assert table.count("target max: validation MSE") == 1  # the KAN row is in its target's table
     assert "| column (1 ch) | 0.0200 | 0.500 | 0.800 | 0.010 | 0.030 |" in table
     assert "| column+unet_kan_branch (1 ch) | 0.0300 |" in table
     assert "| pointwise N->n | 0.0400 | | | 0.020 | 0.050 |" in table
+    # the paired ratio to column only (twice the squared error in every crop and bin)
+    assert "| column+unet_kan_branch | **2.000** [2.000, 2.000] | 2.00 [2.00, 2.00] |" in table
+
+
+def _evaluation(sse, count):
+    sse, count = np.asarray(sse, float), np.asarray(count)
+    return {"per_crop": {"sse": sse.tolist(), "count": count.tolist()}}
+
+
+def test_paired_ratio_of_scaled_and_noisy_errors():
+    rng = np.random.default_rng(1)
+    count = rng.integers(1, 50, (40, 3))
+    base = rng.gamma(2.0, 1.0, (40, 3)) * count
+    base[:, 2] = 0.0  # a bin the baseline predicts exactly: no ratio there
+    half = mi.paired_ratio(_evaluation(0.5 * base, count), _evaluation(base, count))
+    assert half["ratio"] == pytest.approx(0.5) and half["low"] == pytest.approx(0.5)
+    assert half["high"] == pytest.approx(0.5)  # every resample of the same crops: exactly 0.5
+    assert (
+        half["bins"]["ratio"][:2] == pytest.approx([0.5, 0.5]) and half["bins"]["ratio"][2] is None
+    )
+    noisy = base * rng.uniform(0.5, 1.5, base.shape)  # ratio 1 on average, crop by crop
+    q = mi.paired_ratio(_evaluation(noisy, count), _evaluation(base, count), num_boot=4000)
+    assert q["low"] < q["ratio"] < q["high"] and q["low"] < 1.0 < q["high"]
+    assert q["high"] - q["low"] < 0.3
+    with pytest.raises(ValueError, match="same crops and density bins"):
+        mi.paired_ratio(_evaluation(base[:10], count[:10]), _evaluation(base, count))
 
 
 def test_run_config_sets_target_inputs_and_a_kan_variant():
@@ -166,6 +194,9 @@ def test_compare_trains_and_evaluates_each_input_kind(tmp_path, crops):
     assert (cut["epochs_run"], cut["best_epoch"]) == (first["epochs_run"], first["best_epoch"])
     assert cut["val_mse"] == first["val_mse"] and "outside" in cut["stop_reason"]
     assert cut["num_params"] > 0 and cut["model"] == "unet"
+    per_crop = np.asarray(first["per_crop"]["sse"]).sum() / np.sum(first["per_crop"]["count"])
+    assert per_crop == pytest.approx(first["val_mse"], rel=1e-5)
+    assert np.sum(first["per_crop"]["count"]) == 5 * 16 * 16
 
 
 def test_cloud_cubes_are_written_with_velocity_and_temperature_and_resume(tmp_path):
