@@ -13,6 +13,8 @@ finished run is evaluated, not retrained.
 
 from __future__ import annotations
 
+import sys
+
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -20,8 +22,10 @@ FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
+    from dustjax.configs import config_path
+
     config_flags.DEFINE_config_file(
-        "config", "experiments/configs/unet_emission_cpu.py", "Multi-input U-Net config."
+        "config", config_path("unet_emission_cpu"), "Multi-input U-Net config (name or file)."
     )
     flags.DEFINE_string("workdir", None, "Root of the runs (one sub-directory per run).")
     flags.DEFINE_list("inputs", ["column", "moments", "ppv"], "Input kinds to compare.")
@@ -46,5 +50,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    import dustjax.cli
+
+    dustjax.cli.run(sys.modules[__name__])  # --config takes a packaged name or the old spelling
