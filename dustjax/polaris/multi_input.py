@@ -457,6 +457,9 @@ def evaluate_emission_workdir(workdir, which: str = "best", bin_edges=None) -> d
     }
 
 
+MIN_CROPS = 5  # a bin's bootstrap interval is shown only when this many crops have pixels in it
+
+
 def paired_ratio(run: dict, baseline: dict, num_boot: int = 2000, seed: int = 0) -> dict:
     """MSE(run) / MSE(baseline), overall and per density bin, with the 2.5-97.5 % interval of
     a bootstrap over validation crops: the same resampled crops for both runs (paired), so the
@@ -491,7 +494,12 @@ def paired_ratio(run: dict, baseline: dict, num_boot: int = 2000, seed: int = 0)
         "ratio": float(ratio(a.sum(), b.sum())),
         "low": float(np.percentile(overall, 2.5)),
         "high": float(np.percentile(overall, 97.5)),
-        "bins": {"ratio": clean(ratio(a.sum(0), b.sum(0))), "low": clean(lo), "high": clean(hi)},
+        "bins": {
+            "ratio": clean(ratio(a.sum(0), b.sum(0))),
+            "low": clean(lo),
+            "high": clean(hi),
+            "crops": [int(c) for c in (np.asarray(run["per_crop"]["count"]) > 0).sum(0)],
+        },
         "num_crops": n,
         "num_boot": num_boot,
     }
@@ -695,12 +703,12 @@ def comparison_table(results: dict) -> str:
                 q = paired_ratio(done[kind], base)
             except ValueError:
                 continue
-            cells = [
-                "" if m is None else f"{m:.2f}" if lo is None else f"{m:.2f} [{lo:.2f}, {hi:.2f}]"
-                for m, lo, hi in zip(
-                    q["bins"]["ratio"], q["bins"]["low"], q["bins"]["high"], strict=True
-                )
-            ]
+            cells = [  # no interval from fewer than MIN_CROPS crops: "(k crops)"
+                "" if m is None else f"{m:.2f} ({k} crops)" if lo is None or k < MIN_CROPS
+                else f"{m:.2f} [{lo:.2f}, {hi:.2f}]"
+                for m, lo, hi, k in zip(q["bins"]["ratio"], q["bins"]["low"], q["bins"]["high"],
+                                        q["bins"]["crops"], strict=True)
+            ]  # fmt: skip
             lines.append(
                 f"| {kind} | **{q['ratio']:.3f}** [{q['low']:.3f}, {q['high']:.3f}] | "
                 + " | ".join(cells)

@@ -104,7 +104,7 @@ def test_collect_comparison_reads_the_runs_trained_apart(tmp_path):
     assert "| column+unet_kan_branch (1 ch) | 0.0300 |" in table
     assert "| pointwise N->n | 0.0400 | | | 0.020 | 0.050 |" in table
     # the paired ratio to column only (twice the squared error in every crop and bin)
-    assert "| column+unet_kan_branch | **2.000** [2.000, 2.000] | 2.00 [2.00, 2.00] |" in table
+    assert "| column+unet_kan_branch | **2.000** [2.000, 2.000] | 2.00 (2 crops) |" in table
 
 
 def _evaluation(sse, count):
@@ -123,6 +123,7 @@ def test_paired_ratio_of_scaled_and_noisy_errors():
     assert (
         half["bins"]["ratio"][:2] == pytest.approx([0.5, 0.5]) and half["bins"]["ratio"][2] is None
     )
+    assert half["bins"]["crops"] == [40, 40, 40]
     noisy = base * rng.uniform(0.5, 1.5, base.shape)  # ratio 1 on average, crop by crop
     q = mi.paired_ratio(_evaluation(noisy, count), _evaluation(base, count), num_boot=4000)
     assert q["low"] < q["ratio"] < q["high"] and q["low"] < 1.0 < q["high"]
