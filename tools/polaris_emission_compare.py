@@ -8,7 +8,8 @@ r"""Does 13CO emission help the U-Net? Column-only vs column + moments vs column
 Trains one U-Net per target (<n>_M, max n; part III sect. 8.1-8.2) and input kind on the same
 simulated crops (`dustjax.polaris.multi_input.compare_inputs`) and prints the table of validation
 MSE per bin of true density (also written as <workdir>/comparison.{json,md}). Resumable: a
-finished run is evaluated, not retrained.
+finished run is evaluated, not retrained. With --models=unet,knet,ukan,unet_kan_branch the KAN
+variants (part II sect. 3.3) train on the same crops beside the U-Net.
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ def define_flags() -> None:
     flags.DEFINE_list("inputs", ["column", "moments", "ppv"], "Input kinds to compare.")
     flags.DEFINE_list("targets", ["mass_weighted", "max"], "Targets.")
     flags.DEFINE_float("deadline_s", None, "Start no run after this many seconds.")
+    flags.DEFINE_list(
+        "models", ["unet"], "unet and/or the KAN variants knet, ukan, unet_kan_branch."
+    )
 
 
 def main(argv):
@@ -45,6 +49,7 @@ def main(argv):
     results = compare_inputs(
         FLAGS.config, FLAGS.workdir, inputs=tuple(FLAGS.inputs), targets=tuple(FLAGS.targets),
         deadline_s=FLAGS.deadline_s,
+        models=tuple(None if m == "unet" else m for m in FLAGS.models),
     )  # fmt: skip
     print(comparison_table(results))
 

@@ -610,14 +610,17 @@ def compare_inputs(
     inputs=INPUT_KINDS,
     targets=("mass_weighted", "max"),
     deadline_s: float | None = None,
+    models=(None,),
 ) -> dict:
     """Train one U-Net per (target, input kind) on the same crops and compare them.
 
     Each run lives in ``<workdir>/<target>_<inputs>`` (resumed if interrupted; a finished run is
     evaluated, not retrained). With `deadline_s` (seconds from the call) a run not started in
-    time is recorded as skipped. Writes ``<workdir>/comparison.json`` and ``comparison.md`` (the
-    per-bin table) and returns the results.
+    time is recorded as skipped. `models`: None (the U-Net) and/or KAN variants (`run_config`),
+    each trained on every (target, input kind). Writes ``<workdir>/comparison.json`` and
+    ``comparison.md`` (the per-bin table) and returns the results.
     """
+    import itertools
     import time
 
     from dustjax import io as dio
@@ -628,12 +631,12 @@ def compare_inputs(
     for target in targets:
         if target not in TARGETS:
             raise ValueError(f"unknown target {target!r}; use one of {sorted(TARGETS)}")
-        for kind in inputs:
-            name = f"{target}_{kind}"
+        for kind, model in itertools.product(inputs, models):
+            name = run_name(target, kind, model)
             if deadline_s is not None and time.perf_counter() - start > deadline_s:
                 results["runs"][name] = {"skipped": "time budget"}
                 continue
-            results["runs"][name] = train_input(config, workdir, target, kind)
+            results["runs"][name] = train_input(config, workdir, target, kind, model)
             _write_comparison(workdir, results)  # after every run: a cut batch keeps its rows
     results["wall_s"] = time.perf_counter() - start
     _write_comparison(workdir, results)
