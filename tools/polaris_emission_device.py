@@ -8,13 +8,14 @@ then one process per U-Net, side by side, each stopped at a wall-clock time):
     python3 -m tools.polaris_emission_device compare OUT_DIR CONFIG_MODULE WORKDIR DEADLINE_S
     python3 -m tools.polaris_emission_device prepare OUT_DIR CONFIG_MODULE WORKDIR
     python3 -m tools.polaris_emission_device train OUT_DIR CONFIG WORKDIR TARGET KIND STOP_AT \
-        [MODEL]
+        [MODEL [SEED]]
     python3 -m tools.polaris_emission_device merge OUT_DIR CONFIG_MODULE WORKDIR RUN[,RUN...]
 
 ``prepare`` writes WORKDIR/crops.npz (`multi_input.save_emission_crops`); ``train`` trains one
 (target, input kind) on those crops until it stops by itself (early stop, num_epochs) or the Unix
 time STOP_AT, whichever is first, then evaluates its best checkpoint (WORKDIR/<run>/
-emission_eval.json; MODEL: a KAN variant in place of the U-Net, run <target>_<kind>+<model>);
+emission_eval.json; MODEL: a KAN variant in place of the U-Net, run <target>_<kind>+<model>;
+SEED: another training seed, run ...@<seed>);
 ``merge`` writes the comparison of every finished run to OUT_DIR.
 """
 
@@ -142,8 +143,8 @@ def _on_alarm(signum, frame):
     raise _TimeUp
 
 
-def train_one(out: Path, config_module: str, workdir: str, target: str, kind: str,
-              stop_at: float, model: str | None = None) -> None:  # fmt: skip
+def train_one(out: Path, config_module: str, workdir: str, target: str, kind: str, stop_at: float,
+              model: str | None = None, seed: int | None = None) -> None:  # fmt: skip
     """Train one (target, input kind) until it stops or the Unix time `stop_at`, then evaluate."""
     import signal
 
@@ -152,14 +153,16 @@ def train_one(out: Path, config_module: str, workdir: str, target: str, kind: st
 
     _compilation_cache()
     config = _config(config_module, workdir)
-    name = mi.run_name(target, kind, model)
+    name = mi.run_name(target, kind, model, seed)
     run_dir = Path(workdir) / name
     t0 = time.perf_counter()
     signal.signal(signal.SIGALRM, _on_alarm)
     signal.setitimer(signal.ITIMER_REAL, max(stop_at - time.time(), 0.1))
     summary = None
     try:
-        summary = train.train_and_evaluate(mi.run_config(config, target, kind, model), run_dir)
+        summary = train.train_and_evaluate(
+            mi.run_config(config, target, kind, model, seed), run_dir
+        )
     except _TimeUp:
         print(f"train {name}: stopped at the deadline", flush=True)
     finally:
@@ -206,8 +209,9 @@ if __name__ == "__main__":
         for noisy in ("absl", "orbax", "jax", "etils"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
         model = sys.argv[8] if len(sys.argv) > 8 and sys.argv[8] else None
+        seed = int(sys.argv[9]) if len(sys.argv) > 9 and sys.argv[9] else None
         train_one(
-            out, sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6], float(sys.argv[7]), model
+            out, sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6], float(sys.argv[7]), model, seed
         )
         # everything is written (the engine waits for its checkpoints): leave without the
         # interpreter's shutdown, which can crash on compilation threads a deadline interrupted

@@ -511,16 +511,28 @@ EVAL_FILE = "emission_eval.json"
 KAN_MODELS = ("knet", "ukan", "unet_kan_branch")
 
 
-def run_name(target: str, kind: str, model: str | None = None) -> str:
-    """``<target>_<kind>``, and ``+<model>`` for a KAN variant in place of the U-Net."""
-    return f"{target}_{kind}" + (f"+{model}" if model else "")
+def run_name(target: str, kind: str, model: str | None = None, seed: int | None = None) -> str:
+    """``<target>_<kind>``, ``+<model>`` for a KAN variant in place of the U-Net and ``@<seed>``
+    for a training seed other than the config's (`parse_run_name` reads it back)."""
+    return (
+        f"{target}_{kind}" + (f"+{model}" if model else "") + ("" if seed is None else f"@{seed}")
+    )
 
 
-def run_config(config, target: str, kind: str, model: str | None = None):
+def parse_run_name(name: str) -> tuple[str, str, str | None, int | None]:
+    """(target, kind, model, seed) of a `run_name`."""
+    rest, at, seed = name.partition("@")
+    base, plus, model = rest.partition("+")
+    target, _, kind = base.rpartition("_")
+    return target, kind, model or None, int(seed) if at else None
+
+
+def run_config(config, target: str, kind: str, model: str | None = None, seed: int | None = None):
     """`config` set to train on `target` from the input kind `kind` (named `run_name`); with
     `model` one of the KAN variants of part II sect. 3.3 at the config's size instead of the
     U-Net: "knet" (KAN output layer), "ukan" (KAN convolutions in all levels but the first)
-    or "unet_kan_branch" (a parallel per-pixel KAN 1-10-10-10-1 on the column density)."""
+    or "unet_kan_branch" (a parallel per-pixel KAN 1-10-10-10-1 on the column density); with
+    `seed` another training seed (initialisation, batches, augmentation; the crops stay)."""
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; use one of {sorted(TARGETS)}")
     if kind not in INPUT_KINDS:
@@ -531,7 +543,9 @@ def run_config(config, target: str, kind: str, model: str | None = None):
     with c.unlocked():
         c.data.target = target
         c.data.emission.inputs = kind
-        c.name = f"{config.get('name', 'emission')}_{run_name(target, kind, model)}"
+        c.name = f"{config.get('name', 'emission')}_{run_name(target, kind, model, seed)}"
+        if seed is not None:
+            c.seed = int(seed)
         if model:
             c.model.name = model
             if model == "ukan":  # the model's default is the paper's 5 levels
@@ -658,10 +672,13 @@ def comparison_table(results: dict) -> str:
     lines = []
     runs = results["runs"]
 
-    def split(name):  # run_name -> (target, "<kind>" or "<kind>+<model>")
-        base, plus, model = name.partition("+")
-        target, kind = base.rsplit("_", 1)
-        return target, kind + plus + model
+    def split(name):  # run_name -> (target, its row's label: <kind>[+<model>][@<seed>])
+        target = parse_run_name(name)[0]
+        return target, name[len(target) + 1 :]
+
+    def baseline(label):  # the column-only U-Net of the same training seed
+        seed = parse_run_name("t_" + label)[3]
+        return "column" + ("" if seed is None else f"@{seed}")
 
     for target in dict.fromkeys(split(n)[0] for n in runs):
         done = {split(n)[1]: r for n, r in runs.items()
@@ -690,20 +707,20 @@ def comparison_table(results: dict) -> str:
                 + " |"
             )
         lines.append("")
-        base = done.get("column")
-        others = [k for k, r in done.items() if k != "column" and "per_crop" in r]
-        if base is None or "per_crop" not in base or not others:
+        pairs = [(k, baseline(k)) for k, r in done.items() if "per_crop" in r]
+        pairs = [(k, b) for k, b in pairs if k != b and "per_crop" in done.get(b, {})]
+        if not pairs:
             continue
         lines.append(
-            f"target {target}: MSE / column-only MSE, overall and per bin, [95 % interval of a "
-            f"paired bootstrap over the {len(base['per_crop']['sse'])} validation crops]"
+            f"target {target}: MSE / column-only MSE (same training seed), overall and per bin, "
+            f"[95 % interval of a paired bootstrap over the validation crops]"
         )
         lines.append("")
         lines.append("| input | MSE ratio | " + " | ".join(bins) + " |")
         lines.append("|" + "---|" * (2 + len(bins)))
-        for kind in others:
+        for kind, base in pairs:
             try:
-                q = paired_ratio(done[kind], base)
+                q = paired_ratio(done[kind], done[base])
             except ValueError:
                 continue
             cells = [  # no interval from fewer than MIN_CROPS crops: "(k crops)"

@@ -132,6 +132,28 @@ def test_paired_ratio_of_scaled_and_noisy_errors():
         mi.paired_ratio(_evaluation(base[:10], count[:10]), _evaluation(base, count))
 
 
+def test_run_names_round_trip_and_seeds_pair_with_their_own_column_run(tmp_path):
+    from dustjax import io as dio
+
+    for args in [("mass_weighted", "ppv", None, None), ("max", "column", "unet_kan_branch", 3),
+                 ("mass_weighted", "moments", None, 1)]:  # fmt: skip
+        assert mi.parse_run_name(mi.run_name(*args)) == args
+    assert mi.run_name("max", "moments", seed=1) == "max_moments@1"
+    bins = {"edges_log10_cm3": [1.0, 2.0], "count": [4], "mse": [0.1], "mse_reference": [0.2]}
+    row = {"input_channels": 1, "val_mse_reference": 0.2, "accuracy_0.1dex": 0.5,
+           "accuracy_0.2dex": 0.8, "bins": bins}  # fmt: skip
+    count = [[1]] * 6
+    for name, sse in [("max_column", 1.0), ("max_moments", 0.5), ("max_column@1", 2.0),
+                      ("max_moments@1", 3.0)]:  # fmt: skip
+        dio.write_json(tmp_path / name / mi.EVAL_FILE,
+                       dict(row, val_mse=sse, **_evaluation([[sse]] * 6, count)))  # fmt: skip
+    names = ["max_column", "max_moments", "max_column@1", "max_moments@1"]
+    table = mi.comparison_table(mi.collect_comparison(tmp_path, names))
+    assert "| moments | **0.500** [0.500, 0.500] |" in table  # seed 0 against seed 0
+    assert "| moments@1 | **1.500** [1.500, 1.500] |" in table  # seed 1 against seed 1
+    assert "| column@1 (1 ch) | 2.0000 |" in table
+
+
 def test_run_config_sets_target_inputs_and_a_kan_variant():
     config = unet_emission_test.get_config()
     c = mi.run_config(config, "max", "moments")
@@ -140,6 +162,8 @@ def test_run_config_sets_target_inputs_and_a_kan_variant():
     u = mi.run_config(config, "mass_weighted", "column", "ukan")
     assert u.model.name == "ukan" and u.model.kwargs.kan_levels == config.model.kwargs.levels - 1
     assert u.name.endswith("_mass_weighted_column+ukan")
+    assert mi.run_config(config, "max", "ppv", seed=4).seed == 4
+    assert mi.run_config(config, "max", "ppv", seed=4).data.seed == config.data.seed  # same crops
     with pytest.raises(ValueError, match="model must be one of"):
         mi.run_config(config, "max", "column", "vnet")
     with pytest.raises(ValueError, match="unknown target 'mean'"):
