@@ -89,6 +89,7 @@ echo "issue21c: crops ready at $(($(date +%s) - START)) s" | tee -a "$OUT_DIR/ru
 # ---- 3. the U-Nets side by side, all stopped at the same time ---------------------------------
 STOP_AT=$(($(date +%s) + $(left) - RESERVE_S))
 HARD=$(($(left) - 8))  # a process still alive then is killed (its row is then missing)
+[ "$HARD" -lt 5 ] && HARD=5  # (timeout 0 would mean no limit)
 PIDS=() NAMES=()
 IFS=, read -r -a RUN_LIST <<<"$RUNS"
 for name in "${RUN_LIST[@]}"; do
@@ -120,5 +121,6 @@ for name in "${RUN_LIST[@]}"; do
   done
 done
 cp "$WORK/crops.json" "$OUT_DIR/crops.json" 2>/dev/null
+[ "${KEEP_WORK:-0}" = 1 ] || rm -rf "$WORK"  # ~0.6 GB of crops and the checkpoints
 echo "issue21c: end at $(($(date +%s) - START)) s of ${BUDGET_S} s; outputs $(du -sh "$OUT_DIR" | cut -f1)" \
   | tee -a "$OUT_DIR/run.log"
