@@ -21,7 +21,8 @@ SMOKE=${SMOKE:-0}
 PY=${PYTHON:-python3}
 START=$(date +%s)
 left() { echo $((BUDGET_S - ($(date +%s) - START))); }
-WORK=${WORK_DIR:-$(mktemp -d /tmp/issue21c.XXXXXX)}
+WORK=${WORK_DIR:-}
+[ -z "$WORK" ] && { WORK=$(mktemp -d /tmp/issue21c.XXXXXX); OWN_WORK=1; }
 mkdir -p "$OUT_DIR/logs" "$WORK"
 LOG="$OUT_DIR/logs"
 CONFIG=dustjax.configs.unet_emission_gpu
@@ -121,6 +122,7 @@ for name in "${RUN_LIST[@]}"; do
   done
 done
 cp "$WORK/crops.json" "$OUT_DIR/crops.json" 2>/dev/null
-[ "${KEEP_WORK:-0}" = 1 ] || rm -rf "$WORK"  # ~0.6 GB of crops and the checkpoints
+# our own temporary work dir (~0.6 GB of crops and the checkpoints) goes; a WORK_DIR given stays
+[ "${OWN_WORK:-0}" = 1 ] && [ "${KEEP_WORK:-0}" != 1 ] && rm -rf "$WORK"
 echo "issue21c: end at $(($(date +%s) - START)) s of ${BUDGET_S} s; outputs $(du -sh "$OUT_DIR" | cut -f1)" \
   | tee -a "$OUT_DIR/run.log"
