@@ -37,6 +37,10 @@ def define_flags() -> None:
     flags.DEFINE_float("deadline_s", 0.0, "Seconds after which no point starts (0: none).")
     flags.DEFINE_bool("draw_only", False, "Only rebuild the table and the figure.")
     flags.DEFINE_bool("prepare_data_only", False, "Only simulate (or load) the crops, then exit.")
+    flags.DEFINE_string(
+        "seed_from", None, "An earlier run's results.json of this study: its finished points "
+        "(same fingerprint) are not trained again.",
+    )  # fmt: skip
     flags.mark_flags_as_required(["config"])
 
 
@@ -68,6 +72,11 @@ def main(argv):
             return
         if FLAGS.study is None:
             raise app.UsageError("--study is required")
+        if FLAGS.seed_from:
+            seeded = studies.seed_results(config, FLAGS.study, FLAGS.root, FLAGS.seed_from)
+            print(
+                f"from {FLAGS.seed_from}: " + ", ".join(f"{len(v)} {k}" for k, v in seeded.items())
+            )
         table = studies.run_study(
             config, FLAGS.study, FLAGS.root, shard=_shard(FLAGS.shard),
             deadline_s=FLAGS.deadline_s, draw_only=FLAGS.draw_only,

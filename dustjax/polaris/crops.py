@@ -150,6 +150,57 @@ def cube_crops(
     return {name: np.asarray(v, np.float32).reshape(-1, size, size) for name, v in out.items()}
 
 
+def accumulate_crops(
+    seed: int,
+    num_crops: int,
+    cut_cube: Callable,
+    names,
+    *,
+    max_cubes: int = 10_000,
+    progress: bool = False,
+    desc: str = "cloud crops",
+) -> tuple[dict[str, np.ndarray], dict]:
+    """The loop of every simulated crop dataset: new cubes until `num_crops` crops are accepted.
+
+    ``cut_cube(rng, key_params, key_cube, index)`` simulates cube number `index` from its two
+    keys (split from ``jax.random.key(seed)``) and returns the crops it accepted, a dict of
+    sequences (k, ...) keyed by `names` (k may be 0); `rng` (``default_rng(seed)``) chooses the
+    crops. Returns ({name: float32 (num_crops, ...)}, shuffled as the paper shuffles before its
+    80/20 split; {"num_cubes", "crops_per_cube"}).
+    """
+    rng = np.random.default_rng(seed)
+    key = jax.random.key(seed)
+    chunks: dict[str, list] = {name: [] for name in names}
+    total = cubes = 0
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=num_crops, desc=desc, unit="crop")
+    while total < num_crops:
+        if cubes >= max_cubes:
+            raise RuntimeError(
+                f"only {total} of {num_crops} crops accepted from {cubes} cubes: loosen the crop "
+                "selection or enlarge the cubes"
+            )
+        key, k_params, k_cube = jax.random.split(key, 3)
+        crops = cut_cube(rng, k_params, k_cube, cubes)
+        cubes += 1
+        count = len(crops[names[0]])
+        if count:
+            for name in names:
+                chunks[name].append(np.asarray(crops[name], np.float32))
+            total += count
+            if bar is not None:
+                bar.update(min(count, num_crops - (total - count)))
+    if bar is not None:
+        bar.close()
+    features = {name: np.concatenate(chunks[name])[:num_crops] for name in names}
+    order = rng.permutation(num_crops)
+    features = {name: v[order] for name, v in features.items()}
+    return features, {"num_cubes": cubes, "crops_per_cube": total / cubes}
+
+
 def simulate_crop_dataset(
     seed: int,
     num_crops: int,
@@ -170,35 +221,10 @@ def simulate_crop_dataset(
     from dustjax.sims import clouds
 
     sampler = param_sampler or (lambda key: clouds.sample_cloud_params(key))
-    rng = np.random.default_rng(seed)
-    key = jax.random.key(seed)
-    chunks, total, cubes = [], 0, 0
-    bar = None
-    if progress:
-        from tqdm import tqdm
 
-        bar = tqdm(total=num_crops, desc="cloud crops", unit="crop")
-    while total < num_crops:
-        if cubes >= max_cubes:
-            raise RuntimeError(
-                f"only {total} of {num_crops} crops accepted from {cubes} cubes: loosen the crop "
-                "selection or enlarge the cubes"
-            )
-        key, k_params, k_cube = jax.random.split(key, 3)
+    def cut_cube(rng, k_params, k_cube, index):
         density = clouds.simulate_cloud(k_cube, grid, sampler(k_params))
-        crops = cube_crops(rng, density, grid.cell_size_pc, selection, score_target)
-        count = len(crops[COLUMN])
-        cubes += 1
-        if count:
-            chunks.append(crops)
-            total += count
-            if bar is not None:
-                bar.update(min(count, num_crops - (total - count)))
-    if bar is not None:
-        bar.close()
-    features = {
-        name: np.concatenate([c[name] for c in chunks])[:num_crops] for name in FEATURE_NAMES
-    }
-    order = rng.permutation(num_crops)  # the paper shuffles before the 80/20 split
-    features = {name: v[order] for name, v in features.items()}
-    return features, {"num_cubes": cubes, "crops_per_cube": total / cubes}
+        return cube_crops(rng, density, grid.cell_size_pc, selection, score_target)
+
+    return accumulate_crops(seed, num_crops, cut_cube, FEATURE_NAMES, max_cubes=max_cubes,
+                            progress=progress)  # fmt: skip

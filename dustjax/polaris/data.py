@@ -185,23 +185,21 @@ def load_splits(config) -> dict[str, dict[str, np.ndarray]]:
     return splits
 
 
-def crop_source(config, split, *, batch_size, seed, epoch, train):
-    """Engine data source over the in-memory crops: shuffled full batches for training (a pure
-    function of (seed, epoch), so a resumed run sees the same data), one ordered pass for eval.
+def batch_source(batch: dict, input_key: str, *, batch_size, seed, epoch, train, passes=1):
+    """The engine's batches over in-memory arrays (`crop_source`, and the emission source of
+    `dustjax.polaris.multi_input`): shuffled full batches for training (a pure function of
+    (seed, epoch), so a resumed run sees the same data), one ordered pass for evaluation.
 
-    A training epoch is ``config.data.passes_per_epoch`` (default 1) passes, each a fresh
-    permutation cut into the full batches it holds: the last ``n % batch_size`` crops of each
-    pass are not seen in it (the paper's "virtual batch", sect. 3.5).
+    A training epoch is `passes` passes, each a fresh permutation cut into the full batches it
+    holds: the last ``n % batch_size`` crops of each pass are not seen in it (the paper's
+    "virtual batch", sect. 3.5).
     """
-    if split not in ("train", "validation"):
-        raise ValueError(f"POLARIS datasets have train and validation splits, not {split!r}")
-    batch = to_model_batch(load_splits(config)[split], config.data.get("target", "mass_weighted"))
-    n = len(batch[INPUT_KEY])
+    n = len(batch[input_key])
     if train:
         steps = n // batch_size
         if steps < 1:
             raise ValueError(f"{n} training crops give no full batch of {batch_size}")
-        passes = int(config.data.get("passes_per_epoch", 1) or 1)
+        passes = int(passes or 1)
 
         def make():
             for p in range(passes):
@@ -218,6 +216,18 @@ def crop_source(config, split, *, batch_size, seed, epoch, train):
             yield {k: v[start : start + batch_size] for k, v in batch.items()}
 
     return SizedBatches(make_eval, math.ceil(n / batch_size))
+
+
+def crop_source(config, split, *, batch_size, seed, epoch, train):
+    """Engine data source over the in-memory crops (`batch_source`); a training epoch is
+    ``config.data.passes_per_epoch`` (default 1) passes over the training crops."""
+    if split not in ("train", "validation"):
+        raise ValueError(f"POLARIS datasets have train and validation splits, not {split!r}")
+    batch = to_model_batch(load_splits(config)[split], config.data.get("target", "mass_weighted"))
+    return batch_source(
+        batch, INPUT_KEY, batch_size=batch_size, seed=seed, epoch=epoch, train=train,
+        passes=config.data.get("passes_per_epoch", 1),
+    )  # fmt: skip
 
 
 #: The engine's tasks (`dustjax.training.tasks` names them "polaris" and "polaris_no_augment").

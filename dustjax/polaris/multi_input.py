@@ -28,7 +28,6 @@ dispersion / 1 km/s.
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import jax
 import jax.numpy as jnp
@@ -36,7 +35,7 @@ import numpy as np
 
 from dustjax.polaris import data as pdata
 from dustjax.polaris import emission as em
-from dustjax.polaris.crops import CropSelection, select_crops
+from dustjax.polaris.crops import CropSelection, accumulate_crops, select_crops
 from dustjax.polaris.projection import (
     COLUMN,
     FEATURE_NAMES,
@@ -45,7 +44,7 @@ from dustjax.polaris.projection import (
     TARGETS,
     project,
 )
-from dustjax.training.tasks import SizedBatches, Task
+from dustjax.training.tasks import Task
 
 PPV = "ppv_tb"  # (N, H, W, channels) brightness temperature, K
 MOMENTS = "moments"  # (N, H, W, 4): emission.MOMENT_NAMES
@@ -147,40 +146,26 @@ def simulate_emission_crops(
 
     sampler = param_sampler or (lambda key: clouds.sample_cloud_params(key))
     spectral = settings.spectral
-    rng = np.random.default_rng(seed)
-    key = jax.random.key(seed)
     size = selection.crop_size
     names = (*FEATURE_NAMES, PPV, MOMENTS)
-    chunks: dict[str, list] = {name: [] for name in names}
-    total = cubes = 0
-    bar = None
-    if progress:
-        from tqdm import tqdm
 
-        bar = tqdm(total=num_crops, desc="emission crops", unit="crop")
-    while total < num_crops:
-        if cubes >= max_cubes:
-            raise RuntimeError(
-                f"only {total} of {num_crops} crops accepted from {cubes} cubes: loosen the crop "
-                "selection or enlarge the cubes"
-            )
-        key, k_params, k_cube = jax.random.split(key, 3)
+    def cut_cube(rng, k_params, k_cube, index):
         kin = settings.sample_kinematics(jax.random.fold_in(k_params, 1))
         state = kinematics.simulate_cloud_state(k_cube, grid, sampler(k_params), kin)
         subgrid = kinematics.subgrid_dispersion_kms(grid, kin) if settings.subgrid else 0.0
         if cubes_dir is not None:
             kinematics.save_cloud(
-                f"{cubes_dir}/cloud_{cubes:05d}.npz", state, grid.cell_size_pc,
-                {"seed": seed, "index": cubes, "kinematics": {k: float(v) for k, v in
+                f"{cubes_dir}/cloud_{index:05d}.npz", state, grid.cell_size_pc,
+                {"seed": seed, "index": index, "kinematics": {k: float(v) for k, v in
                                                               kin._asdict().items()}},
             )  # fmt: skip
-        cubes += 1
+        crops: dict[str, list] = {name: [] for name in names}
         for axis in range(3):
             maps = {k: np.asarray(v) for k, v in project(state["density"], axis,
                                                          grid.cell_size_pc).items()}  # fmt: skip
             corners = select_crops(rng, maps[COLUMN], maps[TARGETS[score_target]], selection)
             if not corners:
-                continue
+                continue  # no ray tracing for a face without crops
             ppv = em.cloud_ppv(
                 state, axis, grid.cell_size_pc, spectral, subgrid_sigma_kms=subgrid,
                 oversample=settings.oversample,
@@ -191,18 +176,13 @@ def simulate_emission_crops(
             for r, c in corners:
                 window = (slice(r, r + size), slice(c, c + size))
                 for name in FEATURE_NAMES:
-                    chunks[name].append(maps[name][window])
-                chunks[PPV].append(ppv[window])
-                chunks[MOMENTS].append(moments[window])
-            total += len(corners)
-            if bar is not None:
-                bar.update(len(corners))
-    if bar is not None:
-        bar.close()
-    features = {name: np.asarray(v[:num_crops], np.float32) for name, v in chunks.items()}
-    order = rng.permutation(num_crops)
-    features = {name: v[order] for name, v in features.items()}
-    return features, {"num_cubes": cubes, "crops_per_cube": total / cubes}
+                    crops[name].append(maps[name][window])
+                crops[PPV].append(ppv[window])
+                crops[MOMENTS].append(moments[window])
+        return crops
+
+    return accumulate_crops(seed, num_crops, cut_cube, names, max_cubes=max_cubes,
+                            progress=progress, desc="emission crops")  # fmt: skip
 
 
 def emission_channels(features: dict, inputs: str) -> np.ndarray:
@@ -243,38 +223,115 @@ def to_model_batch(features: dict, target: str, inputs: str) -> dict[str, np.nda
 
 
 _CACHE: dict[str, dict] = {}
+# data keys that do not change the simulated crops (how they are batched or used, where kept)
+_NOT_IN_DATA_KEY = ("steps_per_epoch", "passes_per_epoch", "target", "crops_file")
 
 
-def emission_splits(config) -> dict[str, dict[str, np.ndarray]]:
-    """The emission crop dataset of a config, simulated in memory (cached per process, shared by
-    configs that differ only in the input kind or the target), split 80/20."""
+def _data_key(config) -> str:
+    """What the crops of a config depend on (its data block but batching, target and input
+    kind, and the dataset seed), as a string."""
     import json
 
     data = config.data
     d = data.to_dict() if hasattr(data, "to_dict") else dict(data)
-    d = {k: v for k, v in d.items() if k not in ("steps_per_epoch", "target")}
+    d = {k: v for k, v in d.items() if k not in _NOT_IN_DATA_KEY}
     d["emission"] = {k: v for k, v in dict(d.get("emission") or {}).items() if k != "inputs"}
     seed = int(data.get("seed", config.get("seed", 0)))
-    key = json.dumps(d, sort_keys=True, default=str) + f"|{seed}"
+    return json.dumps(d, sort_keys=True, default=str) + f"|{seed}"
+
+
+def _fingerprint(key: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def _simulate_splits(config) -> dict[str, dict[str, np.ndarray]]:
+    data = config.data
+    seed = int(data.get("seed", config.get("seed", 0)))
+    num = int(data.num_crops)
+    counts = pdata.split_counts(num, float(data.get("validation_fraction", 0.2)))
+    features, _ = simulate_emission_crops(
+        seed, num, pdata.grid_from_config(data), pdata.selection_from_config(data),
+        settings_from_config(data), param_sampler=pdata.param_sampler_from_config(data),
+        score_target=data.get("score_target", "mass_weighted"),
+        progress=bool(config.get("progress_bar", False)),
+    )  # fmt: skip
+    n_train = counts["train"]
+    return {
+        "train": {k: v[:n_train] for k, v in features.items()},
+        "validation": {k: v[n_train:] for k, v in features.items()},
+    }
+
+
+def _load_crops_file(path, key: str) -> dict[str, dict[str, np.ndarray]]:
+    from pathlib import Path
+
+    from dustjax import io as dio
+
+    path = Path(path)
+    meta = path.with_suffix(".json")
+    if not path.is_file() or not meta.is_file():
+        raise FileNotFoundError(
+            f"config.data.crops_file: no {path} (and {meta.name}); make it with "
+            "multi_input.save_emission_crops(config, path)"
+        )
+    saved = dio.read_json(meta).get("fingerprint")
+    if saved != _fingerprint(key):
+        raise ValueError(
+            f"config.data.crops_file {path} holds crops of another data config (fingerprint "
+            f"{saved}, this config's {_fingerprint(key)}): simulate them again"
+        )
+    with np.load(path) as f:
+        return {split: {k.split("/", 1)[1]: f[k] for k in f.files if k.startswith(split + "/")}
+                for split in ("train", "validation")}  # fmt: skip
+
+
+def emission_splits(config) -> dict[str, dict[str, np.ndarray]]:
+    """The emission crop dataset of a config, split 80/20: simulated in memory (cached per
+    process, shared by configs that differ only in the input kind, the target or the batching),
+    or, with ``config.data.crops_file``, read from the file `save_emission_crops` wrote for the
+    same data config (several processes then train on one simulation)."""
+    key = _data_key(config)
     if key not in _CACHE:
-        num = int(data.num_crops)
-        counts = pdata.split_counts(num, float(data.get("validation_fraction", 0.2)))
-        features, _ = simulate_emission_crops(
-            seed, num, pdata.grid_from_config(data), pdata.selection_from_config(data),
-            settings_from_config(data), param_sampler=pdata.param_sampler_from_config(data),
-            score_target=data.get("score_target", "mass_weighted"),
-            progress=bool(config.get("progress_bar", False)),
-        )  # fmt: skip
-        n_train = counts["train"]
-        _CACHE[key] = {
-            "train": {k: v[:n_train] for k, v in features.items()},
-            "validation": {k: v[n_train:] for k, v in features.items()},
-        }
+        crops_file = config.data.get("crops_file")
+        if crops_file:
+            _CACHE[key] = _load_crops_file(crops_file, key)
+        else:
+            _CACHE[key] = _simulate_splits(config)
     return _CACHE[key]
 
 
+def save_emission_crops(config, path) -> dict:
+    """Simulate (or take from this process's cache) the crops of `config` and write them to
+    `path` (.npz, atomically) with ``<path>.json`` (the data fingerprint and split sizes), for
+    ``config.data.crops_file``. Returns the json's content."""
+    from pathlib import Path
+
+    from dustjax import io as dio
+
+    path = Path(path)
+    key = _data_key(config)
+    if key not in _CACHE:
+        _CACHE[key] = _simulate_splits(config)
+    splits = _CACHE[key]
+    dio.ensure_writable_dir(path.parent)
+    path.with_suffix(".json").unlink(missing_ok=True)  # the npz is complete once this is back
+    arrays = {f"{split}/{k}": v for split, d in splits.items() for k, v in d.items()}
+    with dio.atomic_path(path) as tmp, tmp.open("wb") as f:
+        np.savez(f, **arrays)
+    info = {
+        "fingerprint": _fingerprint(key),
+        "crops": {split: int(len(d[COLUMN])) for split, d in splits.items()},
+        "bytes": path.stat().st_size,
+    }
+    dio.write_json(path.with_suffix(".json"), info)
+    return info
+
+
 def emission_source(config, split, *, batch_size, seed, epoch, train):
-    """Engine data source "polaris_emission_simulate" (same batching as `data.crop_source`)."""
+    """Engine data source "polaris_emission_simulate" (`data.batch_source`, as the column-only
+    source; ``config.data.passes_per_epoch`` passes over the training crops an epoch)."""
     if split not in ("train", "validation"):
         raise ValueError(f"POLARIS datasets have train and validation splits, not {split!r}")
     settings = settings_from_config(config.data)
@@ -282,25 +339,10 @@ def emission_source(config, split, *, batch_size, seed, epoch, train):
         emission_splits(config)[split], config.data.get("target", "mass_weighted"),
         settings.inputs,
     )  # fmt: skip
-    n = len(batch[INPUT_KEY])
-    if train:
-        steps = n // batch_size
-        if steps < 1:
-            raise ValueError(f"{n} training crops give no full batch of {batch_size}")
-
-        def make():
-            order = np.random.default_rng([seed, 7, epoch]).permutation(n)
-            for s in range(steps):
-                idx = np.sort(order[s * batch_size : (s + 1) * batch_size])
-                yield {k: v[idx] for k, v in batch.items()}
-
-        return SizedBatches(make, steps)
-
-    def make_eval():
-        for start in range(0, n, batch_size):
-            yield {k: v[start : start + batch_size] for k, v in batch.items()}
-
-    return SizedBatches(make_eval, math.ceil(n / batch_size))
+    return pdata.batch_source(
+        batch, INPUT_KEY, batch_size=batch_size, seed=seed, epoch=epoch, train=train,
+        passes=config.data.get("passes_per_epoch", 1),
+    )  # fmt: skip
 
 
 def dihedral_augment(batch: dict, rng) -> dict:
@@ -383,8 +425,17 @@ def evaluate_emission_workdir(workdir, which: str = "best", bin_edges=None) -> d
     ref_bins = [float(ref_sq[index == b].mean()) if (index == b).any() else None
                 for b in range(nb)]  # fmt: skip
     acc = accuracy_curve(pred, true, (0.1, 0.2))
+    # squared errors summed per (validation crop, density bin): the paired bootstrap of
+    # `paired_ratio` resamples crops, the independent units (pixels of a crop are correlated)
+    n = len(true)
+    inside = (index >= 0) & (index < nb)
+    flat = (np.arange(n)[:, None, None] * nb + index)[inside]
+    crop_sse = np.bincount(flat, weights=sq[inside], minlength=n * nb).reshape(n, nb)
+    crop_count = np.bincount(flat, minlength=n * nb).reshape(n, nb)
     return {
         "inputs": settings.inputs,
+        "model": config.model.name,
+        "num_params": int(sum(np.size(x) for x in jax.tree_util.tree_leaves(variables["params"]))),
         "target": target,
         "input_channels": input_channels(config),
         "num_validation_crops": int(len(true)),
@@ -399,7 +450,171 @@ def evaluate_emission_workdir(workdir, which: str = "best", bin_edges=None) -> d
             "mse_reference": ref_bins,
             "mean_residual": [None if not np.isfinite(m) else float(m) for m in per_bin["mean"]],
         },
+        "per_crop": {
+            "sse": [[float(f"{v:.6g}") for v in row] for row in crop_sse],
+            "count": crop_count.astype(int).tolist(),
+        },
     }
+
+
+MIN_CROPS = 5  # a bin's bootstrap interval is shown only when this many crops have pixels in it
+
+
+def paired_ratio(run: dict, baseline: dict, num_boot: int = 2000, seed: int = 0) -> dict:
+    """MSE(run) / MSE(baseline), overall and per density bin, with the 2.5-97.5 % interval of
+    a bootstrap over validation crops: the same resampled crops for both runs (paired), so the
+    interval is that of the difference the input makes, not of which crops were drawn. Both
+    runs must be evaluations (`evaluate_emission_workdir`) of the same crops and bins."""
+    import warnings
+
+    a = np.asarray(run["per_crop"]["sse"], np.float64)
+    b = np.asarray(baseline["per_crop"]["sse"], np.float64)
+    if a.shape != b.shape or run["per_crop"]["count"] != baseline["per_crop"]["count"]:
+        raise ValueError("paired_ratio needs two evaluations of the same crops and density bins")
+    n = len(a)
+    rng = np.random.default_rng(seed)
+    weights = np.zeros((num_boot, n))
+    np.add.at(weights, (np.repeat(np.arange(num_boot), n), rng.integers(0, n, num_boot * n)), 1)
+
+    def ratio(sa, sb):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(sb > 0, sa / np.where(sb > 0, sb, 1.0), np.nan)
+
+    boot_a, boot_b = weights @ a, weights @ b  # (num_boot, bins)
+    overall = ratio(boot_a.sum(-1), boot_b.sum(-1))
+    bins = ratio(boot_a, boot_b)
+
+    def clean(x):
+        return [None if not np.isfinite(v) else float(v) for v in np.atleast_1d(x)]
+
+    with warnings.catch_warnings():  # a bin empty in every resample: no interval (None)
+        warnings.simplefilter("ignore", RuntimeWarning)
+        lo, hi = np.nanpercentile(bins, [2.5, 97.5], axis=0)
+    return {
+        "ratio": float(ratio(a.sum(), b.sum())),
+        "low": float(np.percentile(overall, 2.5)),
+        "high": float(np.percentile(overall, 97.5)),
+        "bins": {
+            "ratio": clean(ratio(a.sum(0), b.sum(0))),
+            "low": clean(lo),
+            "high": clean(hi),
+            "crops": [int(c) for c in (np.asarray(run["per_crop"]["count"]) > 0).sum(0)],
+        },
+        "num_crops": n,
+        "num_boot": num_boot,
+    }
+
+
+EVAL_FILE = "emission_eval.json"
+
+
+KAN_MODELS = ("knet", "ukan", "unet_kan_branch")
+
+
+def run_name(target: str, kind: str, model: str | None = None, seed: int | None = None) -> str:
+    """``<target>_<kind>``, ``+<model>`` for a KAN variant in place of the U-Net and ``@<seed>``
+    for a training seed other than the config's (`parse_run_name` reads it back)."""
+    return (
+        f"{target}_{kind}" + (f"+{model}" if model else "") + ("" if seed is None else f"@{seed}")
+    )
+
+
+def parse_run_name(name: str) -> tuple[str, str, str | None, int | None]:
+    """(target, kind, model, seed) of a `run_name`."""
+    rest, at, seed = name.partition("@")
+    base, plus, model = rest.partition("+")
+    target, _, kind = base.rpartition("_")
+    return target, kind, model or None, int(seed) if at else None
+
+
+def run_config(config, target: str, kind: str, model: str | None = None, seed: int | None = None):
+    """`config` set to train on `target` from the input kind `kind` (named `run_name`); with
+    `model` one of the KAN variants of part II sect. 3.3 at the config's size instead of the
+    U-Net: "knet" (KAN output layer), "ukan" (KAN convolutions in all levels but the first)
+    or "unet_kan_branch" (a parallel per-pixel KAN 1-10-10-10-1 on the column density); with
+    `seed` another training seed (initialisation, batches, augmentation; the crops stay)."""
+    if target not in TARGETS:
+        raise ValueError(f"unknown target {target!r}; use one of {sorted(TARGETS)}")
+    if kind not in INPUT_KINDS:
+        raise ValueError(f"emission inputs must be one of {INPUT_KINDS}, got {kind!r}")
+    if model is not None and model not in KAN_MODELS:
+        raise ValueError(f"model must be one of {KAN_MODELS} (or none: the U-Net), got {model!r}")
+    c = config.copy_and_resolve_references()
+    with c.unlocked():
+        c.data.target = target
+        c.data.emission.inputs = kind
+        c.name = f"{config.get('name', 'emission')}_{run_name(target, kind, model, seed)}"
+        if seed is not None:
+            c.seed = int(seed)
+        if model:
+            c.model.name = model
+            if model == "ukan":  # the model's default is the paper's 5 levels
+                c.model.kwargs.kan_levels = int(c.model.kwargs.levels) - 1
+    return c
+
+
+def train_input(config, workdir, target: str, kind: str, model: str | None = None) -> dict:
+    """Train (or resume) the model of one (target, input kind) in ``<workdir>/<run_name>``
+    and evaluate its best checkpoint (`write_evaluation`)."""
+    import time
+    from pathlib import Path
+
+    from dustjax import training as train
+
+    run_dir = Path(workdir) / run_name(target, kind, model)
+    t0 = time.perf_counter()
+    summary = train.train_and_evaluate(run_config(config, target, kind, model), run_dir)
+    return write_evaluation(run_dir, summary, time.perf_counter() - t0)
+
+
+def write_evaluation(run_dir, summary: dict | None, train_wall_s: float) -> dict:
+    """`evaluate_emission_workdir` of a run's best checkpoint with the training's epochs, stop
+    reason (`summary`: the engine's; None for a run stopped from outside, e.g. by a deadline)
+    and wall time, written as ``<run_dir>/emission_eval.json``; returns it."""
+    import json
+    from pathlib import Path
+
+    from dustjax import io as dio
+    from dustjax import training as train
+
+    summary = summary or {}
+    metrics = evaluate_emission_workdir(run_dir)
+    metrics["train_wall_s"] = train_wall_s
+    for k in ("epochs_run", "best_epoch", "stop_reason"):
+        metrics[k] = summary.get(k)
+    config = train.load_config(run_dir)
+    if not summary:  # stopped from outside: the epochs its metrics.jsonl recorded
+        rows = [
+            json.loads(line)
+            for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+            if line.strip()
+        ]
+        if rows:
+            best = min(rows, key=lambda r: r["val_loss"])
+            metrics.update(epochs_run=rows[-1]["epoch"], best_epoch=best["epoch"])
+        metrics["stop_reason"] = "stopped from outside (deadline)"
+    n_train = len(emission_splits(config)["train"][COLUMN])
+    passes = int(config.data.get("passes_per_epoch", 1) or 1)
+    metrics["steps_per_epoch"] = n_train // int(config.batch_size) * passes
+    dio.write_json(Path(run_dir) / EVAL_FILE, metrics)
+    return metrics
+
+
+def collect_comparison(workdir, names, extra: dict | None = None) -> dict:
+    """The comparison of runs trained separately (e.g. one process each): every
+    ``<workdir>/<name>/emission_eval.json`` that exists, the others marked not finished; writes
+    ``<workdir>/comparison.{json,md}`` and returns the results."""
+    from pathlib import Path
+
+    from dustjax import io as dio
+
+    results = {**(extra or {}), "runs": {}}
+    for name in names:
+        path = Path(workdir) / name / EVAL_FILE
+        done = path.is_file()
+        results["runs"][name] = dio.read_json(path) if done else {"skipped": "not finished"}
+    _write_comparison(workdir, results)
+    return results
 
 
 def compare_inputs(
@@ -409,19 +624,20 @@ def compare_inputs(
     inputs=INPUT_KINDS,
     targets=("mass_weighted", "max"),
     deadline_s: float | None = None,
+    models=(None,),
 ) -> dict:
     """Train one U-Net per (target, input kind) on the same crops and compare them.
 
     Each run lives in ``<workdir>/<target>_<inputs>`` (resumed if interrupted; a finished run is
     evaluated, not retrained). With `deadline_s` (seconds from the call) a run not started in
-    time is recorded as skipped. Writes ``<workdir>/comparison.json`` and ``comparison.md`` (the
-    per-bin table) and returns the results.
+    time is recorded as skipped. `models`: None (the U-Net) and/or KAN variants (`run_config`),
+    each trained on every (target, input kind). Writes ``<workdir>/comparison.json`` and
+    ``comparison.md`` (the per-bin table) and returns the results.
     """
+    import itertools
     import time
-    from pathlib import Path
 
     from dustjax import io as dio
-    from dustjax import training as train
 
     start = time.perf_counter()
     workdir = dio.ensure_writable_dir(workdir)
@@ -429,23 +645,12 @@ def compare_inputs(
     for target in targets:
         if target not in TARGETS:
             raise ValueError(f"unknown target {target!r}; use one of {sorted(TARGETS)}")
-        for kind in inputs:
-            name = f"{target}_{kind}"
+        for kind, model in itertools.product(inputs, models):
+            name = run_name(target, kind, model)
             if deadline_s is not None and time.perf_counter() - start > deadline_s:
                 results["runs"][name] = {"skipped": "time budget"}
                 continue
-            run_config = config.copy_and_resolve_references()
-            with run_config.unlocked():
-                run_config.data.target = target
-                run_config.data.emission.inputs = kind
-                run_config.name = f"{config.get('name', 'emission')}_{name}"
-            t0 = time.perf_counter()
-            summary = train.train_and_evaluate(run_config, Path(workdir) / name)
-            metrics = evaluate_emission_workdir(Path(workdir) / name)
-            metrics["train_wall_s"] = time.perf_counter() - t0
-            metrics["epochs_run"] = summary.get("epochs_run")
-            metrics["best_epoch"] = summary.get("best_epoch")
-            results["runs"][name] = metrics
+            results["runs"][name] = train_input(config, workdir, target, kind, model)
             _write_comparison(workdir, results)  # after every run: a cut batch keeps its rows
     results["wall_s"] = time.perf_counter() - start
     _write_comparison(workdir, results)
@@ -466,9 +671,18 @@ def comparison_table(results: dict) -> str:
     """Markdown: per target, one row per input kind (MSE, accuracy, MSE per density bin)."""
     lines = []
     runs = results["runs"]
-    for target in dict.fromkeys(n.rsplit("_", 1)[0] for n in runs):
-        done = {n.rsplit("_", 1)[1]: r for n, r in runs.items()
-                if n.rsplit("_", 1)[0] == target and "val_mse" in r}  # fmt: skip
+
+    def split(name):  # run_name -> (target, its row's label: <kind>[+<model>][@<seed>])
+        target = parse_run_name(name)[0]
+        return target, name[len(target) + 1 :]
+
+    def baseline(label):  # the column-only U-Net of the same training seed
+        seed = parse_run_name("t_" + label)[3]
+        return "column" + ("" if seed is None else f"@{seed}")
+
+    for target in dict.fromkeys(split(n)[0] for n in runs):
+        done = {split(n)[1]: r for n, r in runs.items()
+                if split(n)[0] == target and "val_mse" in r}  # fmt: skip
         if not done:
             continue
         edges = next(iter(done.values()))["bins"]["edges_log10_cm3"]
@@ -490,6 +704,34 @@ def comparison_table(results: dict) -> str:
                 f"| {kind} ({r['input_channels']} ch) | {r['val_mse']:.4f} | "
                 f"{r['accuracy_0.1dex']:.3f} | {r['accuracy_0.2dex']:.3f} | "
                 + " | ".join("" if m is None else f"{m:.3f}" for m in r["bins"]["mse"])
+                + " |"
+            )
+        lines.append("")
+        pairs = [(k, baseline(k)) for k, r in done.items() if "per_crop" in r]
+        pairs = [(k, b) for k, b in pairs if k != b and "per_crop" in done.get(b, {})]
+        if not pairs:
+            continue
+        lines.append(
+            f"target {target}: MSE / column-only MSE (same training seed), overall and per bin, "
+            f"[95 % interval of a paired bootstrap over the validation crops]"
+        )
+        lines.append("")
+        lines.append("| input | MSE ratio | " + " | ".join(bins) + " |")
+        lines.append("|" + "---|" * (2 + len(bins)))
+        for kind, base in pairs:
+            try:
+                q = paired_ratio(done[kind], done[base])
+            except ValueError:
+                continue
+            cells = [  # no interval from fewer than MIN_CROPS crops: "(k crops)"
+                "" if m is None else f"{m:.2f} ({k} crops)" if lo is None or k < MIN_CROPS
+                else f"{m:.2f} [{lo:.2f}, {hi:.2f}]"
+                for m, lo, hi, k in zip(q["bins"]["ratio"], q["bins"]["low"], q["bins"]["high"],
+                                        q["bins"]["crops"], strict=True)
+            ]  # fmt: skip
+            lines.append(
+                f"| {kind} | **{q['ratio']:.3f}** [{q['low']:.3f}, {q['high']:.3f}] | "
+                + " | ".join(cells)
                 + " |"
             )
         lines.append("")

@@ -411,6 +411,35 @@ def run_study(
     return table
 
 
+def seed_results(config, study: str, root, table_path) -> dict:
+    """Take the finished points of an earlier run's table (a ``results.json``, e.g. one kept in
+    docs/results/) as finished here: each done row whose fingerprint is that of a point of the
+    current grid becomes that point's ``result.json`` (the points it does not finish yet
+    are kept). A row of another config (another fingerprint: other settings, ``num_devices``
+    included) is not taken. Returns {"seeded", "kept", "other_config"} point names."""
+    _check_study(study)
+    table = dio.read_json(table_path)
+    if table.get("study") not in (None, study):
+        raise ValueError(
+            f"{table_path} is the table of study {table.get('study')!r}, not {study!r}"
+        )
+    study_dir = dio.ensure_writable_dir(Path(root) / study)
+    points = {p.name: p for p in study_points(config, study)}
+    out = {"seeded": [], "kept": [], "other_config": []}
+    for row in table.get("points", []):
+        if row.get("status") != "done":
+            continue
+        point = points.get(row.get("name"))
+        if point is None or row.get("fingerprint") != fingerprint(point_config(config, point)):
+            out["other_config"].append(row.get("name"))
+        elif is_finished(config, point, study_dir):
+            out["kept"].append(point.name)
+        else:
+            dio.write_json(study_dir / "points" / point.name / RESULT_FILE, row)
+            out["seeded"].append(point.name)
+    return out
+
+
 def is_finished(config, point: Point, study_dir) -> bool:
     result = _read_result(Path(study_dir) / "points" / point.name / RESULT_FILE)
     fp = fingerprint(point_config(config, point))

@@ -71,3 +71,23 @@ def test_simulated_crop_dataset_has_physical_features_and_consistent_targets():
     again, _ = crops.simulate_crop_dataset(0, 10, grid, selection)
     np.testing.assert_array_equal(again["column_density"], f["column_density"])
     assert info["num_cubes"] >= 1
+
+
+def test_accumulate_crops_keeps_the_first_crops_shuffled_and_stops_at_max_cubes():
+    from dustjax.polaris.crops import accumulate_crops
+
+    def cut_cube(rng, k_params, k_cube, index):  # cube i gives i crops, numbered in order
+        first = index * (index - 1) // 2
+        ids = np.arange(first, first + index, dtype=np.float32)
+        return {"a": ids[:, None], "b": -ids[:, None]}
+
+    features, info = accumulate_crops(3, 7, cut_cube, ("a", "b"))
+    assert info == {"num_cubes": 5, "crops_per_cube": 10 / 5}  # 0 + 1 + 2 + 3 + 4 >= 7
+    assert features["a"].dtype == np.float32 and features["a"].shape == (7, 1)
+    assert sorted(features["a"][:, 0]) == list(range(7))  # the first 7, shuffled
+    assert not np.array_equal(features["a"][:, 0], np.arange(7))
+    np.testing.assert_array_equal(features["b"], -features["a"])  # one order for every name
+    again, _ = accumulate_crops(3, 7, cut_cube, ("a", "b"))
+    np.testing.assert_array_equal(again["a"], features["a"])  # a function of the seed
+    with pytest.raises(RuntimeError, match="only 0 of 2 crops accepted from 3 cubes"):
+        accumulate_crops(0, 2, lambda *a: {"a": []}, ("a",), max_cubes=3)

@@ -247,3 +247,25 @@ def test_cli_refuses_an_unknown_study_and_draws_an_empty_root(tmp_path):
                         text=True)  # fmt: skip
     assert ok.returncode == 0, ok.stderr[-2000:]
     assert "0 of 4 points done" in ok.stdout and "no figure yet" in ok.stdout
+
+
+def test_an_earlier_runs_table_seeds_its_finished_points_only(tmp_path):
+    """Run 2's table (docs/results) resumes on the device config it was made with (one device a
+    process); run 1's points, trained with other settings, are not taken."""
+    runs = REPO / "docs" / "results"
+    run1, run2 = runs / "polaris_study_h200_run1", runs / "polaris_study_h200_run2"
+    device = load_config_module("polaris_study")
+    device.num_devices = 1  # as tools/device/issue21s.sh runs it
+    seeded = studies.seed_results(device, "filters_levels", tmp_path, run2 / "filters_levels.json")
+    assert len(seeded["seeded"]) == 9 and not seeded["kept"] and not seeded["other_config"]
+    table = studies.collect_results(device, "filters_levels", tmp_path)
+    assert table["num_done"] == 9
+    pending = {r["name"] for r in table["points"] if r["status"] == "pending"}
+    assert pending == {"f64_l4_s0", "f32_l5_s0", "f64_l5_s0"}  # the three run 2 did not start
+    again = studies.seed_results(device, "filters_levels", tmp_path, run2 / "filters_levels.json")
+    assert len(again["kept"]) == 9 and not again["seeded"]
+    fl1 = run1 / "filters_levels.json"
+    old = studies.seed_results(device, "filters_levels", tmp_path / "r", fl1)
+    assert len(old["other_config"]) == 12 and not old["seeded"]
+    with pytest.raises(ValueError, match="table of study 'kan', not 'train_size'"):
+        studies.seed_results(device, "train_size", tmp_path, run2 / "kan.json")

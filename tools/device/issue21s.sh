@@ -4,6 +4,7 @@
 #
 #   OUT_DIR=/out BUDGET_S=300 bash tools/device/issue21s.sh          # one (or two) H200
 #   JAX_PLATFORMS=cpu SMOKE=1 OUT_DIR=/tmp/x BUDGET_S=150 bash tools/device/issue21s.sh
+#   SEED_FROM=docs/results/polaris_study_h200_run2 OUT_DIR=/out BUDGET_S=300 bash ...  # resume run 2
 #
 # Steps: a smoke point (fails fast) while the crops are simulated once (shared by every study),
 # then ten processes at once on the visible GPU(s) (filters x levels in four shards, convs per
@@ -73,6 +74,15 @@ if [ -n "${RESUME_FROM:-}" ]; then
     rel=${f#"$RESUME_FROM"/}; mkdir -p "$WORK/root/$(dirname "$rel")"; cp "$f" "$WORK/root/$rel"
   done
   echo "resumed $(find "$WORK/root" -name result.json | wc -l) finished points from $RESUME_FROM"
+fi
+# or from the tables of an earlier run kept in the repository (SEED_FROM=docs/results/
+# polaris_study_h200_run2: <study>.json each); only points of the same config are taken
+if [ -n "${SEED_FROM:-}" ]; then
+  for s in filters_levels convs_per_block train_size kan; do
+    [ -f "$SEED_FROM/$s.json" ] || continue
+    JAX_PLATFORMS=cpu "${RUN[@]}" --config="$CONFIG" "${ONE[@]}" --study="$s" --draw_only \
+      --seed_from="$SEED_FROM/$s.json" 2>&1 | grep "^from " | sed "s/^/$s: /"
+  done
 fi
 
 # 3. the studies, ten processes at once, one GPU each (round robin over the visible ones)
