@@ -128,19 +128,15 @@ def _env(devices: int) -> dict:
     return env
 
 
-def test_two_processes_share_one_mesh_and_the_gp_elbo():
+def _two_workers(worker: str, devices: int) -> list[dict]:
+    """Run `worker` as processes 0 and 1 of one localhost job; their RESULT lines, parsed."""
     address = f"localhost:{_free_port()}"
     procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", _WORKER, address, str(i)],
-            cwd=ROOT,
-            env=_env(2),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )  # fmt: skip
+        subprocess.Popen([sys.executable, "-c", worker, address, str(i)], cwd=ROOT,
+                         env=_env(devices), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
         for i in range(2)
-    ]
+    ]  # fmt: skip
     results = []
     try:
         for p in procs:
@@ -151,6 +147,11 @@ def test_two_processes_share_one_mesh_and_the_gp_elbo():
     finally:
         for p in procs:
             p.kill()
+    return results
+
+
+def test_two_processes_share_one_mesh_and_the_gp_elbo():
+    results = _two_workers(_WORKER, 2)
     for i, out in enumerate(results):
         assert (out["process"], out["devices"], out["local"]) == (i, 4, 2)
         assert out["rows"] == [4 * i, 4 * i + 4]  # each process holds its own rows
@@ -217,22 +218,7 @@ _MC_WORKER = textwrap.dedent(
 
 
 def test_the_monte_carlo_splits_its_redraws_over_two_processes():
-    address = f"localhost:{_free_port()}"
-    procs = [
-        subprocess.Popen([sys.executable, "-c", _MC_WORKER, address, str(i)], cwd=ROOT,
-                         env=_env(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for i in range(2)
-    ]  # fmt: skip
-    results = []
-    try:
-        for p in procs:
-            stdout, stderr = p.communicate(timeout=600)
-            assert p.returncode == 0, stderr[-3000:]
-            line = next(x for x in stdout.splitlines() if x.startswith("RESULT"))
-            results.append(json.loads(line[len("RESULT") :]))
-    finally:
-        for p in procs:
-            p.kill()
+    results = _two_workers(_MC_WORKER, 1)
     for key in ("density_mean", "density_std", "extinction_std"):
         r0, r1 = results[0][key], results[1][key]
         assert r0["scale"] > 0 and r0["finite"]

@@ -561,20 +561,18 @@ def run_test(truth, settings: TestSettings, *, progress: bool = False) -> dict[s
     col_hold, col_val = samples_of(hold_sl, "column"), samples_of(val_sl, "column")
     col_hold_model = col_hold
     bands["diagonal"] = star_scores(percentiles(diag_hold), true_hold)
-    if result.params_before_anneal is not None:  # what the annealing steps changed
-        before = star_samples(
-            result.params_before_anneal, grid, stars["l"][hold_sl], stars["b"][hold_sl],
-            stars["d"][hold_sl], jitter=result.jitter, num_samples=settings.star_samples,
-            link=fit_settings.link, kernel_coords=settings.kernel_coords,
+    for name, other in (
+        ("diagonal_before_anneal", result.params_before_anneal),  # what the annealing changed
+        ("diagonal_last_iterate", result.params_last_iterate),  # `anneal_average`'s last iterate
+    ):
+        if other is None:
+            continue
+        samples = star_samples(
+            other, grid, stars["l"][hold_sl], stars["b"][hold_sl], stars["d"][hold_sl],
+            jitter=result.jitter, num_samples=settings.star_samples, link=fit_settings.link,
+            kernel_coords=settings.kernel_coords,
         )  # fmt: skip
-        bands["diagonal_before_anneal"] = star_scores(percentiles(before), true_hold)
-    if result.params_last_iterate is not None:  # `anneal_average`: the last iterate too
-        last = star_samples(
-            result.params_last_iterate, grid, stars["l"][hold_sl], stars["b"][hold_sl],
-            stars["d"][hold_sl], jitter=result.jitter, num_samples=settings.star_samples,
-            link=fit_settings.link, kernel_coords=settings.kernel_coords,
-        )  # fmt: skip
-        bands["diagonal_last_iterate"] = star_scores(percentiles(last), true_hold)
+        bands[name] = star_scores(percentiles(samples), true_hold)
     f, s = calibrate_posthoc(
         percentiles(diag_val), stars["observed"][val_sl], stars["sigma"][val_sl]
     )
