@@ -187,6 +187,35 @@ def test_distance_power_shapes_the_distance_distribution():
     assert np.median(near) < np.median(uniform) < np.median(far)
 
 
+def test_refined_scores_pull_a_map_that_predicts_nothing_onto_the_exact_cube():
+    """The refinement of a V-net that predicts no dust (median 0, sigma_hat 1 in asinh units of
+    1e-3 mag/pc) from the exact literature cube recovers the slab at a small noise floor, and
+    follows the data less (the prior more) as the floor grows."""
+    import jax.numpy as jnp
+
+    from dustjax.vnet.normalisation import Normalisation
+
+    class Hat:
+        normalisation = Normalisation("asinh", e0=0.05, rho0=1e-3)
+
+        def predict_hat(self, extinction):
+            return jnp.zeros_like(extinction), jnp.ones_like(extinction)
+
+    density, header = _slab_cube()
+    cube = realsky.cube_from_array(density.T, header)
+    zero = lambda e: jnp.zeros_like(e)  # noqa: E731
+    report, _ = realsky.evaluate(
+        cube, REGION, zero, route="literature", hat_model=Hat(), refine_floors=(0.001, 0.01, 0.03)
+    )
+    assert report["scores"]["dust_recovered"] == 0.0
+    refined = report["refined"]
+    assert list(refined) == ["floor_0.001", "floor_0.01", "floor_0.03"]
+    tight = refined["floor_0.001"]["scores"]
+    assert tight["skill"] > 0.95 and tight["dust_recovered"] == pytest.approx(1.0, abs=0.05)
+    dust = [r["scores"]["dust_recovered"] for r in refined.values()]
+    assert dust[0] > dust[1] > dust[2] > 0.0
+
+
 def test_literature_route_nnls_is_near_exact_on_a_uniform_slab(tmp_path):
     density, header = _slab_cube()
     cube = realsky.cube_from_array(density.T, header)

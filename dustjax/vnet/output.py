@@ -185,8 +185,6 @@ def refine_map(result, model, region, stars, floor: float) -> None:
     """Replace ``result.density`` by its refinement (`dustjax.vnet.refine`) in place, from
     `stars` or (None) from ``result.extinction`` at the noise floor `floor`; the summary's
     ``"refined"`` records what was done and the dust before and after."""
-    import jax
-
     from dustjax.vnet import normalisation
     from dustjax.vnet import refine as rf
 
@@ -197,8 +195,7 @@ def refine_map(result, model, region, stars, floor: float) -> None:
             f"--refine needs a model with a variance head (the real-sky recipes, e.g. "
             f"vnet_sky_sr); {model} has none, so its map has no band to weigh against the data"
         )
-    mu, sigma = (np.asarray(a)[0] for a in jax.jit(hat.predict_hat)(result.extinction[None]))
-    prior = rf.prior_from_hat(hat.normalisation, mu, sigma)
+    prior = rf.prior_of_model(hat, result.extinction)
     network = np.asarray(result.density)
     if stars is not None:
         density = rf.refine_catalog(stars, *prior, region)

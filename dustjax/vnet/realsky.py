@@ -477,14 +477,13 @@ def refined_scores(result, region: Region, hat_model, catalog, floors) -> dict[s
     stars of `catalog`, or (None: the literature route) from the cube with each noise floor."""
     from dustjax.vnet import refine
 
-    mu, sigma = (np.asarray(a)[0] for a in hat_model.predict_hat(result.extinction[None]))
-    prior = refine.prior_from_hat(hat_model.normalisation, mu, sigma)
+    prior = refine.prior_of_model(hat_model, result.extinction)
     out: dict[str, Any] = {}
-    t = time.perf_counter()
     if catalog is not None:
+        t = time.perf_counter()
         rho = refine.refine_catalog(catalog, *prior, region)
-        out["stars"] = dict(scores=scores(rho, result.truth, region), seconds=0.0)
-        out["stars"]["seconds"] = time.perf_counter() - t
+        seconds = time.perf_counter() - t
+        out["stars"] = dict(scores=scores(rho, result.truth, region), seconds=seconds)
         return out
     for floor in floors:
         t = time.perf_counter()

@@ -56,6 +56,15 @@ def prior_from_hat(normalisation, mu_hat, sigma_hat):
     return m.astype(np.float32), s.astype(np.float32)
 
 
+def prior_of_model(hat_model, extinction):
+    """(m, s) of `prior_from_hat` for one extinction cube ``(nx, ny, nz)`` (mag) through a model
+    with a variance head (`dustjax.vnet.normalisation.ModelPredictor`)."""
+    mu, sigma = hat_model.predict_hat(np.asarray(extinction, np.float32)[None])
+    if sigma is None:
+        raise ValueError("the refinement needs a model with a variance head")
+    return prior_from_hat(hat_model.normalisation, np.asarray(mu)[0], np.asarray(sigma)[0])
+
+
 def _weighted_rows(op, weights):
     lengths = op.lengths_pc * jnp.asarray(weights, jnp.float32).reshape(-1, 1)
     return dataclasses.replace(op, lengths_pc=lengths)
