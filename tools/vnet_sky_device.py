@@ -45,7 +45,8 @@ def parse_args(argv=None):
                    "another training shares the GPU)")  # fmt: skip
     p.add_argument("--plan", default="", help="JSON file of the training's step plan: written "
                    "by the first call (from the measured rate), read by a later call that resumes "
-                   "the same workdir (no new measurement, the same schedule)")  # fmt: skip
+                   "the same workdir (no new measurement, the same schedule); '{region}' in the "
+                   "path is replaced by each region's name")  # fmt: skip
     p.add_argument("--call_seconds", type=float, default=0.0,
                    help="training in this call ends within this many seconds of its start "
                    "(config.stop_before_unix); 0: train to the plan's end")  # fmt: skip
