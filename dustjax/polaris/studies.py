@@ -91,32 +91,26 @@ def study_points(config, study: str) -> list[Point]:
         if s.get(key):
             common[target] = int(s[key])
     points = []
+
+    def architecture(name, filters, levels, convs, seed):
+        model = dict(base_features=filters, levels=levels, convs_per_block=convs)
+        overrides = {f"model.kwargs.{k}": v for k, v in model.items()}
+        return Point(name, dict(model, seed=seed), {**common, **overrides, "seed": seed})
+
     if study == "filters_levels":
         convs = int(s.get("convs_per_block", 1))
         for levels in _ints(s.levels, f"{study}.levels"):
             for filters in _ints(s.base_features, f"{study}.base_features"):
                 for seed in seeds:
-                    points.append(Point(
-                        f"f{filters}_l{levels}_s{seed}",
-                        dict(base_features=filters, levels=levels, convs_per_block=convs,
-                             seed=seed),
-                        {**common, "model.kwargs.base_features": filters,
-                         "model.kwargs.levels": levels, "model.kwargs.convs_per_block": convs,
-                         "seed": seed},
-                    ))  # fmt: skip
+                    name = f"f{filters}_l{levels}_s{seed}"
+                    points.append(architecture(name, filters, levels, convs, seed))
     elif study == "convs_per_block":
         for levels in _ints(s.levels, f"{study}.levels"):
             for filters in _ints(s.base_features, f"{study}.base_features"):
                 for convs in _ints(s.convs, f"{study}.convs"):
                     for seed in seeds:
-                        points.append(Point(
-                            f"f{filters}_l{levels}_c{convs}_s{seed}",
-                            dict(base_features=filters, levels=levels, convs_per_block=convs,
-                                 seed=seed),
-                            {**common, "model.kwargs.base_features": filters,
-                             "model.kwargs.levels": levels,
-                             "model.kwargs.convs_per_block": convs, "seed": seed},
-                        ))  # fmt: skip
+                        name = f"f{filters}_l{levels}_c{convs}_s{seed}"
+                        points.append(architecture(name, filters, levels, convs, seed))
     elif study == "train_size":
         eval_batch = int(config.get("eval_batch_size") or config.batch_size)
         for batch, sizes in s.series:
