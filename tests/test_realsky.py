@@ -261,6 +261,21 @@ def test_cli_catalogue_route_from_npy(tmp_path):
         assert 1 - np.mean((p - t) ** 2) / np.var(t) == pytest.approx(
             report["scores"]["skill"], abs=1e-4
         )
+        # the saved stars are the evaluated catalogue: gridding them gives the model's input
+        from dustjax import catalog as cat
+        from dustjax.vnet import gridding
+
+        stars = cat.StarCatalog.from_arrays(
+            xyz_pc=arrays["star_xyz_pc"].astype(float),
+            extinction=arrays["star_extinction"].astype(float),
+            sigma_extinction=arrays["star_sigma_extinction"].astype(float),
+        )
+        assert len(stars) == report["catalogue"]["num_in_region"]
+        region = realsky.parse_region("SR", (8, 8, 8))
+        np.testing.assert_allclose(
+            np.maximum(gridding.grid_extinction(region, stars), 0), arrays["extinction"],
+            rtol=1e-4, atol=1e-6,
+        )  # fmt: skip
     assert saved["scores"]["skill"] == pytest.approx(report["scores"]["skill"])
     assert saved["catalogue"]["num_drawn"] == 3000 and saved["k"] == 3
     assert 0.0 <= saved["scores"]["band_coverage"] <= 1.0

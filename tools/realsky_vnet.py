@@ -19,6 +19,8 @@ import logging
 import sys
 import time
 
+SAVE_MAX_STARS = 200_000  # --save_arrays keeps a catalogue route's stars up to this many
+
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(
@@ -63,7 +65,8 @@ def parse_args(argv=None):
         "--save_arrays",
         action="store_true",
         help="also write DIR/arrays.npz: the model's input extinction cube, the truth, the map, "
-        "and a variance head's mu_hat / sigma_hat (to study post-processing without the model)",
+        "and a variance head's mu_hat / sigma_hat (to study post-processing without the model); "
+        "the catalogue route's stars too, up to 200,000",
     )
     p.add_argument("--no_figure", action="store_true")
     p.add_argument("--out", required=True, help="output directory")
@@ -114,7 +117,15 @@ def main(argv=None) -> dict:
     )
     files = realsky.write_report(args.out, report, result, figure=not args.no_figure)
     if args.save_arrays:
-        files["arrays"] = realsky.save_arrays(args.out, result, hat_model)
+        catalog = None
+        if args.route == "catalogue" and args.num_stars <= SAVE_MAX_STARS:
+            # the evaluated catalogue again (same seed and settings: the same stars)
+            catalog, _ = realsky.mock_catalog(
+                cube, region, num_stars=args.num_stars, sigma_a=args.sigma_a,
+                sigma_b=args.sigma_b, distance_error=args.distance_error,
+                distance_power=args.distance_power, seed=args.seed,
+            )  # fmt: skip
+        files["arrays"] = realsky.save_arrays(args.out, result, hat_model, catalog)
     s = report["scores"]
     print(
         f"{args.route} {region.name} {args.model}: skill {s['skill']:.3f}, dust "

@@ -19,11 +19,22 @@ Per cube the scores of `dustjax.vnet.realsky.scores` (skill, dust recovered, log
 their median over cubes and the pooled skill 1 - sum MSE / sum Var (each cube's truth variance),
 for the V-net's median and mean point maps and, with --nnls, `dustjax.inversion.nnls_predictor`
 at the route's default weight.
+
+--save_arrays=PATH.npz also writes the cubes (float32, compressed), to choose post-processing
+such as `dustjax.vnet.refine` on CPU without the model: per cube ``truth`` (mag/pc), ``exact``
+(the literature input, mag), ``observed`` (the catalogue route's gridded cube), the V-net's
+``{lit,cat}_mu_hat`` and calibrated ``{lit,cat}_sigma_hat`` (normalised, as ``predict_hat``
+gives them) and, while stars x cubes <= --save_max_stars, the catalogue of the same draw as
+``observed`` (``star_xyz_obs`` pc, ``star_extinction``, ``star_sigma_extinction`` mag,
+``star_valid``, per cube ``star_distance_error`` f, ``star_sigma_a``, ``star_sigma_b``), with
+``meta`` (JSON: region, normalisation, observation, k). `read_arrays` loads it; `catalogue_of`
+and `prior_of` give a cube's `StarCatalog` and the refinement prior (m, s) in mag/pc.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import time
@@ -50,6 +61,10 @@ def parse_args(argv=None):
     p.add_argument("--refine", default="", help="literature route: also score the V-net map "
                    "refined by the exact cube (dustjax.vnet.refine) at these comma-separated "
                    "noise floors (mag), e.g. 0.003,0.01,0.03")  # fmt: skip
+    p.add_argument("--save_arrays", default="", help="also write the cubes (and catalogues) to "
+                   "this .npz (see the module docstring)")  # fmt: skip
+    p.add_argument("--save_max_stars", type=float, default=5e6, help="--save_arrays keeps the "
+                   "stars only while max stars x cubes is at most this")  # fmt: skip
     p.add_argument("--out", required=True, help="output JSON")
     return p.parse_args(argv)
 
@@ -83,6 +98,79 @@ def summarise(rows: list[dict]) -> dict:
     return out
 
 
+STAR_KEYS = ("xyz_obs", "extinction", "sigma_extinction", "valid", "distance_error",
+             "sigma_a", "sigma_b")  # fmt: skip
+
+
+def write_arrays(path, arrays: dict, meta: dict) -> str:
+    """``arrays`` (lists of per-batch arrays, concatenated along axis 0; floats as float32) and
+    ``meta`` (JSON) to a compressed .npz, atomically; returns the path."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    out = {}
+    for k, v in arrays.items():
+        a = np.concatenate([np.asarray(x) for x in v])
+        out[k] = a.astype(np.float32) if a.dtype.kind == "f" else a
+    out["meta"] = np.asarray(json.dumps(meta))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez_compressed(f, **out)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return str(path)
+
+
+def read_arrays(path) -> tuple[dict, dict]:
+    """``(arrays, meta)`` of a --save_arrays file (meta's region as a `Region`, normalisation as
+    a `Normalisation`)."""
+    from dustjax.geometry import Region
+    from dustjax.vnet.normalisation import Normalisation
+
+    with np.load(path) as f:
+        arrays = {k: f[k] for k in f.files if k != "meta"}
+        meta = json.loads(str(f["meta"]))
+    meta["region"] = Region.from_dict(meta["region"])
+    meta["normalisation"] = Normalisation(**meta["normalisation"])
+    return arrays, meta
+
+
+def catalogue_of(arrays: dict, meta: dict, i: int):
+    """Cube ``i``'s saved stars as a `dustjax.catalog.StarCatalog` (valid stars; sigma_distance
+    = f |xyz_obs| when the cube has a distance error f > 0)."""
+    from dustjax import catalog as cat
+
+    if "star_xyz_obs" not in arrays:
+        raise ValueError("this file holds no stars (stars x cubes was above --save_max_stars)")
+    ok = arrays["star_valid"][i]
+    xyz = np.asarray(arrays["star_xyz_obs"][i][ok], np.float64)
+    f = float(arrays["star_distance_error"][i])
+    return cat.StarCatalog.from_arrays(
+        xyz_pc=xyz,
+        extinction=np.asarray(arrays["star_extinction"][i][ok], np.float64),
+        sigma_extinction=np.asarray(arrays["star_sigma_extinction"][i][ok], np.float64),
+        sigma_distance=f * np.linalg.norm(xyz, axis=1) if f > 0 else None,
+        region=meta["region"],
+        source="tools.sky_heldout --save_arrays",
+    )
+
+
+def prior_of(arrays: dict, meta: dict, route: str, i: int):
+    """(m, s) in mag/pc (`dustjax.vnet.refine.prior_from_hat`) of cube ``i``, route "lit" or
+    "cat"."""
+    from dustjax.vnet import refine
+
+    return refine.prior_from_hat(
+        meta["normalisation"], arrays[f"{route}_mu_hat"][i], arrays[f"{route}_sigma_hat"][i]
+    )
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -106,7 +194,16 @@ def main(argv=None) -> dict:
         config, args.num_stars, args.sigma_a, args.sigma_b, args.distance_error
     )
     group = int((config.get("observation") or {}).get("group", 0) or 0)
-    observe = jax.jit(lambda k, d: observe_batch(k, d, region, params, group)[0])
+    save_stars = bool(args.save_arrays) and params.max_stars * args.num_cubes <= args.save_max_stars
+    if args.save_arrays and not save_stars:
+        log.warning("--save_arrays: %d stars x %d cubes > %g: the stars are not saved",
+                    params.max_stars, args.num_cubes, args.save_max_stars)  # fmt: skip
+
+    @jax.jit
+    def observe(keys, density):
+        cube, diag = observe_batch(keys, density, region, params, group, catalogue=save_stars)
+        return cube, diag.get("catalogue")
+
     hat = jax.jit(model.predict_hat)
     nnls = {}
     if args.nnls:
@@ -117,15 +214,24 @@ def main(argv=None) -> dict:
     floors = [float(v) for v in args.refine.split(",") if v.strip()]
     rows = {}
     base = jax.random.key(vdata._derived_seed(int(config.seed), vdata.SPLITS["test"], args.seed))
+    saved: dict[str, list] = {}
     done = 0
     while done < args.num_cubes:
         b = min(args.batch_size, args.num_cubes - done)
         key = jax.random.fold_in(base, done)
         density, exact = simulate(jax.random.split(key, b))
-        observed = observe(jax.random.split(jax.random.fold_in(key, 1), b), density)
+        observed, stars = observe(jax.random.split(jax.random.fold_in(key, 1), b), density)
         truth = np.asarray(density, np.float64)
+        if args.save_arrays:
+            for name, v in (("truth", density), ("exact", exact), ("observed", observed)):
+                saved.setdefault(name, []).append(np.asarray(v))
+            for name in STAR_KEYS if stars is not None else ():
+                saved.setdefault(f"star_{name}", []).append(np.asarray(stars[name]))
         for route, ext in (("literature", exact), ("catalogue", observed)):
             mu, sigma = hat(ext)
+            if args.save_arrays and sigma is not None:
+                saved.setdefault(f"{route[:3]}_mu_hat", []).append(np.asarray(mu))
+                saved.setdefault(f"{route[:3]}_sigma_hat", []).append(np.asarray(sigma))
             preds = {"vnet_median": np.maximum(np.asarray(norm.density_inverse(mu)), 0.0)}
             if sigma is not None:
                 preds["vnet_mean"] = np.maximum(np.asarray(norm.density_mean(mu, sigma)), 0.0)
@@ -158,6 +264,20 @@ def main(argv=None) -> dict:
         seconds=time.perf_counter() - t0,
         command="python -m tools.sky_heldout " + " ".join(argv or []),
     )
+    if args.save_arrays:
+        meta = dict(
+            region=region.to_dict(),
+            normalisation=dataclasses.asdict(norm),
+            sigma_scale=float(model.sigma_scale),
+            observation=params.to_dict(),
+            k=params.k_for(region),
+            cap=params.cap_for(region),
+            select=params.select_for(region),
+            stars_saved=save_stars,
+            simulator=name,
+            model=str(args.model),
+        )
+        result["arrays"] = write_arrays(args.save_arrays, saved, meta)
     dio.write_json(args.out, result)
     log.info("held-out sims: %s", json.dumps(result["summary"], indent=1))
     return result

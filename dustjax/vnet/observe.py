@@ -121,7 +121,8 @@ class ObservationParams:
 # ---- stars ------------------------------------------------------------------------------------
 def draw_stars(key, region: Region, params: ObservationParams) -> dict[str, jax.Array]:
     """One cube's stars: ``xyz_true``, ``xyz_obs`` ``(N_max, 3)`` pc, ``valid`` ``(N_max,)``,
-    and the cube's noise parameters ``sigma_a``, ``sigma_b`` (scalars). N_max = the largest count;
+    and the cube's noise parameters ``sigma_a``, ``sigma_b`` and fractional distance error
+    ``distance_error`` (scalars). N_max = the largest count;
     the first n (drawn log-uniformly in the range) are real, and those a "radial" draw or a
     distance error puts outside the box are not ``valid``."""
     k_n, k_pos, k_dir, k_a, k_b, k_f, k_err = jax.random.split(key, 7)
@@ -151,7 +152,8 @@ def draw_stars(key, region: Region, params: ObservationParams) -> dict[str, jax.
                                  maxval=params.sigma_a_range[1])  # fmt: skip
     sigma_b = jax.random.uniform(k_b, (), minval=params.sigma_b_range[0],
                                  maxval=params.sigma_b_range[1])  # fmt: skip
-    return dict(xyz_true=xyz, xyz_obs=xyz_obs, valid=valid, sigma_a=sigma_a, sigma_b=sigma_b)
+    return dict(xyz_true=xyz, xyz_obs=xyz_obs, valid=valid, sigma_a=sigma_a, sigma_b=sigma_b,
+                distance_error=f)  # fmt: skip
 
 
 def _inside(xyz, lower, upper):
@@ -281,12 +283,23 @@ def grid_eq5(
 
 
 # ---- the whole observation ----------------------------------------------------------------------
-def observe_one(key, density, region: Region, params: ObservationParams, num_redraws: int = 0):
+def observe_one(
+    key,
+    density,
+    region: Region,
+    params: ObservationParams,
+    num_redraws: int = 0,
+    catalogue: bool = False,
+):
     """One density cube -> ``(gridded extinction (nx, ny, nz) clipped >= 0, diagnostics)``.
 
     ``num_redraws`` > 0 returns ``(1 + num_redraws, nx, ny, nz)`` instead: the catalogue's cube,
     then the cubes of `dustjax.vnet.apply.monte_carlo`'s redraws E_obs + sigma_E N(0, 1) of the same
     stars (same neighbours and weights), for calibrating against the apply route's band.
+    ``catalogue=True`` adds the draw's stars to the diagnostics, ``diag["catalogue"]`` =
+    dict(xyz_obs (N_max, 3) pc, extinction (N_max,) E_obs mag, sigma_extinction (N_max,) mag,
+    valid (N_max,), and the cube's distance_error f, sigma_a, sigma_b): gridding them with
+    `grid_eq5` gives this cube (before the clip at 0).
     """
     k_star, k_noise, k_redraw = jax.random.split(key, 3)
     stars = draw_stars(k_star, region, params)
@@ -314,22 +327,42 @@ def observe_one(key, density, region: Region, params: ObservationParams, num_red
         sigma_a=stars["sigma_a"],
         sigma_b=stars["sigma_b"],
     )
+    if catalogue:
+        diag["catalogue"] = dict(
+            xyz_obs=stars["xyz_obs"],
+            extinction=e_obs,
+            sigma_extinction=sigma,
+            valid=stars["valid"],
+            distance_error=stars["distance_error"],
+            sigma_a=stars["sigma_a"],
+            sigma_b=stars["sigma_b"],
+        )
     return jnp.maximum(cube, 0.0), diag
 
 
-def observe_batch(keys, density, region: Region, params: ObservationParams, group: int = 0):
+def observe_batch(
+    keys,
+    density,
+    region: Region,
+    params: ObservationParams,
+    group: int = 0,
+    catalogue: bool = False,
+):
     """``(B,)`` keys and ``(B, nx, ny, nz)`` densities -> gridded extinctions and diagnostics.
 
     ``group`` > 0 runs the cubes ``group`` at a time (`lax.map` with a batch size) to bound the
-    memory of large catalogues; 0 vectorises the whole batch.
+    memory of large catalogues; 0 vectorises the whole batch. ``catalogue=True``: the
+    diagnostics hold each cube's stars (`observe_one`), batched along axis 0.
     """
 
     def one(args):
-        return observe_one(args[0], args[1], region, params)
+        return observe_one(args[0], args[1], region, params, catalogue=catalogue)
 
     if group and group < density.shape[0]:
         return jax.lax.map(one, (keys, density), batch_size=group)
-    return jax.vmap(lambda k, d: observe_one(k, d, region, params))(keys, density)
+    return jax.vmap(lambda k, d: observe_one(k, d, region, params, catalogue=catalogue))(
+        keys, density
+    )
 
 
 # ---- the engine's data source "simulate_observed" -------------------------------------------

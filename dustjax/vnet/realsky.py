@@ -494,10 +494,15 @@ def refined_scores(result, region: Region, hat_model, catalog, floors) -> dict[s
     return out
 
 
-def save_arrays(outdir, result: ap.MapResult, hat_model=None) -> str:
+def save_arrays(outdir, result: ap.MapResult, hat_model=None, catalog=None) -> str:
     """``outdir/arrays.npz`` (float32 cubes): extinction (the model's input), truth, density (the
     map), density_std (the band's half-width, when there is one) and, with a variance head,
-    mu_hat and sigma_hat of the nominal input. Written atomically; returns the path."""
+    mu_hat and sigma_hat of the nominal input and ``meta`` (JSON: region, normalisation,
+    sigma_scale). With a `catalog` (the catalogue route's stars, `mock_catalog`) also
+    star_xyz_pc, star_extinction, star_sigma_extinction (and star_sigma_distance when it has
+    one), so the stars' refinement can be studied without the cube or the model. Written
+    atomically; returns the path."""
+    import dataclasses
     import os
     import tempfile
     from pathlib import Path
@@ -506,10 +511,19 @@ def save_arrays(outdir, result: ap.MapResult, hat_model=None) -> str:
     for name in ("truth", "density_std"):
         if getattr(result, name) is not None:
             arrays[name] = getattr(result, name)
+    meta: dict[str, Any] = dict(region=result.region.to_dict())
     if hat_model is not None:
         mu, sigma = hat_model.predict_hat(np.asarray(result.extinction)[None])
         arrays["mu_hat"], arrays["sigma_hat"] = np.asarray(mu)[0], np.asarray(sigma)[0]
+        meta.update(normalisation=dataclasses.asdict(hat_model.normalisation),
+                    sigma_scale=float(hat_model.sigma_scale))  # fmt: skip
+    if catalog is not None:
+        arrays.update(star_xyz_pc=catalog.xyz_pc, star_extinction=catalog.extinction,
+                      star_sigma_extinction=catalog.sigma_extinction)  # fmt: skip
+        if catalog.sigma_distance is not None:
+            arrays["star_sigma_distance"] = catalog.sigma_distance
     arrays = {k: np.asarray(v, np.float32) for k, v in arrays.items()}
+    arrays["meta"] = np.asarray(json.dumps(meta))
     path = Path(outdir) / "arrays.npz"
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
     try:

@@ -17,6 +17,9 @@
 # phase 1 on the same GPU) skips the measurement. REFINE=0.003,0.01,0.03 also scores the
 # physics refinement of the V-net's map (dustjax.vnet.refine) at those literature noise floors.
 # SMOKE=1 JAX_PLATFORMS=cpu: tiny models and catalogues, for a test on a laptop.
+# Phase 2 also writes REGION_ARM/heldout_arrays.npz (tools.sky_heldout --save_arrays: held-out
+# cubes, V-net hats, SR's stars) and REGION_ARM/{literature,catalogue}_arrays.npz (real cubes,
+# hats, SR's catalogue), to choose a refinement on CPU (issue 17).
 set -u
 export PYTHONUNBUFFERED=1
 OUT_DIR=${OUT_DIR:?set OUT_DIR}
@@ -122,7 +125,8 @@ arm() {  # REGION GPU ARM
   local T=$(( $(left) - 8 ))
   [ $T -gt 5 ] && timeout $T $PY -m tools.sky_heldout --model="$MODEL" --num_cubes=$HELDOUT_N --nnls $HO \
     ${REFINE:+--refine=$REFINE} \
-    ${CAT[$R]//--num_redraws=2/} --out="$RD/heldout_sims.json" >> "$RD/score.log" 2>&1
+    ${CAT[$R]//--num_redraws=2/} --save_arrays="$RD/heldout_arrays.npz" --out="$RD/heldout_sims.json" \
+    >> "$RD/score.log" 2>&1
   echo "$R $ARM: held-out exit $? at $(( $(date +%s) - T0 ))s" >> "$RD/score.log"
   cp "$MODEL/metrics.jsonl" "$MODEL/calibration.json" "$MODEL/loss_curve.png" "$RD/" 2>/dev/null
 }

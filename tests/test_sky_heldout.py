@@ -1,0 +1,93 @@
+"""tools.sky_heldout --save_arrays: the file holds what a CPU refinement study needs, and its
+stars are the draw that made its gridded cube."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dustjax.training.workdir import CONFIG_FILE, config_to_dict
+from dustjax.vnet import normalisation as nz
+
+
+class _Stub:
+    """A "network" with a variance head: mu = 3 x - 2, log sigma = -1 (deterministic)."""
+
+    def apply(self, variables, x, train=False):
+        return jnp.concatenate([3.0 * x - 2.0, jnp.full_like(x, -1.0)], -1)
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    from dustjax.configs.vnet_sky_test import get_config
+
+    config = get_config()
+    wd = tmp_path / "wd"
+    wd.mkdir()
+    (wd / CONFIG_FILE).write_text(json.dumps(config_to_dict(config)))
+    pred = nz.ModelPredictor(_Stub(), {}, nz.normalisation_of(config), num_outputs=2,
+                             sigma_scale=1.5)  # fmt: skip
+    monkeypatch.setattr(nz, "load_model_predictor", lambda workdir: pred)
+    return wd, pred
+
+
+def test_save_arrays_round_trips_and_its_stars_grid_to_its_cube(workdir, tmp_path):
+    from dustjax.vnet import gridding
+    from dustjax.vnet.observe import grid_eq5
+    from tools import sky_heldout
+
+    wd, pred = workdir
+    path = tmp_path / "a" / "held.npz"
+    res = sky_heldout.main([f"--model={wd}", "--num_cubes=3", "--batch_size=2",
+                            "--num_stars=400", "--distance_error=0.05",
+                            f"--save_arrays={path}", f"--out={tmp_path / 'h.json'}"])  # fmt: skip
+    assert res["arrays"] == str(path)
+    arrays, meta = sky_heldout.read_arrays(path)
+    region = meta["region"]
+    cubes = (3, *region.shape)
+    for key in ("truth", "exact", "observed", "lit_mu_hat", "lit_sigma_hat", "cat_mu_hat",
+                "cat_sigma_hat"):  # fmt: skip
+        assert arrays[key].shape == cubes and arrays[key].dtype == np.float32, key
+    assert arrays["star_xyz_obs"].shape == (3, 400, 3) and arrays["star_valid"].dtype == bool
+    assert meta["normalisation"] == pred.normalisation and meta["k"] == 3
+    # the saved hats are the model's on the saved inputs (calibrated sigma included)
+    mu, sigma = pred.predict_hat(jnp.asarray(arrays["observed"]))
+    np.testing.assert_allclose(arrays["cat_mu_hat"], np.asarray(mu), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(arrays["cat_sigma_hat"], 1.5 * np.exp(-1.0), rtol=1e-6)
+    m, s = sky_heldout.prior_of(arrays, meta, "cat", 0)
+    assert m.shape == region.shape and np.all(s > 0)
+    for i in range(3):
+        # grid_eq5 of the saved stars reproduces the saved cube (the same draw) ...
+        cube, _ = grid_eq5(
+            jnp.asarray(arrays["star_xyz_obs"][i]), jnp.asarray(arrays["star_extinction"][i]),
+            jnp.asarray(arrays["star_sigma_extinction"][i]), jnp.asarray(arrays["star_valid"][i]),
+            region, meta["k"], cap=meta["cap"], select=meta["select"],
+        )  # fmt: skip
+        np.testing.assert_allclose(np.maximum(np.asarray(cube), 0), arrays["observed"][i],
+                                   rtol=1e-5, atol=1e-6)  # fmt: skip
+        # ... and so does the numpy gridding of the catalogue built from them (apply's route)
+        catalog = sky_heldout.catalogue_of(arrays, meta, i)
+        assert len(catalog) == int(arrays["star_valid"][i].sum()) and len(catalog) > 300
+        assert catalog.sigma_distance is not None  # f > 0 was drawn
+        numpy_cube = np.maximum(gridding.grid_extinction(region, catalog), 0)
+        assert np.mean(np.isclose(numpy_cube, arrays["observed"][i], rtol=1e-4, atol=1e-6)) > 0.97
+    # the truth and the exact cube agree with the scores' inputs
+    np.testing.assert_array_less(-1e-9, arrays["truth"])
+    assert jax.numpy.all(jnp.asarray(arrays["exact"]) >= 0)
+
+
+def test_save_arrays_skips_the_stars_of_a_large_catalogue(workdir, tmp_path):
+    from tools import sky_heldout
+
+    wd, _ = workdir
+    path = tmp_path / "held.npz"
+    sky_heldout.main([f"--model={wd}", "--num_cubes=2", "--num_stars=400",
+                      "--save_max_stars=500", f"--save_arrays={path}",
+                      f"--out={tmp_path / 'h.json'}"])  # fmt: skip
+    arrays, meta = sky_heldout.read_arrays(path)
+    assert "star_xyz_obs" not in arrays and meta["stars_saved"] is False
+    assert arrays["observed"].shape[0] == 2
+    with pytest.raises(ValueError, match="no stars"):
+        sky_heldout.catalogue_of(arrays, meta, 0)
