@@ -74,15 +74,24 @@ def _input_shape_from_config(config) -> tuple[int, ...]:
 def make_predict_fn(model, variables, mesh: Mesh | None = None):
     """``predict(inputs (B, ...)) -> predictions`` with running batch-norm statistics (jitted,
     batch sharded over the mesh; B must divide over its devices)."""
+    from dustjax import distributed
+
     mesh = mesh or _first_local_device()
     data = batch_sharding(mesh)
-    variables = jax.device_put(variables, replicated(mesh))
+    # a mesh over several processes takes host values through `put_replicated` / `put_rows`
+    # (each process places only its devices' part); in one process these are `device_put`
+    variables = distributed.put_replicated(variables, replicated(mesh))
 
     @functools.partial(jax.jit, in_shardings=(None, data), out_shardings=data)
     def predict(variables, inputs):
         return model.apply(variables, inputs, train=False)
 
-    return lambda inputs: predict(variables, inputs)
+    def run(inputs):
+        if distributed.is_multiprocess():  # host or process-local values: each its own rows
+            inputs = distributed.put_rows(inputs, data)
+        return predict(variables, inputs)
+
+    return run
 
 
 def population_batch_stats(model, variables, inputs: Iterable, mesh: Mesh | None = None, *,

@@ -47,10 +47,10 @@ def evaluate(
 ) -> dict:
     """Run the paper's evaluation of a training workdir; returns (and writes) the metrics.
 
-    Several processes (`dustjax.distributed`): each evaluates every cube on its own devices and
-    process 0 alone writes (the work is not split)."""
+    Several processes (`dustjax.distributed`): the mesh spans every process's devices, so each
+    predicts its rows of every batch; the predictions are gathered to every process (the
+    metrics' host-side sums are the same everywhere) and process 0 alone writes."""
     import jax
-    import jax.numpy as jnp
 
     from dustjax import distributed, provenance
     from dustjax import io as dio
@@ -75,10 +75,8 @@ def evaluate(
         config.data.data_dir = data_dir
     task = train.get_task(config.get("task", train.tasks.DEFAULT_TASK))
     source = train.get_data_source(config.data.source)
-    if jax.process_count() > 1:  # each process all the cubes, on its own devices
-        mesh = make_mesh(devices=jax.local_devices())
-    else:
-        mesh = make_mesh(config.get("num_devices") or None)
+    # several processes: one mesh over all their devices (`num_devices` is for one process)
+    mesh = make_mesh(None if jax.process_count() > 1 else config.get("num_devices") or None)
     batch_size = int(
         config.eval.get("batch_size") or config.get("eval_batch_size") or config.batch_size
     )
@@ -106,7 +104,7 @@ def evaluate(
         if max_cubes:
             n = min(n, max_cubes - num_cubes)
         padded = pad_batch({k: v[:n] for k, v in batch.items()}, batch_size)
-        pred_hat = np.asarray(predict(jnp.asarray(padded[task.input_key])))[:n]
+        pred_hat = distributed.to_host(predict(padded[task.input_key]))[:n]
         true_hat = batch[task.target_key][:n]
         loss_sum += float(np.sum(np.mean((pred_hat - true_hat) ** 2, axis=(1, 2, 3, 4))))
         # the baseline a map must beat: no dust anywhere (rho_hat = 10 ln(1 + 0) = 0)
