@@ -91,3 +91,23 @@ def test_save_arrays_skips_the_stars_of_a_large_catalogue(workdir, tmp_path):
     assert arrays["observed"].shape[0] == 2
     with pytest.raises(ValueError, match="no stars"):
         sky_heldout.catalogue_of(arrays, meta, 0)
+
+
+def test_refine_heldout_scores_the_variants_from_the_file(workdir, tmp_path):
+    from dustjax.vnet import realsky
+    from tools import refine_heldout, sky_heldout
+
+    wd, _ = workdir
+    path = tmp_path / "held.npz"
+    sky_heldout.main([f"--model={wd}", "--num_cubes=2", "--num_stars=600",
+                      f"--save_arrays={path}", f"--out={tmp_path / 'h.json'}"])  # fmt: skip
+    res = refine_heldout.main([f"--arrays={path}", "--variants=vnet,indep,corr:1.5:0.2,smooth:3",
+                               "--num_steps=50", f"--out={tmp_path / 'r.json'}"])  # fmt: skip
+    assert set(res["summary"]) == {"vnet", "indep", "corr:1.5:0.2", "smooth:3"}
+    arrays, meta = sky_heldout.read_arrays(path)
+    m, _ = sky_heldout.prior_of(arrays, meta, "cat", 1)  # "vnet" is the prior's median map
+    want = realsky.scores(m, arrays["truth"][1], meta["region"])["skill"]
+    assert res["per_cube"]["vnet"][1]["skill"] == pytest.approx(want, rel=1e-6)
+    assert all(np.isfinite(v["pooled_skill"]) for v in res["summary"].values())
+    with pytest.raises(ValueError, match="variant"):
+        refine_heldout.parse_variant("corr:2")
