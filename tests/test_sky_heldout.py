@@ -111,3 +111,21 @@ def test_refine_heldout_scores_the_variants_from_the_file(workdir, tmp_path):
     assert all(np.isfinite(v["pooled_skill"]) for v in res["summary"].values())
     with pytest.raises(ValueError, match="variant"):
         refine_heldout.parse_variant("corr:2")
+
+
+def test_error_correlation_finds_the_length_and_nugget_of_a_known_field():
+    """Gaussian-filtered white noise (filter sd f) has correlation exp(-d^2 / (4 f^2)): ell =
+    sqrt(2) f; adding independent noise of variance v / (1 + v) of the total gives nugget v."""
+    from scipy.ndimage import gaussian_filter
+
+    from tools.refine_heldout import error_correlation
+
+    rng = np.random.default_rng(0)
+    smooth = np.stack([gaussian_filter(rng.standard_normal((32,) * 3), 2.0, mode="wrap")
+                       for _ in range(3)])  # fmt: skip
+    smooth /= smooth.std()
+    u = smooth + np.sqrt(0.25) * rng.standard_normal(smooth.shape)  # nugget 0.25 / 1.25 = 0.2
+    res = error_correlation(u, np.zeros_like(u), np.ones_like(u))
+    assert res["fit_corr_length"] == pytest.approx(2.0 * np.sqrt(2.0), rel=0.15)
+    assert res["fit_nugget"] == pytest.approx(0.2, abs=0.05)
+    assert res["correlation"][0] == 1.0

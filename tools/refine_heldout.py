@@ -80,6 +80,28 @@ def run_variant(v: dict, catalog, gridded, m, s, region, num_steps: int, nnls=No
     return refine.refine_catalog(catalog, m, s, region, **kw)
 
 
+def error_correlation(truth, m, s, max_lag: int = 8) -> dict:
+    """The V-net's standardised error u = (truth - m) / s on held-out cubes ``(B, nx, ny, nz)``:
+    its correlation at lags 0..max_lag cells (mean over the three axes and the cubes; each cube's
+    u centred and clipped to +-5), and the Gaussian length ell and nugget that fit lags 1-max_lag
+    (correlation(d) = (1 - nu) exp(-d^2 / (2 ell^2)), least squares on a grid)."""
+    u = np.clip((np.asarray(truth, np.float64) - m) / s, -5.0, 5.0)
+    u = u - u.mean(axis=(1, 2, 3), keepdims=True)
+    var = np.mean(u**2)
+    corr = [1.0]
+    for d in range(1, max_lag + 1):
+        c = [np.mean(np.take(u, range(d, u.shape[a]), axis=a) * np.take(u, range(0, u.shape[a] - d),
+             axis=a)) for a in (1, 2, 3)]  # fmt: skip
+        corr.append(float(np.mean(c) / var))
+    lags, obs = np.arange(1, max_lag + 1), np.asarray(corr[1:])
+    best = min(
+        ((float(np.sum(((1 - nu) * np.exp(-0.5 * lags**2 / ell**2) - obs) ** 2)), ell, nu)
+         for ell in np.arange(0.5, 16.01, 0.25) for nu in np.arange(0.0, 0.951, 0.01)),
+    )  # fmt: skip
+    return dict(lags=list(range(max_lag + 1)), correlation=corr, fit_corr_length=float(best[1]),
+                fit_nugget=round(float(best[2]), 2), fit_sse=best[0])  # fmt: skip
+
+
 def cases_from_heldout(path, num_cubes):
     """(catalog, gridded, m, s, truth) per simulated cube, and the region."""
     from tools import sky_heldout
@@ -173,12 +195,23 @@ def main(argv=None) -> dict:
                      sc["skill"], sc["dust_recovered"], sc["log_r"],
                      time.perf_counter() - t)  # fmt: skip
     summary = {k: dict(summarise(v), seconds=seconds[k]) for k, v in rows.items()}
+    errors = None
+    if args.arrays:  # how the V-net's errors are correlated on these simulations
+        from tools import sky_heldout
+
+        arrays, meta = sky_heldout.read_arrays(args.arrays)
+        n = len(rows[next(iter(rows))])
+        prior = [sky_heldout.prior_of(arrays, meta, "cat", i) for i in range(n)]
+        errors = error_correlation(arrays["truth"][:n], np.stack([p[0] for p in prior]),
+                                   np.stack([p[1] for p in prior]))  # fmt: skip
+        log.info("V-net error correlation: %s", errors)
     result = dict(
         source=str(args.arrays or args.real),
         kind="held-out simulations" if args.arrays else "real catalogue",
         variants=variants,
         num_steps=args.num_steps,
         summary=summary,
+        error_correlation=errors,
         per_cube=rows,
         command="python -m tools.refine_heldout " + " ".join(argv or []),
     )
