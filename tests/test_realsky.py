@@ -216,6 +216,33 @@ def test_refined_scores_pull_a_map_that_predicts_nothing_onto_the_exact_cube():
     assert dust[0] > dust[1] > dust[2] > 0.0
 
 
+def test_catalogue_route_refined_scores_with_correlated_prior_errors():
+    """From a map of no dust (sigma_hat 1 in asinh units of 1e-3 mag/pc) the stars' refinement,
+    independent or correlated, finds the slab's dust; each correlated setting has its entry."""
+    import jax.numpy as jnp
+
+    from dustjax.vnet.normalisation import Normalisation
+
+    class Hat:
+        normalisation = Normalisation("asinh", e0=0.05, rho0=1e-3)
+
+        def predict_hat(self, extinction):
+            return jnp.zeros_like(extinction), jnp.ones_like(extinction)
+
+    density, header = _slab_cube()
+    cube = realsky.cube_from_array(density.T, header)
+    zero = lambda e: jnp.zeros_like(e)  # noqa: E731
+    report, _ = realsky.evaluate(
+        cube, REGION, zero, route="catalogue", hat_model=Hat(), num_stars=3000, sigma_a=0.003,
+        sigma_b=0.01, num_redraws=0, refine_floors=(1.0,), refine_corr=((1.5, 0.1),),
+    )  # fmt: skip
+    refined = report["refined"]
+    assert list(refined) == ["stars", "stars_corr_1.5_0.1"]
+    assert refined["stars_corr_1.5_0.1"]["corr_length_cells"] == 1.5
+    for r in refined.values():
+        assert r["scores"]["skill"] > 0.5 and r["scores"]["dust_recovered"] > 0.5
+
+
 def test_literature_route_nnls_is_near_exact_on_a_uniform_slab(tmp_path):
     density, header = _slab_cube()
     cube = realsky.cube_from_array(density.T, header)

@@ -91,3 +91,41 @@ def test_save_arrays_skips_the_stars_of_a_large_catalogue(workdir, tmp_path):
     assert arrays["observed"].shape[0] == 2
     with pytest.raises(ValueError, match="no stars"):
         sky_heldout.catalogue_of(arrays, meta, 0)
+
+
+def test_refine_heldout_scores_the_variants_from_the_file(workdir, tmp_path):
+    from dustjax.vnet import realsky
+    from tools import refine_heldout, sky_heldout
+
+    wd, _ = workdir
+    path = tmp_path / "held.npz"
+    sky_heldout.main([f"--model={wd}", "--num_cubes=2", "--num_stars=600",
+                      f"--save_arrays={path}", f"--out={tmp_path / 'h.json'}"])  # fmt: skip
+    res = refine_heldout.main([f"--arrays={path}", "--variants=vnet,indep,corr:1.5:0.2,smooth:3",
+                               "--num_steps=50", f"--out={tmp_path / 'r.json'}"])  # fmt: skip
+    assert set(res["summary"]) == {"vnet", "indep", "corr:1.5:0.2", "smooth:3"}
+    arrays, meta = sky_heldout.read_arrays(path)
+    m, _ = sky_heldout.prior_of(arrays, meta, "cat", 1)  # "vnet" is the prior's median map
+    want = realsky.scores(m, arrays["truth"][1], meta["region"])["skill"]
+    assert res["per_cube"]["vnet"][1]["skill"] == pytest.approx(want, rel=1e-6)
+    assert all(np.isfinite(v["pooled_skill"]) for v in res["summary"].values())
+    with pytest.raises(ValueError, match="variant"):
+        refine_heldout.parse_variant("corr:2")
+
+
+def test_error_correlation_finds_the_length_and_nugget_of_a_known_field():
+    """Gaussian-filtered white noise (filter sd f) has correlation exp(-d^2 / (4 f^2)): ell =
+    sqrt(2) f; adding independent noise of variance v / (1 + v) of the total gives nugget v."""
+    from scipy.ndimage import gaussian_filter
+
+    from tools.refine_heldout import error_correlation
+
+    rng = np.random.default_rng(0)
+    smooth = np.stack([gaussian_filter(rng.standard_normal((32,) * 3), 2.0, mode="wrap")
+                       for _ in range(3)])  # fmt: skip
+    smooth /= smooth.std()
+    u = smooth + np.sqrt(0.25) * rng.standard_normal(smooth.shape)  # nugget 0.25 / 1.25 = 0.2
+    res = error_correlation(u, np.zeros_like(u), np.ones_like(u))
+    assert res["fit_corr_length"] == pytest.approx(2.0 * np.sqrt(2.0), rel=0.15)
+    assert res["fit_nugget"] == pytest.approx(0.2, abs=0.05)
+    assert res["correlation"][0] == 1.0

@@ -62,6 +62,12 @@ def parse_args(argv=None):
         "catalogue route uses the stars' own sigmas and needs any non-empty value)",
     )
     p.add_argument(
+        "--refine_corr",
+        default="",
+        help="catalogue route with --refine: also score the refinement with correlated prior "
+        "errors, comma-separated ELL:NUGGET pairs (cells), e.g. 4:0.1",
+    )
+    p.add_argument(
         "--save_arrays",
         action="store_true",
         help="also write DIR/arrays.npz: the model's input extinction cube, the truth, the map, "
@@ -107,6 +113,9 @@ def main(argv=None) -> dict:
         seed=args.seed,
         model_config=model_info.get("config"),
         refine_floors=tuple(float(v) for v in args.refine.split(",") if v.strip()),
+        refine_corr=tuple(
+            tuple(float(x) for x in v.split(":")) for v in args.refine_corr.split(",") if v.strip()
+        ),
     )
     report.update(
         cube=str(args.cube),

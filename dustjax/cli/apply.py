@@ -55,6 +55,11 @@ def define_flags() -> None:
         "literature cube's extinctions): dustjax.vnet.refine. Needs a variance head.",
     )  # fmt: skip
     flags.DEFINE_float("refine_floor", 0.01, "--refine on a literature cube: noise floor (mag).")
+    flags.DEFINE_float(
+        "refine_corr_length", 0.0,
+        "--refine on a catalogue: the V-net's errors correlated over this many cells (0: "
+        "independent cells; dustjax.vnet.refine.solve_correlated).",
+    )  # fmt: skip
     flags.DEFINE_float("nnls_smoothness", None, "NNLS regulariser weight (default: per input).")
     flags.DEFINE_integer("nnls_steps", None, "NNLS accelerated projected-gradient iterations.")
     flags.DEFINE_string("workdir", None, "Output directory (default workdirs/apply_<region>).")
@@ -149,6 +154,7 @@ def run():
         nnls_steps=FLAGS.nnls_steps,
         refine=FLAGS.refine,
         refine_floor=FLAGS.refine_floor,
+        refine_corr_length=FLAGS.refine_corr_length,
     )
     from dustjax import distributed
 

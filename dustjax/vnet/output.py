@@ -85,6 +85,7 @@ def make_map(
     nnls_steps: int | None = None,
     refine: bool = False,
     refine_floor: float = 0.01,
+    refine_corr_length: float = 0.0,
 ) -> dict[str, str]:
     """A trained V-net (training workdir `model`) applied to a star catalogue (a file, or
     ``"demo"``: one sampled from a simulated cube) or to a literature cube (a FITS file), on the
@@ -102,7 +103,9 @@ def make_map(
     extinctions with the noise floor ``refine_floor`` (mag) otherwise. Needs a model with a
     variance head (the real-sky recipes); the density written is the refined one, the band (the
     Monte Carlo over the extinctions and the model's variance) stays the network's, and the
-    summary records both maps' dust and the fig.-11 check of each."""
+    summary records both maps' dust and the fig.-11 check of each. ``refine_corr_length`` > 0
+    (cells; catalogues): the prior's errors are correlated over that length
+    (`dustjax.vnet.refine.solve_correlated`, nugget `dustjax.vnet.refine.DEFAULT_NUGGET`)."""
     from dustjax import catalog as cat
     from dustjax.geometry import Region
 
@@ -112,6 +115,8 @@ def make_map(
         raise ap.ApplyError(f"method must be 'vnet' or 'nnls', got {method!r}")
     if refine and method != "vnet":
         raise ap.ApplyError("--refine refines a V-net's map: it needs --method=vnet")
+    if refine_corr_length < 0:
+        raise ap.ApplyError(f"--refine_corr_length must be >= 0 cells, got {refine_corr_length}")
     if refine and not refine_floor > 0:
         raise ap.ApplyError(f"--refine_floor must be > 0 mag, got {refine_floor}")
     # Cheap checks first, slow work after: the output directory, the model's region (its
@@ -161,7 +166,7 @@ def make_map(
             model_config=config,
         )  # fmt: skip
     if refine:
-        refine_map(result, model, region, stars, refine_floor)
+        refine_map(result, model, region, stars, refine_floor, refine_corr_length)
     result.summary["method"] = method
     if method == "nnls":
         result.summary["nnls"] = predictor.nnls_settings
@@ -181,7 +186,7 @@ def make_map(
     )  # fmt: skip
 
 
-def refine_map(result, model, region, stars, floor: float) -> None:
+def refine_map(result, model, region, stars, floor: float, corr_length: float = 0.0) -> None:
     """Replace ``result.density`` by its refinement (`dustjax.vnet.refine`) in place, from
     `stars` or (None) from ``result.extinction`` at the noise floor `floor`; the summary's
     ``"refined"`` records what was done and the dust before and after."""
@@ -198,8 +203,10 @@ def refine_map(result, model, region, stars, floor: float) -> None:
     prior = rf.prior_of_model(hat, result.extinction)
     network = np.asarray(result.density)
     if stars is not None:
-        density = rf.refine_catalog(stars, *prior, region)
-        info = dict(source="stars", num_stars=len(stars))
+        density = rf.refine_catalog(stars, *prior, region, corr_length=corr_length)
+        info = dict(source="stars", num_stars=len(stars), corr_length_cells=float(corr_length))
+        if corr_length > 0:
+            info["nugget"] = rf.DEFAULT_NUGGET
         _, info["consistency_network"] = ap.consistency(network, region, stars)
         _, info["consistency_refined"] = ap.consistency(density, region, stars)
     else:

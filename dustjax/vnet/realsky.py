@@ -404,13 +404,15 @@ def evaluate(
     seed: int = 0,
     model_config=None,
     refine_floors=(),
+    refine_corr=(),
 ) -> tuple[dict[str, Any], ap.MapResult]:
     """One row of the table: ``(report, map_result)``. ``model_config`` (the model's training
     config, dict or ConfigDict) turns on the bad-input warnings of `dustjax.vnet.checks`.
 
     ``refine_floors`` (mag; needs a variance head): also score the physics refinement
     (`dustjax.vnet.refine`) of the V-net's map, in ``report["refined"]``: on the literature route
-    one map per noise floor of the exact cube, on the catalogue route one map from the stars."""
+    one map per noise floor of the exact cube, on the catalogue route one map from the stars,
+    and one more per ``(corr_length, nugget)`` of ``refine_corr`` (correlated prior errors)."""
     t0 = time.perf_counter()
     band = None
     catalog = None
@@ -466,13 +468,14 @@ def evaluate(
     report["scores"] = scores(result.density, result.truth, region, band=band)
     if refine_floors and hat_model is not None:
         report["refined"] = refined_scores(
-            result, region, hat_model, catalog if route == "catalogue" else None, refine_floors
-        )
+            result, region, hat_model, catalog if route == "catalogue" else None, refine_floors,
+            refine_corr,
+        )  # fmt: skip
     report["seconds"] = time.perf_counter() - t0
     return report, result
 
 
-def refined_scores(result, region: Region, hat_model, catalog, floors) -> dict[str, Any]:
+def refined_scores(result, region: Region, hat_model, catalog, floors, corr=()) -> dict[str, Any]:
     """Scores of the V-net map refined by the extinctions (`dustjax.vnet.refine`): from the
     stars of `catalog`, or (None: the literature route) from the cube with each noise floor."""
     from dustjax.vnet import refine
@@ -484,6 +487,13 @@ def refined_scores(result, region: Region, hat_model, catalog, floors) -> dict[s
         rho = refine.refine_catalog(catalog, *prior, region)
         seconds = time.perf_counter() - t
         out["stars"] = dict(scores=scores(rho, result.truth, region), seconds=seconds)
+        for ell, nu in corr:
+            t = time.perf_counter()
+            rho = refine.refine_catalog(catalog, *prior, region, corr_length=ell, nugget=nu)
+            out[f"stars_corr_{ell:g}_{nu:g}"] = dict(
+                scores=scores(rho, result.truth, region), seconds=time.perf_counter() - t,
+                corr_length_cells=float(ell), nugget=float(nu),
+            )  # fmt: skip
         return out
     for floor in floors:
         t = time.perf_counter()

@@ -143,6 +143,19 @@ def test_refine_fits_the_stars_and_says_what_it_did(tmp_path, zero_model, monkey
     assert after["fraction_within_1sigma"] > before["fraction_within_1sigma"]
 
 
+def test_refine_with_correlated_prior_errors_says_so(tmp_path, zero_model, monkeypatch):
+    from dustjax.vnet import normalisation
+
+    monkeypatch.setattr(normalisation, "load_model_predictor", lambda model: _FakeHat())
+    _run(tmp_path / "out", refine=True, refine_corr_length=2.0, demo_stars=2000)
+    info = json.loads((tmp_path / "out" / "summary.json").read_text())["refined"]
+    assert info["corr_length_cells"] == 2.0 and info["nugget"] > 0
+    before, after = info["consistency_network"], info["consistency_refined"]
+    assert abs(after["median_difference_mag"]) < abs(before["median_difference_mag"])
+    with pytest.raises(ap.ApplyError, match="refine_corr_length"):
+        _run(tmp_path / "b", refine=True, refine_corr_length=-1.0)
+
+
 def test_refine_is_refused_without_a_variance_head_or_with_nnls(tmp_path, zero_model, monkeypatch):
     from dustjax.vnet import normalisation
 

@@ -1,0 +1,229 @@
+r"""Score refinements of the V-net's catalogue-route map (`dustjax.vnet.refine`) from saved arrays,
+on CPU, without the model: choose the prior's settings on held-out simulations, then apply the
+chosen one to the real catalogue (issue 17).
+
+    python -m tools.refine_heldout --arrays=SR_plain/heldout_arrays.npz \
+        --variants=vnet,nnls,indep,corr:2:0.1,corr:4:0.1,smooth:8 --out=sims.json
+    python -m tools.refine_heldout --real=SR_plain/catalogue_arrays.npz \
+        --variants=vnet,nnls,indep,corr:4:0.1 --out=real.json
+
+--arrays: a `tools.sky_heldout --save_arrays` file (held-out simulated cubes, the V-net's
+catalogue-route hats, the stars of the same draw). --real: a `tools.realsky_vnet --route=catalogue
+--save_arrays` file (the real cube's truth, hats and stars; without stars, --cube and the
+catalogue settings redraw them with `dustjax.vnet.realsky.mock_catalog`, which is seeded).
+Variants: ``vnet`` (the median map m), ``nnls`` (`dustjax.inversion.nnls_predictor` on the
+gridded cube, the catalogue default weight), ``indep`` (the independent prior), ``corr:ELL:NU``
+(correlated prior errors, length ELL cells, nugget NU), ``smooth:G`` (a smooth correction on G^3
+nodes). Scores per cube by `dustjax.vnet.realsky.scores`; the summary is
+`tools.sky_heldout.summarise` (medians and the pooled skill). No band is scored for a refined map
+(the refinement gives none).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+
+import numpy as np
+
+log = logging.getLogger("refine_heldout")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        prog="python -m tools.refine_heldout", description=__doc__.split("\n")[0]
+    )
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--arrays", help="tools.sky_heldout --save_arrays file")
+    src.add_argument("--real", help="tools.realsky_vnet --save_arrays file (catalogue route)")
+    p.add_argument("--variants", default="vnet,nnls,indep,corr:2:0.1,corr:4:0.1,smooth:8")
+    p.add_argument("--num_cubes", type=int, default=0, help="0: all")
+    p.add_argument("--num_steps", type=int, default=1000, help="FISTA steps")
+    p.add_argument("--cube", default="", help="--real without stars: the real cube")
+    p.add_argument("--region", default="SR")
+    p.add_argument("--num_stars", type=int, default=30_000)
+    p.add_argument("--sigma_a", type=float, default=0.03)
+    p.add_argument("--sigma_b", type=float, default=0.05)
+    p.add_argument("--distance_error", type=float, default=0.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--config", default="vnet_sky_sr", help="normalisation when the file has none")
+    p.add_argument("--out", required=True, help="output JSON")
+    return p.parse_args(argv)
+
+
+def parse_variant(spec: str) -> dict:
+    parts = spec.strip().split(":")
+    name = parts[0]
+    if name in ("vnet", "nnls", "indep") and len(parts) == 1:
+        return dict(kind=name)
+    if name == "corr" and len(parts) == 3:
+        return dict(kind="corr", corr_length=float(parts[1]), nugget=float(parts[2]))
+    if name == "smooth" and len(parts) == 2:
+        return dict(kind="smooth", grid=int(parts[1]))
+    raise ValueError(f"variant {spec!r}: use vnet, nnls, indep, corr:ELL:NU or smooth:G")
+
+
+def run_variant(v: dict, catalog, gridded, m, s, region, num_steps: int, nnls=None):
+    from dustjax.vnet import refine
+
+    if v["kind"] == "vnet":
+        return m
+    if v["kind"] == "nnls":
+        return np.asarray(nnls(np.asarray(gridded, np.float32)[None]))[0]
+    kw = dict(num_steps=num_steps)
+    if v["kind"] == "corr":
+        kw.update(corr_length=v["corr_length"], nugget=v["nugget"])
+    elif v["kind"] == "smooth":
+        kw.update(smooth_grid=v["grid"])
+    return refine.refine_catalog(catalog, m, s, region, **kw)
+
+
+def error_correlation(truth, m, s, max_lag: int = 8) -> dict:
+    """The V-net's standardised error u = (truth - m) / s on held-out cubes ``(B, nx, ny, nz)``:
+    its correlation at lags 0..max_lag cells (mean over the three axes and the cubes; each cube's
+    u centred and clipped to +-5), and the Gaussian length ell and nugget that fit lags 1-max_lag
+    (correlation(d) = (1 - nu) exp(-d^2 / (2 ell^2)), least squares on a grid)."""
+    u = np.clip((np.asarray(truth, np.float64) - m) / s, -5.0, 5.0)
+    u = u - u.mean(axis=(1, 2, 3), keepdims=True)
+    var = np.mean(u**2)
+    corr = [1.0]
+    for d in range(1, max_lag + 1):
+        c = [np.mean(np.take(u, range(d, u.shape[a]), axis=a) * np.take(u, range(0, u.shape[a] - d),
+             axis=a)) for a in (1, 2, 3)]  # fmt: skip
+        corr.append(float(np.mean(c) / var))
+    lags, obs = np.arange(1, max_lag + 1), np.asarray(corr[1:])
+    best = min(
+        ((float(np.sum(((1 - nu) * np.exp(-0.5 * lags**2 / ell**2) - obs) ** 2)), ell, nu)
+         for ell in np.arange(0.5, 16.01, 0.25) for nu in np.arange(0.0, 0.951, 0.01)),
+    )  # fmt: skip
+    return dict(lags=list(range(max_lag + 1)), correlation=corr, fit_corr_length=float(best[1]),
+                fit_nugget=round(float(best[2]), 2), fit_sse=best[0])  # fmt: skip
+
+
+def cases_from_heldout(path, num_cubes):
+    """(catalog, gridded, m, s, truth) per simulated cube, and the region."""
+    from tools import sky_heldout
+
+    arrays, meta = sky_heldout.read_arrays(path)
+    n = arrays["truth"].shape[0] if num_cubes <= 0 else min(num_cubes, arrays["truth"].shape[0])
+    for i in range(n):
+        m, s = sky_heldout.prior_of(arrays, meta, "cat", i)
+        catalog = sky_heldout.catalogue_of(arrays, meta, i)
+        yield meta["region"], (catalog, arrays["observed"][i], m, s, arrays["truth"][i])
+
+
+def case_from_real(args):
+    """The real catalogue route's (catalog, gridded, m, s, truth) and region."""
+    from dustjax import catalog as cat
+    from dustjax.geometry import Region
+    from dustjax.vnet import realsky, refine
+    from dustjax.vnet.normalisation import Normalisation, normalisation_of
+
+    with np.load(args.real) as f:
+        arrays = {k: f[k] for k in f.files if k != "meta"}
+        meta = json.loads(str(f["meta"])) if "meta" in f.files else {}
+    if "normalisation" in meta:
+        norm = Normalisation(**meta["normalisation"])
+    else:
+        import importlib
+
+        config = importlib.import_module(f"dustjax.configs.{args.config}").get_config()
+        norm = normalisation_of(config)
+        log.warning("%s holds no normalisation: %s's (%s)", args.real, args.config, norm)
+    region = (
+        Region.from_dict(meta["region"]) if "region" in meta else realsky.parse_region(args.region)
+    )
+    if "star_xyz_pc" in arrays:
+        sd = arrays.get("star_sigma_distance")
+        catalog = cat.StarCatalog.from_arrays(
+            xyz_pc=arrays["star_xyz_pc"].astype(np.float64),
+            extinction=arrays["star_extinction"].astype(np.float64),
+            sigma_extinction=arrays["star_sigma_extinction"].astype(np.float64),
+            sigma_distance=None if sd is None else sd.astype(np.float64),
+            region=region,
+            source=str(args.real),
+        )
+    else:
+        if not args.cube:
+            raise ValueError(f"{args.real} holds no stars: give --cube and the catalogue settings")
+        cube, _ = realsky.fit_to_region(realsky.load_cube(args.cube), region)
+        catalog, _ = realsky.mock_catalog(
+            cube, region, num_stars=args.num_stars, sigma_a=args.sigma_a, sigma_b=args.sigma_b,
+            distance_error=args.distance_error, seed=args.seed,
+        )  # fmt: skip
+        log.info("stars redrawn from %s (seed %d): %d in the region", args.cube, args.seed,
+                 len(catalog))  # fmt: skip
+    m, s = refine.prior_from_hat(norm, arrays["mu_hat"], arrays["sigma_hat"])
+    return region, (catalog, arrays["extinction"], m, s, arrays["truth"])
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    import jax
+
+    from dustjax import inversion
+    from dustjax import io as dio
+    from dustjax.vnet import realsky
+    from tools.sky_heldout import summarise
+
+    variants = {spec.strip(): parse_variant(spec) for spec in args.variants.split(",") if spec}
+    if args.arrays:
+        cases = cases_from_heldout(args.arrays, args.num_cubes)
+    else:
+        cases = [case_from_real(args)]
+    rows: dict[str, list] = {}
+    seconds: dict[str, float] = {}
+    nnls = None
+    for i, (region, (catalog, gridded, m, s, truth)) in enumerate(cases):
+        if nnls is None and "nnls" in variants:
+            nnls = jax.jit(inversion.nnls_predictor(region, input_kind="catalogue"))
+        for name, v in variants.items():
+            t = time.perf_counter()
+            pred = run_variant(v, catalog, gridded, m, s, region, args.num_steps, nnls)
+            seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - t
+            sc = realsky.scores(pred, truth, region)
+            rows.setdefault(name, []).append(
+                {
+                    k: sc[k]
+                    for k in ("skill", "dust_recovered", "log_r", "rmse", "truth_std", "min_c_r")
+                }  # fmt: skip
+            )
+            log.info("cube %d %-14s skill %.3f dust %.3f log-r %.3f (%.1f s)", i, name,
+                     sc["skill"], sc["dust_recovered"], sc["log_r"],
+                     time.perf_counter() - t)  # fmt: skip
+    summary = {k: dict(summarise(v), seconds=seconds[k]) for k, v in rows.items()}
+    errors = None
+    if args.arrays:  # how the V-net's errors are correlated on these simulations
+        from tools import sky_heldout
+
+        arrays, meta = sky_heldout.read_arrays(args.arrays)
+        n = len(rows[next(iter(rows))])
+        prior = [sky_heldout.prior_of(arrays, meta, "cat", i) for i in range(n)]
+        errors = error_correlation(arrays["truth"][:n], np.stack([p[0] for p in prior]),
+                                   np.stack([p[1] for p in prior]))  # fmt: skip
+        log.info("V-net error correlation: %s", errors)
+    result = dict(
+        source=str(args.arrays or args.real),
+        kind="held-out simulations" if args.arrays else "real catalogue",
+        variants=variants,
+        num_steps=args.num_steps,
+        summary=summary,
+        error_correlation=errors,
+        per_cube=rows,
+        command="python -m tools.refine_heldout " + " ".join(argv or []),
+    )
+    dio.write_json(args.out, result)
+    for k, v in summary.items():
+        print(f"{k:16s} pooled skill {v['pooled_skill']:.3f}  median skill {v['median_skill']:.3f}"
+              f"  dust {v['median_dust_recovered']:.3f}  log-r {v['median_log_r']:.3f}"
+              f"  ({v['seconds']:.0f} s)")  # fmt: skip
+    return result
+
+
+if __name__ == "__main__":
+    import sys
+
+    main(sys.argv[1:])
