@@ -174,8 +174,8 @@ def test_observe_one_new_kernels_reproduce_the_former_path():
     density = jnp.asarray(rng.lognormal(-7, 1.5, (2, *region.shape)), jnp.float32)
     keys = jax.random.split(jax.random.key(9), 2)
     out = {}
-    for name, params in (("new", new), ("old", old)):
-        fn = jax.jit(lambda k, d, p=params: ob.observe_batch(k, d, region, p, group=1))
+    for name, params, group in (("new", new, 0), ("old", old, 1)):  # vmapped, then mapped
+        fn = jax.jit(lambda k, d, p=params, g=group: ob.observe_batch(k, d, region, p, group=g))
         out[name] = jax.tree.map(np.asarray, fn(keys, density))
     assert out["new"][1]["not_exact_fraction"].max() == 0.0
     np.testing.assert_allclose(out["new"][0], out["old"][0], rtol=1e-5, atol=1e-6)

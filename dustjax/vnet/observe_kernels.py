@@ -15,9 +15,11 @@ element-wise operations per piece (no sort; a GPU runs it as one reduction):
 - A piece ends at the next crossing on any axis or at the star (t = 1). The next crossing on the
   piece's own axis is the next slot. On another axis b it is found from the plane index
   floor((t x_b - lower_b) / cell_b) and checked exactly: three consecutive plane indices around
-  it are evaluated with the same float32 division as the crossings themselves, and the smallest
-  t > t_start among them is the next one. So the pieces tile [0, 1] exactly as the sorted list
-  does (same float32 t values, same end points).
+  it are evaluated with the same float32 division as the crossings themselves (planes computed
+  as lower + cell x i, no table gather), and the smallest t > t_start among them is the next
+  one. So the pieces tile [0, 1] exactly as the sorted list does (same float32 t values, same
+  end points; where a compiler fuses lower + cell x i into one rounding and the planes are not
+  whole numbers, an end point can move by one ulp of t).
 - Coincident crossings (two axes' planes crossed at bitwise the same t): the piece is kept only
   for the lowest such axis; the sort's duplicate gives a zero-length piece instead. Same sum.
 - The cell of a piece is that of its midpoint, as in `_segments`, and parts outside the cube
@@ -39,12 +41,11 @@ from dustjax.geometry import Region
 
 
 def _edges32(region: Region) -> list[np.ndarray]:
-    """The cell planes of each axis as `dustjax.vnet.observe.integrate_stars` builds them."""
-    lower = np.asarray(region.lower_pc, np.float64)
-    cell = np.asarray(region.cell_size_pc, np.float64)
-    return [
-        (lower[a] + cell[a] * np.arange(region.shape[a] + 1)).astype(np.float32) for a in range(3)
-    ]
+    """The cell planes of each axis, lower + cell x i in float32 arithmetic (as the kernel
+    evaluates them; exact for the named regions' whole-pc edges)."""
+    lower = np.asarray(region.lower_pc, np.float32)
+    cell = np.asarray(region.cell_size_pc, np.float32)
+    return [lower[a] + cell[a] * np.arange(region.shape[a] + 1, dtype=np.float32) for a in range(3)]
 
 
 def _side_tables(edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -73,12 +74,11 @@ def _crossings(targets, pos, neg):
     return jnp.where(ok, t, jnp.inf)
 
 
-def _next_on_axis(t_start, c, edges, lower, cell):
-    """The first crossing of the plane family ``edges`` (global, increasing) after ``t_start``
+def _next_on_axis(t_start, c, n_edges: int, lower, cell):
+    """The first crossing of the planes lower + cell x i (i < ``n_edges``) after ``t_start``
     ``(n, P)`` along coordinates ``c`` ``(n, 1)``: ``(next (n, P), 1 where none; tie (n, P): a
     crossing at exactly t_start)``. Three plane indices around the estimated one, checked with
     the crossings' own division (the estimate is off by far less than one plane)."""
-    n_edges = edges.shape[0]
     u = (t_start * c - lower) / cell
     base = jnp.floor(u).astype(jnp.int32) - (c < 0).astype(jnp.int32)
     nxt = jnp.ones_like(t_start)
@@ -86,7 +86,7 @@ def _next_on_axis(t_start, c, edges, lower, cell):
     safe_c = jnp.where(c == 0, 1.0, c)
     for off in range(3):
         i = base + off
-        e = edges[jnp.clip(i, 0, n_edges - 1)]
+        e = lower + cell * i.astype(jnp.float32)  # the plane, without a gather
         t = e / safe_c
         ok = (i >= 0) & (i < n_edges) & (c != 0) & (t > 0.0) & (t < 1.0)
         nxt = jnp.where(ok & (t > t_start), jnp.minimum(nxt, t), nxt)
@@ -94,14 +94,27 @@ def _next_on_axis(t_start, c, edges, lower, cell):
     return nxt, tie
 
 
-def _pieces_one_chunk(flat_density, targets, tables, edges, lower, cell, shape):
-    """``(n,)`` integrals for targets ``(n, 3)``."""
+def _sum_pieces(flat_density, targets, t_s, t_e, keep, lower, cell, shape):
+    """sum over pieces ``(n, P)`` of rho(midpoint cell) x (t_e - t_s): ``(n,)``."""
+    mid = 0.5 * (t_e + t_s)
+    pos = mid[..., None] * targets[:, None, :]  # (n, P, 3)
+    idx = jnp.floor((pos - lower) / cell).astype(jnp.int32)
+    inside = keep & jnp.all((idx >= 0) & (idx < shape), axis=-1)
+    idx = jnp.clip(idx, 0, shape - 1)
+    flat = (idx[..., 0] * shape[1] + idx[..., 1]) * shape[2] + idx[..., 2]
+    values = jnp.where(inside, flat_density[flat], 0.0)
+    return jnp.sum(values * (t_e - t_s), axis=1)
+
+
+def _pieces_one_chunk(flat_density, targets, tables, n_edges, lower, cell, shape):
+    """``(n,)`` integrals for targets ``(n, 3)``: the start piece, then each axis's crossings'
+    pieces, summed group by group (no concatenation: each group is one fusable reduction)."""
     ts = [_crossings(targets[:, a : a + 1], *tables[a]) for a in range(3)]
-    # the start piece [0, first crossing)
-    firsts = [t[:, :1] for t in ts]
-    starts = [jnp.zeros_like(firsts[0])]
-    ends = [jnp.minimum(jnp.minimum(jnp.minimum(firsts[0], firsts[1]), firsts[2]), 1.0)]
-    keeps = [jnp.ones(firsts[0].shape, bool)]
+    first = jnp.minimum(jnp.minimum(jnp.minimum(ts[0][:, :1], ts[1][:, :1]), ts[2][:, :1]), 1.0)
+    total = _sum_pieces(
+        flat_density, targets, jnp.zeros_like(first), first, jnp.ones(first.shape, bool),
+        lower, cell, shape,
+    )  # fmt: skip
     for a in range(3):
         t_s = ts[a]
         own_next = jnp.concatenate([t_s[:, 1:], jnp.full_like(t_s[:, :1], jnp.inf)], axis=1)
@@ -110,25 +123,14 @@ def _pieces_one_chunk(flat_density, targets, tables, edges, lower, cell, shape):
         for b in range(3):
             if b == a:
                 continue
-            nxt, tie = _next_on_axis(t_s, targets[:, b : b + 1], edges[b], lower[b], cell[b])
+            nxt, tie = _next_on_axis(t_s, targets[:, b : b + 1], n_edges[b], lower[b], cell[b])
             t_e = jnp.minimum(t_e, nxt)
             if b < a:
                 keep = keep & ~tie
-        starts.append(jnp.where(keep, t_s, 0.0))
-        ends.append(jnp.where(keep, t_e, 0.0))
-        keeps.append(keep)
-    t_s = jnp.concatenate(starts, axis=1)
-    t_e = jnp.concatenate(ends, axis=1)
-    keep = jnp.concatenate(keeps, axis=1)
-    mid = 0.5 * (t_e + t_s)
-    pos = mid[..., None] * targets[:, None, :]  # (n, S, 3)
-    idx = jnp.floor((pos - lower) / cell).astype(jnp.int32)
-    inside = keep & jnp.all((idx >= 0) & (idx < shape), axis=-1)
-    idx = jnp.clip(idx, 0, shape - 1)
-    flat = (idx[..., 0] * shape[1] + idx[..., 1]) * shape[2] + idx[..., 2]
-    values = jnp.where(inside, flat_density[flat], 0.0)
-    norm = jnp.linalg.norm(targets, axis=-1)
-    return jnp.sum(values * (t_e - t_s), axis=1) * norm
+        t_s = jnp.where(keep, t_s, 0.0)
+        t_e = jnp.where(keep, t_e, 0.0)
+        total = total + _sum_pieces(flat_density, targets, t_s, t_e, keep, lower, cell, shape)
+    return total * jnp.linalg.norm(targets, axis=-1)
 
 
 def integrate_pieces(density, region: Region, xyz_pc, chunk: int = 8192) -> jax.Array:
@@ -140,14 +142,14 @@ def integrate_pieces(density, region: Region, xyz_pc, chunk: int = 8192) -> jax.
     points = jnp.pad(xyz_pc.astype(jnp.float32), ((0, num_chunks * chunk - n), (0, 0)))
     edges_np = _edges32(region)
     tables = tuple(tuple(jnp.asarray(t) for t in _side_tables(e)) for e in edges_np)
-    edges = tuple(jnp.asarray(e) for e in edges_np)
+    n_edges = tuple(len(e) for e in edges_np)
     lower = jnp.asarray(region.lower_pc, jnp.float32)
     cell = jnp.asarray(region.cell_size_pc, jnp.float32)
     shape = jnp.asarray(region.shape, jnp.int32)
     flat_density = density.astype(jnp.float32).reshape(-1)
 
     def one(targets):
-        return _pieces_one_chunk(flat_density, targets, tables, edges, lower, cell, shape)
+        return _pieces_one_chunk(flat_density, targets, tables, n_edges, lower, cell, shape)
 
     out = jax.lax.map(one, points.reshape(num_chunks, chunk, 3))
     return out.reshape(-1)[:n]
