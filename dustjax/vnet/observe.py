@@ -286,6 +286,21 @@ def grid_eq5(
     return cube.reshape(shape), not_exact.reshape(shape)
 
 
+def grid_catalogue(xyz_pc, extinction, sigma, valid, region: Region, params: ObservationParams):
+    """Eq. 5 gridding of one catalogue with ``params``' k, search and selection:
+    ``(cube, not_exact)`` as `grid_eq5` (``search="block"``) or
+    `dustjax.vnet.observe_kernels.grid_eq5_runs` (``"runs"``)."""
+    args = (xyz_pc, extinction, sigma, valid, region, params.k_for(region))
+    kw = dict(select=params.select_for(region), bisect_steps=params.bisect_steps)
+    if params.search_for(region) == "runs":
+        lam = params.max_stars / region.num_cells
+        return kernels.grid_eq5_runs(
+            *args, cap=kernels.runs_cap(lam, 2), cap_fallback=kernels.runs_cap(lam, 3),
+            max_fallback=int(params.max_fallback or max(1, region.num_cells // 32)), **kw,
+        )  # fmt: skip
+    return grid_eq5(*args, cap=params.cap_for(region), **kw)
+
+
 # ---- the whole observation ----------------------------------------------------------------------
 def observe_one(key, density, region: Region, params: ObservationParams, num_redraws: int = 0):
     """One density cube -> ``(gridded extinction (nx, ny, nz) clipped >= 0, diagnostics)``.
@@ -303,15 +318,7 @@ def observe_one(key, density, region: Region, params: ObservationParams, num_red
     e_obs = e_true + sigma * jax.random.normal(k_noise, e_true.shape)
 
     def grid(values):
-        args = (stars["xyz_obs"], values, sigma, stars["valid"], region, params.k_for(region))
-        kw = dict(select=params.select_for(region), bisect_steps=params.bisect_steps)
-        if params.search_for(region) == "runs":
-            lam = params.max_stars / region.num_cells
-            return kernels.grid_eq5_runs(
-                *args, cap=kernels.runs_cap(lam, 2), cap_fallback=kernels.runs_cap(lam, 3),
-                max_fallback=int(params.max_fallback or max(1, region.num_cells // 32)), **kw,
-            )  # fmt: skip
-        return grid_eq5(*args, cap=params.cap_for(region), **kw)
+        return grid_catalogue(stars["xyz_obs"], values, sigma, stars["valid"], region, params)
 
     if num_redraws:
         noise = jax.random.normal(k_redraw, (num_redraws, *e_obs.shape))
