@@ -84,6 +84,19 @@ def test_pieces_equals_the_sorted_kernel_on_a_lognormal_cube():
         np.testing.assert_allclose(np.asarray(both[1]), 2 * np.asarray(both[0]), rtol=1e-6)
 
 
+def test_pieces_on_planes_that_are_not_whole_numbers():
+    """Cells of 0.7 pc (planes not exact in float32: the plane table's path) and an off-centre
+    Sun: still the sorted kernel's integrals."""
+    region = Region((-7.7, -4.2, -2.8), (2.8, 4.2, 7.7), (15, 12, 15))
+    assert not kn._planes_are_exact(kn._edges32(region)[0])
+    rng = np.random.default_rng(11)
+    density = rng.lognormal(-3, 1.5, region.shape).astype(np.float32)
+    xyz = _points(region, 3000, seed=12)
+    got = _pieces(density, region, xyz)
+    want = np.asarray(los.integrate_to_points(density, region, xyz), np.float64)
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-7)
+
+
 def test_pieces_slots_cover_only_the_stars_side_of_the_sun():
     # LR: the Sun on the x = 0 face, in the middle of y and z: 32 + 16 + 16 slots + the start
     assert kn.num_pieces(Region.named("LR")) == 65

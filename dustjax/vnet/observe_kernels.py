@@ -15,11 +15,11 @@ element-wise operations per piece (no sort; a GPU runs it as one reduction):
 - A piece ends at the next crossing on any axis or at the star (t = 1). The next crossing on the
   piece's own axis is the next slot. On another axis b it is found from the plane index
   floor((t x_b - lower_b) / cell_b) and checked exactly: three consecutive plane indices around
-  it are evaluated with the same float32 division as the crossings themselves (planes computed
-  as lower + cell x i, no table gather), and the smallest t > t_start among them is the next
-  one. So the pieces tile [0, 1] exactly as the sorted list does (same float32 t values, same
-  end points; where a compiler fuses lower + cell x i into one rounding and the planes are not
-  whole numbers, an end point can move by one ulp of t).
+  it are evaluated with the same float32 division as the crossings themselves (bitwise the
+  same planes: computed as lower + cell x i where that is exact, whole-pc planes as the named
+  regions', else gathered from the plane table), and the smallest t > t_start among them is the
+  next one. So the pieces tile [0, 1] exactly as the sorted list does (same float32 t values,
+  same end points).
 - Coincident crossings (two axes' planes crossed at bitwise the same t): the piece is kept only
   for the lowest such axis; the sort's duplicate gives a zero-length piece instead. Same sum.
 - The cell of a piece is that of its midpoint, as in `_segments`, and parts outside the cube
@@ -48,6 +48,14 @@ def _edges32(region: Region) -> list[np.ndarray]:
     return [lower[a] + cell[a] * np.arange(region.shape[a] + 1, dtype=np.float32) for a in range(3)]
 
 
+def _planes_are_exact(edges: np.ndarray) -> bool:
+    """Whether lower + cell x i gives these float32 planes with no rounding at all (whole
+    numbers below 2^24), so that any evaluation order or fused multiply-add gives them."""
+    e = np.asarray(edges, np.float64)
+    return bool(np.all(e == np.round(e)) and np.abs(e).max() < 2.0**24
+                and np.all(np.diff(e) == e[1] - e[0]))  # fmt: skip
+
+
 def _side_tables(edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Planes above 0 (increasing) and below 0 (decreasing) padded to one length with +-inf
     (a padded slot gives t = +inf for a star on that side: no crossing)."""
@@ -74,11 +82,15 @@ def _crossings(targets, pos, neg):
     return jnp.where(ok, t, jnp.inf)
 
 
-def _next_on_axis(t_start, c, n_edges: int, lower, cell):
-    """The first crossing of the planes lower + cell x i (i < ``n_edges``) after ``t_start``
+def _next_on_axis(t_start, c, edges, lower, cell):
+    """The first crossing of the planes ``edges`` (float32, increasing) after ``t_start``
     ``(n, P)`` along coordinates ``c`` ``(n, 1)``: ``(next (n, P), 1 where none; tie (n, P): a
     crossing at exactly t_start)``. Three plane indices around the estimated one, checked with
-    the crossings' own division (the estimate is off by far less than one plane)."""
+    the crossings' own division (the estimate is off by far less than one plane). The planes
+    are computed as lower + cell x i where that is exact in float32 (whole-pc planes, as the
+    named regions'), else gathered from ``edges``: either way bitwise the crossings' planes."""
+    n_edges = edges.shape[0]
+    exact = _planes_are_exact(edges)
     u = (t_start * c - lower) / cell
     base = jnp.floor(u).astype(jnp.int32) - (c < 0).astype(jnp.int32)
     nxt = jnp.ones_like(t_start)
@@ -86,7 +98,10 @@ def _next_on_axis(t_start, c, n_edges: int, lower, cell):
     safe_c = jnp.where(c == 0, 1.0, c)
     for off in range(3):
         i = base + off
-        e = lower + cell * i.astype(jnp.float32)  # the plane, without a gather
+        if exact:  # the plane, without a gather
+            e = lower + cell * i.astype(jnp.float32)
+        else:
+            e = jnp.asarray(edges)[jnp.clip(i, 0, n_edges - 1)]
         t = e / safe_c
         ok = (i >= 0) & (i < n_edges) & (c != 0) & (t > 0.0) & (t < 1.0)
         nxt = jnp.where(ok & (t > t_start), jnp.minimum(nxt, t), nxt)
@@ -106,7 +121,7 @@ def _sum_pieces(flat_density, targets, t_s, t_e, keep, lower, cell, shape):
     return jnp.sum(values * (t_e - t_s), axis=1)
 
 
-def _pieces_one_chunk(flat_density, targets, tables, n_edges, lower, cell, shape):
+def _pieces_one_chunk(flat_density, targets, tables, edges, lower, cell, shape):
     """``(n,)`` integrals for targets ``(n, 3)``: the start piece, then each axis's crossings'
     pieces, summed group by group (no concatenation: each group is one fusable reduction)."""
     ts = [_crossings(targets[:, a : a + 1], *tables[a]) for a in range(3)]
@@ -123,7 +138,7 @@ def _pieces_one_chunk(flat_density, targets, tables, n_edges, lower, cell, shape
         for b in range(3):
             if b == a:
                 continue
-            nxt, tie = _next_on_axis(t_s, targets[:, b : b + 1], n_edges[b], lower[b], cell[b])
+            nxt, tie = _next_on_axis(t_s, targets[:, b : b + 1], edges[b], lower[b], cell[b])
             t_e = jnp.minimum(t_e, nxt)
             if b < a:
                 keep = keep & ~tie
@@ -142,14 +157,13 @@ def integrate_pieces(density, region: Region, xyz_pc, chunk: int = 8192) -> jax.
     points = jnp.pad(xyz_pc.astype(jnp.float32), ((0, num_chunks * chunk - n), (0, 0)))
     edges_np = _edges32(region)
     tables = tuple(tuple(jnp.asarray(t) for t in _side_tables(e)) for e in edges_np)
-    n_edges = tuple(len(e) for e in edges_np)
     lower = jnp.asarray(region.lower_pc, jnp.float32)
     cell = jnp.asarray(region.cell_size_pc, jnp.float32)
     shape = jnp.asarray(region.shape, jnp.int32)
     flat_density = density.astype(jnp.float32).reshape(-1)
 
     def one(targets):
-        return _pieces_one_chunk(flat_density, targets, tables, n_edges, lower, cell, shape)
+        return _pieces_one_chunk(flat_density, targets, tables, edges_np, lower, cell, shape)
 
     out = jax.lax.map(one, points.reshape(num_chunks, chunk, 3))
     return out.reshape(-1)[:n]
