@@ -12,8 +12,9 @@ pays for them. ``--variant NAME:key=value,...`` overrides ``config.observation``
 as JSON where they parse); the empty override is the recipe as it is. For each variant also: the
 first observed batch's wall time (compilation included), the unique observed batches per second
 (the data source alone, echo 1), and for the variants named in ``--parts`` the device time of
-the exact integration and of the eq.-5 gridding of one group of cubes. Variants that the deadline leaves no time for
-are skipped and say so. Writes DIR/throughput.json after every step (atomic).
+the exact integration and of the eq.-5 gridding of one group of cubes. Variants that the
+deadline leaves no time for are skipped and say so. Writes DIR/throughput.json after every step
+(atomic).
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ def parse_args(argv=None):
     p.add_argument("--set", action="append", default=[],
                    help="config override REGION:key=value (as tools.vnet_sky_device)")  # fmt: skip
     p.add_argument("--variant", action="append", default=[],
-                   help="NAME:key=value,... observation overrides (repeatable)")  # fmt: skip
+                   help="NAME:key=value,... observation overrides (values without commas; "
+                   "repeatable)")  # fmt: skip
     p.add_argument("--measure_steps", type=int, default=64)
     p.add_argument("--data_batches", type=int, default=4, help="unique observed batches timed")
     p.add_argument("--parts", default="", help="variants (comma-separated) whose integration "
