@@ -178,7 +178,7 @@ def test_observe_one_new_kernels_reproduce_the_former_path():
     search="block": the same catalogue (same key) gives the same cube to float32 rounding."""
     region = Region.named("LR").with_shape((8, 8, 8))
     new = ob.ObservationParams(
-        num_stars_range=(15000, 25000), sigma_a_range=(0.02, 0.1), sigma_b_range=(0.02, 0.1),
+        num_stars_range=(12000, 18000), sigma_a_range=(0.02, 0.1), sigma_b_range=(0.02, 0.1),
         distance_error_range=(0.0, 0.08), k=30,
     )  # fmt: skip
     assert new.search_for(region) == "runs"
@@ -193,6 +193,15 @@ def test_observe_one_new_kernels_reproduce_the_former_path():
     assert out["new"][1]["not_exact_fraction"].max() == 0.0
     np.testing.assert_allclose(out["new"][0], out["old"][0], rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(out["new"][1]["num_stars"], out["old"][1]["num_stars"])
+    # the Monte Carlo redraws of the calibration (lax.map over the redraws' gridding)
+    redraws = [
+        np.asarray(
+            jax.jit(lambda k, d, p=p: ob.observe_one(k, d, region, p, 2)[0])(keys[0], density[0])
+        )
+        for p in (new, old)
+    ]
+    assert redraws[0].shape == (3, *region.shape)
+    np.testing.assert_allclose(redraws[0], redraws[1], rtol=1e-5, atol=1e-6)
 
 
 def test_search_auto_and_bad_options():
