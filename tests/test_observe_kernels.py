@@ -193,11 +193,17 @@ def test_observe_one_new_kernels_reproduce_the_former_path():
     assert out["new"][1]["not_exact_fraction"].max() == 0.0
     np.testing.assert_allclose(out["new"][0], out["old"][0], rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(out["new"][1]["num_stars"], out["old"][1]["num_stars"])
-    # the Monte Carlo redraws of the calibration (lax.map over the redraws' gridding)
+
+
+def test_observe_one_redraws_with_the_new_kernels_reproduce_the_former_path():
+    """The calibration's Monte Carlo redraws (lax.map over the redraws' gridding)."""
+    region = Region.named("LR").with_shape((8, 8, 8))
+    new = ob.ObservationParams(num_stars_range=(12000, 18000), k=30)
+    old = dataclasses.replace(new, integrator="sort", search="block")
+    density = jnp.asarray(np.random.default_rng(10).lognormal(-7, 1.5, region.shape), jnp.float32)
+    key = jax.random.key(11)
     redraws = [
-        np.asarray(
-            jax.jit(lambda k, d, p=p: ob.observe_one(k, d, region, p, 2)[0])(keys[0], density[0])
-        )
+        np.asarray(jax.jit(lambda k, d, p=p: ob.observe_one(k, d, region, p, 2)[0])(key, density))
         for p in (new, old)
     ]
     assert redraws[0].shape == (3, *region.shape)
