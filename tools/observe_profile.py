@@ -1,15 +1,18 @@
-"""Where the observation loop's time goes for one cube: exact integration to the stars, and the
-eq.-5 gridding with bisection and with ``lax.top_k`` (issue 17, item 2).
+"""Where the observation loop's time goes for one cube, with the former and the new kernels
+(issue 17, item 2): exact integration to the stars (sorted LOS kernel / sort-free pieces), the
+eq.-5 gridding (3^3-block search / two-pass runs search, each with bisection and ``lax.top_k``),
+and the whole `observe_one` before and after.
 
-    python -m tools.observe_profile [--config=vnet_sky_lr]
+    python -m tools.observe_profile [--config=vnet_sky_lr] [--out=FILE.json]
 
-Prints seconds per call of each part (compiled, warm) and checks that both selections give the
-same cube.
+Prints seconds per call of each part (compiled, warm; best of ``--repeats``) and checks that the
+kernels give the same numbers (max differences, and the cells the search flags as not exact).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import time
 
@@ -17,44 +20,68 @@ import time
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m tools.observe_profile")
     p.add_argument("--config", default="vnet_sky_lr", help="a packaged V-net sky config")
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--out", default="", help="also write the numbers as JSON")
     args = p.parse_args(argv)
     import jax
     import jax.numpy as jnp
+    import numpy as np
 
+    from dustjax import io as dio
     from dustjax.vnet import observe as ob
     from dustjax.vnet.data import region_of
 
     cfg = importlib.import_module(f"dustjax.configs.{args.config}").get_config()
     region = region_of(cfg)
     params = ob.ObservationParams.from_config(cfg.observation)
-    k, cap = params.k_for(region), params.cap_for(region)
-    print(f"k {k}, cap {cap}, select {params.select_for(region)}, star slots {params.max_stars}")
+    before = dataclasses.replace(params, integrator="sort", search="block")
+    res = dict(config=args.config, k=params.k_for(region), star_slots=params.max_stars,
+               search=params.search_for(region), backend=jax.default_backend())  # fmt: skip
+    print(res)
     stars = jax.jit(lambda key: ob.draw_stars(key, region, params))(jax.random.key(0))
-    density = jnp.full(region.shape, 3e-4, jnp.float32)
-    integrate = jax.jit(lambda d, xyz: ob.integrate_stars(d, region, xyz, params.star_chunk))
+    rng = np.random.default_rng(0)
+    density = jnp.asarray(rng.lognormal(np.log(3e-4), 1.5, region.shape), jnp.float32)
 
-    def timed(f, *a):
-        jax.block_until_ready(f(*a))  # compile
-        t = time.perf_counter()
-        out = jax.block_until_ready(f(*a))
-        return out, time.perf_counter() - t
+    def timed(name, f, *a):
+        out = jax.block_until_ready(f(*a))  # compile
+        best = float("inf")
+        for _ in range(args.repeats):
+            t = time.perf_counter()
+            out = jax.block_until_ready(f(*a))
+            best = min(best, time.perf_counter() - t)
+        res[f"{name}_s"] = best
+        print(f"{name}: {best:.3f} s")
+        return out
 
-    e, dt = timed(integrate, density, stars["xyz_true"])
-    print(f"integrate: {dt:.3f} s")
-    sigma = jnp.full(e.shape, 0.05)
+    e = {}
+    for method in ("sort", "pieces"):
+        fn = jax.jit(lambda d, x, m=method: ob.integrate_stars(d, region, x, params.star_chunk, m))
+        e[method] = timed(f"integrate_{method}", fn, density, stars["xyz_true"])
+    res["integrate_max_rel_diff"] = float(
+        jnp.max(jnp.abs(e["pieces"] - e["sort"]) / jnp.maximum(jnp.abs(e["sort"]), 1e-6))
+    )
+    sigma = jnp.hypot(0.05, 0.05 * e["sort"])
     cubes = {}
-    for select in ("bisect", "top_k"):
-
-        def grid(xyz, e, s, v, sel=select):
-            return ob.grid_eq5(
-                xyz, e, s, v, region, k, cap=cap, select=sel, bisect_steps=params.bisect_steps
+    for search in ("block", "runs"):
+        for select in ("bisect", "top_k"):
+            pp = dataclasses.replace(params, search=search, select=select)
+            fn = jax.jit(lambda x, v, s, ok, pp=pp: ob.grid_catalogue(x, v, s, ok, region, pp))
+            cube, not_exact = timed(
+                f"grid_{search}_{select}", fn, stars["xyz_obs"], e["sort"], sigma, stars["valid"]
             )
-
-        grid = jax.jit(grid, static_argnames="sel")
-        (cubes[select], _), dt = timed(grid, stars["xyz_obs"], e, sigma, stars["valid"])
-        print(f"grid ({select}): {dt:.3f} s")
-    diff = float(jnp.max(jnp.abs(cubes["bisect"] - cubes["top_k"])))
-    print(f"max |bisect - top_k| = {diff:.3g} mag")
+            cubes[search, select] = cube
+            res[f"grid_{search}_{select}_not_exact"] = float(jnp.mean(not_exact))
+    ref = cubes["block", "bisect"]
+    res["grid_max_abs_diff_mag"] = max(float(jnp.max(jnp.abs(c - ref))) for c in cubes.values())
+    whole = {}
+    for name, pp in (("before", before), ("after", params)):
+        fn = jax.jit(lambda key, d, pp=pp: ob.observe_one(key, d, region, pp)[0])
+        whole[name] = timed(f"observe_one_{name}", fn, jax.random.key(1), density)
+    res["observe_one_speedup"] = res["observe_one_before_s"] / res["observe_one_after_s"]
+    res["observe_one_max_abs_diff_mag"] = float(jnp.max(jnp.abs(whole["after"] - whole["before"])))
+    print({k: v for k, v in res.items() if "diff" in k or "not_exact" in k or "speedup" in k})
+    if args.out:
+        dio.write_json(args.out, res)
 
 
 if __name__ == "__main__":

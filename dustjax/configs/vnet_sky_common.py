@@ -41,6 +41,9 @@ def vnet_sky_config(name: str, region: str) -> ml_collections.ConfigDict:
     c.observation = ml_collections.ConfigDict(
         dict(enabled=True, distribution="box", distance_power=2.0, k=0, bucket_cap=0,
              select="auto", star_chunk=65536, bisect_steps=24, group=0, echo=1,
+             # the faster exact kernels (dustjax.vnet.observe_kernels); "sort" / "block": the
+             # former ones (same cubes to float32 rounding)
+             integrator="pieces", search="auto", max_fallback=0,
              **OBSERVATION[region])
     )  # fmt: skip
     c.optimizer.learning_rate = 5e-4

@@ -31,6 +31,13 @@ result equals the exact k nearest whenever the k-th neighbour lies within 1.5 ce
 with the numpy/scipy gridding. The k nearest are picked with `lax.top_k` (small k) or by
 bisection on the squared distance (any k: the threshold that admits exactly k candidates; ties
 within 2^-24 of the search radius may admit k + 1).
+
+Faster exact kernels, the defaults (`dustjax.vnet.observe_kernels`; ``integrator="sort"``,
+``search="block"`` restore the ones above, which give the same cubes to float32 rounding):
+``integrator="pieces"`` finds each piece of a star's segment in O(1) instead of sorting the
+crossings; ``search="runs"`` (chosen by ``"auto"`` for dense catalogues such as LR's) first
+searches the cube of side 2 cells around each centre, read as runs of half-cells, and redoes over
+the 3^3 block only the cells where that cannot be exact.
 """
 
 from __future__ import annotations
@@ -46,7 +53,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from dustjax.geometry import Region
-from dustjax.vnet.gridding import SIGMA_FLOOR_MAG2, default_k
+from dustjax.vnet import observe_kernels as kernels
+from dustjax.vnet.gridding import default_k
 
 try:  # the layout refactor moves the point kernel to dustjax.los; import it through one place
     from dustjax.los import _integrate_chunks as _points_kernel
@@ -69,12 +77,24 @@ class ObservationParams:
     select: str = "auto"  # "top_k" | "bisect" | "auto" (top_k for k <= 8)
     star_chunk: int = 65536  # stars per chunk of the LOS kernel
     bisect_steps: int = 24  # "bisect": halvings of the squared-distance bracket
+    # "pieces": the sort-free exact kernel (dustjax.vnet.observe_kernels.integrate_pieces);
+    # "sort": the project's LOS point kernel (dustjax.los). Same integrals to float32 rounding.
+    integrator: str = "pieces"
+    # k-nearest search: "block" (each cell's 3^3-cell block, `grid_eq5`), "runs" (a 2^3-cell
+    # first pass with the block as fallback, `observe_kernels.grid_eq5_runs`), "auto" (runs where
+    # the smallest catalogue puts >= 1.5 k stars within one cell of a centre: LR, not SR)
+    search: str = "auto"
+    max_fallback: int = 0  # "runs": cells redone over the block; 0: num_cells // 32
 
     def __post_init__(self):
         if self.distribution not in ("box", "radial"):
             raise ValueError(f"distribution must be 'box' or 'radial', got {self.distribution!r}")
         if self.select not in ("auto", "top_k", "bisect"):
             raise ValueError(f"select must be 'auto', 'top_k' or 'bisect', got {self.select!r}")
+        if self.integrator not in ("pieces", "sort"):
+            raise ValueError(f"integrator must be 'pieces' or 'sort', got {self.integrator!r}")
+        if self.search not in ("auto", "block", "runs"):
+            raise ValueError(f"search must be 'auto', 'block' or 'runs', got {self.search!r}")
         lo, hi = self.num_stars_range
         if not 1 <= lo <= hi:
             raise ValueError(f"num_stars_range must be 1 <= low <= high, got {(lo, hi)}")
@@ -96,6 +116,12 @@ class ObservationParams:
             return int(self.bucket_cap)
         lam = self.max_stars / region.num_cells
         return int(math.ceil(lam + 5.0 * math.sqrt(lam) + 3.0))
+
+    def search_for(self, region: Region) -> str:
+        if self.search != "auto":
+            return self.search
+        ball = 4.0 / 3.0 * math.pi * self.num_stars_range[0] / region.num_cells
+        return "runs" if ball >= 1.5 * self.k_for(region) else "block"
 
     def select_for(self, region: Region) -> str:
         if self.select != "auto":
@@ -160,9 +186,16 @@ def _inside(xyz, lower, upper):
     return jnp.all((xyz >= lower) & (xyz < upper), axis=-1)
 
 
-def integrate_stars(density, region: Region, xyz_pc, chunk: int = 65536) -> jax.Array:
+def integrate_stars(
+    density, region: Region, xyz_pc, chunk: int = 65536, method: str = "sort"
+) -> jax.Array:
     """Exact extinction (mag) from the Sun to each point ``(N, 3)`` through ``density``
-    ``(nx, ny, nz)``: the project's LOS point kernel, traceable (jit/vmap)."""
+    ``(nx, ny, nz)``, traceable (jit/vmap): the project's LOS point kernel (``method="sort"``)
+    or the sort-free `dustjax.vnet.observe_kernels.integrate_pieces` (``"pieces"``)."""
+    if method == "pieces":
+        return kernels.integrate_pieces(density, region, xyz_pc, chunk)
+    if method != "sort":
+        raise ValueError(f"method must be 'sort' or 'pieces', got {method!r}")
     n = xyz_pc.shape[0]
     chunk = int(max(1, min(chunk, n)))
     num_chunks = -(-n // chunk)
@@ -247,39 +280,27 @@ def grid_eq5(
     d2 = jnp.where(ok, jnp.sum(diff * diff, axis=-1), jnp.inf)
     num_ok = jnp.sum(ok, axis=-1)
 
-    if select == "top_k":
-        neg, j = jax.lax.top_k(-d2, k)
-        d2_sel = -neg
-        chosen = jnp.take_along_axis(star, j, axis=-1)
-        use = jnp.isfinite(d2_sel)
-        d_sel = jnp.sqrt(jnp.where(use, d2_sel, 0.0))
-        e_sel, s_sel = extinction[chosen], sigma[chosen]
-        d_k = jnp.max(d_sel, axis=-1)
-    elif select == "bisect":
-        finite_max = jnp.max(jnp.where(ok, d2, 0.0), axis=-1)
-
-        def body(_, bounds):
-            lo, hi = bounds
-            mid = 0.5 * (lo + hi)
-            enough = jnp.sum(d2 <= mid[:, None], axis=-1) >= k
-            return jnp.where(enough, lo, mid), jnp.where(enough, mid, hi)
-
-        _, hi = jax.lax.fori_loop(0, bisect_steps, body, (jnp.zeros_like(finite_max), finite_max))
-        use = d2 <= hi[:, None]
-        d_sel = jnp.sqrt(jnp.where(use, d2, 0.0))
-        e_sel, s_sel = extinction[star], sigma[star]
-        d_k = jnp.max(d_sel, axis=-1)
-    else:
-        raise ValueError(f"select must be 'top_k' or 'bisect', got {select!r}")
-
-    d_max = jnp.max(d_sel, axis=-1, keepdims=True)
-    ratio = jnp.where(d_max > 0, d_sel / jnp.where(d_max > 0, d_max, 1.0), 0.0)
-    w = (1.0 - 0.75 * ratio**2) / (s_sel**2 + SIGMA_FLOOR_MAG2)
-    w = jnp.where(use, w, 0.0)
-    cube = jnp.sum(w * e_sel, axis=-1) / jnp.maximum(jnp.sum(w, axis=-1), 1e-30)
+    cube, d_k = kernels.eq5_from_candidates(
+        d2, ok, star, extinction, sigma, k, select, bisect_steps
+    )
     reach = 1.5 * float(min(region.cell_size_pc))
     not_exact = overflow | (num_ok < k) | (d_k > reach)
     return cube.reshape(shape), not_exact.reshape(shape)
+
+
+def grid_catalogue(xyz_pc, extinction, sigma, valid, region: Region, params: ObservationParams):
+    """Eq. 5 gridding of one catalogue with ``params``' k, search and selection:
+    ``(cube, not_exact)`` as `grid_eq5` (``search="block"``) or
+    `dustjax.vnet.observe_kernels.grid_eq5_runs` (``"runs"``)."""
+    args = (xyz_pc, extinction, sigma, valid, region, params.k_for(region))
+    kw = dict(select=params.select_for(region), bisect_steps=params.bisect_steps)
+    if params.search_for(region) == "runs":
+        lam = params.max_stars / region.num_cells
+        return kernels.grid_eq5_runs(
+            *args, cap=kernels.runs_cap(lam, 2), cap_fallback=kernels.runs_cap(lam, 3),
+            max_fallback=int(params.max_fallback or max(1, region.num_cells // 32)), **kw,
+        )  # fmt: skip
+    return grid_eq5(*args, cap=params.cap_for(region), **kw)
 
 
 # ---- the whole observation ----------------------------------------------------------------------
@@ -303,16 +324,14 @@ def observe_one(
     """
     k_star, k_noise, k_redraw = jax.random.split(key, 3)
     stars = draw_stars(k_star, region, params)
-    e_true = integrate_stars(density, region, stars["xyz_true"], params.star_chunk)
+    e_true = integrate_stars(
+        density, region, stars["xyz_true"], params.star_chunk, params.integrator
+    )
     sigma = jnp.hypot(stars["sigma_a"], stars["sigma_b"] * jnp.maximum(e_true, 0.0))
     e_obs = e_true + sigma * jax.random.normal(k_noise, e_true.shape)
 
     def grid(values):
-        return grid_eq5(
-            stars["xyz_obs"], values, sigma, stars["valid"], region, params.k_for(region),
-            cap=params.cap_for(region), select=params.select_for(region),
-            bisect_steps=params.bisect_steps,
-        )  # fmt: skip
+        return grid_catalogue(stars["xyz_obs"], values, sigma, stars["valid"], region, params)
 
     if num_redraws:
         noise = jax.random.normal(k_redraw, (num_redraws, *e_obs.shape))
