@@ -117,7 +117,7 @@ arm() {  # REGION GPU ARM
     local EXTRA=""; [ $ROUTE = catalogue ] && EXTRA=${CAT[$R]}
     local T=$(( $(left) - 15 )); [ $T -lt 5 ] && break
     timeout $T $PY -m tools.realsky_vnet --cube="$CUBE" --region=$R --route=$ROUTE --model="$MODEL" \
-      $EXTRA ${REFINE:+--refine=$REFINE} --save_arrays --out="$EV/${R}_${ROUTE}_vnet_$ARM" >> "$RD/score.log" 2>&1
+      $EXTRA ${REFINE:+--refine=$REFINE} ${REFINE_CORR:+--refine_corr=$REFINE_CORR} --save_arrays --out="$EV/${R}_${ROUTE}_vnet_$ARM" >> "$RD/score.log" 2>&1
     cp "$EV/${R}_${ROUTE}_vnet_$ARM/arrays.npz" "$RD/${ROUTE}_arrays.npz" 2>/dev/null
     echo "$R $ARM: $ROUTE scored (exit $?) at $(( $(date +%s) - T0 ))s" >> "$RD/score.log"
   done
