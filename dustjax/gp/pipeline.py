@@ -440,10 +440,25 @@ def _calibrate(
     observed, sigma = np.asarray(cat.extinction, np.float64), np.asarray(calib["sigma"], np.float64)
     learned = None if model_error is None else tuple(float(v) for v in model_error)
     pct_model = pct
-    scale, f, s = calibration.calibrate_bands(
-        pct, observed, sigma, shape=learned, target_coverage=CALIBRATION_TARGET_COVERAGE,
-        method=settings.calibration_method,
-    )  # fmt: skip
+    # the configured method; where the truth is known (a simulation or a cube) both, for the
+    # record in ``methods``
+    methods = (
+        calibration.CALIBRATION_METHODS
+        if calib["true"] is not None
+        else (settings.calibration_method,)
+    )
+    results = {
+        method: calibration.calibrate_bands(
+            pct,
+            observed,
+            sigma,
+            shape=learned,
+            target_coverage=CALIBRATION_TARGET_COVERAGE,
+            method=method,
+        )  # fmt: skip
+        for method in methods
+    }
+    scale, f, s = results[settings.calibration_method]
     widened = calibration.widen_bands(pct, f, s, scale)
     if learned is not None:  # "before": the bands with the learned term as fitted
         pct = calibration.widen_bands(pct, *learned)
@@ -460,13 +475,8 @@ def _calibrate(
     if calib["true"] is not None:
         out["validation_coverage_true_before"] = calibration.coverage(pct, calib["true"])
         out["validation_coverage_true_after"] = calibration.coverage(widened, calib["true"])
-        # both methods, for the record (the truth is known: a simulation or a cube)
         out["methods"] = {}
-        for method in calibration.CALIBRATION_METHODS:
-            c, fm, sm = calibration.calibrate_bands(
-                pct_model, observed, sigma, shape=learned,
-                target_coverage=CALIBRATION_TARGET_COVERAGE, method=method,
-            )  # fmt: skip
+        for method, (c, fm, sm) in results.items():
             out["methods"][method] = dict(
                 band_scale=c, frac=fm, floor_mag=sm,
                 coverage_true=calibration.coverage(
