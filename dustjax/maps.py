@@ -385,7 +385,8 @@ class DustMap:
         ``model_error`` (GP maps, integrated queries): the posterior samples hold only what the
         model knows; the fit's model error (header keywords ``CALFRAC``/``CALFLOOR``, calibrated
         on held-out stars, else the learned ``MEFRAC``/``MEFLOOR``; `extinction_model_error`)
-        adds N(0, (f A)^2 + s^2) to the extinction. With True (default) the percentiles and the
+        adds N(0, (f A)^2 + s^2) to the extinction, after the samples' own spread is scaled by
+        the calibration's ``CALSCALE`` (default 1). With True (default) the percentiles and the
         uncertainty of integrated queries from samples include it (each percentile moved away
         from the median in quadrature by z_p sqrt((f A)^2 + s^2), z_p the normal quantile): the
         bands of the true extinction, as the pipeline's extinction cubes and star bands.
@@ -583,7 +584,11 @@ class DustMap:
             return per_sample[:, 0], None, inside
         if mode == "mean":
             return per_sample.mean(axis=1), None, inside
-        widen = integrated and model_error and any(self.extinction_model_error())
+        widen = (
+            integrated
+            and model_error
+            and (any(self.extinction_model_error()) or self.extinction_band_scale() != 1.0)
+        )
         if mode == "percentile":
             q = np.asarray(pct, np.float64)
             out = np.percentile(per_sample, q, axis=1)  # (len(q), N) or (N,)
@@ -593,7 +598,8 @@ class DustMap:
                 med = np.median(per_sample, axis=1)
                 z = norm.ppf(q / 100.0).reshape(np.shape(q) + (1,) * (out.ndim - np.ndim(q)))
                 extra = z**2 * self._model_error_variance(med)
-                out = med + np.where(z < 0, -1.0, 1.0) * np.sqrt((out - med) ** 2 + extra)
+                c2 = self.extinction_band_scale() ** 2
+                out = med + np.where(z < 0, -1.0, 1.0) * np.sqrt(c2 * (out - med) ** 2 + extra)
             return (np.moveaxis(out, 0, -1) if np.ndim(pct) else out), None, inside
         if per_sample is not None:  # median of the samples' integrals
             value = np.median(per_sample, axis=1)
@@ -608,7 +614,8 @@ class DustMap:
             p16, p84 = np.percentile(per_sample, [16.0, 84.0], axis=1)
             half = 0.5 * (p84 - p16)
             if widen:
-                half = np.sqrt(half**2 + self._model_error_variance(value))
+                c2 = self.extinction_band_scale() ** 2
+                half = np.sqrt(c2 * half**2 + self._model_error_variance(value))
             return value, half, inside
         source = self.extinction_uncertainty if integrated else self.uncertainty
         if source is None:
@@ -644,6 +651,12 @@ class DustMap:
             if f_key in m:
                 return float(m[f_key]), float(m.get(s_key, 0.0))
         return 0.0, 0.0
+
+    def extinction_band_scale(self) -> float:
+        """The calibration's factor on the posterior samples' own spread of integrated
+        extinctions (``CALSCALE``, `dustjax.gp.calibration.calibrate_bands`; < 1 narrows an
+        over-wide posterior); 1 for maps without it."""
+        return float(self.meta.get("CALSCALE", 1.0))
 
     def _model_error_variance(self, extinction):
         f, s = self.extinction_model_error()

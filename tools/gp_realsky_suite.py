@@ -46,6 +46,8 @@ flags.DEFINE_integer("anneal_iterations", -1, "Annealing steps of every fit (-1:
 flags.DEFINE_float("anneal_factor", 0.0, "Annealing step factor of every fit (0: the suite's).")
 flags.DEFINE_boolean("anneal_average", False, "Average the annealing iterates in every fit.")
 flags.DEFINE_integer("num_inducing", 0, "Inducing points of every test (0: the suite's).")
+flags.DEFINE_list("inducing_metric", [], "Axis weights of the inducing spread, e.g. 1,1,0.25.")
+flags.DEFINE_list("scale_lengths", [], "Initial scale lengths of every test (kernel units).")
 
 PAPER_BOX = (50.0, 90.0, -10.0, 10.0, 180.0, 500.0)
 
@@ -149,6 +151,10 @@ def main(argv):
             kw = kw | dict(fit=kw["fit"] | dict(anneal_average=True))
         if FLAGS.num_inducing:
             kw = kw | dict(num_inducing=FLAGS.num_inducing)
+        if FLAGS.inducing_metric:
+            kw = kw | dict(inducing_metric=tuple(float(v) for v in FLAGS.inducing_metric))
+        if FLAGS.scale_lengths:
+            kw = kw | dict(scale_lengths_pc=tuple(float(v) for v in FLAGS.scale_lengths))
         t0 = time.perf_counter()
         try:
             truth = realsky.make_truth(FLAGS.cube if spec == "CUBE" else spec, kw["field"])

@@ -102,6 +102,8 @@ def gp_config(name: str) -> ml_collections.ConfigDict:
             # stars held out of the fit; a post-hoc model error (f A)^2 + s^2 fitted on them
             # widens the extinction bands (docs/gp.md); 0: off
             calibration_fraction=0.1,
+            # how the bands are scaled on them (up or down): "deconvolved" or "observed"
+            calibration_method="deconvolved",
         )
     )
 

@@ -114,6 +114,10 @@ class FitSettings:
       calibration_fraction: not used by `fit` itself: the fraction of the catalogue's stars
         that `pipeline.fit_and_predict` holds out of the fit to calibrate the extinction bands
         (a post-hoc model error, `dustjax.gp.calibration`); 0: off.
+      calibration_method: how `pipeline.fit_and_predict` scales the bands on those stars
+        (`dustjax.gp.calibration.calibrate_bands`): "deconvolved" (default: the band that holds
+        68 % of the model's error deconvolved from the stars' known noise) or "observed" (68 %
+        of the observed extinctions inside band plus noise). Either may narrow the bands.
     """
 
     learning_rate: float = 0.02
@@ -145,8 +149,14 @@ class FitSettings:
     anneal_factor: float = 0.1
     anneal_average: bool = False
     calibration_fraction: float = 0.1
+    calibration_method: str = "deconvolved"
 
     def __post_init__(self):
+        if self.calibration_method not in ("deconvolved", "observed"):
+            raise ValueError(
+                "calibration_method must be 'deconvolved' or 'observed', got "
+                f"{self.calibration_method!r}"
+            )
         if self.stop_rule not in ("paper", "plateau"):
             raise ValueError(f"stop_rule must be 'paper' or 'plateau', got {self.stop_rule!r}")
         if self.kernel_coords not in ("xyz", "log_spherical"):
@@ -291,6 +301,7 @@ def init_inducing_points(
     method: str = "spread",
     max_candidates: int = 50_000,
     points=None,
+    metric=None,
 ) -> np.ndarray:
     """M initial inducing locations (pc) at star positions.
 
@@ -305,6 +316,11 @@ def init_inducing_points(
     the stars is left far from every inducing point.
 
     ``points``: the stars' positions in the kernel's coordinates (default: XYZ).
+    ``metric``: three weights of the axes in the spread's distances (None: 1, 1, 1): weights
+    proportional to 1 / the expected scale length of each axis spread the points evenly in
+    units of the scale lengths (the real sky's log-spherical fits learn a radial scale ~4x the
+    angular ones, issue 18: (1, 1, 0.25) then puts ~1.6x more points across each angular axis
+    than an even spread for the same M).
     """
     if method not in ("random", "spread"):
         raise ValueError(f"inducing-point init method must be 'random' or 'spread', got {method!r}")
@@ -318,12 +334,16 @@ def init_inducing_points(
             z = z + rng.normal(scale=1.0, size=z.shape)
         return z
     cand = xyz[rng.choice(n, size=min(n, max_candidates), replace=False)]
+    weights = np.ones(3) if metric is None else np.asarray(metric, np.float64)
+    if weights.shape != (3,) or not np.all(weights > 0):
+        raise ValueError(f"the spread's metric must be 3 positive weights, got {metric!r}")
+    scaled = cand * weights
     chosen = np.empty(num_inducing, np.int64)
     chosen[0] = 0  # the candidates are already in random order
-    min_d2 = np.sum((cand - cand[0]) ** 2, axis=1)
+    min_d2 = np.sum((scaled - scaled[0]) ** 2, axis=1)
     for i in range(1, num_inducing):
         chosen[i] = int(np.argmax(min_d2))
-        np.minimum(min_d2, np.sum((cand - cand[chosen[i]]) ** 2, axis=1), out=min_d2)
+        np.minimum(min_d2, np.sum((scaled - scaled[chosen[i]]) ** 2, axis=1), out=min_d2)
     return cand[chosen]
 
 
@@ -795,6 +815,7 @@ def initial_params(
         seed,
         method=str(settings_model.get("init", "spread")),
         points=points,
+        metric=settings_model.get("spread_metric"),
     )
     mean = settings_model.get("mean_dex")
     if mean is None:  # log10 of the mean density implied by the stars: A / d

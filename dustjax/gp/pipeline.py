@@ -305,11 +305,12 @@ def _fit_and_predict(config, workdir, *, progress):
             else calibration.widen_bands(star_pct, *(float(v) for v in model_error))
         )  # the bands without the calibration, for the summary
         star_pct = calibration.widen_bands(
-            star_pct, calib_summary["frac"], calib_summary["floor_mag"]
+            star_pct, calib_summary["frac"], calib_summary["floor_mag"], calib_summary["band_scale"]
         )
         star_bands = (
-            "true extinction: model plus the post-hoc model error N(0, (f A)^2 + s^2) fitted on "
-            "held-out stars" + ("" if model_error is None else " (the learned term, rescaled)")
+            "true extinction: the model's band times band_scale plus the post-hoc model error "
+            "N(0, (f A)^2 + s^2), both fitted on held-out stars"
+            + ("" if model_error is None else " (the learned term, rescaled)")
         )
     summary["star_bands"] = star_bands
     summary["calibration"] = calib_summary
@@ -331,9 +332,10 @@ def _fit_and_predict(config, workdir, *, progress):
     if model_error is not None:
         summary["model_error"] = dict(frac=float(model_error[0]), floor_mag=float(model_error[1]))
     f, s = extinction_model_error(summary)
-    if f > 0 or s > 0:
+    scale = extinction_band_scale(summary)
+    if f > 0 or s > 0 or scale != 1.0:
         for key in ("extinction_pct", "total_extinction_pct"):
-            maps[key] = calibration.widen_bands(maps[key], f, s).astype(maps[key].dtype)
+            maps[key] = calibration.widen_bands(maps[key], f, s, scale).astype(maps[key].dtype)
     summary["timings"]["predict_s"] = time.perf_counter() - t0
     summary["prediction_grid"] = pgrid.to_dict()
     for key in ("dust_mass_eq9_msun", "gas_mass_eq9_msun", "dust_mass_in_box_msun",
@@ -414,11 +416,12 @@ def calibration_split(num_stars: int, fraction: float, *, seed: int) -> np.ndarr
 def _calibrate(
     params, grid, settings, jitter, config, calib, model_error, coords
 ) -> dict[str, Any]:
-    """Fit the model error (f, s) of the bands on the held-out stars and score their bands before
-    and after (`calibration.calibrate_model_error`): without a learned term, the post-hoc term of
-    `calibration.calibrate_posthoc` (the likelihood `realsky` maximises, scaled to the 68 %
-    coverage target); with one (``fit.model_error``), the learned term rescaled (up or down) to
-    that target. Either way (f, s) is the whole model error added to the model's bands."""
+    """Calibrate the bands on the held-out stars and score them before and after
+    (`calibration.calibrate_bands`, ``fit.calibration_method``): the model's bands plus a model
+    error of the learned shape (``fit.model_error``) or else the maximum-likelihood one, all of
+    it scaled by one factor, up or down, so that 68 % of the held-out stars' error is inside.
+    ``band_scale`` multiplies the model's own half-widths and (f, s) is the whole model error
+    added to them."""
     cat = calib["catalog"]
     cstars = gpfit.make_star_data(
         cat, grid, num_shards=1, dtype=params["mean"].dtype, sigma=calib["sigma"]
@@ -436,15 +439,34 @@ def _calibrate(
     ).astype(np.float64)  # the model's bands, no model error
     observed, sigma = np.asarray(cat.extinction, np.float64), np.asarray(calib["sigma"], np.float64)
     learned = None if model_error is None else tuple(float(v) for v in model_error)
-    f, s = calibration.calibrate_model_error(
-        pct, observed, sigma, learned=learned, target_coverage=CALIBRATION_TARGET_COVERAGE
+    pct_model = pct
+    # the configured method; where the truth is known (a simulation or a cube) both, for the
+    # record in ``methods``
+    methods = (
+        calibration.CALIBRATION_METHODS
+        if calib["true"] is not None
+        else (settings.calibration_method,)
     )
-    widened = calibration.widen_bands(pct, f, s)
+    results = {
+        method: calibration.calibrate_bands(
+            pct,
+            observed,
+            sigma,
+            shape=learned,
+            target_coverage=CALIBRATION_TARGET_COVERAGE,
+            method=method,
+        )  # fmt: skip
+        for method in methods
+    }
+    scale, f, s = results[settings.calibration_method]
+    widened = calibration.widen_bands(pct, f, s, scale)
     if learned is not None:  # "before": the bands with the learned term as fitted
         pct = calibration.widen_bands(pct, *learned)
     out: dict[str, Any] = dict(
         frac=f,
         floor_mag=s,
+        band_scale=scale,
+        method=settings.calibration_method,
         num_stars=len(cat),
         rescales_learned_model_error=learned is not None,
         validation_coverage_observed_before=calibration.observed_coverage(pct, observed, sigma),
@@ -453,6 +475,14 @@ def _calibrate(
     if calib["true"] is not None:
         out["validation_coverage_true_before"] = calibration.coverage(pct, calib["true"])
         out["validation_coverage_true_after"] = calibration.coverage(widened, calib["true"])
+        out["methods"] = {}
+        for method, (c, fm, sm) in results.items():
+            out["methods"][method] = dict(
+                band_scale=c, frac=fm, floor_mag=sm,
+                coverage_true=calibration.coverage(
+                    calibration.widen_bands(pct_model, fm, sm, c), calib["true"]
+                ),
+            )  # fmt: skip
     logger.info("post-hoc model error on %d held-out stars: %s", len(cat), out)
     return out
 
@@ -463,6 +493,13 @@ def extinction_model_error(summary) -> tuple[float, float]:
     one, else the learned term (``summary["model_error"]``), else (0, 0)."""
     part = summary.get("calibration") or summary.get("model_error")
     return (float(part["frac"]), float(part["floor_mag"])) if part else (0.0, 0.0)
+
+
+def extinction_band_scale(summary) -> float:
+    """The factor on the model's own extinction half-widths: the calibration's ``band_scale``
+    (`calibration.calibrate_bands`; < 1 narrows an over-wide posterior), else 1."""
+    part = summary.get("calibration") or {}
+    return float(part.get("band_scale", 1.0))
 
 
 def _fits_meta(summary) -> dict[str, Any]:
@@ -477,6 +514,7 @@ def _fits_meta(summary) -> dict[str, Any]:
         meta.update(
             CALFRAC=c["frac"],
             CALFLOOR=c["floor_mag"],
+            CALSCALE=c.get("band_scale", 1.0),
             CALNSTAR=c["num_stars"],
             CALCOVB=c["validation_coverage_observed_before"],
             CALCOVA=c["validation_coverage_observed_after"],

@@ -52,7 +52,12 @@ from dustjax.catalog import StarCatalog
 from dustjax.geometry import galactic_to_cartesian_np
 from dustjax.gp import fit as gpfit
 from dustjax.gp import svgp
-from dustjax.gp.calibration import calibrate_model_error, calibrate_posthoc, widen_bands
+from dustjax.gp.calibration import (
+    calibrate_bands,
+    calibrate_model_error,
+    calibrate_posthoc,
+    widen_bands,
+)
 from dustjax.gp.coords import KernelCoords
 from dustjax.gp.grid import LBDGrid
 from dustjax.los import apply_star_operator, integrate_to_points
@@ -483,10 +488,11 @@ class TestSettings:
     background_cells: int = 0
     predict_factor: tuple[int, int, int] = (2, 2, 2)
     num_inducing: int = 300
-    scale_lengths_pc: float = 30.0
+    scale_lengths_pc: float | tuple[float, float, float] = 30.0
     amplitude_dex: float = 0.5
     mean_dex: float | None = None
     inducing_init: str = "spread"
+    inducing_metric: tuple[float, float, float] | None = None  # `fit.init_inducing_points`
     kernel_coords: str = "xyz"
     ghost_inducing: bool = True
     knn_k: int = 10
@@ -534,6 +540,7 @@ def run_test(truth, settings: TestSettings, *, progress: bool = False) -> dict[s
         mean_dex=settings.mean_dex,
         q_std=0.1,
         init=settings.inducing_init,
+        spread_metric=settings.inducing_metric,
     )
     coords = KernelCoords.for_grid(grid, settings.kernel_coords)
     params0 = gpfit.initial_params(
@@ -609,6 +616,15 @@ def run_test(truth, settings: TestSettings, *, progress: bool = False) -> dict[s
     calib["pipeline"] = dict(frac=f, floor_mag=s, target_coverage=CALIBRATION_TARGET_COVERAGE)
     bands["pipeline"] = star_scores(pipe_hold, true_hold)
     bands["pipeline+calibrated"] = star_scores(widen_bands(model_hold, f, s), true_hold)
+    # the calibrations that may narrow as well as widen (`calibrate_bands`), the pipeline's
+    # default ("deconvolved") last, so that `summary_row` reports it
+    for method in ("observed", "deconvolved"):
+        c, f, s = calibrate_bands(
+            model_val, stars["observed"][val_sl], stars["sigma"][val_sl], shape=learned,
+            target_coverage=CALIBRATION_TARGET_COVERAGE, method=method,
+        )  # fmt: skip
+        calib["bands_" + method] = dict(band_scale=c, frac=f, floor_mag=s)
+        bands["pipeline+" + method] = star_scores(widen_bands(model_hold, f, s, c), true_hold)
     pipe_val = model_val  # saved below: the model's bands of the validation stars
 
     # the grid's discretisation: the same bands against what the training grid can represent
