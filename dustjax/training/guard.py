@@ -22,19 +22,30 @@ def collapse_verdict(
 
     A spike is a validation loss above ``factor`` x the best so far. It is a collapse only if the
     epoch's training loss rose too, above ``train_factor`` x the lowest epoch training loss so far
-    (``train_factor`` 0: every spike is a collapse). A spike with a normal training loss comes
-    from the batch-norm running statistics that evaluation uses (an outlier batch among the
-    last ~100 steps shifts them; the next epoch's usually undo it): the weights are fine, rolling
-    them back only loses epochs, and the best checkpoint is chosen by validation loss anyway.
+    (``train_factor`` 0: every spike is a collapse). "Above f x the best" is measured as a rise
+    of more than (f - 1) |best| over the best (`_risen`): the same for positive losses, and
+    meaningful for losses that can be negative (the Gaussian NLL of a variance head), where
+    f x best lies *below* the best and every epoch short of a new best would be a "collapse".
+    A spike with a normal training loss comes from the batch-norm running statistics that
+    evaluation uses (an outlier batch among the last ~100 steps shifts them; the next epoch's
+    usually undo it): the weights are fine, rolling them back only loses epochs, and the best
+    checkpoint is chosen by validation loss anyway.
     """
     factor = float(guard.get("factor", 0.0) or 0.0)
-    if not factor or not math.isfinite(best_val_loss) or val_loss <= factor * best_val_loss:
+    if not factor or not math.isfinite(best_val_loss):
+        return ""
+    if not _risen(val_loss, best_val_loss, factor):
         return ""
     train_factor = float(guard.get("train_factor", 0.0) or 0.0)
     if train_factor and math.isfinite(best_train_loss):
-        if train_loss <= train_factor * best_train_loss:
+        if not _risen(train_loss, best_train_loss, train_factor):
             return "validation"
     return "collapse"
+
+
+def _risen(loss: float, best: float, factor: float) -> bool:
+    """loss - best > (factor - 1) |best|: ``loss`` above ``factor`` x ``best`` if best > 0."""
+    return loss - best > (factor - 1.0) * abs(best)
 
 
 def replay_collapse_guard(rows: list[dict], guard) -> list[dict]:

@@ -256,6 +256,14 @@ def test_collapse_verdict_tells_a_collapse_from_a_validation_spike():
     off = functools.partial(guard.collapse_verdict, dict(factor=0.0), best_val_loss=1.0,
                             best_train_loss=1.0)  # fmt: skip
     assert off(val_loss=1e9, train_loss=1e9) == ""
+    # a loss that can be negative (beta-NLL): "3 x the best" is a rise of 2 |best| above it, so
+    # an epoch slightly short of the best (-0.11 after -0.14) is no spike (it was: 3 x -0.14 <
+    # -0.11 rolled run 8 back five times), a jump to +0.2 is
+    negative = functools.partial(guard.collapse_verdict, settings, best_val_loss=-0.14,
+                                 best_train_loss=-0.10)  # fmt: skip
+    assert negative(val_loss=-0.11, train_loss=-0.09) == ""
+    assert negative(val_loss=0.2, train_loss=-0.09) == "validation"  # train rose < 0.3 |best|
+    assert negative(val_loss=0.2, train_loss=-0.06) == "collapse"
     losses = [(4.0, 5.0), (2.0, 2.0), (2.0, 7.0), (2.1, 1.9), (3.0, 6.5), (2.0, 1.8)]
     rows = [dict(epoch=e, train_loss=t, val_loss=v) for e, (t, v) in enumerate(losses, 1)]
     events = guard.replay_collapse_guard(rows, settings)
