@@ -105,9 +105,9 @@ STAR_KEYS = ("xyz_obs", "extinction", "sigma_extinction", "valid", "distance_err
 def write_arrays(path, arrays: dict, meta: dict) -> str:
     """``arrays`` (lists of per-batch arrays, concatenated along axis 0; floats as float32) and
     ``meta`` (JSON) to a compressed .npz, atomically; returns the path."""
-    import os
-    import tempfile
     from pathlib import Path
+
+    from dustjax import io as dio
 
     out = {}
     for k, v in arrays.items():
@@ -115,15 +115,8 @@ def write_arrays(path, arrays: dict, meta: dict) -> str:
         out[k] = a.astype(np.float32) if a.dtype.kind == "f" else a
     out["meta"] = np.asarray(json.dumps(meta))
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, **out)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with dio.atomic_path(path) as tmp, tmp.open("wb") as f:
+        np.savez_compressed(f, **out)
     return str(path)
 
 

@@ -513,9 +513,9 @@ def save_arrays(outdir, result: ap.MapResult, hat_model=None, catalog=None) -> s
     one), so the stars' refinement can be studied without the cube or the model. Written
     atomically; returns the path."""
     import dataclasses
-    import os
-    import tempfile
     from pathlib import Path
+
+    from dustjax import io as dio
 
     arrays = dict(extinction=result.extinction, density=result.density)
     for name in ("truth", "density_std"):
@@ -535,14 +535,8 @@ def save_arrays(outdir, result: ap.MapResult, hat_model=None, catalog=None) -> s
     arrays = {k: np.asarray(v, np.float32) for k, v in arrays.items()}
     arrays["meta"] = np.asarray(json.dumps(meta))
     path = Path(outdir) / "arrays.npz"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with dio.atomic_path(path) as tmp, tmp.open("wb") as f:
+        np.savez_compressed(f, **arrays)
     return str(path)
 
 
