@@ -14,7 +14,8 @@ catalogue settings redraw them with `dustjax.vnet.realsky.mock_catalog`, which i
 Variants: ``vnet`` (the median map m), ``nnls`` (`dustjax.inversion.nnls_predictor` on the
 gridded cube, the catalogue default weight), ``indep`` (the independent prior), ``corr:ELL:NU``
 (correlated prior errors, length ELL cells, nugget NU), ``smooth:G`` (a smooth correction on G^3
-nodes). Scores per cube by `dustjax.vnet.realsky.scores`; the summary is
+nodes); ``:auto`` after a refinement adds the model error estimated from the stars' chi^2.
+Scores per cube by `dustjax.vnet.realsky.scores`; the summary is
 `tools.sky_heldout.summarise` (medians and the pooled skill). No band is scored for a refined map
 (the refinement gives none).
 """
@@ -56,28 +57,33 @@ def parse_args(argv=None):
 def parse_variant(spec: str) -> dict:
     parts = spec.strip().split(":")
     name = parts[0]
+    if len(parts) > 1 and parts[-1] == "auto" and name in ("indep", "corr", "smooth"):
+        return dict(parse_variant(":".join(parts[:-1])), model_error="auto")
     if name in ("vnet", "nnls", "indep") and len(parts) == 1:
         return dict(kind=name)
     if name == "corr" and len(parts) == 3:
         return dict(kind="corr", corr_length=float(parts[1]), nugget=float(parts[2]))
     if name == "smooth" and len(parts) == 2:
         return dict(kind="smooth", grid=int(parts[1]))
-    raise ValueError(f"variant {spec!r}: use vnet, nnls, indep, corr:ELL:NU or smooth:G")
+    raise ValueError(
+        f"variant {spec!r}: use vnet, nnls, indep, corr:ELL:NU or smooth:G (the last three with "
+        "':auto' appended: a model error from the stars' chi^2, dustjax.vnet.refine)"
+    )
 
 
-def run_variant(v: dict, catalog, gridded, m, s, region, num_steps: int, nnls=None):
+def run_variant(v: dict, catalog, gridded, m, s, region, num_steps: int, nnls=None, info=None):
     from dustjax.vnet import refine
 
     if v["kind"] == "vnet":
         return m
     if v["kind"] == "nnls":
         return np.asarray(nnls(np.asarray(gridded, np.float32)[None]))[0]
-    kw = dict(num_steps=num_steps)
+    kw = dict(num_steps=num_steps, model_error=v.get("model_error", 0.0))
     if v["kind"] == "corr":
         kw.update(corr_length=v["corr_length"], nugget=v["nugget"])
     elif v["kind"] == "smooth":
         kw.update(smooth_grid=v["grid"])
-    return refine.refine_catalog(catalog, m, s, region, **kw)
+    return refine.refine_catalog(catalog, m, s, region, info=info, **kw)
 
 
 def error_correlation(truth, m, s, max_lag: int = 8) -> dict:
@@ -182,15 +188,13 @@ def main(argv=None) -> dict:
             nnls = jax.jit(inversion.nnls_predictor(region, input_kind="catalogue"))
         for name, v in variants.items():
             t = time.perf_counter()
-            pred = run_variant(v, catalog, gridded, m, s, region, args.num_steps, nnls)
+            info: dict = {}
+            pred = run_variant(v, catalog, gridded, m, s, region, args.num_steps, nnls, info)
             seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - t
             sc = realsky.scores(pred, truth, region)
-            rows.setdefault(name, []).append(
-                {
-                    k: sc[k]
-                    for k in ("skill", "dust_recovered", "log_r", "rmse", "truth_std", "min_c_r")
-                }  # fmt: skip
-            )
+            row = {k: sc[k] for k in ("skill", "dust_recovered", "log_r", "rmse", "truth_std")}
+            row.update(min_c_r=sc["min_c_r"], **info)
+            rows.setdefault(name, []).append(row)
             log.info("cube %d %-14s skill %.3f dust %.3f log-r %.3f (%.1f s)", i, name,
                      sc["skill"], sc["dust_recovered"], sc["log_r"],
                      time.perf_counter() - t)  # fmt: skip
