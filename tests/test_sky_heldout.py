@@ -129,3 +129,14 @@ def test_error_correlation_finds_the_length_and_nugget_of_a_known_field():
     assert res["fit_corr_length"] == pytest.approx(2.0 * np.sqrt(2.0), rel=0.15)
     assert res["fit_nugget"] == pytest.approx(0.2, abs=0.05)
     assert res["correlation"][0] == 1.0
+
+
+def test_subcell_cube_keeps_every_cells_mean_and_adds_structure_inside():
+    from tools.refine_heldout import subcell_cube
+
+    truth = np.random.default_rng(1).lognormal(-7, 1, (4, 5, 6))
+    fine, factor = subcell_cube(truth, 1.0, np.random.default_rng(2))
+    assert fine.shape == (8, 10, 12) and factor == 2.0 and np.all(fine >= 0)
+    blocks = fine.reshape(4, 2, 5, 2, 6, 2).mean(axis=(1, 3, 5))
+    np.testing.assert_allclose(blocks, truth, rtol=1e-12)
+    assert np.std(fine / np.repeat(np.repeat(np.repeat(truth, 2, 0), 2, 1), 2, 2)) > 0.5

@@ -42,6 +42,9 @@ def parse_args(argv=None):
     p.add_argument("--variants", default="vnet,nnls,indep,corr:2:0.1,corr:4:0.1,smooth:8")
     p.add_argument("--num_cubes", type=int, default=0, help="0: all")
     p.add_argument("--num_steps", type=int, default=1000, help="FISTA steps")
+    p.add_argument("--subcell", type=float, default=0.0, help="--arrays: redraw the stars' "
+                   "extinctions through a cube with structure inside the cells (see subcell_cube): "
+                   "the log-sd of the factor per half-cell; 0: the saved extinctions")  # fmt: skip
     p.add_argument("--cube", default="", help="--real without stars: the real cube")
     p.add_argument("--region", default="SR")
     p.add_argument("--num_stars", type=int, default=30_000)
@@ -108,8 +111,40 @@ def error_correlation(truth, m, s, max_lag: int = 8) -> dict:
                 fit_nugget=round(float(best[2]), 2), fit_sse=best[0])  # fmt: skip
 
 
-def cases_from_heldout(path, num_cubes):
-    """(catalog, gridded, m, s, truth) per simulated cube, and the region."""
+def subcell_cube(truth, log_sd: float, rng) -> tuple[np.ndarray, float]:
+    """``(fine, refine)``: the cube at twice the resolution, each half-cell the truth times a
+    log-normal factor of log-sd `log_sd`, normalised so that every cell's 8 half-cells average
+    to the truth (the map's cells are exact block means; the sky has structure inside them)."""
+    t = np.asarray(truth, np.float64)
+    w = np.exp(log_sd * rng.standard_normal(tuple(2 * n for n in t.shape)))
+    block = w.reshape(t.shape[0], 2, t.shape[1], 2, t.shape[2], 2).mean(axis=(1, 3, 5))
+    w = w / np.repeat(np.repeat(np.repeat(block, 2, 0), 2, 1), 2, 2)
+    fine = np.repeat(np.repeat(np.repeat(t, 2, 0), 2, 1), 2, 2) * w
+    return fine, 2.0
+
+
+def redraw_through_subcells(catalog, truth, region, log_sd, sigma_a, sigma_b, seed):
+    """The catalogue's stars (same positions) with extinctions integrated through
+    `subcell_cube` and fresh noise sigma_E = hypot(a, b E)."""
+    from dustjax import catalog as cat
+    from dustjax.los import integrate_to_points
+
+    rng = np.random.default_rng(seed)
+    fine, _ = subcell_cube(truth, log_sd, rng)
+    edges = [np.linspace(region.lower_pc[a], region.upper_pc[a], fine.shape[a] + 1)
+             for a in range(3)]  # fmt: skip
+    e = np.asarray(integrate_to_points(fine.astype(np.float32), edges, catalog.xyz_pc), float)
+    sigma = np.hypot(sigma_a, sigma_b * e)
+    return cat.StarCatalog.from_arrays(
+        xyz_pc=catalog.xyz_pc, extinction=e + sigma * rng.standard_normal(len(e)),
+        sigma_extinction=sigma, sigma_distance=catalog.sigma_distance, region=region,
+        source=f"sub-cell redraw, log-sd {log_sd:g}",
+    )  # fmt: skip
+
+
+def cases_from_heldout(path, num_cubes, subcell: float = 0.0):
+    """(catalog, gridded, m, s, truth) per simulated cube, and the region. ``subcell`` > 0:
+    the stars' extinctions redrawn through `subcell_cube` (the prior stays the saved one)."""
     from tools import sky_heldout
 
     arrays, meta = sky_heldout.read_arrays(path)
@@ -117,6 +152,11 @@ def cases_from_heldout(path, num_cubes):
     for i in range(n):
         m, s = sky_heldout.prior_of(arrays, meta, "cat", i)
         catalog = sky_heldout.catalogue_of(arrays, meta, i)
+        if subcell > 0:
+            catalog = redraw_through_subcells(
+                catalog, arrays["truth"][i], meta["region"], subcell,
+                float(arrays["star_sigma_a"][i]), float(arrays["star_sigma_b"][i]), seed=i,
+            )  # fmt: skip
         yield meta["region"], (catalog, arrays["observed"][i], m, s, arrays["truth"][i])
 
 
@@ -177,7 +217,7 @@ def main(argv=None) -> dict:
 
     variants = {spec.strip(): parse_variant(spec) for spec in args.variants.split(",") if spec}
     if args.arrays:
-        cases = cases_from_heldout(args.arrays, args.num_cubes)
+        cases = cases_from_heldout(args.arrays, args.num_cubes, args.subcell)
     else:
         cases = [case_from_real(args)]
     rows: dict[str, list] = {}
@@ -214,6 +254,7 @@ def main(argv=None) -> dict:
         kind="held-out simulations" if args.arrays else "real catalogue",
         variants=variants,
         num_steps=args.num_steps,
+        subcell=args.subcell,
         summary=summary,
         error_correlation=errors,
         per_cube=rows,
