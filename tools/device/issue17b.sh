@@ -124,6 +124,7 @@ arm() {  # REGION GPU ARM
     echo "$R $ARM: $ROUTE scored (exit $?) at $(( $(date +%s) - T0 ))s" >> "$RD/score.log"
   done
   local HO=""; [ "$SMOKE" = 1 ] && HO="--nnls_steps=20"
+  [ "$R" = SR ] && [ -n "${REFINE:-}" ] && HO="$HO --refine_corr=$REFINE_CORR"  # SR: 30,000 stars
   local T=$(( $(left) - 8 ))
   [ $T -gt 5 ] && timeout $T $PY -m tools.sky_heldout --model="$MODEL" --num_cubes=$HELDOUT_N --nnls $HO \
     ${REFINE:+--refine=$REFINE} \
