@@ -234,10 +234,12 @@ def test_catalogue_route_refined_scores_with_correlated_prior_errors():
     zero = lambda e: jnp.zeros_like(e)  # noqa: E731
     report, _ = realsky.evaluate(
         cube, REGION, zero, route="catalogue", hat_model=Hat(), num_stars=3000, sigma_a=0.003,
-        sigma_b=0.01, num_redraws=0, refine_floors=(1.0,), refine_corr=((1.5, 0.1),),
+        sigma_b=0.01, num_redraws=0, refine_floors=(1.0,),
+        refine_corr=((1.5, 0.1), (1.5, 0.1, "auto")),
     )  # fmt: skip
     refined = report["refined"]
-    assert list(refined) == ["stars", "stars_corr_1.5_0.1"]
+    assert list(refined) == ["stars", "stars_corr_1.5_0.1", "stars_corr_1.5_0.1_auto"]
+    assert refined["stars_corr_1.5_0.1_auto"]["model_error"] >= 0
     assert refined["stars_corr_1.5_0.1"]["corr_length_cells"] == 1.5
     for r in refined.values():
         assert r["scores"]["skill"] > 0.5 and r["scores"]["dust_recovered"] > 0.5

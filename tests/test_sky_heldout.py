@@ -99,10 +99,18 @@ def test_refine_heldout_scores_the_variants_from_the_file(workdir, tmp_path):
 
     wd, _ = workdir
     path = tmp_path / "held.npz"
-    sky_heldout.main([f"--model={wd}", "--num_cubes=2", "--num_stars=600",
-                      f"--save_arrays={path}", f"--out={tmp_path / 'h.json'}"])  # fmt: skip
+    held = sky_heldout.main([f"--model={wd}", "--num_cubes=2", "--num_stars=600",
+                             "--refine_corr=1.5:0.2", f"--save_arrays={path}",
+                             f"--out={tmp_path / 'h.json'}"])  # fmt: skip
     res = refine_heldout.main([f"--arrays={path}", "--variants=vnet,indep,corr:1.5:0.2,smooth:3",
                                "--num_steps=50", f"--out={tmp_path / 'r.json'}"])  # fmt: skip
+    # the device-side score (sky_heldout --refine_corr, 1,000 steps) is the CPU one from the file
+    again = refine_heldout.main([f"--arrays={path}", "--variants=corr:1.5:0.2",
+                                 f"--out={tmp_path / 'r2.json'}"])  # fmt: skip
+    for i in range(2):
+        assert again["per_cube"]["corr:1.5:0.2"][i]["skill"] == pytest.approx(
+            held["per_cube"]["catalogue_vnet_refined_corr_1.5_0.2"][i]["skill"], abs=1e-4
+        )
     assert set(res["summary"]) == {"vnet", "indep", "corr:1.5:0.2", "smooth:3"}
     arrays, meta = sky_heldout.read_arrays(path)
     m, _ = sky_heldout.prior_of(arrays, meta, "cat", 1)  # "vnet" is the prior's median map
@@ -129,3 +137,14 @@ def test_error_correlation_finds_the_length_and_nugget_of_a_known_field():
     assert res["fit_corr_length"] == pytest.approx(2.0 * np.sqrt(2.0), rel=0.15)
     assert res["fit_nugget"] == pytest.approx(0.2, abs=0.05)
     assert res["correlation"][0] == 1.0
+
+
+def test_subcell_cube_keeps_every_cells_mean_and_adds_structure_inside():
+    from tools.refine_heldout import subcell_cube
+
+    truth = np.random.default_rng(1).lognormal(-7, 1, (4, 5, 6))
+    fine, factor = subcell_cube(truth, 1.0, np.random.default_rng(2))
+    assert fine.shape == (8, 10, 12) and factor == 2.0 and np.all(fine >= 0)
+    blocks = fine.reshape(4, 2, 5, 2, 6, 2).mean(axis=(1, 3, 5))
+    np.testing.assert_allclose(blocks, truth, rtol=1e-12)
+    assert np.std(fine / np.repeat(np.repeat(np.repeat(truth, 2, 0), 2, 1), 2, 2)) > 0.5

@@ -65,7 +65,8 @@ def parse_args(argv=None):
         "--refine_corr",
         default="",
         help="catalogue route with --refine: also score the refinement with correlated prior "
-        "errors, comma-separated ELL:NUGGET pairs (cells), e.g. 4:0.1",
+        "errors, comma-separated ELL:NUGGET or ELL:NUGGET:MODEL_ERROR (cells; model error a "
+        "number or 'auto'), e.g. 2:0.3:auto (the setting chosen on held-out simulations)",
     )
     p.add_argument(
         "--save_arrays",
@@ -114,7 +115,9 @@ def main(argv=None) -> dict:
         model_config=model_info.get("config"),
         refine_floors=tuple(float(v) for v in args.refine.split(",") if v.strip()),
         refine_corr=tuple(
-            tuple(float(x) for x in v.split(":")) for v in args.refine_corr.split(",") if v.strip()
+            tuple(x if x == "auto" else float(x) for x in v.split(":"))
+            for v in args.refine_corr.split(",")
+            if v.strip()
         ),
     )
     report.update(

@@ -14,7 +14,8 @@ catalogue settings redraw them with `dustjax.vnet.realsky.mock_catalog`, which i
 Variants: ``vnet`` (the median map m), ``nnls`` (`dustjax.inversion.nnls_predictor` on the
 gridded cube, the catalogue default weight), ``indep`` (the independent prior), ``corr:ELL:NU``
 (correlated prior errors, length ELL cells, nugget NU), ``smooth:G`` (a smooth correction on G^3
-nodes). Scores per cube by `dustjax.vnet.realsky.scores`; the summary is
+nodes); ``:auto`` after a refinement adds the model error estimated from the stars' chi^2.
+Scores per cube by `dustjax.vnet.realsky.scores`; the summary is
 `tools.sky_heldout.summarise` (medians and the pooled skill). No band is scored for a refined map
 (the refinement gives none).
 """
@@ -41,6 +42,9 @@ def parse_args(argv=None):
     p.add_argument("--variants", default="vnet,nnls,indep,corr:2:0.1,corr:4:0.1,smooth:8")
     p.add_argument("--num_cubes", type=int, default=0, help="0: all")
     p.add_argument("--num_steps", type=int, default=1000, help="FISTA steps")
+    p.add_argument("--subcell", type=float, default=0.0, help="--arrays: redraw the stars' "
+                   "extinctions through a cube with structure inside the cells (see subcell_cube): "
+                   "the log-sd of the factor per half-cell; 0: the saved extinctions")  # fmt: skip
     p.add_argument("--cube", default="", help="--real without stars: the real cube")
     p.add_argument("--region", default="SR")
     p.add_argument("--num_stars", type=int, default=30_000)
@@ -56,28 +60,33 @@ def parse_args(argv=None):
 def parse_variant(spec: str) -> dict:
     parts = spec.strip().split(":")
     name = parts[0]
+    if len(parts) > 1 and parts[-1] == "auto" and name in ("indep", "corr", "smooth"):
+        return dict(parse_variant(":".join(parts[:-1])), model_error="auto")
     if name in ("vnet", "nnls", "indep") and len(parts) == 1:
         return dict(kind=name)
     if name == "corr" and len(parts) == 3:
         return dict(kind="corr", corr_length=float(parts[1]), nugget=float(parts[2]))
     if name == "smooth" and len(parts) == 2:
         return dict(kind="smooth", grid=int(parts[1]))
-    raise ValueError(f"variant {spec!r}: use vnet, nnls, indep, corr:ELL:NU or smooth:G")
+    raise ValueError(
+        f"variant {spec!r}: use vnet, nnls, indep, corr:ELL:NU or smooth:G (the last three with "
+        "':auto' appended: a model error from the stars' chi^2, dustjax.vnet.refine)"
+    )
 
 
-def run_variant(v: dict, catalog, gridded, m, s, region, num_steps: int, nnls=None):
+def run_variant(v: dict, catalog, gridded, m, s, region, num_steps: int, nnls=None, info=None):
     from dustjax.vnet import refine
 
     if v["kind"] == "vnet":
         return m
     if v["kind"] == "nnls":
         return np.asarray(nnls(np.asarray(gridded, np.float32)[None]))[0]
-    kw = dict(num_steps=num_steps)
+    kw = dict(num_steps=num_steps, model_error=v.get("model_error", 0.0))
     if v["kind"] == "corr":
         kw.update(corr_length=v["corr_length"], nugget=v["nugget"])
     elif v["kind"] == "smooth":
         kw.update(smooth_grid=v["grid"])
-    return refine.refine_catalog(catalog, m, s, region, **kw)
+    return refine.refine_catalog(catalog, m, s, region, info=info, **kw)
 
 
 def error_correlation(truth, m, s, max_lag: int = 8) -> dict:
@@ -102,8 +111,40 @@ def error_correlation(truth, m, s, max_lag: int = 8) -> dict:
                 fit_nugget=round(float(best[2]), 2), fit_sse=best[0])  # fmt: skip
 
 
-def cases_from_heldout(path, num_cubes):
-    """(catalog, gridded, m, s, truth) per simulated cube, and the region."""
+def subcell_cube(truth, log_sd: float, rng) -> tuple[np.ndarray, float]:
+    """``(fine, refine)``: the cube at twice the resolution, each half-cell the truth times a
+    log-normal factor of log-sd `log_sd`, normalised so that every cell's 8 half-cells average
+    to the truth (the map's cells are exact block means; the sky has structure inside them)."""
+    t = np.asarray(truth, np.float64)
+    w = np.exp(log_sd * rng.standard_normal(tuple(2 * n for n in t.shape)))
+    block = w.reshape(t.shape[0], 2, t.shape[1], 2, t.shape[2], 2).mean(axis=(1, 3, 5))
+    w = w / np.repeat(np.repeat(np.repeat(block, 2, 0), 2, 1), 2, 2)
+    fine = np.repeat(np.repeat(np.repeat(t, 2, 0), 2, 1), 2, 2) * w
+    return fine, 2.0
+
+
+def redraw_through_subcells(catalog, truth, region, log_sd, sigma_a, sigma_b, seed):
+    """The catalogue's stars (same positions) with extinctions integrated through
+    `subcell_cube` and fresh noise sigma_E = hypot(a, b E)."""
+    from dustjax import catalog as cat
+    from dustjax.los import integrate_to_points
+
+    rng = np.random.default_rng(seed)
+    fine, _ = subcell_cube(truth, log_sd, rng)
+    edges = [np.linspace(region.lower_pc[a], region.upper_pc[a], fine.shape[a] + 1)
+             for a in range(3)]  # fmt: skip
+    e = np.asarray(integrate_to_points(fine.astype(np.float32), edges, catalog.xyz_pc), float)
+    sigma = np.hypot(sigma_a, sigma_b * e)
+    return cat.StarCatalog.from_arrays(
+        xyz_pc=catalog.xyz_pc, extinction=e + sigma * rng.standard_normal(len(e)),
+        sigma_extinction=sigma, sigma_distance=catalog.sigma_distance, region=region,
+        source=f"sub-cell redraw, log-sd {log_sd:g}",
+    )  # fmt: skip
+
+
+def cases_from_heldout(path, num_cubes, subcell: float = 0.0):
+    """(catalog, gridded, m, s, truth) per simulated cube, and the region. ``subcell`` > 0:
+    the stars' extinctions redrawn through `subcell_cube` (the prior stays the saved one)."""
     from tools import sky_heldout
 
     arrays, meta = sky_heldout.read_arrays(path)
@@ -111,6 +152,11 @@ def cases_from_heldout(path, num_cubes):
     for i in range(n):
         m, s = sky_heldout.prior_of(arrays, meta, "cat", i)
         catalog = sky_heldout.catalogue_of(arrays, meta, i)
+        if subcell > 0:
+            catalog = redraw_through_subcells(
+                catalog, arrays["truth"][i], meta["region"], subcell,
+                float(arrays["star_sigma_a"][i]), float(arrays["star_sigma_b"][i]), seed=i,
+            )  # fmt: skip
         yield meta["region"], (catalog, arrays["observed"][i], m, s, arrays["truth"][i])
 
 
@@ -171,7 +217,7 @@ def main(argv=None) -> dict:
 
     variants = {spec.strip(): parse_variant(spec) for spec in args.variants.split(",") if spec}
     if args.arrays:
-        cases = cases_from_heldout(args.arrays, args.num_cubes)
+        cases = cases_from_heldout(args.arrays, args.num_cubes, args.subcell)
     else:
         cases = [case_from_real(args)]
     rows: dict[str, list] = {}
@@ -182,15 +228,13 @@ def main(argv=None) -> dict:
             nnls = jax.jit(inversion.nnls_predictor(region, input_kind="catalogue"))
         for name, v in variants.items():
             t = time.perf_counter()
-            pred = run_variant(v, catalog, gridded, m, s, region, args.num_steps, nnls)
+            info: dict = {}
+            pred = run_variant(v, catalog, gridded, m, s, region, args.num_steps, nnls, info)
             seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - t
             sc = realsky.scores(pred, truth, region)
-            rows.setdefault(name, []).append(
-                {
-                    k: sc[k]
-                    for k in ("skill", "dust_recovered", "log_r", "rmse", "truth_std", "min_c_r")
-                }  # fmt: skip
-            )
+            row = {k: sc[k] for k in ("skill", "dust_recovered", "log_r", "rmse", "truth_std")}
+            row.update(min_c_r=sc["min_c_r"], **info)
+            rows.setdefault(name, []).append(row)
             log.info("cube %d %-14s skill %.3f dust %.3f log-r %.3f (%.1f s)", i, name,
                      sc["skill"], sc["dust_recovered"], sc["log_r"],
                      time.perf_counter() - t)  # fmt: skip
@@ -210,6 +254,7 @@ def main(argv=None) -> dict:
         kind="held-out simulations" if args.arrays else "real catalogue",
         variants=variants,
         num_steps=args.num_steps,
+        subcell=args.subcell,
         summary=summary,
         error_correlation=errors,
         per_cube=rows,

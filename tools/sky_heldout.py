@@ -18,7 +18,10 @@ as `tools.realsky_vnet` runs them on the real cubes:
 Per cube the scores of `dustjax.vnet.realsky.scores` (skill, dust recovered, log-r); the JSON gives
 their median over cubes and the pooled skill 1 - sum MSE / sum Var (each cube's truth variance),
 for the V-net's median and mean point maps and, with --nnls, `dustjax.inversion.nnls_predictor`
-at the route's default weight.
+at the route's default weight. --refine scores the literature route's refinement by the exact cube,
+--refine_corr the catalogue route's by the draw's stars with correlated prior errors
+(`dustjax.vnet.refine.refine_catalog`; ``2:0.3:auto`` is the setting chosen on held-out
+simulations, docs/validation.md).
 
 --save_arrays=PATH.npz also writes the cubes (float32, compressed), to choose post-processing
 such as `dustjax.vnet.refine` on CPU without the model: per cube ``truth`` (mag/pc), ``exact``
@@ -61,6 +64,10 @@ def parse_args(argv=None):
     p.add_argument("--refine", default="", help="literature route: also score the V-net map "
                    "refined by the exact cube (dustjax.vnet.refine) at these comma-separated "
                    "noise floors (mag), e.g. 0.003,0.01,0.03")  # fmt: skip
+    p.add_argument("--refine_corr", default="", help="catalogue route: also score the V-net "
+                   "map refined by the draw's stars with correlated prior errors "
+                   "(dustjax.vnet.refine) at these comma-separated ELL:NUGGET[:auto] settings, "
+                   "e.g. 2:0.3:auto")  # fmt: skip
     p.add_argument("--save_arrays", default="", help="also write the cubes (and catalogues) to "
                    "this .npz (see the module docstring)")  # fmt: skip
     p.add_argument("--save_max_stars", type=float, default=5e6, help="--save_arrays keeps the "
@@ -137,20 +144,25 @@ def read_arrays(path) -> tuple[dict, dict]:
 def catalogue_of(arrays: dict, meta: dict, i: int):
     """Cube ``i``'s saved stars as a `dustjax.catalog.StarCatalog` (valid stars; sigma_distance
     = f |xyz_obs| when the cube has a distance error f > 0)."""
-    from dustjax import catalog as cat
-
     if "star_xyz_obs" not in arrays:
         raise ValueError("this file holds no stars (stars x cubes was above --save_max_stars)")
-    ok = arrays["star_valid"][i]
-    xyz = np.asarray(arrays["star_xyz_obs"][i][ok], np.float64)
-    f = float(arrays["star_distance_error"][i])
+    return _catalogue({k: arrays[f"star_{k}"][i] for k in STAR_KEYS}, meta["region"])
+
+
+def _catalogue(stars: dict, region):
+    """One cube's stars (the `STAR_KEYS` of `observe_one`'s catalogue) as a `StarCatalog`."""
+    from dustjax import catalog as cat
+
+    ok = np.asarray(stars["valid"], bool)
+    xyz = np.asarray(stars["xyz_obs"], np.float64)[ok]
+    f = float(stars["distance_error"])
     return cat.StarCatalog.from_arrays(
         xyz_pc=xyz,
-        extinction=np.asarray(arrays["star_extinction"][i][ok], np.float64),
-        sigma_extinction=np.asarray(arrays["star_sigma_extinction"][i][ok], np.float64),
+        extinction=np.asarray(stars["extinction"], np.float64)[ok],
+        sigma_extinction=np.asarray(stars["sigma_extinction"], np.float64)[ok],
         sigma_distance=f * np.linalg.norm(xyz, axis=1) if f > 0 else None,
-        region=meta["region"],
-        source="tools.sky_heldout --save_arrays",
+        region=region,
+        source="tools.sky_heldout",
     )
 
 
@@ -188,13 +200,16 @@ def main(argv=None) -> dict:
     )
     group = int((config.get("observation") or {}).get("group", 0) or 0)
     save_stars = bool(args.save_arrays) and params.max_stars * args.num_cubes <= args.save_max_stars
+    corr = [tuple(x if x == "auto" else float(x) for x in v.split(":"))
+            for v in args.refine_corr.split(",") if v.strip()]  # fmt: skip
+    want_stars = save_stars or bool(corr)
     if args.save_arrays and not save_stars:
         log.warning("--save_arrays: %d stars x %d cubes > %g: the stars are not saved",
                     params.max_stars, args.num_cubes, args.save_max_stars)  # fmt: skip
 
     @jax.jit
     def observe(keys, density):
-        cube, diag = observe_batch(keys, density, region, params, group, catalogue=save_stars)
+        cube, diag = observe_batch(keys, density, region, params, group, catalogue=want_stars)
         return cube, diag.get("catalogue")
 
     hat = jax.jit(model.predict_hat)
@@ -218,7 +233,7 @@ def main(argv=None) -> dict:
         if args.save_arrays:
             for name, v in (("truth", density), ("exact", exact), ("observed", observed)):
                 saved.setdefault(name, []).append(np.asarray(v))
-            for name in STAR_KEYS if stars is not None else ():
+            for name in STAR_KEYS if save_stars else ():
                 saved.setdefault(f"star_{name}", []).append(np.asarray(stars[name]))
         for route, ext in (("literature", exact), ("catalogue", observed)):
             mu, sigma = hat(ext)
@@ -236,6 +251,18 @@ def main(argv=None) -> dict:
                     preds[f"vnet_refined_{floor:g}"] = np.stack([
                         refine.refine_cube(np.asarray(ext)[i], prior[0][i], prior[1][i], region,
                                            sigma_floor=floor)
+                        for i in range(b)
+                    ])  # fmt: skip
+            if route == "catalogue" and corr and sigma is not None:
+                prior = refine.prior_from_hat(norm, np.asarray(mu), np.asarray(sigma))
+                cats = [_catalogue({k: np.asarray(v)[i] for k, v in stars.items()}, region)
+                        for i in range(b)]  # fmt: skip
+                for ell, nu, *tau in corr:
+                    name = f"vnet_refined_corr_{ell:g}_{nu:g}" + (f"_{tau[0]}" if tau else "")
+                    preds[name] = np.stack([
+                        refine.refine_catalog(cats[i], prior[0][i], prior[1][i], region,
+                                              corr_length=ell, nugget=nu,
+                                              model_error=tau[0] if tau else 0.0)
                         for i in range(b)
                     ])  # fmt: skip
             for method, pred in preds.items():

@@ -58,7 +58,13 @@ def define_flags() -> None:
     flags.DEFINE_float(
         "refine_corr_length", 0.0,
         "--refine on a catalogue: the V-net's errors correlated over this many cells (0: "
-        "independent cells; dustjax.vnet.refine.solve_correlated).",
+        "independent cells; dustjax.vnet.refine.solve_correlated). Chosen on held-out "
+        "simulations: 2, with --refine_model_error=auto (docs/validation.md, issue 17).",
+    )  # fmt: skip
+    flags.DEFINE_string(
+        "refine_model_error", "0",
+        "--refine on a catalogue: relative model error added to the stars' sigmas (a number), "
+        "or 'auto': estimated from the stars' chi^2 (0 when they already fit).",
     )  # fmt: skip
     flags.DEFINE_float("nnls_smoothness", None, "NNLS regulariser weight (default: per input).")
     flags.DEFINE_integer("nnls_steps", None, "NNLS accelerated projected-gradient iterations.")
@@ -155,6 +161,7 @@ def run():
         refine=FLAGS.refine,
         refine_floor=FLAGS.refine_floor,
         refine_corr_length=FLAGS.refine_corr_length,
+        refine_model_error=FLAGS.refine_model_error,
     )
     from dustjax import distributed
 

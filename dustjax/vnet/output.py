@@ -86,6 +86,7 @@ def make_map(
     refine: bool = False,
     refine_floor: float = 0.01,
     refine_corr_length: float = 0.0,
+    refine_model_error="0",
 ) -> dict[str, str]:
     """A trained V-net (training workdir `model`) applied to a star catalogue (a file, or
     ``"demo"``: one sampled from a simulated cube) or to a literature cube (a FITS file), on the
@@ -105,7 +106,9 @@ def make_map(
     Monte Carlo over the extinctions and the model's variance) stays the network's, and the
     summary records both maps' dust and the fig.-11 check of each. ``refine_corr_length`` > 0
     (cells; catalogues): the prior's errors are correlated over that length
-    (`dustjax.vnet.refine.solve_correlated`, nugget `dustjax.vnet.refine.DEFAULT_NUGGET`)."""
+    (`dustjax.vnet.refine.solve_correlated`, nugget `dustjax.vnet.refine.DEFAULT_NUGGET`);
+    ``refine_model_error`` (catalogues): a relative model error added to the stars' sigmas, a
+    number or "auto" (from the stars' chi^2; `dustjax.vnet.refine.refine_catalog`)."""
     from dustjax import catalog as cat
     from dustjax.geometry import Region
 
@@ -117,6 +120,7 @@ def make_map(
         raise ap.ApplyError("--refine refines a V-net's map: it needs --method=vnet")
     if refine_corr_length < 0:
         raise ap.ApplyError(f"--refine_corr_length must be >= 0 cells, got {refine_corr_length}")
+    model_error = _model_error(refine_model_error)
     if refine and not refine_floor > 0:
         raise ap.ApplyError(f"--refine_floor must be > 0 mag, got {refine_floor}")
     # Cheap checks first, slow work after: the output directory, the model's region (its
@@ -166,7 +170,7 @@ def make_map(
             model_config=config,
         )  # fmt: skip
     if refine:
-        refine_map(result, model, region, stars, refine_floor, refine_corr_length)
+        refine_map(result, model, region, stars, refine_floor, refine_corr_length, model_error)
     result.summary["method"] = method
     if method == "nnls":
         result.summary["nnls"] = predictor.nnls_settings
@@ -186,7 +190,22 @@ def make_map(
     )  # fmt: skip
 
 
-def refine_map(result, model, region, stars, floor: float, corr_length: float = 0.0) -> None:
+def _model_error(value):
+    """--refine_model_error: "auto" or a number >= 0."""
+    if str(value).strip().lower() == "auto":
+        return "auto"
+    try:
+        tau = float(value)
+    except ValueError:
+        tau = -1.0
+    if not tau >= 0:
+        raise ap.ApplyError(f"--refine_model_error must be 'auto' or a number >= 0, got {value!r}")
+    return tau
+
+
+def refine_map(
+    result, model, region, stars, floor: float, corr_length: float = 0.0, model_error=0.0
+) -> None:
     """Replace ``result.density`` by its refinement (`dustjax.vnet.refine`) in place, from
     `stars` or (None) from ``result.extinction`` at the noise floor `floor`; the summary's
     ``"refined"`` records what was done and the dust before and after."""
@@ -203,10 +222,16 @@ def refine_map(result, model, region, stars, floor: float, corr_length: float = 
     prior = rf.prior_of_model(hat, result.extinction)
     network = np.asarray(result.density)
     if stars is not None:
-        density = rf.refine_catalog(stars, *prior, region, corr_length=corr_length)
+        fit: dict = {}
+        density = rf.refine_catalog(
+            stars, *prior, region, corr_length=corr_length, model_error=model_error, info=fit
+        )
         info = dict(source="stars", num_stars=len(stars), corr_length_cells=float(corr_length))
         if corr_length > 0:
             info["nugget"] = rf.DEFAULT_NUGGET
+        info["model_error"] = fit["model_error"]
+        if fit.get("chi2_per_star"):
+            info["chi2_per_star"] = fit["chi2_per_star"]
         _, info["consistency_network"] = ap.consistency(network, region, stars)
         _, info["consistency_refined"] = ap.consistency(density, region, stars)
     else:

@@ -487,12 +487,16 @@ def refined_scores(result, region: Region, hat_model, catalog, floors, corr=()) 
         rho = refine.refine_catalog(catalog, *prior, region)
         seconds = time.perf_counter() - t
         out["stars"] = dict(scores=scores(rho, result.truth, region), seconds=seconds)
-        for ell, nu in corr:
+        for ell, nu, *tau in corr:
             t = time.perf_counter()
-            rho = refine.refine_catalog(catalog, *prior, region, corr_length=ell, nugget=nu)
-            out[f"stars_corr_{ell:g}_{nu:g}"] = dict(
+            tau = tau[0] if tau else 0.0
+            fit: dict = {}
+            rho = refine.refine_catalog(catalog, *prior, region, corr_length=ell, nugget=nu,
+                                        model_error=tau, info=fit)  # fmt: skip
+            name = f"stars_corr_{ell:g}_{nu:g}" + (f"_{tau}" if tau else "")
+            out[name] = dict(
                 scores=scores(rho, result.truth, region), seconds=time.perf_counter() - t,
-                corr_length_cells=float(ell), nugget=float(nu),
+                corr_length_cells=float(ell), nugget=float(nu), **fit,
             )  # fmt: skip
         return out
     for floor in floors:

@@ -147,13 +147,17 @@ def test_refine_with_correlated_prior_errors_says_so(tmp_path, zero_model, monke
     from dustjax.vnet import normalisation
 
     monkeypatch.setattr(normalisation, "load_model_predictor", lambda model: _FakeHat())
-    _run(tmp_path / "out", refine=True, refine_corr_length=2.0, demo_stars=2000)
+    _run(tmp_path / "out", refine=True, refine_corr_length=2.0, refine_model_error="auto",
+         demo_stars=2000)  # fmt: skip
     info = json.loads((tmp_path / "out" / "summary.json").read_text())["refined"]
     assert info["corr_length_cells"] == 2.0 and info["nugget"] > 0
+    assert info["model_error"] >= 0 and info["chi2_per_star"]
     before, after = info["consistency_network"], info["consistency_refined"]
     assert abs(after["median_difference_mag"]) < abs(before["median_difference_mag"])
     with pytest.raises(ap.ApplyError, match="refine_corr_length"):
         _run(tmp_path / "b", refine=True, refine_corr_length=-1.0)
+    with pytest.raises(ap.ApplyError, match="refine_model_error"):
+        _run(tmp_path / "c", refine=True, refine_model_error="often")
 
 
 def test_refine_is_refused_without_a_variance_head_or_with_nnls(tmp_path, zero_model, monkeypatch):

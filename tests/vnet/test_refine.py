@@ -221,3 +221,37 @@ def test_a_smooth_correction_recovers_a_global_scale():
     b = refine.interpolation_matrix(8, 4)
     np.testing.assert_allclose(b.sum(axis=1), 1.0)  # a partition of unity ...
     np.testing.assert_allclose(b @ np.arange(4.0), np.arange(8) * 3 / 7)  # ... exact on lines
+
+
+def test_the_model_error_meets_the_discrepancy_principle():
+    rng = np.random.default_rng(0)
+    p = rng.uniform(0.5, 2.0, 5000)
+    sigma = np.full(5000, 1e-6)
+    tau = refine.model_error_scale(2.0 * p, sigma, p)  # residual 2 p: tau 2 makes chi^2 = 1
+    assert tau == pytest.approx(2.0, rel=1e-6)
+    assert refine.model_error_scale(0.5 * sigma, sigma, p) == 0.0  # already fits: none
+
+
+def test_auto_model_error_is_nothing_for_stars_that_fit_and_down_weights_a_wrong_model():
+    truth = _truth(13)
+    m = (0.8 * truth).astype(np.float32)
+    s = (0.5 * m + 1e-5).astype(np.float32)
+    catalog = _catalogue(truth, REGION, 3000, 14, sigma_a=0.01)
+    info: dict = {}
+    auto = refine.refine_catalog(catalog, m, s, REGION, corr_length=1.0, model_error="auto",
+                                 info=info)  # fmt: skip
+    plain = refine.refine_catalog(catalog, m, s, REGION, corr_length=1.0)
+    assert info["model_error"] == 0.0 and info["chi2_per_star"][0] <= 1.0
+    np.testing.assert_array_equal(auto, plain)
+    # stars that the cells cannot explain (extinctions 3x the model's): tau > 0, chi^2 -> 1
+    from dustjax.catalog import StarCatalog
+
+    wrong = StarCatalog.from_arrays(
+        xyz_pc=catalog.xyz_pc, extinction=3.0 * catalog.extinction,
+        sigma_extinction=catalog.sigma_extinction, region=REGION,
+    )  # fmt: skip
+    info = {}
+    refine.refine_catalog(wrong, m, s, REGION, corr_length=1.0, model_error="auto", info=info)
+    assert info["model_error"] > 0 and info["chi2_per_star"][-1] < info["chi2_per_star"][0]
+    with pytest.raises(ValueError, match="model_error"):
+        refine.refine_catalog(catalog, m, s, REGION, model_error="sometimes")

@@ -33,6 +33,7 @@ TOTAL_TRAIN_S=${TOTAL_TRAIN_S:-700}  # training seconds over both calls (sizes t
 EPOCHS=${EPOCHS:-16}
 SCORE_RESERVE=${SCORE_RESERVE:-200}  # phase 2: s kept after training for calibration and scores
 HELDOUT_N=${HELDOUT_N:-8}
+REFINE_CORR=${REFINE_CORR:-2:0.3:auto}  # with REFINE: the catalogue refinement chosen on held-out sims
 WD=${WORKDIR_ROOT:-/tmp/i17b_wd}
 EV=${EVAL_ROOT:-/tmp/i17b_eval}
 mkdir -p "$OUT_DIR" "$WD"
@@ -117,11 +118,13 @@ arm() {  # REGION GPU ARM
     local EXTRA=""; [ $ROUTE = catalogue ] && EXTRA=${CAT[$R]}
     local T=$(( $(left) - 15 )); [ $T -lt 5 ] && break
     timeout $T $PY -m tools.realsky_vnet --cube="$CUBE" --region=$R --route=$ROUTE --model="$MODEL" \
-      $EXTRA ${REFINE:+--refine=$REFINE} ${REFINE_CORR:+--refine_corr=$REFINE_CORR} --save_arrays --out="$EV/${R}_${ROUTE}_vnet_$ARM" >> "$RD/score.log" 2>&1
+      $EXTRA ${REFINE:+--refine=$REFINE} ${REFINE:+--refine_corr=$REFINE_CORR} --save_arrays \
+      --out="$EV/${R}_${ROUTE}_vnet_$ARM" >> "$RD/score.log" 2>&1
     cp "$EV/${R}_${ROUTE}_vnet_$ARM/arrays.npz" "$RD/${ROUTE}_arrays.npz" 2>/dev/null
     echo "$R $ARM: $ROUTE scored (exit $?) at $(( $(date +%s) - T0 ))s" >> "$RD/score.log"
   done
   local HO=""; [ "$SMOKE" = 1 ] && HO="--nnls_steps=20"
+  [ "$R" = SR ] && [ -n "${REFINE:-}" ] && HO="$HO --refine_corr=$REFINE_CORR"  # SR: 30,000 stars
   local T=$(( $(left) - 8 ))
   [ $T -gt 5 ] && timeout $T $PY -m tools.sky_heldout --model="$MODEL" --num_cubes=$HELDOUT_N --nnls $HO \
     ${REFINE:+--refine=$REFINE} \
@@ -158,7 +161,7 @@ for name, r in rows.items():
         print(f"  refined {k:14s} skill {q['skill']:.3f} dust {q['dust_recovered']:.3f} log_r {q['log_r']:.3f}")
 for h in sorted(out.glob("*/heldout_sims.json")):
     for k, v in json.loads(h.read_text())["summary"].items():
-        print(f"held-out {h.parent.name} {k:22s} " + ", ".join(f"{a} {b:.3f}" for a, b in v.items()))
+        print(f"held-out {h.parent.name} {k:22s} " + ", ".join(f"{a} {b:.3f}" if isinstance(b, (int, float)) else f"{a} {b}" for a, b in v.items()))
 PY
 fi
 echo "issue17b phase $PHASE: done in $(( $(date +%s) - T0 ))s" | tee -a "$OUT_DIR/run.log"
