@@ -195,6 +195,31 @@ def test_observe_one_new_kernels_reproduce_the_former_path():
     np.testing.assert_array_equal(out["new"][1]["num_stars"], out["old"][1]["num_stars"])
 
 
+def test_runs_budget_covers_sparse_catalogues_with_distance_errors():
+    """The LR recipe's sparsest corner (~15 stars a cell, 8 % distance errors thinning the stars
+    near the far faces): pass 1 flags many cells, the default fallback budget redoes them all, and
+    the cube is the 3^3-block search's."""
+    region = Region.named("LR").with_shape((16, 16, 16))
+    n = 15 * region.num_cells
+    new = ob.ObservationParams(num_stars_range=(n, n), distance_error_range=(0.08, 0.08))
+    assert new.search_for(region) == "runs"
+    stars = jax.jit(lambda k: ob.draw_stars(k, region, new))(jax.random.key(12))
+    e = jnp.linalg.norm(stars["xyz_true"], axis=-1) * 1e-3
+    sigma = jnp.hypot(0.05, 0.05 * e)
+    args = (stars["xyz_obs"], e, sigma, stars["valid"], region)
+    out = {}
+    for name, params in (
+        ("pass1", dataclasses.replace(new, max_fallback=1)),
+        ("runs", new),
+        ("block", dataclasses.replace(new, search="block")),
+    ):
+        fn = jax.jit(lambda *a, p=params: ob.grid_catalogue(*a, region, p))
+        out[name] = [np.asarray(v) for v in fn(*args[:4])]
+    assert out["pass1"][1].sum() > 50  # the fallback is needed ...
+    assert not out["runs"][1].any() and not out["block"][1].any()  # ... and suffices
+    np.testing.assert_allclose(out["runs"][0], out["block"][0], rtol=1e-5, atol=1e-6)
+
+
 def test_observe_one_redraws_with_the_new_kernels_reproduce_the_former_path():
     """The calibration's Monte Carlo redraws (lax.map over the redraws' gridding)."""
     region = Region.named("LR").with_shape((8, 8, 8))

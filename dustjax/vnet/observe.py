@@ -82,9 +82,9 @@ class ObservationParams:
     integrator: str = "pieces"
     # k-nearest search: "block" (each cell's 3^3-cell block, `grid_eq5`), "runs" (a 2^3-cell
     # first pass with the block as fallback, `observe_kernels.grid_eq5_runs`), "auto" (runs where
-    # the smallest catalogue puts >= 1.5 k stars within one cell of a centre: LR, not SR)
+    # the smallest catalogue puts >= 2 k stars within one cell of a centre: LR, not SR)
     search: str = "auto"
-    max_fallback: int = 0  # "runs": cells redone over the block; 0: num_cells // 32
+    max_fallback: int = 0  # "runs": cells redone over the block; 0: num_cells // 8
 
     def __post_init__(self):
         if self.distribution not in ("box", "radial"):
@@ -121,7 +121,13 @@ class ObservationParams:
         if self.search != "auto":
             return self.search
         ball = 4.0 / 3.0 * math.pi * self.num_stars_range[0] / region.num_cells
-        return "runs" if ball >= 1.5 * self.k_for(region) else "block"
+        return "runs" if ball >= 2.0 * self.k_for(region) else "block"
+
+    def fallback_for(self, region: Region) -> int:
+        """Cells pass 2 of the "runs" search can redo. The LR recipe's sparsest catalogues
+        (5 x 10^5 stars, 8 % distance errors, which thin the stars near the far faces) need
+        ~1,900 of 32,768; beyond the budget a cell keeps pass 1's result, flagged not exact."""
+        return int(self.max_fallback or max(1, region.num_cells // 8))
 
     def select_for(self, region: Region) -> str:
         if self.select != "auto":
@@ -296,7 +302,7 @@ def grid_catalogue(xyz_pc, extinction, sigma, valid, region: Region, params: Obs
         lam = params.max_stars / region.num_cells
         return kernels.grid_eq5_runs(
             *args, cap=kernels.runs_cap(lam, 2), cap_fallback=kernels.runs_cap(lam, 3),
-            max_fallback=int(params.max_fallback or max(1, region.num_cells // 32)), **kw,
+            max_fallback=params.fallback_for(region), **kw,
         )  # fmt: skip
     return grid_eq5(*args, cap=params.cap_for(region), **kw)
 
