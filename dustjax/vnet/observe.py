@@ -85,6 +85,10 @@ class ObservationParams:
     # the smallest catalogue puts >= 2 k stars within one cell of a centre: LR, not SR)
     search: str = "auto"
     max_fallback: int = 0  # "runs": cells redone over the block; 0: num_cells // 8
+    # "pieces": `observe_batch` sorts the cubes by catalogue size into its groups and integrates
+    # only the star chunks that hold each group's largest catalogue (the slots past it are not
+    # stars); the same cubes
+    trim: bool = True
 
     def __post_init__(self):
         if self.distribution not in ("box", "radial"):
@@ -156,11 +160,9 @@ def draw_stars(key, region: Region, params: ObservationParams) -> dict[str, jax.
     and the cube's noise parameters ``sigma_a``, ``sigma_b`` (scalars). N_max = the largest count;
     the first n (drawn log-uniformly in the range) are real, and those a "radial" draw or a
     distance error puts outside the box are not ``valid``."""
-    k_n, k_pos, k_dir, k_a, k_b, k_f, k_err = jax.random.split(key, 7)
+    _, k_pos, k_dir, k_a, k_b, k_f, k_err = jax.random.split(key, 7)
     n_max = params.max_stars
-    lo_n, hi_n = params.num_stars_range
-    log_n = jax.random.uniform(k_n, (), minval=math.log(lo_n), maxval=math.log(hi_n))
-    n = jnp.floor(jnp.exp(log_n) + 0.5)
+    n = draw_count(key, params)
     lower = jnp.asarray(region.lower_pc, jnp.float32)
     upper = jnp.asarray(region.upper_pc, jnp.float32)
     if params.distribution == "box":
@@ -186,18 +188,27 @@ def draw_stars(key, region: Region, params: ObservationParams) -> dict[str, jax.
     return dict(xyz_true=xyz, xyz_obs=xyz_obs, valid=valid, sigma_a=sigma_a, sigma_b=sigma_b)
 
 
+def draw_count(key, params: ObservationParams) -> jax.Array:
+    """The number of stars `draw_stars` draws with ``key`` (log-uniform in the range)."""
+    k_n = jax.random.split(key, 7)[0]
+    lo_n, hi_n = params.num_stars_range
+    log_n = jax.random.uniform(k_n, (), minval=math.log(lo_n), maxval=math.log(hi_n))
+    return jnp.floor(jnp.exp(log_n) + 0.5)
+
+
 def _inside(xyz, lower, upper):
     return jnp.all((xyz >= lower) & (xyz < upper), axis=-1)
 
 
 def integrate_stars(
-    density, region: Region, xyz_pc, chunk: int = 65536, method: str = "sort"
+    density, region: Region, xyz_pc, chunk: int = 65536, method: str = "sort", limit=None
 ) -> jax.Array:
     """Exact extinction (mag) from the Sun to each point ``(N, 3)`` through ``density``
     ``(nx, ny, nz)``, traceable (jit/vmap): the project's LOS point kernel (``method="sort"``)
-    or the sort-free `dustjax.vnet.observe_kernels.integrate_pieces` (``"pieces"``)."""
+    or the sort-free `dustjax.vnet.observe_kernels.integrate_pieces` (``"pieces"``; with
+    ``limit``, only the chunks holding the first ``limit`` points, zeros after them)."""
     if method == "pieces":
-        return kernels.integrate_pieces(density, region, xyz_pc, chunk)
+        return kernels.integrate_pieces(density, region, xyz_pc, chunk, limit=limit)
     if method != "sort":
         raise ValueError(f"method must be 'sort' or 'pieces', got {method!r}")
     n = xyz_pc.shape[0]
@@ -308,17 +319,25 @@ def grid_catalogue(xyz_pc, extinction, sigma, valid, region: Region, params: Obs
 
 
 # ---- the whole observation ----------------------------------------------------------------------
-def observe_one(key, density, region: Region, params: ObservationParams, num_redraws: int = 0):
+def catalogue_size(key, params: ObservationParams) -> jax.Array:
+    """The number of star slots that `observe_one` fills with ``key`` (before the box cuts)."""
+    return draw_count(jax.random.split(key, 3)[0], params)
+
+
+def observe_one(
+    key, density, region: Region, params: ObservationParams, num_redraws: int = 0, limit=None
+):
     """One density cube -> ``(gridded extinction (nx, ny, nz) clipped >= 0, diagnostics)``.
 
     ``num_redraws`` > 0 returns ``(1 + num_redraws, nx, ny, nz)`` instead: the catalogue's cube,
     then the cubes of `dustjax.vnet.apply.monte_carlo`'s redraws E_obs + sigma_E N(0, 1) of the same
     stars (same neighbours and weights), for calibrating against the apply route's band.
+    ``limit`` (>= `catalogue_size`): integrate only that many star slots (``"pieces"``).
     """
     k_star, k_noise, k_redraw = jax.random.split(key, 3)
     stars = draw_stars(k_star, region, params)
     e_true = integrate_stars(
-        density, region, stars["xyz_true"], params.star_chunk, params.integrator
+        density, region, stars["xyz_true"], params.star_chunk, params.integrator, limit
     )
     sigma = jnp.hypot(stars["sigma_a"], stars["sigma_b"] * jnp.maximum(e_true, 0.0))
     e_obs = e_true + sigma * jax.random.normal(k_noise, e_true.shape)
@@ -349,12 +368,38 @@ def observe_batch(keys, density, region: Region, params: ObservationParams, grou
     memory of large catalogues; 0 vectorises the whole batch.
     """
 
+    batch = density.shape[0]
+    size = group if group and group < batch else batch
+    if params.integrator == "pieces" and params.trim and batch % size == 0:
+        return _observe_trimmed(keys, density, region, params, size)
+
     def one(args):
         return observe_one(args[0], args[1], region, params)
 
     if group and group < density.shape[0]:
         return jax.lax.map(one, (keys, density), batch_size=group)
     return jax.vmap(lambda k, d: observe_one(k, d, region, params))(keys, density)
+
+
+def _observe_trimmed(keys, density, region, params, size):
+    """`observe_batch` with the cubes sorted by catalogue size into groups of ``size``, each
+    group integrating only the star chunks its largest catalogue fills; results in input order.
+    The catalogues, and so the cubes, are those of `observe_one` with the same keys."""
+    batch = density.shape[0]
+    counts = jax.vmap(lambda k: catalogue_size(k, params))(keys)
+    order = jnp.argsort(counts)
+    groups = batch // size
+    keys_g = keys[order].reshape(groups, size)
+    density_g = density[order].reshape(groups, size, *density.shape[1:])
+    limit_g = jnp.max(counts[order].reshape(groups, size), axis=1)
+
+    def one_group(args):
+        k, d, limit = args
+        return jax.vmap(lambda kk, dd: observe_one(kk, dd, region, params, limit=limit))(k, d)
+
+    out = jax.lax.map(one_group, (keys_g, density_g, limit_g))
+    back = jnp.argsort(order)
+    return jax.tree.map(lambda x: x.reshape(batch, *x.shape[2:])[back], out)
 
 
 # ---- the engine's data source "simulate_observed" -------------------------------------------
