@@ -37,7 +37,9 @@ Faster exact kernels, the defaults (`dustjax.vnet.observe_kernels`; ``integrator
 ``integrator="pieces"`` finds each piece of a star's segment in O(1) instead of sorting the
 crossings; ``search="runs"`` (chosen by ``"auto"`` for dense catalogues such as LR's) first
 searches the cube of side 2 cells around each centre, read as runs of half-cells, and redoes over
-the 3^3 block only the cells where that cannot be exact.
+the 3^3 block only the cells where that cannot be exact; ``trim`` (with "pieces") makes
+`observe_batch` sort its cubes by catalogue size into the groups and integrate only the star
+chunks each group's largest catalogue fills.
 """
 
 from __future__ import annotations
