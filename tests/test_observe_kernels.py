@@ -97,6 +97,54 @@ def test_pieces_on_planes_that_are_not_whole_numbers():
     np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-7)
 
 
+def test_pieces_limit_integrates_the_first_chunks_only():
+    region = Region.named("LR").with_shape((8, 8, 8))
+    xyz = _points(region, 1000, seed=13)
+    density = jnp.asarray(np.random.default_rng(14).lognormal(-7, 1, region.shape), jnp.float32)
+    full = np.asarray(kn.integrate_pieces(density, region, jnp.asarray(xyz), 128))
+    fn = jax.jit(lambda lim: kn.integrate_pieces(density, region, jnp.asarray(xyz), 128, lim))
+    part = np.asarray(fn(300))  # chunks of 128: the first 384 points
+    np.testing.assert_allclose(part[:384], full[:384], rtol=1e-6)
+    assert np.all(part[384:] == 0.0)
+    np.testing.assert_allclose(np.asarray(fn(5000)), full, rtol=1e-6)
+
+
+@pytest.mark.parametrize("batch, group", [(4, 2), (4, 0)])
+def test_observe_batch_trimmed_gives_the_untrimmed_cubes(batch, group):
+    """Cubes sorted by catalogue size into groups, each integrating only the chunks its largest
+    catalogue fills: the same cubes and diagnostics, in input order."""
+    region = Region.named("LR").with_shape((8, 8, 8))
+    params = ob.ObservationParams(
+        num_stars_range=(4000, 16000), distance_error_range=(0.0, 0.05), k=30, star_chunk=1000
+    )
+    density = jnp.asarray(
+        np.random.default_rng(15).lognormal(-7, 1.5, (batch, *region.shape)), jnp.float32
+    )
+    keys = jax.random.split(jax.random.key(16), batch)
+    out = [
+        jax.tree.map(
+            np.asarray,
+            jax.jit(lambda k, d, p=p: ob.observe_batch(k, d, region, p, group, catalogue=True))(
+                keys, density
+            ),
+        )
+        for p in (params, dataclasses.replace(params, trim=False))
+    ]
+    np.testing.assert_allclose(out[0][0], out[1][0], rtol=1e-5, atol=1e-6)
+    for key in out[1][1]:
+        if key != "catalogue":
+            np.testing.assert_array_equal(out[0][1][key], out[1][1][key])
+    # the stars handed back (sky_heldout --save_arrays) are the same draw on both paths
+    trimmed, full = out[0][1]["catalogue"], out[1][1]["catalogue"]
+    valid = full["valid"]
+    np.testing.assert_array_equal(trimmed["valid"], valid)
+    np.testing.assert_array_equal(trimmed["xyz_obs"], full["xyz_obs"])
+    np.testing.assert_allclose(trimmed["extinction"][valid], full["extinction"][valid], rtol=1e-5,
+                               atol=1e-6)  # fmt: skip
+    counts = np.asarray(jax.vmap(lambda k: ob.catalogue_size(k, params))(keys))
+    assert np.all(out[0][1]["num_stars"] <= counts) and len(set(counts)) == batch
+
+
 def test_pieces_slots_cover_only_the_stars_side_of_the_sun():
     # LR: the Sun on the x = 0 face, in the middle of y and z: 32 + 16 + 16 slots + the start
     assert kn.num_pieces(Region.named("LR")) == 65
@@ -193,6 +241,31 @@ def test_observe_one_new_kernels_reproduce_the_former_path():
     assert out["new"][1]["not_exact_fraction"].max() == 0.0
     np.testing.assert_allclose(out["new"][0], out["old"][0], rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(out["new"][1]["num_stars"], out["old"][1]["num_stars"])
+
+
+def test_runs_budget_covers_sparse_catalogues_with_distance_errors():
+    """The LR recipe's sparsest corner (~15 stars a cell, 8 % distance errors thinning the stars
+    near the far faces): pass 1 flags many cells, the default fallback budget redoes them all, and
+    the cube is the 3^3-block search's."""
+    region = Region.named("LR").with_shape((16, 16, 16))
+    n = 15 * region.num_cells
+    new = ob.ObservationParams(num_stars_range=(n, n), distance_error_range=(0.08, 0.08))
+    assert new.search_for(region) == "runs"
+    stars = jax.jit(lambda k: ob.draw_stars(k, region, new))(jax.random.key(12))
+    e = jnp.linalg.norm(stars["xyz_true"], axis=-1) * 1e-3
+    sigma = jnp.hypot(0.05, 0.05 * e)
+    args = (stars["xyz_obs"], e, sigma, stars["valid"], region)
+    out = {}
+    for name, params in (
+        ("pass1", dataclasses.replace(new, max_fallback=1)),
+        ("runs", new),
+        ("block", dataclasses.replace(new, search="block")),
+    ):
+        fn = jax.jit(lambda *a, p=params: ob.grid_catalogue(*a, region, p))
+        out[name] = [np.asarray(v) for v in fn(*args[:4])]
+    assert out["pass1"][1].sum() > 50  # the fallback is needed ...
+    assert not out["runs"][1].any() and not out["block"][1].any()  # ... and suffices
+    np.testing.assert_allclose(out["runs"][0], out["block"][0], rtol=1e-5, atol=1e-6)
 
 
 def test_observe_one_redraws_with_the_new_kernels_reproduce_the_former_path():

@@ -4,6 +4,7 @@ eq.-5 gridding (3^3-block search / two-pass runs search, each with bisection and
 and the whole `observe_one` before and after.
 
     python -m tools.observe_profile [--config=vnet_sky_lr] [--out=FILE.json]
+    python -m tools.observe_profile --batch=8 --group=4 --skip_parts  # trim on / off
 
 Prints seconds per call of each part (compiled, warm; best of ``--repeats``) and checks that the
 kernels give the same numbers (max differences, and the cells the search flags as not exact).
@@ -22,6 +23,15 @@ def main(argv=None):
     p.add_argument("--config", default="vnet_sky_lr", help="a packaged V-net sky config")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--out", default="", help="also write the numbers as JSON")
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=0,
+        help="also time observe_batch on this many "
+        "cubes in groups of --group, with and without trim (alternately, twice)",
+    )
+    p.add_argument("--group", type=int, default=4)
+    p.add_argument("--skip_parts", action="store_true", help="only the --batch timing")
     args = p.parse_args(argv)
     import jax
     import jax.numpy as jnp
@@ -53,6 +63,13 @@ def main(argv=None):
         print(f"{name}: {best:.3f} s")
         return out
 
+    if args.batch:
+        _time_batches(args, region, params, density, res)
+    if args.skip_parts:
+        print(res)
+        if args.out:
+            dio.write_json(args.out, res)
+        return
     e = {}
     for method in ("sort", "pieces"):
         fn = jax.jit(lambda d, x, m=method: ob.integrate_stars(d, region, x, params.star_chunk, m))
@@ -82,6 +99,31 @@ def main(argv=None):
     print({k: v for k, v in res.items() if "diff" in k or "not_exact" in k or "speedup" in k})
     if args.out:
         dio.write_json(args.out, res)
+
+
+def _time_batches(args, region, params, density, res):
+    """observe_batch with and without trim, compiled first, then timed alternately twice."""
+    import jax
+    import jax.numpy as jnp
+
+    from dustjax.vnet import observe as ob
+
+    keys = jax.random.split(jax.random.key(3), args.batch)
+    cubes = jnp.broadcast_to(density, (args.batch, *density.shape))
+    fns = {}
+    for name, trim in (("trim", True), ("no_trim", False)):
+        pp = dataclasses.replace(params, trim=trim)
+        fns[name] = jax.jit(lambda k, d, pp=pp: ob.observe_batch(k, d, region, pp, args.group)[0])
+        jax.block_until_ready(fns[name](keys, cubes))
+    for rep, names in enumerate((("no_trim", "trim"), ("trim", "no_trim"))):
+        for name in names:
+            t = time.perf_counter()
+            jax.block_until_ready(fns[name](keys, cubes))
+            res[f"batch_{name}_s_{rep}"] = time.perf_counter() - t
+            print(f"observe_batch {args.batch} cubes, group {args.group}, {name}: "
+                  f"{res[f'batch_{name}_s_{rep}']:.1f} s")  # fmt: skip
+    counts = jax.vmap(lambda k: ob.catalogue_size(k, params))(keys)
+    res["batch_mean_catalogue"] = float(jnp.mean(counts))
 
 
 if __name__ == "__main__":

@@ -2,8 +2,8 @@ r"""Training throughput with the catalogue observation in the loop, several obse
 in one process (issue 17, item 2): the noiseless step, then the observed step for each variant.
 
     python -m tools.observe_throughput --region=LR --set='LR:model.derivative_channel=true' \
-        --variant=after: --variant=before:integrator=sort,search=block --measure_steps=64 \
-        --parts=after,before --deadline_s=220 --out=DIR
+        --variant=after: --variant=before:integrator=sort,search=block --variant=parts@after \
+        --measure_steps=64 --deadline_s=220 --out=DIR
 
 Rates are measured as `tools.vnet_sky_device.measure` measures them (its `_time_steps`: two
 warm-up steps, then ``measure_steps`` steps of one jitted training step of the recipe, same model
@@ -11,8 +11,8 @@ and state), so with echo E the window holds ``measure_steps / E`` observed batch
 pays for them. ``--variant NAME:key=value,...`` overrides ``config.observation`` keys (values
 as JSON where they parse); the empty override is the recipe as it is. For each variant also: the
 first observed batch's wall time (compilation included), the unique observed batches per second
-(the data source alone, echo 1), and for the variants named in ``--parts`` the device time of
-the exact integration and of the eq.-5 gridding of one group of cubes. Variants that the
+(the data source alone, echo 1). A step ``--variant=parts@NAME`` (after NAME) times the exact
+integration and the eq.-5 gridding of one group of cubes with NAME's overrides. Variants that the
 deadline leaves no time for are skipped and say so. Writes DIR/throughput.json after every step
 (atomic).
 """
@@ -38,8 +38,6 @@ def parse_args(argv=None):
                    "repeatable)")  # fmt: skip
     p.add_argument("--measure_steps", type=int, default=64)
     p.add_argument("--data_batches", type=int, default=4, help="unique observed batches timed")
-    p.add_argument("--parts", default="", help="variants (comma-separated) whose integration "
-                   "and gridding are also timed apart, right after their rate")  # fmt: skip
     p.add_argument("--deadline_s", type=float, default=0.0, help="stop starting work after this")
     p.add_argument("--variant_reserve_s", type=float, default=45.0,
                    help="a variant starts only with this much time left")  # fmt: skip
@@ -133,7 +131,6 @@ def main(argv=None):
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     variants = [parse_variant(v) for v in (args.variant or ["after:"])]
-    parts = {p.strip() for p in args.parts.split(",") if p.strip()}
     region = args.region.upper()
     config = _config(region, args.set)
     n = int(args.measure_steps)
@@ -173,6 +170,24 @@ def main(argv=None):
     save()
 
     for name, overrides in variants:
+        if name.startswith("parts@"):  # the parts of a variant measured before
+            of = name.removeprefix("parts@")
+            target = result["variants"].get(of, {})
+            if "steps_per_s_observed" not in target or left() < args.variant_reserve_s:
+                target["parts"] = dict(skipped="deadline, error or not measured")
+                continue
+            cfg = config.copy_and_resolve_references()
+            for key, value in target["overrides"].items():
+                cfg.observation[key] = tuple(value) if isinstance(value, list) else value
+            group = int(cfg.observation.get("group", 0) or 0) or int(cfg.batch_size)
+            try:
+                target["parts"] = _parts(cfg, min(group, int(cfg.batch_size)))
+                log.info("%s parts: %s", of, target["parts"])
+            except Exception as err:
+                log.exception("%s parts failed", of)
+                target["parts"] = dict(error=repr(err))
+            save()
+            continue
         if left() < args.variant_reserve_s:
             result["variants"][name] = dict(overrides=overrides, skipped="deadline")
             log.info("%s: skipped (%.0f s left)", name, left())
@@ -214,18 +229,6 @@ def main(argv=None):
             log.exception("%s failed", name)
             entry["error"] = repr(err)
         save()
-        if name in parts and "error" not in entry:
-            if left() < args.variant_reserve_s:
-                entry["parts"] = dict(skipped="deadline")
-                continue
-            group = int(cfg.observation.get("group", 0) or 0) or int(cfg.batch_size)
-            try:
-                entry["parts"] = _parts(cfg, min(group, int(cfg.batch_size)))
-                log.info("%s parts: %s", name, entry["parts"])
-            except Exception as err:
-                log.exception("%s parts failed", name)
-                entry["parts"] = dict(error=repr(err))
-            save()
 
     if left() > 20:  # the noiseless rate again: drift of the machine over the run
         state, rate, _ = _time_steps(train_step, state, clean, rng, n)

@@ -43,7 +43,7 @@ def vnet_sky_config(name: str, region: str) -> ml_collections.ConfigDict:
              select="auto", star_chunk=65536, bisect_steps=24, group=0, echo=1,
              # the faster exact kernels (dustjax.vnet.observe_kernels); "sort" / "block": the
              # former ones (same cubes to float32 rounding)
-             integrator="pieces", search="auto", max_fallback=0,
+             integrator="pieces", search="auto", max_fallback=0, trim=True,
              **OBSERVATION[region])
     )  # fmt: skip
     c.optimizer.learning_rate = 5e-4

@@ -37,7 +37,9 @@ Faster exact kernels, the defaults (`dustjax.vnet.observe_kernels`; ``integrator
 ``integrator="pieces"`` finds each piece of a star's segment in O(1) instead of sorting the
 crossings; ``search="runs"`` (chosen by ``"auto"`` for dense catalogues such as LR's) first
 searches the cube of side 2 cells around each centre, read as runs of half-cells, and redoes over
-the 3^3 block only the cells where that cannot be exact.
+the 3^3 block only the cells where that cannot be exact; ``trim`` (with "pieces") makes
+`observe_batch` sort its cubes by catalogue size into the groups and integrate only the star
+chunks each group's largest catalogue fills.
 """
 
 from __future__ import annotations
@@ -82,9 +84,13 @@ class ObservationParams:
     integrator: str = "pieces"
     # k-nearest search: "block" (each cell's 3^3-cell block, `grid_eq5`), "runs" (a 2^3-cell
     # first pass with the block as fallback, `observe_kernels.grid_eq5_runs`), "auto" (runs where
-    # the smallest catalogue puts >= 1.5 k stars within one cell of a centre: LR, not SR)
+    # the smallest catalogue puts >= 2 k stars within one cell of a centre: LR, not SR)
     search: str = "auto"
-    max_fallback: int = 0  # "runs": cells redone over the block; 0: num_cells // 32
+    max_fallback: int = 0  # "runs": cells redone over the block; 0: num_cells // 8
+    # "pieces": `observe_batch` sorts the cubes by catalogue size into its groups and integrates
+    # only the star chunks that hold each group's largest catalogue (the slots past it are not
+    # stars); the same cubes
+    trim: bool = True
 
     def __post_init__(self):
         if self.distribution not in ("box", "radial"):
@@ -121,7 +127,13 @@ class ObservationParams:
         if self.search != "auto":
             return self.search
         ball = 4.0 / 3.0 * math.pi * self.num_stars_range[0] / region.num_cells
-        return "runs" if ball >= 1.5 * self.k_for(region) else "block"
+        return "runs" if ball >= 2.0 * self.k_for(region) else "block"
+
+    def fallback_for(self, region: Region) -> int:
+        """Cells pass 2 of the "runs" search can redo. The LR recipe's sparsest catalogues
+        (5 x 10^5 stars, 8 % distance errors, which thin the stars near the far faces) need
+        ~1,900 of 32,768; beyond the budget a cell keeps pass 1's result, flagged not exact."""
+        return int(self.max_fallback or max(1, region.num_cells // 8))
 
     def select_for(self, region: Region) -> str:
         if self.select != "auto":
@@ -151,11 +163,9 @@ def draw_stars(key, region: Region, params: ObservationParams) -> dict[str, jax.
     ``distance_error`` (scalars). N_max = the largest count;
     the first n (drawn log-uniformly in the range) are real, and those a "radial" draw or a
     distance error puts outside the box are not ``valid``."""
-    k_n, k_pos, k_dir, k_a, k_b, k_f, k_err = jax.random.split(key, 7)
+    _, k_pos, k_dir, k_a, k_b, k_f, k_err = jax.random.split(key, 7)
     n_max = params.max_stars
-    lo_n, hi_n = params.num_stars_range
-    log_n = jax.random.uniform(k_n, (), minval=math.log(lo_n), maxval=math.log(hi_n))
-    n = jnp.floor(jnp.exp(log_n) + 0.5)
+    n = draw_count(key, params)
     lower = jnp.asarray(region.lower_pc, jnp.float32)
     upper = jnp.asarray(region.upper_pc, jnp.float32)
     if params.distribution == "box":
@@ -182,18 +192,27 @@ def draw_stars(key, region: Region, params: ObservationParams) -> dict[str, jax.
                 distance_error=f)  # fmt: skip
 
 
+def draw_count(key, params: ObservationParams) -> jax.Array:
+    """The number of stars `draw_stars` draws with ``key`` (log-uniform in the range)."""
+    k_n = jax.random.split(key, 7)[0]
+    lo_n, hi_n = params.num_stars_range
+    log_n = jax.random.uniform(k_n, (), minval=math.log(lo_n), maxval=math.log(hi_n))
+    return jnp.floor(jnp.exp(log_n) + 0.5)
+
+
 def _inside(xyz, lower, upper):
     return jnp.all((xyz >= lower) & (xyz < upper), axis=-1)
 
 
 def integrate_stars(
-    density, region: Region, xyz_pc, chunk: int = 65536, method: str = "sort"
+    density, region: Region, xyz_pc, chunk: int = 65536, method: str = "sort", limit=None
 ) -> jax.Array:
     """Exact extinction (mag) from the Sun to each point ``(N, 3)`` through ``density``
     ``(nx, ny, nz)``, traceable (jit/vmap): the project's LOS point kernel (``method="sort"``)
-    or the sort-free `dustjax.vnet.observe_kernels.integrate_pieces` (``"pieces"``)."""
+    or the sort-free `dustjax.vnet.observe_kernels.integrate_pieces` (``"pieces"``; with
+    ``limit``, only the chunks holding the first ``limit`` points, zeros after them)."""
     if method == "pieces":
-        return kernels.integrate_pieces(density, region, xyz_pc, chunk)
+        return kernels.integrate_pieces(density, region, xyz_pc, chunk, limit=limit)
     if method != "sort":
         raise ValueError(f"method must be 'sort' or 'pieces', got {method!r}")
     n = xyz_pc.shape[0]
@@ -298,12 +317,17 @@ def grid_catalogue(xyz_pc, extinction, sigma, valid, region: Region, params: Obs
         lam = params.max_stars / region.num_cells
         return kernels.grid_eq5_runs(
             *args, cap=kernels.runs_cap(lam, 2), cap_fallback=kernels.runs_cap(lam, 3),
-            max_fallback=int(params.max_fallback or max(1, region.num_cells // 32)), **kw,
+            max_fallback=params.fallback_for(region), **kw,
         )  # fmt: skip
     return grid_eq5(*args, cap=params.cap_for(region), **kw)
 
 
 # ---- the whole observation ----------------------------------------------------------------------
+def catalogue_size(key, params: ObservationParams) -> jax.Array:
+    """The number of star slots that `observe_one` fills with ``key`` (before the box cuts)."""
+    return draw_count(jax.random.split(key, 3)[0], params)
+
+
 def observe_one(
     key,
     density,
@@ -311,6 +335,7 @@ def observe_one(
     params: ObservationParams,
     num_redraws: int = 0,
     catalogue: bool = False,
+    limit=None,
 ):
     """One density cube -> ``(gridded extinction (nx, ny, nz) clipped >= 0, diagnostics)``.
 
@@ -321,11 +346,12 @@ def observe_one(
     dict(xyz_obs (N_max, 3) pc, extinction (N_max,) E_obs mag, sigma_extinction (N_max,) mag,
     valid (N_max,), and the cube's distance_error f, sigma_a, sigma_b): gridding them with
     `grid_eq5` gives this cube (before the clip at 0).
+    ``limit`` (>= `catalogue_size`): integrate only that many star slots (``"pieces"``).
     """
     k_star, k_noise, k_redraw = jax.random.split(key, 3)
     stars = draw_stars(k_star, region, params)
     e_true = integrate_stars(
-        density, region, stars["xyz_true"], params.star_chunk, params.integrator
+        density, region, stars["xyz_true"], params.star_chunk, params.integrator, limit
     )
     sigma = jnp.hypot(stars["sigma_a"], stars["sigma_b"] * jnp.maximum(e_true, 0.0))
     e_obs = e_true + sigma * jax.random.normal(k_noise, e_true.shape)
@@ -374,6 +400,11 @@ def observe_batch(
     diagnostics hold each cube's stars (`observe_one`), batched along axis 0.
     """
 
+    batch = density.shape[0]
+    size = group if group and group < batch else batch
+    if params.integrator == "pieces" and params.trim and batch % size == 0:
+        return _observe_trimmed(keys, density, region, params, size, catalogue)
+
     def one(args):
         return observe_one(args[0], args[1], region, params, catalogue=catalogue)
 
@@ -382,6 +413,29 @@ def observe_batch(
     return jax.vmap(lambda k, d: observe_one(k, d, region, params, catalogue=catalogue))(
         keys, density
     )
+
+
+def _observe_trimmed(keys, density, region, params, size, catalogue=False):
+    """`observe_batch` with the cubes sorted by catalogue size into groups of ``size``, each
+    group integrating only the star chunks its largest catalogue fills; results in input order.
+    The catalogues, and so the cubes, are those of `observe_one` with the same keys."""
+    batch = density.shape[0]
+    counts = jax.vmap(lambda k: catalogue_size(k, params))(keys)
+    order = jnp.argsort(counts)
+    groups = batch // size
+    keys_g = keys[order].reshape(groups, size)
+    density_g = density[order].reshape(groups, size, *density.shape[1:])
+    limit_g = jnp.max(counts[order].reshape(groups, size), axis=1)
+
+    def one_group(args):
+        k, d, limit = args
+        return jax.vmap(
+            lambda kk, dd: observe_one(kk, dd, region, params, catalogue=catalogue, limit=limit)
+        )(k, d)
+
+    out = jax.lax.map(one_group, (keys_g, density_g, limit_g))
+    back = jnp.argsort(order)
+    return jax.tree.map(lambda x: x.reshape(batch, *x.shape[2:])[back], out)
 
 
 # ---- the engine's data source "simulate_observed" -------------------------------------------

@@ -148,9 +148,11 @@ def _pieces_one_chunk(flat_density, targets, tables, edges, lower, cell, shape):
     return total * jnp.linalg.norm(targets, axis=-1)
 
 
-def integrate_pieces(density, region: Region, xyz_pc, chunk: int = 8192) -> jax.Array:
+def integrate_pieces(density, region: Region, xyz_pc, chunk: int = 8192, limit=None) -> jax.Array:
     """Exact extinction (mag) from the Sun to each point ``(N, 3)`` pc through ``density``
-    ``(nx, ny, nz)`` (mag/pc) on `region`; traceable (jit/vmap), ``chunk`` points at a time."""
+    ``(nx, ny, nz)`` (mag/pc) on `region`; traceable (jit/vmap), ``chunk`` points at a time.
+    ``limit`` (a scalar, may be traced): only the chunks holding the first ``limit`` points are
+    integrated, the points after those chunks get 0 (a loop of that many chunks)."""
     n = xyz_pc.shape[0]
     chunk = int(max(1, min(chunk, n)))
     num_chunks = -(-n // chunk)
@@ -165,8 +167,18 @@ def integrate_pieces(density, region: Region, xyz_pc, chunk: int = 8192) -> jax.
     def one(targets):
         return _pieces_one_chunk(flat_density, targets, tables, edges_np, lower, cell, shape)
 
-    out = jax.lax.map(one, points.reshape(num_chunks, chunk, 3))
-    return out.reshape(-1)[:n]
+    if limit is None:
+        out = jax.lax.map(one, points.reshape(num_chunks, chunk, 3))
+        return out.reshape(-1)[:n]
+    todo = jnp.clip((jnp.asarray(limit).astype(jnp.int32) + chunk - 1) // chunk, 0, num_chunks)
+
+    def body(i, out):
+        start = i * chunk
+        part = one(jax.lax.dynamic_slice_in_dim(points, start, chunk))
+        return jax.lax.dynamic_update_slice_in_dim(out, part, start, 0)
+
+    out = jax.lax.fori_loop(0, todo, body, jnp.zeros(num_chunks * chunk, jnp.float32))
+    return out[:n]
 
 
 # ---- eq. 5 gridding: candidates from runs of half-cells, with a fallback -----------------------

@@ -5,9 +5,9 @@
 # Runs tools.observe_throughput on the LR recipe with the LOS-derivative channel (echo 16, 64
 # measured steps: 4 observed batches in the window), in one process: the noiseless step rate, then
 # the observed step rate for "after" (the recipe as committed: integrator=pieces, search=auto ->
-# runs), "before" (integrator=sort, search=block: the former kernels), "after_vmap" (after, the
-# whole batch vmapped: group=0; skipped when the budget is short), with the integration and
-# gridding of one group of 8 cubes timed apart for "after". Writes $OUT_DIR/throughput.json
+# runs), "before" (integrator=sort, search=block: the former kernels), then the integration and
+# gridding of one group of 8 cubes timed apart for "after", then if time is left "after_vmap"
+# (the whole batch vmapped: group=0) and "after_topk" (select=top_k instead of bisection). Writes $OUT_DIR/throughput.json
 # (rates, ratios, parts; rewritten after every step) and $OUT_DIR/run.log.
 # SMOKE=1 JAX_PLATFORMS=cpu: a tiny model and catalogues, for a test on a laptop.
 set -u
@@ -44,17 +44,19 @@ PY
 [ "${PIPESTATUS[0]}" = 0 ] || { echo "issue17t: smoke failed" | tee -a "$OUT_DIR/run.log"; exit 1; }
 
 SETS=(--set='LR:model.derivative_channel=true')
-VARIANTS=(--variant=after: --variant=before:integrator=sort,search=block --variant=after_vmap:group=0)
+VARIANTS=(--variant=after: --variant=before:integrator=sort,search=block --variant=parts@after
+          --variant=after_vmap:group=0 --variant=after_topk:select=top_k)
 MEASURE=64
 if [ "$SMOKE" = 1 ]; then
   SETS+=(--set='LR:model.kwargs.features=[4,8]' --set='LR:batch_size=2'
          --set='LR:observation.num_stars_range=[10000,20000]' --set='LR:observation.echo=2')
-  VARIANTS=(--variant=after:search=runs --variant=before:integrator=sort,search=block)
+  VARIANTS=(--variant=after:search=runs --variant=before:integrator=sort,search=block
+            --variant=parts@after)
   MEASURE=4
 fi
 L=$(left)
 timeout $(( L - 5 )) $PY -m tools.observe_throughput --region=LR "${SETS[@]}" "${VARIANTS[@]}" \
-  --measure_steps=$MEASURE --parts=after --deadline_s=$(( L - 25 )) --out="$OUT_DIR" \
+  --measure_steps=$MEASURE --deadline_s=$(( L - 25 )) --out="$OUT_DIR" \
   2>&1 | tee -a "$OUT_DIR/run.log"
 RC=${PIPESTATUS[0]}
 echo "issue17t: done rc=$RC in $(( $(date +%s) - T0 )) s" | tee -a "$OUT_DIR/run.log"
