@@ -64,8 +64,10 @@ if [ $rc -ne 0 ]; then tail -30 "$OUT_DIR/smoke.log"; exit 3; fi
 SUITE=device; [ "$SMOKE" = "1" ] && { SUITE=smoke_paper; OVERHEAD=150; MIN_FIT_S=10; SIM_S=60; }
 real_fit() {
     local name=$1 m=$2 fit=$3
-    note "$name: fit ${fit}s, M $m, metric $METRIC, anneal $ANNEAL x 0.1"
-    timeout $(( fit + OVERHEAD + 60 )) $PY -m tools.gp_realsky_suite --suite=$SUITE \
+    local to=$(( fit + OVERHEAD + 60 ))
+    [ "$to" -gt $(( $(left) - 10 )) ] && to=$(( $(left) - 10 ))
+    note "$name: fit ${fit}s, M $m, metric $METRIC, anneal $ANNEAL x 0.1 (timeout ${to}s)"
+    timeout "$to" $PY -m tools.gp_realsky_suite --suite=$SUITE \
         --only=real_paper_logsph --cube="$CUBE" --max_fit_seconds="$fit" \
         --anneal_iterations="$ANNEAL" --anneal_factor=0.1 --num_inducing="$m" \
         --inducing_metric="$METRIC" --out="$OUT_DIR/$name" > "$OUT_DIR/$name.log" 2>&1
