@@ -309,8 +309,15 @@ def test_calibration_widens_bands_of_under_reported_noise(tmp_path, monkeypatch)
     on_disk = json.loads((tmp_path / "summary.json").read_text())
     for key in ("frac", "floor_mag", "num_stars", "validation_coverage_observed_before",
                 "validation_coverage_observed_after", "validation_coverage_true_before",
-                "validation_coverage_true_after"):  # fmt: skip
+                "validation_coverage_true_after", "band_scale", "method", "methods"):  # fmt: skip
         assert key in on_disk["calibration"]
+    # the configured method's numbers are those of `methods` (both recorded: the truth is known)
+    assert cal["method"] == "deconvolved" and set(cal["methods"]) == {"deconvolved", "observed"}
+    chosen = cal["methods"]["deconvolved"]
+    assert (chosen["band_scale"], chosen["frac"]) == (cal["band_scale"], cal["frac"])
+    assert chosen["coverage_true"] == cal["validation_coverage_true_after"]
+    assert pipeline._fits_meta(summary)["CALSCALE"] == cal["band_scale"]
+    assert pipeline.extinction_band_scale(summary) == cal["band_scale"]
     assert summary["star_bands"].startswith("true extinction")
     assert cal["validation_coverage_observed_before"] < 0.45
     assert 0.60 <= cal["validation_coverage_observed_after"] <= 0.76
