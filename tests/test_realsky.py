@@ -187,10 +187,9 @@ def test_distance_power_shapes_the_distance_distribution():
     assert np.median(near) < np.median(uniform) < np.median(far)
 
 
-def test_refined_scores_pull_a_map_that_predicts_nothing_onto_the_exact_cube():
-    """The refinement of a V-net that predicts no dust (median 0, sigma_hat 1 in asinh units of
-    1e-3 mag/pc) from the exact literature cube recovers the slab at a small noise floor, and
-    follows the data less (the prior more) as the floor grows."""
+def _nothing_predicted_on_a_slab():
+    """(the slab cube, a predictor of no dust, a variance head of median 0 and sigma_hat 1 in
+    asinh units of 1e-3 mag/pc): the prior of a V-net that sees nothing."""
     import jax.numpy as jnp
 
     from dustjax.vnet.normalisation import Normalisation
@@ -202,10 +201,16 @@ def test_refined_scores_pull_a_map_that_predicts_nothing_onto_the_exact_cube():
             return jnp.zeros_like(extinction), jnp.ones_like(extinction)
 
     density, header = _slab_cube()
-    cube = realsky.cube_from_array(density.T, header)
-    zero = lambda e: jnp.zeros_like(e)  # noqa: E731
+    return realsky.cube_from_array(density.T, header), jnp.zeros_like, Hat()
+
+
+def test_refined_scores_pull_a_map_that_predicts_nothing_onto_the_exact_cube():
+    """The refinement of a V-net that predicts no dust (median 0, sigma_hat 1 in asinh units of
+    1e-3 mag/pc) from the exact literature cube recovers the slab at a small noise floor, and
+    follows the data less (the prior more) as the floor grows."""
+    cube, zero, hat = _nothing_predicted_on_a_slab()
     report, _ = realsky.evaluate(
-        cube, REGION, zero, route="literature", hat_model=Hat(), refine_floors=(0.001, 0.01, 0.03)
+        cube, REGION, zero, route="literature", hat_model=hat, refine_floors=(0.001, 0.01, 0.03)
     )
     assert report["scores"]["dust_recovered"] == 0.0
     refined = report["refined"]
@@ -219,21 +224,9 @@ def test_refined_scores_pull_a_map_that_predicts_nothing_onto_the_exact_cube():
 def test_catalogue_route_refined_scores_with_correlated_prior_errors():
     """From a map of no dust (sigma_hat 1 in asinh units of 1e-3 mag/pc) the stars' refinement,
     independent or correlated, finds the slab's dust; each correlated setting has its entry."""
-    import jax.numpy as jnp
-
-    from dustjax.vnet.normalisation import Normalisation
-
-    class Hat:
-        normalisation = Normalisation("asinh", e0=0.05, rho0=1e-3)
-
-        def predict_hat(self, extinction):
-            return jnp.zeros_like(extinction), jnp.ones_like(extinction)
-
-    density, header = _slab_cube()
-    cube = realsky.cube_from_array(density.T, header)
-    zero = lambda e: jnp.zeros_like(e)  # noqa: E731
+    cube, zero, hat = _nothing_predicted_on_a_slab()
     report, _ = realsky.evaluate(
-        cube, REGION, zero, route="catalogue", hat_model=Hat(), num_stars=3000, sigma_a=0.003,
+        cube, REGION, zero, route="catalogue", hat_model=hat, num_stars=3000, sigma_a=0.003,
         sigma_b=0.01, num_redraws=0, refine_floors=(1.0,),
         refine_corr=((1.5, 0.1), (1.5, 0.1, "auto")),
     )  # fmt: skip
