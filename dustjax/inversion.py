@@ -174,19 +174,22 @@ def gradient(op, density, data, lam: float = 0.0, regulariser: str = "gradient")
     return g + lam * _penalty_grad(density, regulariser)
 
 
-def largest_eigenvalue(op, num_iters: int = 100, seed: int = 0) -> float:
+def largest_eigenvalue(op, num_iters: int = 100, seed: int = 0, scale=None) -> float:
     """Largest eigenvalue of A^T A by power iteration (it approaches from below: callers add a
-    2 % margin to the step's L)."""
+    2 % margin to the step's L); with ``scale`` (a cube), of (A S)^T (A S), S = diag(scale)."""
     v = jax.random.uniform(jax.random.key(seed), tuple(op.shape), jnp.float32) + 0.1
-    _, norm = _power_iteration(op, v / jnp.linalg.norm(v), num_iters=int(num_iters))
+    _, norm = _power_iteration(op, v / jnp.linalg.norm(v), scale, num_iters=int(num_iters))
     return float(norm)
 
 
 @functools.partial(jax.jit, static_argnames=("num_iters",))
-def _power_iteration(op, v, *, num_iters):
+def _power_iteration(op, v, scale=None, *, num_iters):
     def body(_, carry):
         v, _ = carry
-        w = op.transpose(op.apply(v))
+        if scale is None:
+            w = op.transpose(op.apply(v))
+        else:
+            w = scale * op.transpose(op.apply(scale * v))
         norm = jnp.linalg.norm(w)
         return w / jnp.maximum(norm, 1e-30), norm
 

@@ -114,19 +114,6 @@ def correlation_spectrum(shape, corr_length: float, nugget: float) -> np.ndarray
     return nugget + (1.0 - nugget) * lam
 
 
-@functools.partial(jax.jit, static_argnames=("num_iters",))
-def _scaled_power(op, scale, v, *, num_iters):
-    """Largest eigenvalue of (A S)^T (A S), S = diag(scale), by power iteration."""
-
-    def body(_, carry):
-        v, _ = carry
-        w = scale * op.transpose(op.apply(scale * v))
-        norm = jnp.linalg.norm(w)
-        return w / jnp.maximum(norm, 1e-30), norm
-
-    return jax.lax.fori_loop(0, num_iters, body, (v, jnp.float32(0.0)))[1]
-
-
 @functools.partial(jax.jit, static_argnames=("num_steps", "pshape"))
 def _solve_correlated(op, data, mean, scale, inv_spec, step, *, num_steps, pshape):
     """Projected FISTA in u = (rho - m) / s on the padded grid (see the module docstring)."""
@@ -166,8 +153,7 @@ def solve_correlated(
     scale = jnp.asarray(sd, jnp.float32)
     pshape = padded_shape(op.shape, corr_length)
     spec = correlation_spectrum(pshape, corr_length, nugget)
-    v = jax.random.uniform(jax.random.key(0), tuple(op.shape), jnp.float32) + 0.1
-    l_as = float(_scaled_power(op, scale, v / jnp.linalg.norm(v), num_iters=100))
+    l_as = inversion.largest_eigenvalue(op, scale=scale)
     big_l = 1.02 * l_as + 1.0 / float(spec.min())
     return _solve_correlated(
         op, jnp.asarray(data, jnp.float32), mean, scale, jnp.asarray(1.0 / spec, jnp.float32),
