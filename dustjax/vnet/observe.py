@@ -408,11 +408,9 @@ def observe_batch(
     def one(args):
         return observe_one(args[0], args[1], region, params, catalogue=catalogue)
 
-    if group and group < density.shape[0]:
-        return jax.lax.map(one, (keys, density), batch_size=group)
-    return jax.vmap(lambda k, d: observe_one(k, d, region, params, catalogue=catalogue))(
-        keys, density
-    )
+    if size < batch:
+        return jax.lax.map(one, (keys, density), batch_size=size)
+    return jax.vmap(one)((keys, density))
 
 
 def _observe_trimmed(keys, density, region, params, size, catalogue=False):
