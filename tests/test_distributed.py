@@ -295,13 +295,14 @@ def _random_vnet_test_workdir(path: Path) -> Path:
     return path
 
 
-@pytest.mark.slow  # ~25 s: three processes
-def test_evaluate_in_two_processes_writes_once_what_one_process_writes(tmp_path):
+@pytest.mark.slow  # ~25 s each: three processes
+@pytest.mark.parametrize("bn_stats", ["running", "population"])
+def test_evaluate_in_two_processes_writes_once_what_one_process_writes(tmp_path, bn_stats):
     import shutil
 
     one = _random_vnet_test_workdir(tmp_path / "one")
     two = shutil.copytree(one, tmp_path / "two")
-    cmd = [sys.executable, "-m", "experiments.evaluate"]
+    cmd = [sys.executable, "-m", "experiments.evaluate", f"--bn_stats={bn_stats}", "--bn_batches=2"]
     several = ["--num_processes=2", f"--coordinator_address=localhost:{_free_port()}"]
     procs = [
         subprocess.Popen([*cmd, f"--workdir={two}", *several, f"--process_id={i}"], cwd=ROOT,
@@ -318,11 +319,12 @@ def test_evaluate_in_two_processes_writes_once_what_one_process_writes(tmp_path)
     finally:
         for p in procs:
             p.kill()
-    a = json.loads((one / "eval/test_metrics.json").read_text())
-    b = json.loads((two / "eval/test_metrics.json").read_text())
+    sub = "eval" if bn_stats == "running" else "eval_popbn"
+    a = json.loads((one / sub / "test_metrics.json").read_text())
+    b = json.loads((two / sub / "test_metrics.json").read_text())
     assert a["num_cubes"] == b["num_cubes"] > 0
-    assert sorted(p.name for p in (one / "eval").iterdir()) == sorted(
-        p.name for p in (two / "eval").iterdir()
+    assert sorted(p.name for p in (one / sub).iterdir()) == sorted(
+        p.name for p in (two / sub).iterdir()
     )
     for key in ("loss_eq3", "relative_rms"):
         assert b[key] == pytest.approx(a[key], rel=1e-6), key

@@ -109,9 +109,11 @@ def population_batch_stats(model, variables, inputs: Iterable, mesh: Mesh | None
     if not hasattr(model, "bn_momentum"):
         raise ValueError(f"{type(model).__name__} has no bn_momentum: cannot recompute its stats")
     zero = model.clone(bn_momentum=0.0)
+    from dustjax import distributed
+
     mesh = mesh or _first_local_device()
     data = batch_sharding(mesh)
-    variables = jax.device_put(variables, replicated(mesh))
+    variables = distributed.put_replicated(variables, replicated(mesh))  # as `make_predict_fn`
     rng = jax.random.key(0) if rng is None else rng
 
     @functools.partial(jax.jit, in_shardings=(None, data, None))
@@ -122,6 +124,8 @@ def population_batch_stats(model, variables, inputs: Iterable, mesh: Mesh | None
 
     total, count = None, 0
     for i, x in enumerate(inputs):
+        if distributed.is_multiprocess():  # a mesh over several processes: each its own rows
+            x = distributed.put_rows(x, data)
         stats = batch_stats(variables, x, jax.random.fold_in(rng, i))
         total = stats if total is None else jax.tree.map(jnp.add, total, stats)
         count += 1
