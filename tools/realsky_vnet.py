@@ -83,7 +83,7 @@ def parse_args(argv=None):
 def main(argv=None) -> dict:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from dustjax.vnet import realsky
+    from dustjax.vnet import realsky, refine
 
     t0 = time.perf_counter()
     shape = tuple(int(n) for n in args.shape.split(",")) if args.shape else None
@@ -114,11 +114,7 @@ def main(argv=None) -> dict:
         seed=args.seed,
         model_config=model_info.get("config"),
         refine_floors=tuple(float(v) for v in args.refine.split(",") if v.strip()),
-        refine_corr=tuple(
-            tuple(x if x == "auto" else float(x) for x in v.split(":"))
-            for v in args.refine_corr.split(",")
-            if v.strip()
-        ),
+        refine_corr=refine.parse_corr_settings(args.refine_corr),
     )
     report.update(
         cube=str(args.cube),

@@ -200,8 +200,7 @@ def main(argv=None) -> dict:
     )
     group = int((config.get("observation") or {}).get("group", 0) or 0)
     save_stars = bool(args.save_arrays) and params.max_stars * args.num_cubes <= args.save_max_stars
-    corr = [tuple(x if x == "auto" else float(x) for x in v.split(":"))
-            for v in args.refine_corr.split(",") if v.strip()]  # fmt: skip
+    corr = refine.parse_corr_settings(args.refine_corr)
     want_stars = save_stars or bool(corr)
     if args.save_arrays and not save_stars:
         log.warning("--save_arrays: %d stars x %d cubes > %g: the stars are not saved",

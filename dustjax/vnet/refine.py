@@ -93,6 +93,15 @@ DEFAULT_CORR_LENGTH = 2.0
 PAD_LENGTHS = 4.0  # the FFT grid is padded by this many correlation lengths per axis
 
 
+def parse_corr_settings(spec: str) -> tuple[tuple, ...]:
+    """``"ELL:NU[:auto],..."`` (the tools' --refine_corr) -> ((ell, nu[, "auto"]), ...)."""
+    return tuple(
+        tuple(x if x == "auto" else float(x) for x in v.split(":"))
+        for v in spec.split(",")
+        if v.strip()
+    )
+
+
 def padded_shape(shape, corr_length: float) -> tuple[int, ...]:
     """The FFT grid: each axis padded by ceil(4 ell) cells (and to an even size)."""
     pad = int(math.ceil(PAD_LENGTHS * float(corr_length)))
