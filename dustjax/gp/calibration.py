@@ -204,16 +204,11 @@ def _deconvolved_scale(r2, tau2, noise2, target_coverage) -> float:
     if gauss.fun - best.fun <= np.log(r2.size) or unresolved:
         a, wide, p = float(np.exp(gauss.x)), 1.0, 0.0
 
-    def cov(c):  # fraction of the mixture inside +-c (units of tau)
+    def cov(k):  # fraction of the mixture inside +-sqrt(k) (units of tau)
+        c = np.sqrt(k)
         return (1.0 - p) * erf(c / np.sqrt(2.0 * a)) + p * erf(c / np.sqrt(2.0 * wide))
 
-    lo, hi = 0.0, 1.0
-    while cov(hi) < target_coverage and hi < 1e4:
-        lo, hi = hi, 2.0 * hi
-    for _ in range(80):
-        mid = 0.5 * (lo + hi)
-        lo, hi = (lo, mid) if cov(mid) >= target_coverage else (mid, hi)
-    return float(np.clip(hi**2, *_K_RANGE))
+    return float(np.clip(_smallest_scale_reaching(cov, target_coverage), *_K_RANGE))
 
 
 def _smallest_scale_reaching(cov, target_coverage: float) -> float:
