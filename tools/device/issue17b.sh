@@ -34,6 +34,8 @@ EPOCHS=${EPOCHS:-16}
 SCORE_RESERVE=${SCORE_RESERVE:-200}  # phase 2: s kept after training for calibration and scores
 HELDOUT_N=${HELDOUT_N:-8}
 REFINE_CORR=${REFINE_CORR:-2:0.3:auto}  # with REFINE: the catalogue refinement chosen on held-out sims
+# Per-region overrides: HELDOUT_N_SR / HELDOUT_N_LR (0: no held-out scoring), REFINE_CORR_SR /
+# REFINE_CORR_LR (a list ELL:NU[:auto],... scores each setting; LR's 10^6 stars cost ~1 min each).
 WD=${WORKDIR_ROOT:-/tmp/i17b_wd}
 EV=${EVAL_ROOT:-/tmp/i17b_eval}
 mkdir -p "$OUT_DIR" "$WD"
@@ -77,6 +79,8 @@ PY
 
 arm() {  # REGION GPU ARM
   local R=$1 GPU=$2 ARM=$3 L=${1,,}
+  local NV="HELDOUT_N_$R" CV="REFINE_CORR_$R"
+  local NHELD=${!NV:-$HELDOUT_N} CORR=${!CV:-$REFINE_CORR}
   local RD="$OUT_DIR/${R}_$ARM"; mkdir -p "$RD"
   export CUDA_VISIBLE_DEVICES=$GPU XLA_PYTHON_CLIENT_MEM_FRACTION=0.85
   local ARGS=(--regions=$R --epochs=$EPOCHS --measure_steps=$MEASURE --calibration_redraws=${CAL_REDRAWS:-8}
@@ -118,15 +122,15 @@ arm() {  # REGION GPU ARM
     local EXTRA=""; [ $ROUTE = catalogue ] && EXTRA=${CAT[$R]}
     local T=$(( $(left) - 15 )); [ $T -lt 5 ] && break
     timeout $T $PY -m tools.realsky_vnet --cube="$CUBE" --region=$R --route=$ROUTE --model="$MODEL" \
-      $EXTRA ${REFINE:+--refine=$REFINE} ${REFINE:+--refine_corr=$REFINE_CORR} --save_arrays \
+      $EXTRA ${REFINE:+--refine=$REFINE} ${REFINE:+--refine_corr=$CORR} --save_arrays \
       --out="$EV/${R}_${ROUTE}_vnet_$ARM" >> "$RD/score.log" 2>&1
     cp "$EV/${R}_${ROUTE}_vnet_$ARM/arrays.npz" "$RD/${ROUTE}_arrays.npz" 2>/dev/null
     echo "$R $ARM: $ROUTE scored (exit $?) at $(( $(date +%s) - T0 ))s" >> "$RD/score.log"
   done
   local HO=""; [ "$SMOKE" = 1 ] && HO="--nnls_steps=20"
-  [ "$R" = SR ] && [ -n "${REFINE:-}" ] && HO="$HO --refine_corr=$REFINE_CORR"  # SR: 30,000 stars
+  [ "$R" = SR ] && [ -n "${REFINE:-}" ] && HO="$HO --refine_corr=$CORR"  # SR: 30,000 stars
   local T=$(( $(left) - 8 ))
-  [ $T -gt 5 ] && timeout $T $PY -m tools.sky_heldout --model="$MODEL" --num_cubes=$HELDOUT_N --nnls $HO \
+  [ $T -gt 5 ] && [ "$NHELD" -gt 0 ] && timeout $T $PY -m tools.sky_heldout --model="$MODEL" --num_cubes=$NHELD --nnls $HO \
     ${REFINE:+--refine=$REFINE} \
     ${CAT[$R]//--num_redraws=2/} --save_arrays="$RD/heldout_arrays.npz" --out="$RD/heldout_sims.json" \
     >> "$RD/score.log" 2>&1
