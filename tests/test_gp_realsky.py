@@ -161,6 +161,28 @@ def test_column_samples_have_the_marginal_moments_and_the_conditional_correlatio
         assert emp == pytest.approx(cov[i, j], abs=5 * math.sqrt(var[i] * var[j] / n))
 
 
+def test_ratio_interval_is_exact_for_proportional_errors_and_brackets_a_known_ratio():
+    rng = np.random.default_rng(3)
+    true = rng.uniform(0.05, 2.0, 4000)
+    knn_err = rng.standard_normal(4000) * 0.05 * true
+    # GP errors exactly half the kNN's on every star: every bootstrap round gives 0.5
+    half = realsky.ratio_interval(true + 0.5 * knn_err, true + knn_err, true, num_boot=300)
+    assert half["ratio"] == pytest.approx(0.5) and half["p2_5"] == pytest.approx(0.5)
+    assert half["p97_5"] == pytest.approx(0.5) and half["frac_at_most_0_9"] == 1.0
+    # independent errors of scales 0.045 and 0.05: the ratio's interval holds 0.9, and its width
+    # is the size an independent route gives (the delta method for two medians of |normal|)
+    gp_err = rng.standard_normal(4000) * 0.045 * true
+    res = realsky.ratio_interval(true + gp_err, true + knn_err, true, num_boot=1000, seed=1)
+    assert res["p2_5"] < 0.9 < res["p97_5"]
+    # sd of the sample median m = 0.6745 s of |N(0, s)|: 1 / (2 f(m) sqrt(n)), f(m) = 2 phi(0.6745)
+    # / s, so relative to m: 1 / (4 phi(0.6745) 0.6745 sqrt(n))
+    sd_rel = 1 / (4 * 0.3178 * 0.6745 * math.sqrt(4000))
+    expected = math.sqrt(2) * sd_rel * res["ratio"]  # two independent medians
+    assert (res["p84"] - res["p16"]) / 2 == pytest.approx(expected, rel=0.25)
+    with pytest.raises(ValueError, match="held-out stars"):
+        realsky.ratio_interval(true[:3], true[:4], true[:4])
+
+
 @pytest.mark.slow
 def test_realsky_test_runs_end_to_end_on_a_small_lognormal_field():
     truth = realsky.lognormal_field(0, cell_pc=10.0)
@@ -176,11 +198,17 @@ def test_realsky_test_runs_end_to_end_on_a_small_lognormal_field():
     assert 0 <= row["gp_coverage"] <= 1 and row["knn_rel_error"] > 0
     assert set(result["gp"]["stars"]) == {
         "diagonal", "diagonal+posthoc", "column", "column+learned", "column+learned+posthoc",
-        "pipeline", "pipeline+calibrated",
+        "pipeline", "pipeline+calibrated", "pipeline+observed", "pipeline+deconvolved",
     }  # fmt: skip
-    assert row["band"] == "pipeline+calibrated"  # what experiments/fit_gp reports
+    assert row["band"] == "pipeline+deconvolved"  # what experiments/fit_gp reports by default
     arrays = result["star_arrays"]
     assert arrays["hold_pct"].shape == (3, 300) and arrays["val_true"].shape == (300,)
+    # the saved kNN bands give the reported kNN error and, with the GP's P50, the ratio
+    assert arrays["hold_knn_pct"].shape == (3, 300)
+    again = realsky.ratio_interval(arrays["hold_pct"][1], arrays["hold_knn_pct"][1],
+                                   arrays["hold_true"], num_boot=50)  # fmt: skip
+    assert again["ratio"] == pytest.approx(row["ratio_to_knn"], rel=1e-4)
+    assert row["ratio_p16"] <= row["ratio_to_knn"] * 1.05 and row["ratio_p84"] >= row["ratio_p16"]
 
 
 @pytest.mark.skipif(not (REAL / "bayestar19_LR_anticentre.fits").is_file(), reason="no real data")
