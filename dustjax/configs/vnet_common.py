@@ -57,7 +57,13 @@ def vnet_config(name: str, region: str) -> ml_collections.ConfigDict:
     c.num_epochs = 200
     c.optimizer = ml_collections.ConfigDict(
         dict(
-            name="adam", learning_rate=1e-4, b1=0.9, b2=0.999, weight_decay=0.0, grad_clip_norm=0.0
+            name="adam",
+            learning_rate=1e-4,
+            b1=0.9,
+            b2=0.999,
+            weight_decay=0.0,
+            grad_clip_norm=0.0,
+            ema_decay=0.0,  # > 0: evaluate and predict with a moving average of the weights
         )
     )
     # Why 1e-4 and a warm-up: Adam moves each weight by ~lr per step whatever its gradient's

@@ -13,7 +13,7 @@ from jax.sharding import Mesh
 
 from dustjax.sharding import batch_sharding, make_mesh, replicated
 from dustjax.training.optim import make_optimizer
-from dustjax.training.steps import abstract_train_state, build_model
+from dustjax.training.steps import abstract_train_state, build_model, inference_params
 from dustjax.training.tasks import DEFAULT_TASK, get_task
 from dustjax.training.workdir import (
     CHECKPOINT_DIR,
@@ -49,7 +49,8 @@ def load_trained(workdir: str | Path, which: str = "best", mesh: Mesh | None = N
     finally:
         manager.close()
     log.info("loaded the %s checkpoint (epoch %d) of %s", which, step, workdir)
-    return model, {"params": state.params, "batch_stats": state.batch_stats}, config
+    # the parameters' moving average when the run kept one (config.optimizer.ema_decay)
+    return model, {"params": inference_params(state), "batch_stats": state.batch_stats}, config
 
 
 def _first_local_device() -> Mesh:

@@ -8,8 +8,10 @@ name added with `register_schedule`.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
+import jax
+import jax.numpy as jnp
 import optax
 
 _SCHEDULES: dict[str, Callable[..., tuple[Any, optax.GradientTransformation | None]]] = {}
@@ -74,6 +76,61 @@ register_schedule("warmup_constant", _warmup_constant)
 register_schedule("reduce_on_plateau", _reduce_on_plateau)
 
 
+class ParamsEmaState(NamedTuple):
+    """`params_ema`'s state: the update count and the averaged parameters."""
+
+    count: jax.Array
+    ema_params: Any
+
+
+def params_ema(decay: float) -> optax.GradientTransformationExtraArgs:
+    """An exponential moving average of the parameters, kept in the optimiser state.
+
+    Chained last, it sees the final updates and averages the parameters *after* each step,
+    ``ema = d_t ema + (1 - d_t) (params + updates)``, with ``d_t = min(decay, (1 + t) / (10 + t))``
+    so that the first steps are not dominated by the initial weights (the warm-up of TF's
+    ExponentialMovingAverage). The updates pass unchanged. Evaluation and inference use the
+    average when it exists (`ema_params`, `dustjax.training.steps.inference_params`): with a
+    noisy step (e.g. the sky recipes' echoed observed batches) the weights at an epoch's end are
+    one draw from a cloud, the average its centre. Its state travels with the checkpoints.
+    """
+    if not 0.0 < decay < 1.0:
+        raise ValueError(f"ema_decay must lie in (0, 1), got {decay}")
+
+    def init(params):
+        return ParamsEmaState(jnp.zeros([], jnp.int32), jax.tree.map(jnp.asarray, params))
+
+    def update(updates, state, params=None, **extra_args):
+        del extra_args
+        if params is None:
+            raise ValueError("params_ema needs the parameters (tx.update(grads, state, params))")
+        d = jnp.minimum(decay, (1.0 + state.count) / (10.0 + state.count))
+        new = optax.apply_updates(params, updates)
+        ema = jax.tree.map(
+            lambda e, p: (d * e + (1.0 - d) * p.astype(jnp.float32)).astype(e.dtype),
+            state.ema_params,
+            new,
+        )
+        return updates, ParamsEmaState(state.count + 1, ema)
+
+    return optax.GradientTransformationExtraArgs(init, update)
+
+
+def ema_params(opt_state) -> Any | None:
+    """The averaged parameters of `params_ema` in an optimiser state, or None without one."""
+    found = list(_ema_states(opt_state))
+    return found[0].ema_params if found else None
+
+
+def _ema_states(tree):
+    """Every `ParamsEmaState` in a nested optimiser state (chains are tuples), depth first."""
+    if isinstance(tree, ParamsEmaState):
+        yield tree
+    elif isinstance(tree, tuple | list):
+        for x in tree:
+            yield from _ema_states(x)
+
+
 def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformationExtraArgs:
     """Adam (paper sect. 3.1) or AdamW, with the configured schedule; accepts ``value=loss``."""
     name = config.schedule.get("name", "constant") if "schedule" in config else "constant"
@@ -99,4 +156,6 @@ def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation
     parts.append(base)
     if tail is not None:
         parts.append(tail)
+    if opt.get("ema_decay", 0.0):  # last: it averages the parameters after the whole update
+        parts.append(params_ema(float(opt.ema_decay)))
     return optax.chain(*parts)

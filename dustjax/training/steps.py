@@ -33,6 +33,7 @@ from dustjax.sharding import (
     replicated,
     split_over_devices,
 )
+from dustjax.training import optim
 from dustjax.training.tasks import DEFAULT_TASK, Task, get_task
 
 
@@ -164,13 +165,20 @@ def make_train_step(task: Task, grad_shardings=None):
     return train_step
 
 
+def inference_params(state: TrainState):
+    """The parameters to evaluate and predict with: the moving average of `optim.params_ema`
+    when the optimiser keeps one (``config.optimizer.ema_decay`` > 0), else the trained ones."""
+    ema = optim.ema_params(state.opt_state)
+    return state.params if ema is None else ema
+
+
 def make_eval_step(task: Task):
     """``eval_step(state, batch) -> {loss_sum, count}`` with the running batch-norm statistics;
     ``batch["weight"]`` (1 real, 0 padding) masks a padded last batch."""
 
     def eval_step(state: TrainState, batch):
         predictions = state.apply_fn(
-            {"params": state.params, "batch_stats": state.batch_stats},
+            {"params": inference_params(state), "batch_stats": state.batch_stats},
             batch[task.input_key],
             train=False,
         )

@@ -629,3 +629,61 @@ def test_a_deadline_stops_before_the_epoch_that_would_pass_it(tmp_path):
     config.stop_before_unix = -5.0
     with pytest.raises(ValueError, match="stop_before_unix"):
         train.train_and_evaluate(config, tmp_path / "refused")
+
+
+def test_params_ema_follows_the_warmed_up_recursion_and_leaves_the_updates_alone():
+    """optim.params_ema against the recursion written out by hand on a quadratic with SGD."""
+    tx = optax.chain(optax.sgd(0.1), optim.params_ema(0.9))
+    params = {"w": np.array([1.0, -2.0], np.float32)}
+    state = tx.init(params)
+    ema = np.array(params["w"], np.float64)
+    sgd = optax.sgd(0.1)
+    plain_state = sgd.init(params)
+    for t in range(30):
+        grads = {"w": 2 * params["w"]}  # d/dw of |w|^2
+        updates, state = tx.update(grads, state, params)
+        plain, plain_state = sgd.update(grads, plain_state, params)
+        np.testing.assert_array_equal(updates["w"], plain["w"])  # the updates pass unchanged
+        params = optax.apply_updates(params, updates)
+        d = min(0.9, (1 + t) / (10 + t))
+        ema = d * ema + (1 - d) * np.asarray(params["w"], np.float64)
+    np.testing.assert_allclose(optim.ema_params(state)["w"], ema, rtol=1e-5)
+    assert optim.ema_params(optax.sgd(0.1).init(params)) is None
+    with pytest.raises(ValueError, match="ema_decay must lie in"):
+        optim.params_ema(1.0)
+
+
+def test_a_run_with_ema_evaluates_and_predicts_with_the_average(tmp_path):
+    """config.optimizer.ema_decay: the validation loss, the best checkpoint and `load_trained`
+    use the averaged weights, which differ from the trained ones and are saved with the run."""
+    config = _random_config()
+    config.num_epochs = 2
+    config.optimizer.ema_decay = 0.5
+    out = train.train_and_evaluate(config, tmp_path / "ema")
+    model, variables, saved = train.load_trained(tmp_path / "ema", "latest")
+    assert saved.optimizer.ema_decay == 0.5
+    # the raw trained weights from the same checkpoint, through the optimiser-free route
+    manager = workdir.checkpoint_manager(tmp_path / "ema", read_only=True)
+    try:
+        tx = optim.make_optimizer(saved, 1)
+        example = jax.ShapeDtypeStruct((1, *saved.data.shape, 1), np.float32)
+        abstract = steps.abstract_train_state(model, tx, example, sharding.make_mesh(1))
+        state, _ = workdir.restore_checkpoint(manager, manager.latest_step(), abstract)
+    finally:
+        manager.close()
+    avg = optim.ema_params(state.opt_state)
+    for a, b in zip(jax.tree.leaves(variables["params"]), jax.tree.leaves(avg), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert any(
+        not np.array_equal(np.asarray(a), np.asarray(b))
+        for a, b in zip(jax.tree.leaves(avg), jax.tree.leaves(state.params), strict=True)
+    )
+    # the reported validation loss of the last epoch is the averaged weights' loss
+    task = tasks.get_task(saved.get("task", tasks.DEFAULT_TASK))
+    _, eval_step = steps.jit_steps(task, jax.device_put(state), sharding.make_mesh(1))
+    batches = _random_source(saved, "validation", batch_size=saved.batch_size, seed=saved.seed,
+                             epoch=0, train=False)  # fmt: skip
+    loss = steps.evaluate_loss(eval_step, state, batches, saved.batch_size, sharding.make_mesh(1))
+    rows = [json.loads(x) for x in (tmp_path / "ema/metrics.jsonl").read_text().splitlines()]
+    assert loss == pytest.approx(rows[-1]["val_loss"], rel=1e-5)
+    assert out["epochs_run"] == 2

@@ -34,6 +34,9 @@ EPOCHS=${EPOCHS:-16}
 SCORE_RESERVE=${SCORE_RESERVE:-200}  # phase 2: s kept after training for calibration and scores
 HELDOUT_N=${HELDOUT_N:-8}
 REFINE_CORR=${REFINE_CORR:-2:0.3:auto}  # with REFINE: the catalogue refinement chosen on held-out sims
+# EMA=0.999 (or EMA_LR / EMA_SR): evaluate, choose the best epoch and predict with a moving
+# average of the weights (config.optimizer.ema_decay; run 9's LR validation loss jumped from
+# epoch to epoch at a flat training loss). Give phase 2 the same value as phase 1.
 # Per-region overrides: HELDOUT_N_SR / HELDOUT_N_LR (0: no held-out scoring), REFINE_CORR_SR /
 # REFINE_CORR_LR (a list ELL:NU[:auto],... scores each setting; LR's 10^6 stars cost ~1 min each).
 WD=${WORKDIR_ROOT:-/tmp/i17b_wd}
@@ -81,12 +84,14 @@ arm() {  # REGION GPU ARM
   local R=$1 GPU=$2 ARM=$3 L=${1,,}
   local NV="HELDOUT_N_$R" CV="REFINE_CORR_$R"
   local NHELD=${!NV:-$HELDOUT_N} CORR=${!CV:-$REFINE_CORR}
+  local EV_="EMA_$R"; local EMA_R=${!EV_:-${EMA:-}}
   local RD="$OUT_DIR/${R}_$ARM"; mkdir -p "$RD"
   export CUDA_VISIBLE_DEVICES=$GPU XLA_PYTHON_CLIENT_MEM_FRACTION=0.85
   local ARGS=(--regions=$R --epochs=$EPOCHS --measure_steps=$MEASURE --calibration_redraws=${CAL_REDRAWS:-8}
               --rate_factor=${RATE_FACTOR:-0.9} --plan="$WD/plan_$R.json" --workdir_root="$WD/$ARM"
               --out="$RD" --set="$R:progress_bar=false")
   [ "$ARM" = deriv ] && ARGS+=(--set="$R:model.derivative_channel=true")
+  [ -n "$EMA_R" ] && ARGS+=(--set="$R:optimizer.ema_decay=$EMA_R")
   ARGS+=(${SETS[@]+"${SETS[@]}"})
   local LOG="$RD/train_phase$PHASE.log"
   if [ "$PHASE" = 1 ]; then
