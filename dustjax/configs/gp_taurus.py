@@ -18,31 +18,19 @@ in the box 1.03, calibrated bands 66.6 %. Hardware: one GPU (~20 GiB); on a CPU 
 `gp_taurus_cpu`.
 """
 
-from dustjax.configs.gp_common import gp_config
+from dustjax.configs import gp_taurus_cpu
 
 
 def get_config():
-    c = gp_config("gp_taurus")
-    c.data.source = "cube"
-    c.data.cube = "../shared/data/real/bayestar19_LR_anticentre.fits"
+    c = gp_taurus_cpu.get_config()  # the field, the cube, ghost cells, kernel coordinates
+    c.name = "gp_taurus"
     c.data.simulation.num_stars = 133_000
-    c.grid.l_range_deg = (150.0, 180.0)
-    c.grid.b_range_deg = (-25.0, -5.0)
-    c.grid.d_range_pc = (100.0, 600.0)
     c.grid.shape = (60, 40, 100)
-    c.grid.ghost_cells = 2
     c.model.num_inducing = 2000
     c.model.scale_lengths_pc = (20.0, 20.0, 20.0)
-    c.model.mean_dex = None
     c.model.spread_metric = (1.0, 1.0, 0.25)
-    c.fit.kernel_coords = "log_spherical"
     c.fit.model_error = True
     c.fit.max_iterations = 8000
-    c.fit.min_iterations = 300
     c.fit.anneal_iterations = 300
-    c.fit.anneal_factor = 0.1
     c.predict.shape = (60, 40, 100)
-    c.predict.num_samples = 50
-    c.predict.chunk_cells = 65536
-    c.output.slice_distances_pc = (150.0, 300.0, 450.0)
     return c
