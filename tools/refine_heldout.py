@@ -60,7 +60,7 @@ def parse_args(argv=None):
 def parse_variant(spec: str) -> dict:
     parts = spec.strip().split(":")
     name = parts[0]
-    if len(parts) > 1 and parts[-1] == "auto" and name in ("indep", "corr", "smooth"):
+    if len(parts) > 1 and parts[-1] == "auto" and name in ("indep", "corr", "smooth", "fine"):
         return dict(parse_variant(":".join(parts[:-1])), model_error="auto")
     if name in ("vnet", "nnls", "indep") and len(parts) == 1:
         return dict(kind=name)
@@ -68,9 +68,13 @@ def parse_variant(spec: str) -> dict:
         return dict(kind="corr", corr_length=float(parts[1]), nugget=float(parts[2]))
     if name == "smooth" and len(parts) == 2:
         return dict(kind="smooth", grid=int(parts[1]))
+    if name == "fine" and len(parts) == 4:  # fine:FACTOR:ELL:NU, ELL in the region's cells
+        return dict(kind="fine", factor=int(parts[1]), corr_length=float(parts[2]),
+                    nugget=float(parts[3]))  # fmt: skip
     raise ValueError(
-        f"variant {spec!r}: use vnet, nnls, indep, corr:ELL:NU or smooth:G (the last three with "
-        "':auto' appended: a model error from the stars' chi^2, dustjax.vnet.refine)"
+        f"variant {spec!r}: use vnet, nnls, indep, corr:ELL:NU, smooth:G or fine:F:ELL:NU (the "
+        "last four with ':auto' appended: a model error from the stars' chi^2, "
+        "dustjax.vnet.refine)"
     )
 
 
@@ -86,6 +90,9 @@ def run_variant(v: dict, catalog, gridded, m, s, region, num_steps: int, nnls=No
         kw.update(corr_length=v["corr_length"], nugget=v["nugget"])
     elif v["kind"] == "smooth":
         kw.update(smooth_grid=v["grid"])
+    elif v["kind"] == "fine":
+        kw.update(factor=v["factor"], corr_length=v["corr_length"], nugget=v["nugget"])
+        return refine.refine_catalog_fine(catalog, m, s, region, info=info, **kw)
     return refine.refine_catalog(catalog, m, s, region, info=info, **kw)
 
 
