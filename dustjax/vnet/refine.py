@@ -299,6 +299,7 @@ def refine_catalog(
     smooth_grid: int = 0,
     model_error=0.0,
     info: dict | None = None,
+    operator=None,
 ) -> np.ndarray:
     """The refined density ``(nx, ny, nz)`` from the stars of `catalog` (a
     `dustjax.catalog.StarCatalog`), each weighted by 1 / `star_sigma`; ``corr_length`` > 0
@@ -312,10 +313,17 @@ def refine_catalog(
     map's own grid does not); ``"auto"``: tau from the stars themselves (`model_error_scale` of
     the fit's residuals, rho the fit's map, refit, three rounds at most), 0 when the fit's chi^2
     per star is already <= 1. ``info`` (a dict) receives ``model_error`` and the chi^2 per star
-    of each round."""
+    of each round. ``operator``: `dustjax.inversion.star_operator` of ``(region,
+    catalog.xyz_pc)``, unweighted, if the caller has it already (`refine_settings` builds it once
+    for several settings; the result is the same)."""
     sigma0 = star_sigma(catalog, prior_mean, region)
     e = np.asarray(catalog.extinction, np.float64)
-    op0 = inversion.star_operator(region, catalog.xyz_pc)
+    op0 = catalog_operator(catalog, region) if operator is None else operator
+    if operator is not None and (op0.num_rows != len(e) or tuple(op0.shape) != region.shape):
+        raise ValueError(
+            f"operator ({op0.num_rows} rows, cells {tuple(op0.shape)}) does not match the "
+            f"catalogue ({len(e)} stars) and region {region.shape}"
+        )
 
     def fit(sigma):
         w = 1.0 / sigma
@@ -345,3 +353,27 @@ def refine_catalog(
     if info is not None:
         info.update(model_error=float(tau), chi2_per_star=chi2)
     return x
+
+
+def catalog_operator(catalog, region: Region):
+    """The unweighted star operator of `catalog` in `region` (`refine_catalog`'s ``operator``)."""
+    return inversion.star_operator(region, catalog.xyz_pc)
+
+
+def refine_settings(
+    catalog, prior_mean, prior_sd, region: Region, settings, *, operator=None, infos=None, **kw
+) -> list[np.ndarray]:
+    """`refine_catalog` for each ``(corr_length, nugget[, model_error])`` of ``settings`` (as
+    `parse_corr_settings` returns them) on one catalogue, the star operator built once and
+    shared (the same maps as one call per setting). ``infos`` (a list) receives one info dict per
+    setting; ``kw`` goes to every call (``num_steps``)."""
+    op = catalog_operator(catalog, region) if operator is None else operator
+    out = []
+    for ell, nu, *tau in settings:
+        info: dict = {}
+        out.append(refine_catalog(catalog, prior_mean, prior_sd, region, corr_length=ell,
+                                  nugget=nu, model_error=tau[0] if tau else 0.0, info=info,
+                                  operator=op, **kw))  # fmt: skip
+        if infos is not None:
+            infos.append(info)
+    return out

@@ -255,3 +255,26 @@ def test_auto_model_error_is_nothing_for_stars_that_fit_and_down_weights_a_wrong
     assert info["model_error"] > 0 and info["chi2_per_star"][-1] < info["chi2_per_star"][0]
     with pytest.raises(ValueError, match="model_error"):
         refine.refine_catalog(catalog, m, s, REGION, model_error="sometimes")
+
+
+def test_settings_sharing_one_operator_equal_one_call_per_setting():
+    """`refine_settings` (the star operator built once) gives each setting's map exactly as its
+    own `refine_catalog` call (which builds the operator itself), the auto model error included;
+    an operator of another catalogue is refused."""
+    truth = _truth(21)
+    m = (0.8 * truth).astype(np.float32)
+    s = (0.5 * m + 1e-5).astype(np.float32)
+    catalog = _catalogue(truth, REGION, 2000, 22, sigma_a=0.01)
+    settings = refine.parse_corr_settings("0:1,1:0.3,2:0.3:auto")
+    infos: list = []
+    shared = refine.refine_settings(catalog, m, s, REGION, settings, infos=infos, num_steps=200)
+    for (ell, nu, *tau), got, info in zip(settings, shared, infos, strict=True):
+        fit: dict = {}
+        own = refine.refine_catalog(catalog, m, s, REGION, corr_length=ell, nugget=nu,
+                                    model_error=tau[0] if tau else 0.0, info=fit,
+                                    num_steps=200)  # fmt: skip
+        np.testing.assert_array_equal(got, own)
+        assert info == fit
+    other = refine.catalog_operator(_catalogue(truth, REGION, 500, 23), REGION)
+    with pytest.raises(ValueError, match="does not match"):
+        refine.refine_catalog(catalog, m, s, REGION, operator=other)
