@@ -53,7 +53,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dustjax import inversion
+from dustjax import blocked_operator, inversion
+from dustjax.blocked_operator import BlockedStarOperator
 from dustjax.geometry import Region
 from dustjax.los import los_operator
 
@@ -313,9 +314,9 @@ def refine_catalog(
     map's own grid does not); ``"auto"``: tau from the stars themselves (`model_error_scale` of
     the fit's residuals, rho the fit's map, refit, three rounds at most), 0 when the fit's chi^2
     per star is already <= 1. ``info`` (a dict) receives ``model_error`` and the chi^2 per star
-    of each round. ``operator``: `dustjax.inversion.star_operator` of ``(region,
-    catalog.xyz_pc)``, unweighted, if the caller has it already (`refine_settings` builds it once
-    for several settings; the result is the same)."""
+    of each round. ``operator``: `catalog_operator` of ``(catalog, region)`` (either kind,
+    unweighted) if the caller has it already (`refine_settings` builds it once for several
+    settings; the result is the same as without)."""
     sigma0 = star_sigma(catalog, prior_mean, region)
     e = np.asarray(catalog.extinction, np.float64)
     op0 = catalog_operator(catalog, region) if operator is None else operator
@@ -327,7 +328,11 @@ def refine_catalog(
 
     def fit(sigma):
         w = 1.0 / sigma
-        op = dataclasses.replace(op0, lengths=op0.lengths * jnp.asarray(w, jnp.float32)[:, None])
+        wj = jnp.asarray(w, jnp.float32)
+        if isinstance(op0, BlockedStarOperator):
+            op = op0.row_weighted(wj)
+        else:
+            op = dataclasses.replace(op0, lengths=op0.lengths * wj[:, None])
         data = jnp.asarray(e * w, jnp.float32)
         out = _solve(op, data, prior_mean, prior_sd, corr_length, nugget, num_steps, smooth_grid)
         return np.asarray(out)
@@ -355,9 +360,13 @@ def refine_catalog(
     return x
 
 
-def catalog_operator(catalog, region: Region):
-    """The unweighted star operator of `catalog` in `region` (`refine_catalog`'s ``operator``)."""
-    return inversion.star_operator(region, catalog.xyz_pc)
+def catalog_operator(catalog, region: Region, blocked: bool = True):
+    """The unweighted star operator of `catalog` in `region` (`refine_catalog`'s ``operator``):
+    with ``blocked``, a `dustjax.blocked_operator.BlockedStarOperator` (the same map; its
+    transpose needs no contended scatter, so a FISTA step is several times faster), else the
+    plain `dustjax.inversion.StarOperator`."""
+    op = inversion.star_operator(region, catalog.xyz_pc)
+    return blocked_operator.blocked(op) if blocked else op
 
 
 def refine_settings(
