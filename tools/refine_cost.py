@@ -27,8 +27,9 @@ def parse_args(argv=None):
     p.add_argument("--distance_error", type=float, default=0.05)
     p.add_argument("--settings", default="2:0.3", help="--refine_corr list, ELL:NU[:auto],...")
     p.add_argument("--parts", default="build,solve,settings",
-                   help="any of build (operator, old and new), solve (one fit), settings "
-                   "(the list, shared operator)")  # fmt: skip
+                   help="any of build (star operator, then its blocked form), solve (each "
+                   "setting alone, plain and blocked operator), settings (the list, "
+                   "shared)")  # fmt: skip
     return p.parse_args(argv)
 
 
@@ -57,24 +58,26 @@ def main(argv=None) -> dict:
         print(f"{name}: {out[name]} s", flush=True)
         return v
 
+    op = None
     if "build" in parts:
-        for name in ("star_operator_numpy", "star_operator"):
-            builder = getattr(inversion, name, None)
-            if builder is not None:
-                op = timed(f"build_{name}", lambda b=builder: b(region, cat.xyz_pc))
-                jax.block_until_ready(op.lengths)
+        from dustjax import blocked_operator
+
+        op = timed("build_star_operator", lambda: inversion.star_operator(region, cat.xyz_pc))
         out["width"] = int(op.indices.shape[1])
+        timed("build_blocked", lambda: blocked_operator.blocked(op).t_rows)
     corr = refine.parse_corr_settings(args.settings)
     if "solve" in parts:
-        op = inversion.star_operator(region, cat.xyz_pc)
+        op = inversion.star_operator(region, cat.xyz_pc) if op is None else op
+        kinds = dict(scatter=op, blocked=refine.blocked_operator.blocked(op))
         for ell, nu, *tau in corr:
-            info: dict = {}
-            kw = dict(corr_length=ell, nugget=nu, num_steps=args.num_steps, info=info,
-                      model_error=tau[0] if tau else 0.0, operator=op)  # fmt: skip
-            name = f"{ell:g}_{nu:g}" + ("_auto" if tau else "")
-            run = functools.partial(refine.refine_catalog, cat, m, s, region, **kw)
-            timed(f"solve_{name}", run)
-            out[f"rounds_{name}"] = 1 + len(info.get("chi2_per_star", []))
+            for kind, operator in kinds.items():
+                info: dict = {}
+                kw = dict(corr_length=ell, nugget=nu, num_steps=args.num_steps, info=info,
+                          model_error=tau[0] if tau else 0.0, operator=operator)  # fmt: skip
+                name = f"{ell:g}_{nu:g}" + ("_auto" if tau else "") + f"_{kind}"
+                run = functools.partial(refine.refine_catalog, cat, m, s, region, **kw)
+                timed(f"solve_{name}", run)
+                out[f"rounds_{name}"] = 1 + len(info.get("chi2_per_star", []))
     if "settings" in parts:
         timed("settings_shared", lambda: refine.refine_settings(
             cat, m, s, region, corr, num_steps=args.num_steps))  # fmt: skip
