@@ -55,3 +55,19 @@ def test_blocked_refuses_a_bad_block():
     op = inversion.star_operator(REGION, _stars(10, 0))
     with pytest.raises(ValueError, match="block"):
         blocked(op, 0)
+
+
+def test_threaded_star_operator_is_the_serial_one_bit_for_bit():
+    """star_operator(workers=3) on stars inside, outside and on the box's faces: the same
+    indices and lengths as the serial build, which equals dustjax.los.integrate_to_points."""
+    from dustjax.los import integrate_to_points
+
+    xyz = _stars(1000, 3)
+    serial = inversion.star_operator(REGION, xyz, chunk=64)
+    threaded = inversion.star_operator(REGION, xyz, chunk=64, workers=3)
+    np.testing.assert_array_equal(np.asarray(threaded.indices), np.asarray(serial.indices))
+    np.testing.assert_array_equal(np.asarray(threaded.lengths), np.asarray(serial.lengths))
+    rho = np.random.default_rng(4).random(REGION.shape).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(blocked(threaded).apply(rho)),
+                               np.asarray(integrate_to_points(rho, REGION, xyz)),
+                               rtol=1e-5, atol=1e-6)  # fmt: skip

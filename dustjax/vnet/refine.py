@@ -48,6 +48,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
 
 import jax
 import jax.numpy as jnp
@@ -364,8 +365,9 @@ def catalog_operator(catalog, region: Region, blocked: bool = True):
     """The unweighted star operator of `catalog` in `region` (`refine_catalog`'s ``operator``):
     with ``blocked``, a `dustjax.blocked_operator.BlockedStarOperator` (the same map; its
     transpose needs no contended scatter, so a FISTA step is several times faster), else the
-    plain `dustjax.inversion.StarOperator`."""
-    op = inversion.star_operator(region, catalog.xyz_pc)
+    plain `dustjax.inversion.StarOperator`; built in threads (one per CPU core, 16 at most)."""
+    workers = min(os.cpu_count() or 1, 16)
+    op = inversion.star_operator(region, catalog.xyz_pc, workers=workers)
     return blocked_operator.blocked(op) if blocked else op
 
 
