@@ -29,7 +29,7 @@ def parse_args(argv=None):
     p.add_argument("--parts", default="build,solve,settings",
                    help="any of build (star operator, then its blocked form), solve (each "
                    "setting alone, plain and blocked operator), settings (the list, "
-                   "shared)")  # fmt: skip
+                   "shared), percall (the list, one operator per setting)")  # fmt: skip
     return p.parse_args(argv)
 
 
@@ -78,6 +78,15 @@ def main(argv=None) -> dict:
                 run = functools.partial(refine.refine_catalog, cat, m, s, region, **kw)
                 timed(f"solve_{name}", run)
                 out[f"rounds_{name}"] = 1 + len(info.get("chi2_per_star", []))
+    if "percall" in parts:  # the old way: each setting builds its own operator
+
+        def percall():
+            for ell, nu, *tau in corr:
+                refine.refine_catalog(cat, m, s, region, corr_length=ell, nugget=nu,
+                                      num_steps=args.num_steps,
+                                      model_error=tau[0] if tau else 0.0)  # fmt: skip
+
+        timed("settings_percall", percall)
     if "settings" in parts:
         timed("settings_shared", lambda: refine.refine_settings(
             cat, m, s, region, corr, num_steps=args.num_steps))  # fmt: skip
