@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import time
 
 import numpy as np
@@ -64,6 +65,9 @@ def main(argv=None) -> dict:
 
         op = timed("build_star_operator", lambda: inversion.star_operator(region, cat.xyz_pc))
         out["width"] = int(op.indices.shape[1])
+        workers = min(os.cpu_count() or 1, 16)  # as refine.catalog_operator
+        threaded = functools.partial(inversion.star_operator, region, cat.xyz_pc, workers=workers)
+        timed(f"build_star_operator_{workers}_threads", lambda: threaded().lengths)
         timed("build_blocked", lambda: blocked_operator.blocked(op).t_rows)
     corr = refine.parse_corr_settings(args.settings)
     if "solve" in parts:
