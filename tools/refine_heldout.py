@@ -78,7 +78,10 @@ def parse_variant(spec: str) -> dict:
     )
 
 
-def run_variant(v: dict, catalog, gridded, m, s, region, num_steps: int, nnls=None, info=None):
+def run_variant(v: dict, catalog, gridded, m, s, region, num_steps: int, nnls=None, info=None,
+                operator=None):  # fmt: skip
+    """One variant's map; ``operator``: the catalogue's star operator, shared by the variants
+    (`dustjax.vnet.refine.catalog_operator`; built here when None)."""
     from dustjax.vnet import refine
 
     if v["kind"] == "vnet":
@@ -90,10 +93,10 @@ def run_variant(v: dict, catalog, gridded, m, s, region, num_steps: int, nnls=No
         kw.update(corr_length=v["corr_length"], nugget=v["nugget"])
     elif v["kind"] == "smooth":
         kw.update(smooth_grid=v["grid"])
-    elif v["kind"] == "fine":
+    elif v["kind"] == "fine":  # its own, finer grid: not the shared operator
         kw.update(factor=v["factor"], corr_length=v["corr_length"], nugget=v["nugget"])
         return refine.refine_catalog_fine(catalog, m, s, region, info=info, **kw)
-    return refine.refine_catalog(catalog, m, s, region, info=info, **kw)
+    return refine.refine_catalog(catalog, m, s, region, info=info, operator=operator, **kw)
 
 
 def error_correlation(truth, m, s, max_lag: int = 8) -> dict:
@@ -219,7 +222,7 @@ def main(argv=None) -> dict:
 
     from dustjax import inversion
     from dustjax import io as dio
-    from dustjax.vnet import realsky
+    from dustjax.vnet import realsky, refine
     from tools.sky_heldout import summarise
 
     variants = {spec.strip(): parse_variant(spec) for spec in args.variants.split(",") if spec}
@@ -233,10 +236,15 @@ def main(argv=None) -> dict:
     for i, (region, (catalog, gridded, m, s, truth)) in enumerate(cases):
         if nnls is None and "nnls" in variants:
             nnls = jax.jit(inversion.nnls_predictor(region, input_kind="catalogue"))
+        op = None  # the star operator, built by the first refinement and shared by the rest
+        if any(v["kind"] not in ("vnet", "nnls") for v in variants.values()):
+            t = time.perf_counter()
+            op = refine.catalog_operator(catalog, region)
+            log.info("cube %d: star operator %.1f s", i, time.perf_counter() - t)
         for name, v in variants.items():
             t = time.perf_counter()
             info: dict = {}
-            pred = run_variant(v, catalog, gridded, m, s, region, args.num_steps, nnls, info)
+            pred = run_variant(v, catalog, gridded, m, s, region, args.num_steps, nnls, info, op)
             seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - t
             sc = realsky.scores(pred, truth, region)
             row = {k: sc[k] for k in ("skill", "dust_recovered", "log_r", "rmse", "truth_std")}

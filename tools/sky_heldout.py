@@ -256,14 +256,12 @@ def main(argv=None) -> dict:
                 prior = refine.prior_from_hat(norm, np.asarray(mu), np.asarray(sigma))
                 cats = [_catalogue({k: np.asarray(v)[i] for k, v in stars.items()}, region)
                         for i in range(b)]  # fmt: skip
-                for ell, nu, *tau in corr:
+                # one star operator per cube, shared by the settings (refine.refine_settings)
+                maps_ = [refine.refine_settings(cats[i], prior[0][i], prior[1][i], region, corr)
+                         for i in range(b)]  # fmt: skip
+                for j, (ell, nu, *tau) in enumerate(corr):
                     name = f"vnet_refined_corr_{ell:g}_{nu:g}" + (f"_{tau[0]}" if tau else "")
-                    preds[name] = np.stack([
-                        refine.refine_catalog(cats[i], prior[0][i], prior[1][i], region,
-                                              corr_length=ell, nugget=nu,
-                                              model_error=tau[0] if tau else 0.0)
-                        for i in range(b)
-                    ])  # fmt: skip
+                    preds[name] = np.stack([maps_[i][j] for i in range(b)])
             for method, pred in preds.items():
                 for i in range(b):
                     s = realsky.scores(pred[i], truth[i], region)

@@ -48,12 +48,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dustjax import inversion
+from dustjax import blocked_operator, inversion
+from dustjax.blocked_operator import BlockedStarOperator
 from dustjax.geometry import Region
 from dustjax.los import los_operator
 
@@ -299,6 +301,7 @@ def refine_catalog(
     smooth_grid: int = 0,
     model_error=0.0,
     info: dict | None = None,
+    operator=None,
 ) -> np.ndarray:
     """The refined density ``(nx, ny, nz)`` from the stars of `catalog` (a
     `dustjax.catalog.StarCatalog`), each weighted by 1 / `star_sigma`; ``corr_length`` > 0
@@ -312,14 +315,25 @@ def refine_catalog(
     map's own grid does not); ``"auto"``: tau from the stars themselves (`model_error_scale` of
     the fit's residuals, rho the fit's map, refit, three rounds at most), 0 when the fit's chi^2
     per star is already <= 1. ``info`` (a dict) receives ``model_error`` and the chi^2 per star
-    of each round."""
+    of each round. ``operator``: `catalog_operator` of ``(catalog, region)`` (either kind,
+    unweighted) if the caller has it already (`refine_settings` builds it once for several
+    settings; the result is the same as without)."""
     sigma0 = star_sigma(catalog, prior_mean, region)
     e = np.asarray(catalog.extinction, np.float64)
-    op0 = inversion.star_operator(region, catalog.xyz_pc)
+    op0 = catalog_operator(catalog, region) if operator is None else operator
+    if operator is not None and (op0.num_rows != len(e) or tuple(op0.shape) != region.shape):
+        raise ValueError(
+            f"operator ({op0.num_rows} rows, cells {tuple(op0.shape)}) does not match the "
+            f"catalogue ({len(e)} stars) and region {region.shape}"
+        )
 
     def fit(sigma):
         w = 1.0 / sigma
-        op = dataclasses.replace(op0, lengths=op0.lengths * jnp.asarray(w, jnp.float32)[:, None])
+        wj = jnp.asarray(w, jnp.float32)
+        if isinstance(op0, BlockedStarOperator):
+            op = op0.row_weighted(wj)
+        else:
+            op = dataclasses.replace(op0, lengths=op0.lengths * wj[:, None])
         data = jnp.asarray(e * w, jnp.float32)
         out = _solve(op, data, prior_mean, prior_sd, corr_length, nugget, num_steps, smooth_grid)
         return np.asarray(out)
@@ -381,3 +395,32 @@ def refine_catalog_fine(
                        corr_length=corr_length * factor, **kwargs)  # fmt: skip
     nx, ny, nz = region.shape
     return np.asarray(x).reshape(nx, factor, ny, factor, nz, factor).mean(axis=(1, 3, 5))
+
+
+def catalog_operator(catalog, region: Region, blocked: bool = True):
+    """The unweighted star operator of `catalog` in `region` (`refine_catalog`'s ``operator``):
+    with ``blocked``, a `dustjax.blocked_operator.BlockedStarOperator` (the same map; its
+    transpose needs no contended scatter, so a FISTA step is several times faster), else the
+    plain `dustjax.inversion.StarOperator`; built in threads (one per CPU core, 16 at most)."""
+    workers = min(os.cpu_count() or 1, 16)
+    op = inversion.star_operator(region, catalog.xyz_pc, workers=workers)
+    return blocked_operator.blocked(op) if blocked else op
+
+
+def refine_settings(
+    catalog, prior_mean, prior_sd, region: Region, settings, *, operator=None, infos=None, **kw
+) -> list[np.ndarray]:
+    """`refine_catalog` for each ``(corr_length, nugget[, model_error])`` of ``settings`` (as
+    `parse_corr_settings` returns them) on one catalogue, the star operator built once and
+    shared (the same maps as one call per setting). ``infos`` (a list) receives one info dict per
+    setting; ``kw`` goes to every call (``num_steps``)."""
+    op = catalog_operator(catalog, region) if operator is None else operator
+    out = []
+    for ell, nu, *tau in settings:
+        info: dict = {}
+        out.append(refine_catalog(catalog, prior_mean, prior_sd, region, corr_length=ell,
+                                  nugget=nu, model_error=tau[0] if tau else 0.0, info=info,
+                                  operator=op, **kw))  # fmt: skip
+        if infos is not None:
+            infos.append(info)
+    return out

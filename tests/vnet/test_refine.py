@@ -282,3 +282,40 @@ def test_refining_on_a_finer_grid_fits_stars_that_see_structure_inside_the_cells
     np.testing.assert_allclose(tight, m, rtol=1e-4, atol=1e-9)
     with pytest.raises(ValueError, match="positive integer"):
         refine.refine_catalog_fine(catalog, m, s, region, factor=0)
+
+
+def test_settings_sharing_one_operator_equal_one_call_per_setting():
+    """`refine_settings` (the star operator built once) gives each setting's map exactly as its
+    own `refine_catalog` call (which builds the operator itself), the auto model error included;
+    an operator of another catalogue is refused."""
+    truth = _truth(21)
+    m = (0.8 * truth).astype(np.float32)
+    s = (0.5 * m + 1e-5).astype(np.float32)
+    catalog = _catalogue(truth, REGION, 2000, 22, sigma_a=0.01)
+    settings = refine.parse_corr_settings("0:1,1:0.3,2:0.3:auto")
+    infos: list = []
+    shared = refine.refine_settings(catalog, m, s, REGION, settings, infos=infos, num_steps=200)
+    for (ell, nu, *tau), got, info in zip(settings, shared, infos, strict=True):
+        fit: dict = {}
+        own = refine.refine_catalog(catalog, m, s, REGION, corr_length=ell, nugget=nu,
+                                    model_error=tau[0] if tau else 0.0, info=fit,
+                                    num_steps=200)  # fmt: skip
+        np.testing.assert_array_equal(got, own)
+        assert info == fit
+    other = refine.catalog_operator(_catalogue(truth, REGION, 500, 23), REGION)
+    with pytest.raises(ValueError, match="does not match"):
+        refine.refine_catalog(catalog, m, s, REGION, operator=other)
+
+
+def test_the_blocked_operator_refines_as_the_scatter_one():
+    """The refinement with `catalog_operator`'s blocked transpose (the default) and with the
+    plain `StarOperator` agree to float32 rounding (the sums run in another order)."""
+    truth = _truth(24)
+    m = (0.8 * truth).astype(np.float32)
+    s = (0.5 * m + 1e-5).astype(np.float32)
+    catalog = _catalogue(truth, REGION, 2000, 25, sigma_a=0.01)
+    plain = refine.catalog_operator(catalog, REGION, blocked=False)
+    for kw in (dict(corr_length=2.0, nugget=0.3), dict(corr_length=0.0)):
+        a = refine.refine_catalog(catalog, m, s, REGION, num_steps=200, operator=plain, **kw)
+        b = refine.refine_catalog(catalog, m, s, REGION, num_steps=200, **kw)
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4 * float(np.abs(a).max()))
