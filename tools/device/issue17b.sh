@@ -133,7 +133,9 @@ arm() {  # REGION GPU ARM
     echo "$R $ARM: $ROUTE scored (exit $?) at $(( $(date +%s) - T0 ))s" >> "$RD/score.log"
   done
   local HO=""; [ "$SMOKE" = 1 ] && HO="--nnls_steps=20"
-  [ "$R" = SR ] && [ -n "${REFINE:-}" ] && HO="$HO --refine_corr=$CORR"  # SR: 30,000 stars
+  # the refinement settings on the held-out sims too (LR: 10^6 stars a cube; one shared blocked
+  # operator per cube since i17s; keep HELDOUT_N_LR small, e.g. 2)
+  [ -n "${REFINE:-}" ] && [ -n "$CORR" ] && HO="$HO --refine_corr=$CORR"
   local T=$(( $(left) - 8 ))
   [ $T -gt 5 ] && [ "$NHELD" -gt 0 ] && timeout $T $PY -m tools.sky_heldout --model="$MODEL" --num_cubes=$NHELD --nnls $HO \
     ${REFINE:+--refine=$REFINE} \
