@@ -284,3 +284,56 @@ def test_knn_residual_correction_is_the_median_of_the_neighbours_residuals():
     with pytest.raises(ValueError, match="one residual per star"):
         realsky.knn_residual_correction(xyz, resid[:10], q, 3)
     assert math.isfinite(float(realsky.knn_residual_correction(xyz, resid, q, 100)[0]))
+
+
+def test_prediction_grids_keep_the_training_ghost_cells_and_refine_the_rest():
+    from dustjax.gp import predict
+
+    train = LBDGrid((150, 180), (-25, -5), (100, 600), (6, 4, 10), ghost_cells=2,
+                    background_cells=1)  # fmt: skip
+    fine = predict.prediction_grid(train, (12, 8, 20))
+    # the ghost cells the fit constrained, unsplit: the same edges in front of d_min
+    assert fine.ghost_cells == 2
+    np.testing.assert_allclose(fine.d_edges_pc()[:3], train.d_edges_pc()[:3])
+    # the region of interest and the background refined (the background keeps its span)
+    assert fine.shape == (12, 8, 20) and fine.background_cells == 2
+    assert fine.d_edges_pc()[-1] == pytest.approx(train.d_edges_pc()[-1])
+    ref = predict.refined_grid(train, (2, 2, 2))
+    assert ref == fine
+    with pytest.raises(ValueError, match="three integers"):
+        predict.refined_grid(train, (2, 0, 1))
+    # in log-spherical coordinates the kept ghost centres are the training ones (the split ones
+    # were > 1 radial scale length of 50 kernel units away)
+    coords = KernelCoords.for_grid(train, "log_spherical")
+    near = coords.grid_cells(fine).reshape(*fine.full_shape, 3)[0, 0, :2, 2]
+    np.testing.assert_allclose(near, coords.grid_cells(train).reshape(*train.full_shape, 3)[
+        0, 0, :2, 2])  # fmt: skip
+
+
+def test_star_grid_factor_integrates_the_stars_through_the_refined_grid():
+    import ml_collections
+
+    from dustjax.gp import pipeline
+
+    cat = _catalog(n=30)
+    config = ml_collections.ConfigDict(dict(predict=dict()))
+    op = GRID.star_operator(cat.l_deg, cat.b_deg, cat.distance_pc)
+    same = pipeline._star_operator(GRID, config, cat, op.flat_index, op.partial_pc)
+    assert same[0] is GRID and np.array_equal(same[1], op.flat_index)
+    config.predict.star_grid_factor = (2, 3, 2)
+    sgrid, idx, partial = pipeline._star_operator(GRID, config, cat, op.flat_index, op.partial_pc)
+    assert sgrid.shape == (6, 9, 8) and sgrid.ghost_cells == GRID.ghost_cells
+    # a uniform density integrates to rho d through either grid (the ghost cells included)
+    rho = 0.003
+    for grid, i, pp in ((GRID, op.flat_index, op.partial_pc), (sgrid, idx, partial)):
+        from dustjax.los import apply_star_operator
+
+        a = apply_star_operator(
+            jnp.full(grid.full_shape, rho), jnp.asarray(i), jnp.asarray(pp),
+            jnp.asarray(grid.d_widths_pc()),
+        )  # fmt: skip
+        np.testing.assert_allclose(a, rho * np.asarray(cat.distance_pc), rtol=1e-5)
+    # and a density that varies with l sees the finer cells: different columns
+    assert len(np.unique(np.asarray(idx) // sgrid.full_shape[2])) > len(
+        np.unique(np.asarray(op.flat_index) // GRID.full_shape[2])
+    )

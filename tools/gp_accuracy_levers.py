@@ -124,11 +124,20 @@ def main(argv):
     if res.params_before_anneal is not None:
         before = realsky.percentiles(samples(res.params_before_anneal, hold_sl))
         scores["diagonal_before_anneal"] = realsky.star_scores(before, true_hold)
-    # the same fit's extinctions through finer grids (the fitted GP evaluated at more cells)
-    for name, factor in (("predict_d2x", (1, 1, 2)), ("predict_2x", (2, 2, 2))):
+    # the same fit's extinctions through finer grids (the fitted GP evaluated at more cells of
+    # the region of interest; the ghost cells kept: split, their centres would move towards the
+    # Sun, where log-spherical coordinates put them far from every inducing point)
+    # ("_ghost_split": as `predict.prediction_grid` builds the pipeline's prediction grid)
+    for name, factor, ghost in (
+        ("predict_d2x", (1, 1, 2), 1),
+        ("predict_2x", (2, 2, 2), 1),
+        ("predict_lb2x", (2, 2, 1), 1),
+        ("predict_lb3x", (3, 3, 1), 1),
+        ("predict_d2x_ghost_split", (1, 1, 2), 2),
+    ):
         fine = grid.with_shape(
             tuple(a * b for a, b in zip(grid.shape, factor, strict=True)),
-            ghost_cells=grid.ghost_cells * factor[2],
+            ghost_cells=grid.ghost_cells * ghost,
         )
         fine_pct = realsky.percentiles(
             realsky.star_samples(

@@ -516,6 +516,9 @@ class TestSettings:
     mean_function: str = "constant"  # `svgp.MEAN_FUNCTIONS` (mean_shells knots for "shells")
     mean_shells: int = 8
     knn_residual_k: tuple[int, ...] = ()  # also score P50 + `knn_residual_correction` (each k)
+    # also score the held-out stars through the training grid refined by each (fl, fb, fd)
+    # (`predict.refined_grid`, `predict.star_grid_factor` of the pipeline)
+    star_grid_factors: tuple[tuple[int, int, int], ...] = ()
     ghost_inducing: bool = True
     knn_k: int = 10
     star_samples: int = 128
@@ -594,6 +597,7 @@ def run_test(truth, settings: TestSettings, *, progress: bool = False) -> dict[s
     col_hold_model = col_hold
     bands["diagonal"] = star_scores(percentiles(diag_hold), true_hold)
     knn_residual: dict[str, dict[str, float]] = {}
+    fit_xyz = hxyz = None
     if settings.knn_residual_k:  # the map's P50 plus the kNN median of the fitted residuals
         fit_xyz = galactic_to_cartesian_np(
             stars["l"][fit_sl], stars["b"][fit_sl], stars["d"][fit_sl]
@@ -605,6 +609,27 @@ def run_test(truth, settings: TestSettings, *, progress: bool = False) -> dict[s
         for k in settings.knn_residual_k:
             corr = knn_residual_correction(fit_xyz, resid, hxyz, int(k))
             knn_residual[f"k{k}"] = star_scores(percentiles(diag_hold) + corr, true_hold)
+    fine_grid: dict[str, dict[str, dict[str, float]]] = {}
+    for factor in settings.star_grid_factors:  # the same fit through finer grids
+        from dustjax.gp.predict import refined_grid
+
+        fine = refined_grid(grid, factor)
+
+        def fine_samples(sl, fine=fine):
+            return star_samples(
+                params, fine, stars["l"][sl], stars["b"][sl], stars["d"][sl],
+                jitter=result.jitter, num_samples=settings.star_samples, link=fit_settings.link,
+                kernel_coords=settings.kernel_coords,
+            )  # fmt: skip
+
+        fine_hold = percentiles(fine_samples(hold_sl))
+        scores = dict(diagonal=star_scores(fine_hold, true_hold))
+        if settings.knn_residual_k:
+            resid = stars["observed"][fit_sl] - percentiles(fine_samples(fit_sl))[1]
+            for k in settings.knn_residual_k:
+                corr = knn_residual_correction(fit_xyz, resid, hxyz, int(k))
+                scores[f"knn_residual_k{k}"] = star_scores(fine_hold + corr, true_hold)
+        fine_grid["x".join(str(int(f)) for f in factor)] = scores
     for name, other in (
         ("diagonal_before_anneal", result.params_before_anneal),  # what the annealing changed
         ("diagonal_last_iterate", result.params_last_iterate),  # `anneal_average`'s last iterate
@@ -734,6 +759,7 @@ def run_test(truth, settings: TestSettings, *, progress: bool = False) -> dict[s
             density=gp_density,
             calibration=calib,
             **(dict(stars_knn_residual=knn_residual) if knn_residual else {}),
+            **(dict(stars_fine_grid=fine_grid) if fine_grid else {}),
         ),
         knn=dict(stars=knn_stars, density=knn_dens, k=settings.knn_k),
         discretisation=discretisation,
