@@ -54,7 +54,9 @@ flags.DEFINE_string(
 flags.DEFINE_string("mean_function", "", "Prior mean of every test (constant, linear, shells).")
 flags.DEFINE_integer("mean_shells", 0, "Knots of the shell mean (0: the suite's).")
 flags.DEFINE_list("knn_residual_k", [], "Also score P50 + the kNN median of fitted residuals.")
-flags.DEFINE_list("star_grid_factor", [], "Also score the stars through the grid refined by it.")
+flags.DEFINE_multi_string(
+    "star_grid_factor", [], "FL,FB,FD: also score the stars through the grid refined by it."
+)
 
 PAPER_BOX = (50.0, 90.0, -10.0, 10.0, 180.0, 500.0)
 
@@ -171,7 +173,11 @@ def main(argv):
         if FLAGS.knn_residual_k:
             kw = kw | dict(knn_residual_k=tuple(int(v) for v in FLAGS.knn_residual_k))
         if FLAGS.star_grid_factor:
-            kw = kw | dict(star_grid_factors=(tuple(int(v) for v in FLAGS.star_grid_factor),))
+            kw = kw | dict(
+                star_grid_factors=tuple(
+                    tuple(int(v) for v in f.split(",")) for f in FLAGS.star_grid_factor
+                )
+            )
         t0 = time.perf_counter()
         try:
             truth = realsky.make_truth(FLAGS.cube if spec == "CUBE" else spec, kw["field"])

@@ -18,7 +18,9 @@ is an `ml_collections.ConfigDict` laid out as in `experiments/configs/gp_test.py
     grid.*                l_range_deg, b_range_deg, d_range_pc, shape, ghost_cells,
                           background_cells
     model.*               num_inducing, scale_lengths_pc, amplitude_dex, mean_dex (None: from
-                          the stars), q_std
+                          the stars), q_std; kernel ("rbf", "matern32", "matern52"),
+                          mean_function ("constant", "linear", "shells"), mean_shells
+                          (`fit.initial_params`; defaults: the paper's RBF and constant)
     fit.*                 `fit.FitSettings` fields, and calibration_fraction (default 0.1; 0: off):
                           the fraction of the stars held out of the fit, on which a post-hoc
                           model error (f A)^2 + s^2 is fitted and added to the extinction bands
