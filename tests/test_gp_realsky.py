@@ -192,6 +192,8 @@ def test_realsky_test_runs_end_to_end_on_a_small_lognormal_field():
         kernel_coords="log_spherical", ghost_cells=2,
         fit=dict(max_iterations=40, min_iterations=10, num_samples=4, jitter=1e-4,
                  model_error=True),
+        kernel="matern32", mean_function="shells", mean_shells=4, knn_residual_k=(10, 30),
+        star_grid_factors=((2, 2, 1),),
     )  # fmt: skip
     result = realsky.run_test(truth, settings)
     row = realsky.summary_row(result)
@@ -200,7 +202,14 @@ def test_realsky_test_runs_end_to_end_on_a_small_lognormal_field():
         "diagonal", "diagonal+posthoc", "column", "column+learned", "column+learned+posthoc",
         "pipeline", "pipeline+calibrated", "pipeline+observed", "pipeline+deconvolved",
     }  # fmt: skip
-    assert row["band"] == "pipeline+deconvolved"  # what experiments/fit_gp reports by default
+    assert row["band"] == "pipeline+deconvolved"  # what experiments/fit_gp reports
+    assert result["fit"]["kernel"] == "matern32" and result["fit"]["mean_function"] == "shells"
+    assert set(result["gp"]["stars_knn_residual"]) == {"k10", "k30"}
+    assert set(result["gp"]["stars_fine_grid"]["2x2x1"]) == {
+        "diagonal",
+        "knn_residual_k10",
+        "knn_residual_k30",
+    }
     arrays = result["star_arrays"]
     assert arrays["hold_pct"].shape == (3, 300) and arrays["val_true"].shape == (300,)
     # the saved kNN bands give the reported kNN error and, with the GP's P50, the ratio

@@ -48,6 +48,15 @@ flags.DEFINE_boolean("anneal_average", False, "Average the annealing iterates in
 flags.DEFINE_integer("num_inducing", 0, "Inducing points of every test (0: the suite's).")
 flags.DEFINE_list("inducing_metric", [], "Axis weights of the inducing spread, e.g. 1,1,0.25.")
 flags.DEFINE_list("scale_lengths", [], "Initial scale lengths of every test (kernel units).")
+flags.DEFINE_string(
+    "kernel", "", "Kernel of every test (rbf, matern32, matern52; '': the suite's)."
+)
+flags.DEFINE_string("mean_function", "", "Prior mean of every test (constant, linear, shells).")
+flags.DEFINE_integer("mean_shells", 0, "Knots of the shell mean (0: the suite's).")
+flags.DEFINE_list("knn_residual_k", [], "Also score P50 + the kNN median of fitted residuals.")
+flags.DEFINE_multi_string(
+    "star_grid_factor", [], "FL,FB,FD: also score the stars through the grid refined by it."
+)
 
 PAPER_BOX = (50.0, 90.0, -10.0, 10.0, 180.0, 500.0)
 
@@ -155,6 +164,20 @@ def main(argv):
             kw = kw | dict(inducing_metric=tuple(float(v) for v in FLAGS.inducing_metric))
         if FLAGS.scale_lengths:
             kw = kw | dict(scale_lengths_pc=tuple(float(v) for v in FLAGS.scale_lengths))
+        if FLAGS.kernel:
+            kw = kw | dict(kernel=FLAGS.kernel)
+        if FLAGS.mean_function:
+            kw = kw | dict(mean_function=FLAGS.mean_function)
+        if FLAGS.mean_shells:
+            kw = kw | dict(mean_shells=FLAGS.mean_shells)
+        if FLAGS.knn_residual_k:
+            kw = kw | dict(knn_residual_k=tuple(int(v) for v in FLAGS.knn_residual_k))
+        if FLAGS.star_grid_factor:
+            kw = kw | dict(
+                star_grid_factors=tuple(
+                    tuple(int(v) for v in f.split(",")) for f in FLAGS.star_grid_factor
+                )
+            )
         t0 = time.perf_counter()
         try:
             truth = realsky.make_truth(FLAGS.cube if spec == "CUBE" else spec, kw["field"])

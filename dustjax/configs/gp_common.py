@@ -56,6 +56,9 @@ def gp_config(name: str) -> ml_collections.ConfigDict:
             mean_dex=math.log10(1.6e-3),  # None: log10 of the median A/d of the stars
             q_std=0.1,
             init="spread",  # farthest-point over the stars; "random": the paper's random stars
+            kernel="rbf",  # or "matern32", "matern52" (issue 18e)
+            mean_function="constant",  # or "linear", "shells" (log_spherical; mean_shells knots)
+            mean_shells=8,
         )
     )
 
@@ -114,6 +117,9 @@ def gp_config(name: str) -> ml_collections.ConfigDict:
             chunk_cells=2**18,
             star_samples=64,
             posterior_samples=12,  # density samples written to density.fits (<= num_samples)
+            # the stars' extinctions through the training grid with each cell cut (fl, fb, fd)
+            # (issue 18e: (2, 2, 1) cut the real-sky held-out error by 10-15 %)
+            star_grid_factor=(1, 1, 1),
         )
     )
     c.output = ml_collections.ConfigDict(

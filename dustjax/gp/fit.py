@@ -800,6 +800,12 @@ def initial_params(
     ``ghost_grid``: an `LBDGrid` whose ghost-cell centres join the stars as candidate inducing
     locations (no star lies in the ghost cells, so otherwise no inducing point would be near
     the foreground dust, which then stays at the prior mean).
+
+    Optional keys of the model section (issue 18; defaults: the paper's model): ``kernel``
+    ("rbf", "matern32", "matern52": `svgp.with_kernel`), ``mean_function`` ("constant",
+    "linear": a gradient in the kernel's coordinates from the inducing points' centre, "shells":
+    a piecewise-linear mean in the third log-spherical coordinate, ln d, with ``mean_shells``
+    (8) knots spanning the inducing points; `svgp.with_mean_function`).
     """
     from dustjax.gp.coords import KernelCoords
 
@@ -831,6 +837,25 @@ def initial_params(
         q_std=float(settings_model.get("q_std", 1.0)),
         dtype=dtype,
     )
+    kernel = str(settings_model.get("kernel") or "rbf")
+    if kernel != "rbf":
+        params = svgp.with_kernel(params, kernel)
+    mean_function = str(settings_model.get("mean_function") or "constant")
+    if mean_function == "linear":
+        params = svgp.with_mean_function(params, "linear", origin=np.mean(z, axis=0))
+    elif mean_function == "shells":
+        if coords.kind != "log_spherical":
+            raise ValueError(
+                "the shell mean (model.mean_function = 'shells') is a function of distance only "
+                "in log_spherical kernel coordinates; set fit.kernel_coords = 'log_spherical'"
+            )
+        num = int(settings_model.get("mean_shells") or 8)
+        if num < 2:
+            raise ValueError(f"model.mean_shells must be >= 2, got {num}")
+        knots = np.linspace(z[:, 2].min(), z[:, 2].max(), num)
+        params = svgp.with_mean_function(params, "shells", knots=knots)
+    elif mean_function != "constant":
+        params = svgp.with_mean_function(params, mean_function)  # raises: unknown
     if model_error is not None:
         params = svgp.with_model_error(params, *model_error)
     return params

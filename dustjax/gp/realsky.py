@@ -257,12 +257,12 @@ def _column_phi_samples(
 
     def one(cells, noise):
         b, _ = svgp.project(params, chol_uu, cells)
-        k_cc = svgp.kernels.rbf(cells, cells, hyp["scale_lengths_pc"], hyp["amplitude_dex"])
+        k_cc = svgp.covariance(params, cells, cells)
         cov = k_cc - b.T @ b + jitter * hyp["amplitude_dex"] ** 2 * eye
         # a symmetric square root that tolerates the tiny negative eigenvalues of float32
         w, q = jnp.linalg.eigh(0.5 * (cov + cov.T))
         root = q * jnp.sqrt(jnp.clip(w, 0.0, None))
-        return params["mean"] + v @ b + noise @ root.T  # (S, nd)
+        return svgp.prior_mean(params, cells) + v @ b + noise @ root.T  # (S, nd)
 
     phi = jax.lax.map(lambda a: one(*a), (xyz, xi), batch_size=cols_per_chunk)  # (cols, S, nd)
     return jnp.transpose(phi, (1, 0, 2)).reshape(s, nl, nb, nd)
@@ -457,6 +457,24 @@ def knn_predict(train_xyz, train_obs, query_xyz, k: int = 10):
     return np.percentile(vals, PERCENTILES, axis=1)
 
 
+def knn_residual_correction(train_xyz, train_residual, query_xyz, k: int = 30) -> np.ndarray:
+    """The median of the residuals (observed - model) of the k nearest fitted stars ``(n,)``.
+
+    Added to a map's extinction of the query stars, it restores the structure finer than the
+    map resolves from the stars themselves (residual kriging with a nearest-neighbour median):
+    a predictor of stars' extinctions, not a better map.
+    """
+    from scipy.spatial import cKDTree
+
+    train_xyz = np.asarray(train_xyz).reshape(-1, 3)
+    resid = np.asarray(train_residual, np.float64)
+    if len(resid) != len(train_xyz) or k < 1 or k > len(resid):
+        raise ValueError(f"need one residual per star and 1 <= k <= {len(resid)}, got k = {k}")
+    query = np.asarray(query_xyz).reshape(-1, 3)
+    _, idx = cKDTree(train_xyz).query(query, k=k, workers=-1)
+    return np.median(resid[np.asarray(idx).reshape(len(query), k)], axis=1)
+
+
 def knn_density(train_xyz, train_obs, grid: LBDGrid, k: int = 10) -> np.ndarray:
     """The baseline's density on ``grid``: kNN median extinction at every distance edge of each
     column's centre, made non-decreasing along the column, differenced and divided by the widths."""
@@ -525,6 +543,13 @@ class TestSettings:
     inducing_init: str = "spread"
     inducing_metric: tuple[float, float, float] | None = None  # `fit.init_inducing_points`
     kernel_coords: str = "xyz"
+    kernel: str = "rbf"  # `svgp.KERNELS`
+    mean_function: str = "constant"  # `svgp.MEAN_FUNCTIONS` (mean_shells knots for "shells")
+    mean_shells: int = 8
+    knn_residual_k: tuple[int, ...] = ()  # also score P50 + `knn_residual_correction` (each k)
+    # also score the held-out stars through the training grid refined by each (fl, fb, fd)
+    # (`predict.refined_grid`, `predict.star_grid_factor` of the pipeline)
+    star_grid_factors: tuple[tuple[int, int, int], ...] = ()
     ghost_inducing: bool = True
     knn_k: int = 10
     star_samples: int = 128
@@ -572,6 +597,9 @@ def run_test(truth, settings: TestSettings, *, progress: bool = False) -> dict[s
         q_std=0.1,
         init=settings.inducing_init,
         spread_metric=settings.inducing_metric,
+        kernel=settings.kernel,
+        mean_function=settings.mean_function,
+        mean_shells=settings.mean_shells,
     )
     coords = KernelCoords.for_grid(grid, settings.kernel_coords)
     params0 = gpfit.initial_params(
@@ -599,6 +627,40 @@ def run_test(truth, settings: TestSettings, *, progress: bool = False) -> dict[s
     col_hold, col_val = samples_of(hold_sl, "column"), samples_of(val_sl, "column")
     col_hold_model = col_hold
     bands["diagonal"] = star_scores(percentiles(diag_hold), true_hold)
+    knn_residual: dict[str, dict[str, float]] = {}
+    fit_xyz = hxyz = None
+    if settings.knn_residual_k:  # the map's P50 plus the kNN median of the fitted residuals
+        fit_xyz = galactic_to_cartesian_np(
+            stars["l"][fit_sl], stars["b"][fit_sl], stars["d"][fit_sl]
+        )
+        resid = stars["observed"][fit_sl] - percentiles(samples_of(fit_sl, "diagonal"))[1]
+        hxyz = galactic_to_cartesian_np(
+            stars["l"][hold_sl], stars["b"][hold_sl], stars["d"][hold_sl]
+        )
+        for k in settings.knn_residual_k:
+            corr = knn_residual_correction(fit_xyz, resid, hxyz, int(k))
+            knn_residual[f"k{k}"] = star_scores(percentiles(diag_hold) + corr, true_hold)
+    fine_grid: dict[str, dict[str, dict[str, float]]] = {}
+    for factor in settings.star_grid_factors:  # the same fit through finer grids
+        from dustjax.gp.predict import refined_grid
+
+        fine = refined_grid(grid, factor)
+
+        def fine_samples(sl, fine=fine):
+            return star_samples(
+                params, fine, stars["l"][sl], stars["b"][sl], stars["d"][sl],
+                jitter=result.jitter, num_samples=settings.star_samples, link=fit_settings.link,
+                kernel_coords=settings.kernel_coords,
+            )  # fmt: skip
+
+        fine_hold = percentiles(fine_samples(hold_sl))
+        scores = dict(diagonal=star_scores(fine_hold, true_hold))
+        if settings.knn_residual_k:
+            resid = stars["observed"][fit_sl] - percentiles(fine_samples(fit_sl))[1]
+            for k in settings.knn_residual_k:
+                corr = knn_residual_correction(fit_xyz, resid, hxyz, int(k))
+                scores[f"knn_residual_k{k}"] = star_scores(fine_hold + corr, true_hold)
+        fine_grid["x".join(str(int(f)) for f in factor)] = scores
     for name, other in (
         ("diagonal_before_anneal", result.params_before_anneal),  # what the annealing changed
         ("diagonal_last_iterate", result.params_last_iterate),  # `anneal_average`'s last iterate
@@ -719,10 +781,18 @@ def run_test(truth, settings: TestSettings, *, progress: bool = False) -> dict[s
             elbo_last=result.elbo_history[-1],
             elbo_every_50=result.elbo_history[::50],
             scale_lengths_pc=[float(x) for x in np.asarray(hyper["scale_lengths_pc"])],
+            kernel=svgp.kernel_name(params),
+            mean_function=svgp.mean_function_name(params),
             amplitude_dex=float(hyper["amplitude_dex"]),
             mean_dex=float(hyper["mean_dex"]),
         ),
-        gp=dict(stars=bands, density=gp_density, calibration=calib),
+        gp=dict(
+            stars=bands,
+            density=gp_density,
+            calibration=calib,
+            **(dict(stars_knn_residual=knn_residual) if knn_residual else {}),
+            **(dict(stars_fine_grid=fine_grid) if fine_grid else {}),
+        ),
         knn=dict(stars=knn_stars, density=knn_dens, k=settings.knn_k),
         discretisation=discretisation,
         # per-star arrays (not JSON): the bands of the validation and held-out stars by the

@@ -40,6 +40,18 @@ Parameters live in a plain dict (a pytree) with logarithms of the positive hyper
 and optionally ``log_model_error_frac``, ``log_model_error_abs`` (`with_model_error`): a learned
 model-error variance (f A_mod)^2 + s^2 added to each star's sigma^2 in the likelihood, for what
 the grid of uniform cells and the GP cannot represent (issue 18).
+
+Options of the prior (issue 18), recorded by which keys the parameters hold, so that a saved
+state predicts with the model it was fitted with (as the model-error term):
+
+* the kernel (`with_kernel`): the paper's RBF (no key), or a Matern kernel
+  (``kernel_matern32`` / ``kernel_matern52``: a scalar marker, never trained), `kernels.gram`;
+* the prior mean of phi (`with_mean_function`, `prior_mean`): the paper's constant c (no key),
+  ``"linear"``: c + g . (x - x_0) / 1000 with the gradient g (dex per 1,000 kernel units,
+  ``mean_gradient``) learned and the origin x_0 (``mean_origin``) fixed, or ``"shells"``:
+  c + a piecewise-linear function of the third kernel coordinate (for ``log_spherical``
+  coordinates, d_ref ln(d / d_ref): a mean per distance shell), with values
+  ``mean_shell_values`` learned at fixed knots ``mean_shell_knots``.
 """
 
 from __future__ import annotations
@@ -163,6 +175,84 @@ def model_error_scales(params):
     return jnp.exp(params[MODEL_ERROR_KEYS[0]]), jnp.exp(params[MODEL_ERROR_KEYS[1]])
 
 
+KERNEL_KEYS = {"matern32": "kernel_matern32", "matern52": "kernel_matern52"}
+KERNELS = ("rbf", *KERNEL_KEYS)
+MEAN_FUNCTIONS = ("constant", "linear", "shells")
+# keys that hold fixed settings of the prior, not trained (their gradient is stopped)
+FIXED_KEYS = (*KERNEL_KEYS.values(), "mean_origin", "mean_shell_knots")
+
+
+def with_kernel(params, name: str):
+    """``params`` set to use the kernel ``name`` (one of `KERNELS`; "rbf" is the paper's)."""
+    if name not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}, got {name!r}")
+    out = {k: v for k, v in params.items() if k not in KERNEL_KEYS.values()}
+    if name != "rbf":
+        out[KERNEL_KEYS[name]] = jnp.zeros((), params["mean"].dtype)
+    return out
+
+
+def kernel_name(params) -> str:
+    """The kernel the parameters use ("rbf" unless a Matern marker key is present)."""
+    found = [name for name, key in KERNEL_KEYS.items() if key in params]
+    if len(found) > 1:
+        raise ValueError(f"parameters name more than one kernel: {found}")
+    return found[0] if found else "rbf"
+
+
+def covariance(params, x1, x2):
+    """The prior covariance k(x1, x2) ``(N, M)`` with the parameters' kernel."""
+    hyp = hyperparameters(params)
+    return kernels.gram(kernel_name(params), x1, x2, hyp["scale_lengths_pc"], hyp["amplitude_dex"])
+
+
+def with_mean_function(params, kind: str, *, origin=None, knots=None):
+    """``params`` with the prior mean ``kind`` (`MEAN_FUNCTIONS`), starting as the constant.
+
+    ``"linear"`` needs ``origin`` (3,) (e.g. the centre of the inducing points), ``"shells"``
+    the ``knots`` (K >= 2 increasing values of the third kernel coordinate).
+    """
+    if kind not in MEAN_FUNCTIONS:
+        raise ValueError(f"mean function must be one of {MEAN_FUNCTIONS}, got {kind!r}")
+    dtype = params["mean"].dtype
+    drop = ("mean_gradient", "mean_origin", "mean_shell_values", "mean_shell_knots")
+    out = {k: v for k, v in params.items() if k not in drop}
+    if kind == "linear":
+        origin = np.asarray(origin, np.float64)
+        if origin.shape != (3,) or not np.all(np.isfinite(origin)):
+            raise ValueError(f"the linear mean needs a finite origin of 3 numbers, got {origin}")
+        out["mean_gradient"] = jnp.zeros((3,), dtype)
+        out["mean_origin"] = jnp.asarray(origin, dtype)
+    elif kind == "shells":
+        knots = np.asarray(knots, np.float64)
+        if knots.ndim != 1 or len(knots) < 2 or not np.all(np.diff(knots) > 0):
+            raise ValueError(f"the shell mean needs >= 2 increasing knots, got {knots}")
+        out["mean_shell_values"] = jnp.zeros(knots.shape, dtype)
+        out["mean_shell_knots"] = jnp.asarray(knots, dtype)
+    return out
+
+
+def mean_function_name(params) -> str:
+    if "mean_gradient" in params:
+        return "linear"
+    if "mean_shell_values" in params:
+        return "shells"
+    return "constant"
+
+
+def prior_mean(params, x):
+    """The prior mean of phi at points ``x`` ``(N, 3)``: ``(N,)``, or the scalar c when constant
+    (it broadcasts the same way)."""
+    c = params["mean"]
+    if "mean_gradient" in params:
+        origin = lax.stop_gradient(params["mean_origin"])
+        c = c + jnp.matmul(x - origin, params["mean_gradient"], precision=_HIGHEST) / 1000.0
+    if "mean_shell_values" in params:
+        knots = lax.stop_gradient(params["mean_shell_knots"])
+        c = c + jnp.interp(x[:, 2], knots, params["mean_shell_values"])
+    return c
+
+
 def hyperparameters(params) -> dict[str, jax.Array]:
     """The five GP hyperparameters in physical units: scale lengths (pc), amplitude, mean (dex)."""
     return dict(
@@ -199,7 +289,7 @@ def inducing_cholesky(params, jitter):
     """L with L L^T = K_uu + jitter * alpha^2 I (jitter relative to the prior variance)."""
     hyp = hyperparameters(params)
     z = params["inducing_points"]
-    k_uu = kernels.rbf(z, z, hyp["scale_lengths_pc"], hyp["amplitude_dex"])
+    k_uu = covariance(params, z, z)
     k_uu = k_uu + jitter * hyp["amplitude_dex"] ** 2 * jnp.eye(z.shape[0], dtype=z.dtype)
     return jnp.linalg.cholesky(k_uu)
 
@@ -207,9 +297,7 @@ def inducing_cholesky(params, jitter):
 def project(params, chol_uu, cells_xyz):
     """B = L^-1 K_ux ``(M, N)`` and the conditional variance k_xx - colsum(B^2) ``(N,)``."""
     hyp = hyperparameters(params)
-    k_ux = kernels.rbf(
-        params["inducing_points"], cells_xyz, hyp["scale_lengths_pc"], hyp["amplitude_dex"]
-    )
+    k_ux = covariance(params, params["inducing_points"], cells_xyz)
     b = solve_triangular(chol_uu, k_ux, lower=True)
     cond_var = jnp.maximum(hyp["amplitude_dex"] ** 2 - jnp.sum(b * b, axis=0), 0.0)
     return b, cond_var
@@ -218,7 +306,7 @@ def project(params, chol_uu, cells_xyz):
 def _phi_chunk(params, chol_uu, v, cells_xyz, eps_cells):
     """phi samples ``(S, C)`` at C cells given whitened samples v ``(S, M)``."""
     b, cond_var = project(params, chol_uu, cells_xyz)
-    mean = params["mean"] + jnp.matmul(v, b, precision=_HIGHEST)
+    mean = prior_mean(params, cells_xyz) + jnp.matmul(v, b, precision=_HIGHEST)
     return mean + jnp.sqrt(cond_var) * eps_cells
 
 
@@ -254,7 +342,7 @@ def predictive_moments(params, cells_xyz, *, jitter):
     """Marginal mean and variance of q(phi) at the cells (eqs. A.6-A.7, whitened form)."""
     chol_uu = inducing_cholesky(params, jitter)
     b, cond_var = project(params, chol_uu, cells_xyz)
-    mean = params["mean"] + jnp.matmul(params["q_mean"], b, precision=_HIGHEST)
+    mean = prior_mean(params, cells_xyz) + jnp.matmul(params["q_mean"], b, precision=_HIGHEST)
     sb = jnp.matmul(q_chol(params).T, b, precision=_HIGHEST)
     return mean, cond_var + jnp.sum(sb * sb, axis=0)
 
@@ -345,7 +433,7 @@ def expected_log_likelihood_linear(params, cells_xyz, operator_dense, extinction
     chol_uu = inducing_cholesky(params, jitter)
     b, cond_var = project(params, chol_uu, cells_xyz)
     h = jnp.asarray(operator_dense, cells_xyz.dtype)
-    mu = params["mean"] + params["q_mean"] @ b
+    mu = prior_mean(params, cells_xyz) + params["q_mean"] @ b
     resid = extinction - h @ mu
     hs = h @ (b.T @ q_chol(params))  # (stars, M)
     var = jnp.sum(hs * hs, axis=1) + (h * h) @ cond_var
@@ -361,11 +449,12 @@ def exact_log_marginal_linear(params, cells_xyz, operator_dense, extinction, sig
     the inducing points at the cells, the sparse model and this exact one are the same model.
     """
     hyp = hyperparameters(params)
-    k = kernels.rbf(cells_xyz, cells_xyz, hyp["scale_lengths_pc"], hyp["amplitude_dex"])
+    k = covariance(params, cells_xyz, cells_xyz)
     k = k + jitter * hyp["amplitude_dex"] ** 2 * jnp.eye(cells_xyz.shape[0], dtype=k.dtype)
     h = jnp.asarray(operator_dense, cells_xyz.dtype)
     cov = h @ k @ h.T + jnp.diag(sigma**2)
-    resid = extinction - params["mean"] * jnp.sum(h, axis=1)
+    mean = jnp.broadcast_to(prior_mean(params, cells_xyz), cells_xyz.shape[:1])
+    resid = extinction - h @ mean
     return jax.scipy.stats.multivariate_normal.logpdf(resid, jnp.zeros_like(resid), cov)
 
 
@@ -382,5 +471,6 @@ def exact_posterior_whitened(params, cells_xyz, operator_dense, extinction, sigm
     precision = jnp.eye(chol_uu.shape[0], dtype=h.dtype) + hl.T @ (hl * w[:, None])
     cov = jnp.linalg.inv(precision)
     cov = 0.5 * (cov + cov.T)
-    m = cov @ (hl.T @ (w * (extinction - params["mean"] * jnp.sum(h, axis=1))))
+    mean = jnp.broadcast_to(prior_mean(params, cells_xyz), cells_xyz.shape[:1])
+    m = cov @ (hl.T @ (w * (extinction - h @ mean)))
     return m, jnp.linalg.cholesky(cov)
