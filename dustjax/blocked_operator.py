@@ -37,14 +37,10 @@ class BlockedStarOperator:
     t_cells: jax.Array
     shape: tuple[int, int, int] = dataclasses.field(metadata=dict(static=True))
 
-    def __call__(self, density):
-        return self.apply(density)
-
-    def apply(self, density):
-        density = jnp.asarray(density)
-        flat = density.reshape(*density.shape[:-3], -1)
-        crossed = jnp.take(flat, self.indices, axis=-1)  # (..., N, K)
-        return jnp.einsum("...nk,nk->...n", crossed, self.lengths.astype(flat.dtype))
+    # the rows are StarOperator's (same fields ``indices``, ``lengths``): its functions serve
+    __call__ = StarOperator.__call__
+    apply = StarOperator.apply
+    num_rows = StarOperator.num_rows
 
     def transpose(self, values):
         values = jnp.asarray(values)
@@ -55,10 +51,6 @@ class BlockedStarOperator:
         return flat.at[..., self.t_cells].add(sums).reshape(*batch, *self.shape)
 
     T = transpose
-
-    @property
-    def num_rows(self) -> int:
-        return int(self.indices.shape[0])
 
     def row_weighted(self, weights) -> BlockedStarOperator:
         """Each row (star) n times ``weights[n]``, in both layouts."""
