@@ -161,6 +161,23 @@ def test_column_samples_have_the_marginal_moments_and_the_conditional_correlatio
         assert emp == pytest.approx(cov[i, j], abs=5 * math.sqrt(var[i] * var[j] / n))
 
 
+def test_the_test_stars_are_redrawn_identically_from_the_settings():
+    """`draw_test_stars` is what run_test fits and what tools.gp_ratio_interval redraws: the
+    same stars from the same settings, split into fitted, validation and held-out slices."""
+    truth = _uniform_cube()
+    settings = realsky.TestSettings(
+        field=(150.0, 180.0, -25.0, -5.0, 100.0, 600.0), num_stars=500, num_validation=50,
+        num_holdout=70, shape=(4, 4, 6), ghost_cells=2,
+    )  # fmt: skip
+    a, (fit, val, hold) = realsky.draw_test_stars(truth, settings)
+    b, _ = realsky.draw_test_stars(truth, settings)
+    for k in ("l", "b", "d", "true", "observed"):
+        np.testing.assert_array_equal(a[k], b[k])
+    assert len(a["d"][fit]) == 500 and len(a["d"][val]) == 50 and len(a["d"][hold]) == 70
+    edges = settings.grid().d_edges_pc()
+    assert a["d"].min() >= settings.grid().d_range_pc[0] and a["d"].max() <= edges[-1]
+
+
 def test_ratio_interval_is_exact_for_proportional_errors_and_brackets_a_known_ratio():
     rng = np.random.default_rng(3)
     true = rng.uniform(0.05, 2.0, 4000)

@@ -2,6 +2,10 @@ r"""The GP-to-kNN error ratio of a real-sky test with a bootstrap interval, from
 
     python -m tools.gp_ratio_interval --suite=DIR/suite.json --test=real_paper_logsph \
         --cube=../shared/data/real/bayestar19_LR_anticentre.fits --out=DIR/ratio.json
+    # the H200 run of docs/validation.md ("2,000 inducing points"), from the files kept there:
+    python -m tools.gp_ratio_interval --suite=docs/results/gp_realsky_h200_s5_m2000.json \
+        --stars=docs/results/gp_realsky_h200_s5_m2000_stars.npz \
+        --cube=../shared/data/real/bayestar19_LR_anticentre.fits
 
 `dustjax.gp.realsky.run_test` now saves the kNN's held-out bands (``hold_knn_pct``) and reports
 the interval itself. For runs saved before that, this tool redraws the test's stars from its
@@ -24,6 +28,9 @@ from dustjax.gp import realsky
 FLAGS = flags.FLAGS
 flags.DEFINE_string("suite", None, "suite.json of tools.gp_realsky_suite.")
 flags.DEFINE_string("test", "real_paper_logsph", "Test name in the suite (its NAME_stars.npz).")
+flags.DEFINE_string(
+    "stars", "", "The test's saved star arrays (default: SUITE's folder/TEST_stars.npz)."
+)
 flags.DEFINE_string("cube", "../shared/data/real/bayestar19_LR_anticentre.fits", "Real cube.")
 flags.DEFINE_integer("num_boot", 4000, "Bootstrap rounds.")
 flags.DEFINE_string("out", "", "Output JSON (default: print only).")
@@ -34,16 +41,7 @@ def knn_of_saved_test(settings: dict, cube: str, hold_true: np.ndarray) -> np.nd
     fields = realsky.TestSettings.__dataclass_fields__
     kw = {k: tuple(v) if isinstance(v, list) else v for k, v in settings.items() if k in fields}
     st = realsky.TestSettings(**kw)
-    grid = st.grid()
-    l0, l1, b0, b1, _, _ = st.field
-    truth = realsky.make_truth(cube, st.field)
-    n_fit, n_val = st.num_stars, st.num_validation
-    d_span = (grid.d_range_pc[0], float(grid.d_edges_pc()[-1]))
-    stars = realsky.draw_stars(
-        truth, np.random.default_rng(st.seed), n_fit + n_val + st.num_holdout, (l0, l1),
-        (b0, b1), d_span, distribution=st.distribution,
-    )  # fmt: skip
-    fit, hold = slice(0, n_fit), slice(n_fit + n_val, None)
+    stars, (fit, _, hold) = realsky.draw_test_stars(realsky.make_truth(cube, st.field), st)
     off = float(np.max(np.abs(stars["true"][hold] - hold_true) / np.maximum(hold_true, 0.02)))
     if off > 1e-3:
         raise SystemExit(
@@ -60,7 +58,7 @@ def main(argv):
     del argv
     suite = Path(FLAGS.suite)
     result = json.loads(suite.read_text())[FLAGS.test]
-    arrays = np.load(suite.parent / f"{FLAGS.test}_stars.npz")
+    arrays = np.load(FLAGS.stars or suite.parent / f"{FLAGS.test}_stars.npz")
     true = arrays["hold_true"].astype(np.float64)
     if "hold_knn_pct" in arrays.files:
         knn, source = arrays["hold_knn_pct"], "saved"

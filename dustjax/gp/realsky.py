@@ -564,23 +564,25 @@ class TestSettings:
         )
 
 
+def draw_test_stars(truth, settings: TestSettings) -> tuple[dict, tuple[slice, slice, slice]]:
+    """The test's stars (`draw_stars` over the training grid's distances, from the settings'
+    seed: the same stars every time) and the slices of its fitted, validation and held-out ones."""
+    grid = settings.grid()
+    l0, l1, b0, b1, _, _ = settings.field
+    n_fit, n_val, n_hold = settings.num_stars, settings.num_validation, settings.num_holdout
+    d_span = (grid.d_range_pc[0], float(grid.d_edges_pc()[-1]))
+    stars = draw_stars(
+        truth, np.random.default_rng(settings.seed), n_fit + n_val + n_hold, (l0, l1), (b0, b1),
+        d_span, distribution=settings.distribution,
+    )  # fmt: skip
+    return stars, (slice(0, n_fit), slice(n_fit, n_fit + n_val), slice(n_fit + n_val, None))
+
+
 def run_test(truth, settings: TestSettings, *, progress: bool = False) -> dict[str, Any]:
     """Draw stars in ``truth``, fit the GP, score it and the kNN baseline; returns a dict."""
     t0 = time.perf_counter()
     grid = settings.grid()
-    l0, l1, b0, b1, _, _ = settings.field
-    rng = np.random.default_rng(settings.seed)
-    n_fit, n_val, n_hold = settings.num_stars, settings.num_validation, settings.num_holdout
-    d_span = (grid.d_range_pc[0], float(grid.d_edges_pc()[-1]))
-    stars = draw_stars(
-        truth, rng, n_fit + n_val + n_hold, (l0, l1), (b0, b1), d_span,
-        distribution=settings.distribution,
-    )  # fmt: skip
-    fit_sl, val_sl, hold_sl = (
-        slice(0, n_fit),
-        slice(n_fit, n_fit + n_val),
-        slice(n_fit + n_val, None),
-    )
+    stars, (fit_sl, val_sl, hold_sl) = draw_test_stars(truth, settings)
     t_draw = time.perf_counter() - t0
 
     # ---- fit ----
