@@ -94,6 +94,11 @@ class StarOperator:
     def num_rows(self) -> int:
         return int(self.indices.shape[0])
 
+    def row_weighted(self, weights) -> StarOperator:
+        """Each row (star) n times ``weights[n]`` (1 / sigma_n for a chi^2)."""
+        w = jnp.asarray(weights, jnp.float32).reshape(-1)
+        return dataclasses.replace(self, lengths=self.lengths * w[:, None])
+
 
 def star_operator(
     region: Region, xyz_pc, row_weights=None, chunk: int = 16384, workers: int = 1

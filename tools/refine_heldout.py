@@ -125,12 +125,12 @@ def subcell_cube(truth, log_sd: float, rng) -> tuple[np.ndarray, float]:
     """``(fine, refine)``: the cube at twice the resolution, each half-cell the truth times a
     log-normal factor of log-sd `log_sd`, normalised so that every cell's 8 half-cells average
     to the truth (the map's cells are exact block means; the sky has structure inside them)."""
+    from dustjax.vnet.refine import block_mean, upsample
+
     t = np.asarray(truth, np.float64)
     w = np.exp(log_sd * rng.standard_normal(tuple(2 * n for n in t.shape)))
-    block = w.reshape(t.shape[0], 2, t.shape[1], 2, t.shape[2], 2).mean(axis=(1, 3, 5))
-    w = w / np.repeat(np.repeat(np.repeat(block, 2, 0), 2, 1), 2, 2)
-    fine = np.repeat(np.repeat(np.repeat(t, 2, 0), 2, 1), 2, 2) * w
-    return fine, 2.0
+    w = w / upsample(block_mean(w, 2), 2)
+    return upsample(t, 2) * w, 2.0
 
 
 def redraw_through_subcells(catalog, truth, region, log_sd, sigma_a, sigma_b, seed):

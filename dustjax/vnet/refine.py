@@ -55,7 +55,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from dustjax import blocked_operator, inversion
-from dustjax.blocked_operator import BlockedStarOperator
 from dustjax.geometry import Region
 from dustjax.los import los_operator
 
@@ -329,11 +328,7 @@ def refine_catalog(
 
     def fit(sigma):
         w = 1.0 / sigma
-        wj = jnp.asarray(w, jnp.float32)
-        if isinstance(op0, BlockedStarOperator):
-            op = op0.row_weighted(wj)
-        else:
-            op = dataclasses.replace(op0, lengths=op0.lengths * wj[:, None])
+        op = op0.row_weighted(w)  # either kind of star operator
         data = jnp.asarray(e * w, jnp.float32)
         out = _solve(op, data, prior_mean, prior_sd, corr_length, nugget, num_steps, smooth_grid)
         return np.asarray(out)
@@ -384,17 +379,24 @@ def refine_catalog_fine(
                               **kwargs)  # fmt: skip
     fine = Region(region.lower_pc, region.upper_pc, tuple(factor * n for n in region.shape),
                   name=f"{region.name} x{factor}")  # fmt: skip
+    up = (upsample(np.asarray(a, np.float32), factor) for a in (prior_mean, prior_sd))
+    x = refine_catalog(catalog, *up, fine, corr_length=corr_length * factor, **kwargs)
+    return block_mean(x, factor)
 
-    def up(a):
-        a = np.asarray(a, np.float32)
-        for axis in range(3):
-            a = np.repeat(a, factor, axis=axis)
-        return a
 
-    x = refine_catalog(catalog, up(prior_mean), up(prior_sd), fine,
-                       corr_length=corr_length * factor, **kwargs)  # fmt: skip
-    nx, ny, nz = region.shape
-    return np.asarray(x).reshape(nx, factor, ny, factor, nz, factor).mean(axis=(1, 3, 5))
+def upsample(cube, factor: int) -> np.ndarray:
+    """Each cell of ``cube`` ``(nx, ny, nz)`` repeated over its ``factor``^3 sub-cells."""
+    a = np.asarray(cube)
+    for axis in range(3):
+        a = np.repeat(a, factor, axis=axis)
+    return a
+
+
+def block_mean(cube, factor: int) -> np.ndarray:
+    """The mean over each block of ``factor``^3 cells: `upsample`'s inverse on the coarse grid."""
+    a = np.asarray(cube)
+    nx, ny, nz = (n // factor for n in a.shape)
+    return a.reshape(nx, factor, ny, factor, nz, factor).mean(axis=(1, 3, 5))
 
 
 def catalog_operator(catalog, region: Region, blocked: bool = True):
