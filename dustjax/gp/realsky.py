@@ -60,6 +60,7 @@ from dustjax.gp.calibration import (
 )
 from dustjax.gp.coords import KernelCoords
 from dustjax.gp.grid import LBDGrid
+from dustjax.gp.predict import refined_grid
 from dustjax.los import apply_star_operator, integrate_to_points
 from dustjax.maps import load_cartesian_cube
 
@@ -629,23 +630,19 @@ def run_test(truth, settings: TestSettings, *, progress: bool = False) -> dict[s
     col_hold, col_val = samples_of(hold_sl, "column"), samples_of(val_sl, "column")
     col_hold_model = col_hold
     bands["diagonal"] = star_scores(percentiles(diag_hold), true_hold)
+    # the fitted and held-out stars' positions (the kNN baseline and its residual correction)
+    train_xyz, hold_xyz = (
+        galactic_to_cartesian_np(stars["l"][sl], stars["b"][sl], stars["d"][sl])
+        for sl in (fit_sl, hold_sl)
+    )
     knn_residual: dict[str, dict[str, float]] = {}
-    fit_xyz = hxyz = None
     if settings.knn_residual_k:  # the map's P50 plus the kNN median of the fitted residuals
-        fit_xyz = galactic_to_cartesian_np(
-            stars["l"][fit_sl], stars["b"][fit_sl], stars["d"][fit_sl]
-        )
         resid = stars["observed"][fit_sl] - percentiles(samples_of(fit_sl, "diagonal"))[1]
-        hxyz = galactic_to_cartesian_np(
-            stars["l"][hold_sl], stars["b"][hold_sl], stars["d"][hold_sl]
-        )
         for k in settings.knn_residual_k:
-            corr = knn_residual_correction(fit_xyz, resid, hxyz, int(k))
+            corr = knn_residual_correction(train_xyz, resid, hold_xyz, int(k))
             knn_residual[f"k{k}"] = star_scores(percentiles(diag_hold) + corr, true_hold)
     fine_grid: dict[str, dict[str, dict[str, float]]] = {}
     for factor in settings.star_grid_factors:  # the same fit through finer grids
-        from dustjax.gp.predict import refined_grid
-
         fine = refined_grid(grid, factor)
 
         def fine_samples(sl, fine=fine):
@@ -660,7 +657,7 @@ def run_test(truth, settings: TestSettings, *, progress: bool = False) -> dict[s
         if settings.knn_residual_k:
             resid = stars["observed"][fit_sl] - percentiles(fine_samples(fit_sl))[1]
             for k in settings.knn_residual_k:
-                corr = knn_residual_correction(fit_xyz, resid, hxyz, int(k))
+                corr = knn_residual_correction(train_xyz, resid, hold_xyz, int(k))
                 scores[f"knn_residual_k{k}"] = star_scores(fine_hold + corr, true_hold)
         fine_grid["x".join(str(int(f)) for f in factor)] = scores
     for name, other in (
@@ -745,10 +742,6 @@ def run_test(truth, settings: TestSettings, *, progress: bool = False) -> dict[s
         ),
     )
 
-    train_xyz = galactic_to_cartesian_np(stars["l"][fit_sl], stars["b"][fit_sl], stars["d"][fit_sl])
-    hold_xyz = galactic_to_cartesian_np(
-        stars["l"][hold_sl], stars["b"][hold_sl], stars["d"][hold_sl]
-    )
     knn_hold = knn_predict(train_xyz, stars["observed"][fit_sl], hold_xyz, settings.knn_k)
     knn_stars = star_scores(knn_hold, true_hold)
     # the headline band's P50 (`summary_row`'s) against the kNN's, with a bootstrap interval
