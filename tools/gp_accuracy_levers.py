@@ -74,12 +74,7 @@ def main(argv):
         num_inducing=FLAGS.num_inducing, kernel_coords=FLAGS.kernel_coords, seed=FLAGS.seed,
     )  # fmt: skip
     grid = settings.grid()
-    l0, l1, b0, b1, _, _ = field
-    rng = np.random.default_rng(FLAGS.seed)
-    d_span = (grid.d_range_pc[0], float(grid.d_edges_pc()[-1]))
-    n = FLAGS.num_stars
-    stars = realsky.draw_stars(truth, rng, n + FLAGS.num_holdout, (l0, l1), (b0, b1), d_span)
-    fit_sl, hold_sl = slice(0, n), slice(n, None)
+    stars, (fit_sl, _, hold_sl) = realsky.draw_test_stars(truth, settings)  # no validation
     true_hold = stars["true"][hold_sl]
     catalog = realsky.to_catalog(stars, fit_sl)
     mesh = sharding.make_mesh(axis=gpfit.STAR_AXIS)

@@ -59,12 +59,7 @@ def main(argv):
         kernel_coords=FLAGS.kernel_coords, scale_lengths_pc=20.0,
     )  # fmt: skip
     grid = settings.grid()
-    l0, l1, b0, b1, _, _ = settings.field
-    rng = np.random.default_rng(settings.seed)
-    d_span = (grid.d_range_pc[0], float(grid.d_edges_pc()[-1]))
-    n = settings.num_stars
-    stars = realsky.draw_stars(truth, rng, n + settings.num_holdout, (l0, l1), (b0, b1), d_span)
-    fit_sl, hold_sl = slice(0, n), slice(n, None)
+    stars, (fit_sl, _, hold_sl) = realsky.draw_test_stars(truth, settings)  # no validation
     true_hold = stars["true"][hold_sl]
     catalog = realsky.to_catalog(stars, fit_sl)
     mesh = sharding.make_mesh(axis=gpfit.STAR_AXIS)
