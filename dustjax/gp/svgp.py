@@ -175,8 +175,9 @@ def model_error_scales(params):
     return jnp.exp(params[MODEL_ERROR_KEYS[0]]), jnp.exp(params[MODEL_ERROR_KEYS[1]])
 
 
-KERNEL_KEYS = {"matern32": "kernel_matern32", "matern52": "kernel_matern52"}
-KERNELS = ("rbf", *KERNEL_KEYS)
+KERNELS = tuple(kernels.KERNELS)  # the kernel functions' registry: one list of names
+# the marker key of each kernel but the paper's RBF (which has none)
+KERNEL_KEYS = {name: f"kernel_{name}" for name in KERNELS if name != "rbf"}
 MEAN_FUNCTIONS = ("constant", "linear", "shells")
 # keys that hold fixed settings of the prior, not trained (their gradient is stopped)
 FIXED_KEYS = (*KERNEL_KEYS.values(), "mean_origin", "mean_shell_knots")
