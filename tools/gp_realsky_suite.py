@@ -53,6 +53,7 @@ flags.DEFINE_string(
 )
 flags.DEFINE_string("mean_function", "", "Prior mean of every test (constant, linear, shells).")
 flags.DEFINE_integer("mean_shells", 0, "Knots of the shell mean (0: the suite's).")
+flags.DEFINE_integer("seed", -1, "Seed of the star draw and the fit of every test (-1: the suite's).")
 flags.DEFINE_list("knn_residual_k", [], "Also score P50 + the kNN median of fitted residuals.")
 flags.DEFINE_multi_string(
     "star_grid_factor", [], "FL,FB,FD: also score the stars through the grid refined by it."
@@ -170,6 +171,8 @@ def main(argv):
             kw = kw | dict(mean_function=FLAGS.mean_function)
         if FLAGS.mean_shells:
             kw = kw | dict(mean_shells=FLAGS.mean_shells)
+        if FLAGS.seed >= 0:
+            kw = kw | dict(seed=FLAGS.seed)
         if FLAGS.knn_residual_k:
             kw = kw | dict(knn_residual_k=tuple(int(v) for v in FLAGS.knn_residual_k))
         if FLAGS.star_grid_factor:
