@@ -55,6 +55,7 @@ declare -A CAT=(
   [LR]="--num_stars=1000000 --sigma_a=0.05 --sigma_b=0.05 --distance_error=0.05"
 )
 SETS=()
+for s_ in ${SET_EXTRA:-}; do SETS+=(--set="$s_"); done  # e.g. SET_EXTRA="LR:model.kwargs.bn_momentum=0.999"
 MEASURE=${MEASURE_STEPS:-64}  # >= 4 observed batches at echo 16: the rate includes their cost
 if [ "$SMOKE" = 1 ]; then
   CAT[SR]="--num_stars=3000 --sigma_a=0.03 --sigma_b=0.05 --distance_error=0 --num_redraws=2"
