@@ -53,7 +53,7 @@ flags.DEFINE_string(
 )
 flags.DEFINE_string("mean_function", "", "Prior mean of every test (constant, linear, shells).")
 flags.DEFINE_integer("mean_shells", 0, "Knots of the shell mean (0: the suite's).")
-flags.DEFINE_integer("seed", -1, "Seed of the star draw and the fit of every test (-1: the suite's).")
+flags.DEFINE_integer("seed", -1, "Seed of every test's star draw and fit (-1: the suite's).")
 flags.DEFINE_list("knn_residual_k", [], "Also score P50 + the kNN median of fitted residuals.")
 flags.DEFINE_multi_string(
     "star_grid_factor", [], "FL,FB,FD: also score the stars through the grid refined by it."
