@@ -165,11 +165,16 @@ def test_sky_test_config_trains_and_beats_zero(tmp_path):
     from dustjax import training
     from dustjax.vnet.data import region_of
     from experiments.configs.vnet_sky_test import get_config
-    from tools.vnet_sky_device import calibrate
+    from tools.vnet_sky_device import calibrate, precise_bn
 
     config = get_config()
     summary = training.train_and_evaluate(config, tmp_path)
     assert np.isfinite(summary["best_val_loss"])
+    # the best checkpoint's batch-norm statistics over fresh observed batches, stored beside it
+    bn = precise_bn(tmp_path, 2, num_val_batches=1)
+    assert bn["num_batches"] == 2 and bn["epoch"] == training.checkpoint_step(tmp_path)
+    assert np.isfinite(bn["val_hat_mse_running"]) and np.isfinite(bn["val_hat_mse_population"])
+    assert bn["val_hat_mse_running"] != bn["val_hat_mse_population"]
     res = calibrate(tmp_path, config, num_batches=2)
     assert res["sim_hat_mse"] < 0.6 * res["sim_hat_mse_zero"]
     assert 0.6 < res["coverage_calibrated"] < 0.76

@@ -11,7 +11,14 @@ The names most callers need are here too: ``from dustjax import training;
 training.train_and_evaluate(config, workdir)``.
 """
 
-from dustjax.training.inference import load_trained, make_predict_fn, population_batch_stats
+from dustjax.training.inference import (
+    checkpoint_step,
+    load_trained,
+    make_predict_fn,
+    population_batch_stats,
+    read_population_stats,
+    write_population_stats,
+)
 from dustjax.training.loop import NonFiniteLossError, train_and_evaluate
 from dustjax.training.tasks import (
     Task,
@@ -32,6 +39,9 @@ __all__ = [
     "load_trained",
     "make_predict_fn",
     "population_batch_stats",
+    "read_population_stats",
+    "write_population_stats",
+    "checkpoint_step",
     "register_data_source",
     "register_task",
     "require_method",

@@ -25,12 +25,23 @@ from dustjax.training.workdir import (
 log = logging.getLogger(__name__)
 
 
-def load_trained(workdir: str | Path, which: str = "best", mesh: Mesh | None = None):
+POPULATION_STATS_FILE = "population_batch_stats.msgpack"
+BN_STATS = ("auto", "running", "population")
+
+
+def load_trained(
+    workdir: str | Path, which: str = "best", mesh: Mesh | None = None, bn_stats: str = "auto"
+):
     """(model, variables, config) of a trained run: the ``"best"`` or ``"latest"`` checkpoint.
 
     The model is rebuilt from the saved config.json; variables = {"params", "batch_stats"},
     on this process's first device (`mesh` default; several processes each load them).
+    ``bn_stats``: "running" the running averages saved in training; "population" the statistics
+    recomputed for this very checkpoint by `write_population_stats` (an error when there are
+    none); "auto" (default) those when they exist for this checkpoint, else the running averages.
     """
+    if bn_stats not in BN_STATS:
+        raise ValueError(f"bn_stats must be one of {BN_STATS}, got {bn_stats!r}")
     config = load_config(workdir)
     mesh = mesh or _first_local_device()
     manager = checkpoint_manager(workdir, read_only=True)
@@ -49,8 +60,87 @@ def load_trained(workdir: str | Path, which: str = "best", mesh: Mesh | None = N
     finally:
         manager.close()
     log.info("loaded the %s checkpoint (epoch %d) of %s", which, step, workdir)
+    batch_stats = state.batch_stats
+    if bn_stats != "running":
+        population = read_population_stats(workdir, step)
+        if population is not None:
+            from flax import serialization
+
+            restored = serialization.from_state_dict(batch_stats, population)
+            batch_stats = jax.tree.map(lambda new, old: jnp.asarray(new, old.dtype),
+                                       restored, batch_stats)  # fmt: skip
+            log.info("batch-norm statistics: the population's, recomputed for epoch %d", step)
+        elif bn_stats == "population":
+            raise FileNotFoundError(
+                f"no population batch-norm statistics for epoch {step} in {workdir} "
+                "(write them with dustjax.training.write_population_stats)"
+            )
     # the parameters' moving average when the run kept one (config.optimizer.ema_decay)
-    return model, {"params": inference_params(state), "batch_stats": state.batch_stats}, config
+    return model, {"params": inference_params(state), "batch_stats": batch_stats}, config
+
+
+def checkpoint_step(workdir: str | Path, which: str = "best") -> int:
+    """The epoch of the ``"best"`` or ``"latest"`` checkpoint of a run."""
+    manager = checkpoint_manager(workdir, read_only=True)
+    try:
+        step = manager.best_step() if which == "best" else manager.latest_step()
+    finally:
+        manager.close()
+    if step is None:
+        raise FileNotFoundError(f"no checkpoint in {Path(workdir) / CHECKPOINT_DIR}")
+    return int(step)
+
+
+def write_population_stats(
+    workdir: str | Path, inputs: Iterable, which: str = "best", mesh: Mesh | None = None, *,
+    rng=None,
+) -> dict:  # fmt: skip
+    """Recompute the batch-norm statistics of a run's checkpoint over `inputs`
+    (`population_batch_stats`) and store them beside it, atomically, for `load_trained`.
+
+    Why: the running averages (momentum 0.99: ~100 steps) are a noisy sample when the training
+    batches repeat (the observation loop's echo: ~6 distinct batches in 100 steps), and every
+    validation loss and prediction uses them (docs/validation.md, issue 17 "Run 10"). The file
+    names its checkpoint's epoch; `load_trained` ignores it for any other checkpoint. Returns
+    {"epoch", "num_batches"}.
+    """
+    from flax import serialization
+
+    from dustjax import io as dio
+
+    step = checkpoint_step(workdir, which)
+    model, variables, _ = load_trained(workdir, which, mesh, bn_stats="running")
+    counted = []
+
+    def counting():
+        for x in inputs:
+            counted.append(1)
+            yield x
+
+    stats = population_batch_stats(model, variables, counting(), mesh, rng=rng)
+    blob = {"epoch": step, "num_batches": len(counted),
+            "batch_stats": jax.tree.map(lambda a: jax.device_get(a), stats)}  # fmt: skip
+    with dio.atomic_path(Path(workdir) / POPULATION_STATS_FILE) as tmp:
+        tmp.write_bytes(serialization.msgpack_serialize(blob))
+    log.info("population batch-norm statistics of epoch %d over %d batches written to %s",
+             step, len(counted), workdir)  # fmt: skip
+    return {"epoch": step, "num_batches": len(counted)}
+
+
+def read_population_stats(workdir: str | Path, step: int):
+    """The stored population statistics when they were computed for checkpoint `step`, else
+    None (none stored, or stored for another epoch: a later training replaced the best)."""
+    from flax import serialization
+
+    path = Path(workdir) / POPULATION_STATS_FILE
+    if not path.is_file():
+        return None
+    blob = serialization.msgpack_restore(path.read_bytes())
+    if int(blob.get("epoch", -1)) != int(step):
+        log.info("%s holds the statistics of epoch %s, not of %d: not used", path,
+                 blob.get("epoch"), step)  # fmt: skip
+        return None
+    return blob["batch_stats"]
 
 
 def _first_local_device() -> Mesh:

@@ -70,7 +70,7 @@ def evaluate(
         raise ValueError(f"bn_stats must be 'running' or 'population', got {bn_stats!r}")
     if bn_stats == "population" and bn_batches < 1:
         raise ValueError(f"bn_batches must be >= 1, got {bn_batches}")
-    model, variables, config = train.load_trained(workdir, which)
+    model, variables, config = train.load_trained(workdir, which, bn_stats="running")
     if data_dir:
         config.data.data_dir = data_dir
     task = train.get_task(config.get("task", train.tasks.DEFAULT_TASK))

@@ -687,3 +687,52 @@ def test_a_run_with_ema_evaluates_and_predicts_with_the_average(tmp_path):
     rows = [json.loads(x) for x in (tmp_path / "ema/metrics.jsonl").read_text().splitlines()]
     assert loss == pytest.approx(rows[-1]["val_loss"], rel=1e-5)
     assert out["epochs_run"] == 2
+
+
+def test_population_stats_are_stored_for_their_checkpoint_and_used_only_for_it(tmp_path):
+    """write_population_stats stores the statistics of the best checkpoint over the given batches
+    (the same numbers as population_batch_stats computed directly); load_trained uses them for
+    that checkpoint ("auto", "population"), keeps the running averages on "running", and ignores
+    a file written for another epoch; "population" without a file is an error."""
+    config = _random_config()
+    config.num_epochs = 2
+    train.train_and_evaluate(config, tmp_path)
+    rng = np.random.default_rng(5)
+    xs = [rng.uniform(0, 1, size=(4, 8, 8, 8, 1)).astype(np.float32) for _ in range(3)]
+    with pytest.raises(FileNotFoundError, match="no population batch-norm statistics"):
+        train.load_trained(tmp_path, bn_stats="population")
+    model, running, _ = train.load_trained(tmp_path, bn_stats="running")
+    expected = train.population_batch_stats(model, running, xs)
+    res = train.write_population_stats(tmp_path, iter(xs))
+    assert res == {"epoch": train.checkpoint_step(tmp_path), "num_batches": 3}
+    for how in ("auto", "population"):
+        _, loaded, _ = train.load_trained(tmp_path, bn_stats=how)
+        for a, b in zip(jax.tree.leaves(loaded["batch_stats"]), jax.tree.leaves(expected),
+                        strict=True):  # fmt: skip
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6)
+        assert jax.tree.structure(loaded["batch_stats"]) == jax.tree.structure(
+            running["batch_stats"]
+        )
+    _, again, _ = train.load_trained(tmp_path, bn_stats="running")
+    for a, b in zip(jax.tree.leaves(again["batch_stats"]), jax.tree.leaves(running["batch_stats"]),
+                    strict=True):  # fmt: skip
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert not all(
+        np.allclose(np.asarray(a), np.asarray(b))
+        for a, b in zip(
+            jax.tree.leaves(expected), jax.tree.leaves(running["batch_stats"]), strict=True
+        )  # fmt: skip
+    )
+    # statistics of another epoch (a later training moved the best checkpoint): not used
+    from flax import serialization
+
+    path = tmp_path / train.inference.POPULATION_STATS_FILE
+    blob = serialization.msgpack_restore(path.read_bytes())
+    blob["epoch"] = blob["epoch"] + 7
+    path.write_bytes(serialization.msgpack_serialize(blob))
+    _, stale, _ = train.load_trained(tmp_path)
+    for a, b in zip(jax.tree.leaves(stale["batch_stats"]), jax.tree.leaves(running["batch_stats"]),
+                    strict=True):  # fmt: skip
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    with pytest.raises(ValueError, match="bn_stats must be one of"):
+        train.load_trained(tmp_path, bn_stats="precise")
