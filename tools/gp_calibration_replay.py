@@ -2,6 +2,7 @@ r"""The GP's band calibration replayed on the stars of a `fit_gp` run, without r
 
     python -m tools.gp_calibration_replay --seed=0 --star_grid_factor=3,3,1 --workdir=DIR
     python -m tools.gp_calibration_replay --inputs=DIR/calibration_inputs.npz[,...] [--out=J]
+    python -m tools.gp_calibration_replay --synthetic=0.15,0.09,0.025 --draws=6
 
 The first form fits `gp_paper_sim_cpu` through `pipeline.fit_and_predict` (what ``fit_gp`` runs;
 ``--seed`` is the config's seed, ``--star_grid_factor`` ``predict.star_grid_factor``, no plots or
@@ -11,6 +12,11 @@ same for the fitted stars. Both forms then score, on the validation stars' true 
 (and the fitted stars'), the calibrations of `calibration.calibrate_bands`: "deconvolved" on
 the validation stars alone, "deconvolved" pooled with the fitted stars (what the pipeline
 does), and "observed" (target 60-76 %). The truth is used only to score.
+
+``--synthetic=FRAC,BAD,GOOD``: instead, ``--draws`` synthetic sets (seeds 0, 1, ...) of 2,000
+validation, 18,000 fitted and 20,000 scored stars as in `tests/test_gp_calibration.py`: true
+A uniform in 0.2-2 mag, a model error of sd BAD A for a fraction FRAC of the stars and GOOD A
+for the rest (GOOD alone with FRAC = 0: Gaussian), bands of 1.3 % of A, 10 % noise.
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ flags.DEFINE_list("inputs", [], "calibration_inputs.npz files to score (no fit).
 flags.DEFINE_string("workdir", "", "Fit gp_paper_sim_cpu here first and save its inputs.")
 flags.DEFINE_integer("seed", 0, "config.seed of the fit.")
 flags.DEFINE_list("star_grid_factor", ["1", "1", "1"], "predict.star_grid_factor of the fit.")
+flags.DEFINE_list("synthetic", [], "FRAC,BAD,GOOD: score synthetic draws instead.")
+flags.DEFINE_integer("draws", 6, "Synthetic draws (seeds 0 .. draws-1).")
 flags.DEFINE_string("out", "", "JSON to write (empty: print only).")
 
 
@@ -76,11 +84,34 @@ def fit_and_save(workdir: str, seed: int, star_grid_factor) -> Path:
     return path
 
 
-def score(path) -> dict:
-    d = {k: np.asarray(v, np.float64) for k, v in np.load(path).items()}
+def synthetic(seed: int, frac: float, bad: float, good: float) -> dict:
+    """Arrays as `fit_and_save` saves them, for a synthetic set-up (module docstring)."""
+    rng = np.random.default_rng(seed)
+
+    def stars(n):  # the draws in the order of the tests' `_two_population_stars`
+        sd = np.where(rng.uniform(size=n) < frac, bad, good)
+        a = rng.uniform(0.2, 2.0, n)
+        p50 = a + sd * a * rng.standard_normal(n)
+        pct = np.stack([p50 - 0.013 * a, p50, p50 + 0.013 * a])
+        return pct, a + 0.1 * a * rng.standard_normal(n), 0.1 * a, a
+
+    val, fit, scored = stars(2000), stars(18000), stars(20000)
+    return dict(pct=val[0], observed=val[1], sigma=val[2], true=val[3], fit_pct=fit[0],
+                fit_observed=fit[1], fit_sigma=fit[2], fit_true=fit[3], score_pct=scored[0],
+                score_true=scored[3])  # fmt: skip
+
+
+def score(d: dict, label: str) -> dict:
+    """Each calibration fitted on the validation (and fitted) stars of ``d``, scored on the
+    true extinctions of the validation and fitted stars, or of ``d``'s own fresh stars
+    (``score_pct``, ``score_true``: the synthetic sets)."""
+    d = {k: np.asarray(v, np.float64) for k, v in d.items()}
     val = (d["pct"], d["observed"], d["sigma"])
     fitted = (d["fit_pct"], d["fit_observed"], d["fit_sigma"])
-    out: dict = dict(inputs=str(path), num_validation=int(d["true"].size),
+    scored = {"true": (d["pct"], d["true"]), "true_fitted_stars": (d["fit_pct"], d["fit_true"])}
+    if "score_true" in d:
+        scored = {"true_fresh_stars": (d["score_pct"], d["score_true"])}
+    out: dict = dict(inputs=label, num_validation=int(d["true"].size),
                      num_fitted=int(d["fit_true"].size))  # fmt: skip
     for name, kwargs in (
         ("deconvolved_validation_only", dict(method="deconvolved")),
@@ -91,12 +122,10 @@ def score(path) -> dict:
         if kwargs["method"] == "deconvolved":
             kwargs["info"] = info
         c, f, s = calibration.calibrate_bands(*val, **kwargs)
-        val_bands = calibration.widen_bands(d["pct"], f, s, c)
-        fit_bands = calibration.widen_bands(d["fit_pct"], f, s, c)
         out[name] = dict(
             band_scale=c, frac=f, floor_mag=s,
-            coverage_true=calibration.coverage(val_bands, d["true"]),
-            coverage_true_fitted_stars=calibration.coverage(fit_bands, d["fit_true"]),
+            **{f"coverage_{key}": calibration.coverage(calibration.widen_bands(pct, f, s, c), true)
+               for key, (pct, true) in scored.items()},
             **{k: (v if isinstance(v, (bool, int)) else float(v)) for k, v in info.items()},
         )  # fmt: skip
     return out
@@ -104,12 +133,17 @@ def score(path) -> dict:
 
 def main(argv):
     del argv
-    paths = list(FLAGS.inputs)
+    sets = [(dict(np.load(p)), str(p)) for p in FLAGS.inputs]
     if FLAGS.workdir:
-        paths.append(fit_and_save(FLAGS.workdir, FLAGS.seed, FLAGS.star_grid_factor))
-    if not paths:
-        raise app.UsageError("give --workdir=DIR (fit first) or --inputs=FILE[,...]")
-    results = [score(p) for p in paths]
+        path = fit_and_save(FLAGS.workdir, FLAGS.seed, FLAGS.star_grid_factor)
+        sets.append((dict(np.load(path)), str(path)))
+    if FLAGS.synthetic:
+        frac, bad, good = (float(v) for v in FLAGS.synthetic)
+        for seed in range(FLAGS.draws):
+            sets.append((synthetic(seed, frac, bad, good), f"synthetic {FLAGS.synthetic} {seed}"))
+    if not sets:
+        raise app.UsageError("give --workdir=DIR (fit first), --inputs=FILE[,...] or --synthetic")
+    results = [score(d, label) for d, label in sets]
     print(json.dumps(results, indent=1))
     if FLAGS.out:
         Path(FLAGS.out).parent.mkdir(parents=True, exist_ok=True)
