@@ -111,8 +111,15 @@ def score(d: dict, label: str) -> dict:
     scored = {"true": (d["pct"], d["true"]), "true_fitted_stars": (d["fit_pct"], d["fit_true"])}
     if "score_true" in d:
         scored = {"true_fresh_stars": (d["score_pct"], d["score_true"])}
-    out: dict = dict(inputs=label, num_validation=int(d["true"].size),
-                     num_fitted=int(d["fit_true"].size))  # fmt: skip
+    f0, s0 = calibration._maximum_likelihood(*val)  # the model error's shape, as calibrated
+    tau = np.sqrt(((d["pct"][2] - d["pct"][0]) / 2) ** 2 + (f0 * d["pct"][1]) ** 2 + s0**2)
+    z = (d["true"] - d["pct"][1]) / tau  # the standardised error (truth: for the record only)
+    out: dict = dict(
+        inputs=label,
+        num_validation=int(d["true"].size),
+        num_fitted=int(d["fit_true"].size),
+        standardised_error_kurtosis=float(np.mean(z**4) / np.mean(z**2) ** 2),
+    )
     for name, kwargs in (
         ("deconvolved_validation_only", dict(method="deconvolved")),
         ("deconvolved_pooled", dict(method="deconvolved", fitted=fitted)),
@@ -126,7 +133,8 @@ def score(d: dict, label: str) -> dict:
             band_scale=c, frac=f, floor_mag=s,
             **{f"coverage_{key}": calibration.coverage(calibration.widen_bands(pct, f, s, c), true)
                for key, (pct, true) in scored.items()},
-            **{k: (v if isinstance(v, (bool, int)) else float(v)) for k, v in info.items()},
+            **{k: (v if isinstance(v, (bool, int)) or v is None else float(v))
+               for k, v in info.items()},
         )  # fmt: skip
     return out
 

@@ -257,7 +257,7 @@ def _deconvolved_scale(r2, tau2, noise2, target_coverage, pool=None, info=None) 
 
     r2, tau2, noise2 = usable(r2, tau2, noise2)
     _, a_val, se_val = _gauss_fit(r2, tau2, noise2)
-    shape_set, pooled = (r2, tau2, noise2), 0
+    shape_set, pooled, a_fit = (r2, tau2, noise2), 0, None
     if pool is not None:
         pr2, ptau2, pnoise2 = usable(*(np.asarray(v, np.float64) for v in pool))
         if pr2.size > _MAX_SHAPE_STARS:
@@ -285,12 +285,13 @@ def _deconvolved_scale(r2, tau2, noise2, target_coverage, pool=None, info=None) 
     if unresolved:
         a, wide_ratio, p = _core_upper_limit(shape_set, nll_mix, a, a_gauss)
     if info is not None:
-        info.update(pooled_fitted_stars=pooled, mixture=bool(mixture),
+        info.update(a_validation=a_val, a_fitted=a_fit, pooled_fitted_stars=pooled,
+                    mixture=bool(mixture),
                     core_upper_limit=bool(unresolved), gain=nll_gauss - nll_mix,
                     a=a if mixture else a_gauss, K=wide_ratio if mixture else 1.0,
                     p=p if mixture else 0.0)  # fmt: skip
-    if not mixture:
-        return float(np.clip(a_gauss, *_K_RANGE))
+    if not mixture:  # one Gaussian: its target quantile (0.9945 sd for 68 %)
+        a, wide_ratio, p = a_gauss, 1.0, 0.0
     wide = a * wide_ratio
 
     def cov(k):  # fraction of the mixture inside +-sqrt(k) (units of tau)
