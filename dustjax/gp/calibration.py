@@ -107,11 +107,14 @@ def calibrate_bands(
       one: variances a tau^2 + sigma^2 and a K tau^2 + sigma^2). k is then the squared band
       half-width, in units of tau, that holds ``target_coverage`` of the fitted mixture: the
       quantile of the deconvolved error, not its variance. The mixture is kept only where it
-      raises the log-likelihood by more than log N over one Gaussian (BIC; N stars) and its
-      narrow part is resolved (sd >= a tenth of the median noise); else the maximum-likelihood
-      variance of one Gaussian sets k (which over-covers heavy-tailed errors, as "observed").
-      The mixture is kept where it raises the log-likelihood by more than ``_MIXTURE_GATE``
-      (4.6: a likelihood-ratio test of its two extra parameters at ~1 %) over one Gaussian.
+      raises the log-likelihood by more than ``_MIXTURE_GATE`` over one Gaussian (4.6: a
+      likelihood-ratio test of its two extra parameters at ~1 %; BIC's log N, used before,
+      kept one Gaussian where 20,000 residuals resolve the tails); else one Gaussian's
+      maximum-likelihood variance sets k (its 68 % quantile; it over-covers heavy-tailed
+      errors, as "observed"). Where the fit drives the mixture's narrow part below a tenth of
+      the median noise (sd), its width is not measured: it is then raised to its
+      profile-likelihood upper limit (the log-likelihood 1.92 below its maximum,
+      `_core_upper_limit`), so that the band errs wide rather than collapsing to the model's.
 
     ``fitted`` (optional, "deconvolved" only): the same three arrays (the model's bands, observed
     extinctions, noise) for the stars *in* the fit. Where the model error is a third of the noise
