@@ -160,11 +160,15 @@ def test_heavy_tails_under_the_noise_are_resolved_by_pooling_the_fitted_stars():
 def test_gaussian_errors_pooled_with_the_fitted_stars_stay_at_68_percent():
     """A Gaussian model error (3.5 % against 10 % noise): pooling the fitted stars keeps one
     Gaussian (the mixture does not pay its way) and ~68 % of the true extinctions."""
+    from scipy.special import erfinv
+
     rng = np.random.default_rng(0)
     val, fit, hold = (_stars(rng, n, 0.035, 0.013) for n in (2000, 18000, 20000))
     info = {}
     c, f, s = calibration.calibrate_bands(*val[:3], fitted=fit[:3], info=info)
     assert not info["mixture"] and info["pooled_fitted_stars"] == 18000
+    # one Gaussian N(0, a): the band is its 68 % quantile, sqrt(2) erfinv(0.68) sqrt(a)
+    assert c**2 == pytest.approx(info["a"] * 2.0 * erfinv(0.68) ** 2, rel=1e-6)
     cov = calibration.coverage(calibration.widen_bands(hold[0], f, s, c), hold[3])
     assert cov == pytest.approx(0.68, abs=0.03)
 
