@@ -309,7 +309,8 @@ def test_calibration_widens_bands_of_under_reported_noise(tmp_path, monkeypatch)
     on_disk = json.loads((tmp_path / "summary.json").read_text())
     for key in ("frac", "floor_mag", "num_stars", "validation_coverage_observed_before",
                 "validation_coverage_observed_after", "validation_coverage_true_before",
-                "validation_coverage_true_after", "band_scale", "method", "methods"):  # fmt: skip
+                "validation_coverage_true_after", "band_scale", "method", "methods",
+                "deconvolution"):  # fmt: skip
         assert key in on_disk["calibration"]
     # the configured method's numbers are those of `methods` (both recorded: the truth is known)
     assert cal["method"] == "deconvolved" and set(cal["methods"]) == {"deconvolved", "observed"}

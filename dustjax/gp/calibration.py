@@ -77,6 +77,8 @@ def calibrate_bands(
     shape=None,
     target_coverage: float = 0.68,
     method: str = "deconvolved",
+    fitted=None,
+    info: dict | None = None,
 ) -> tuple[float, float, float]:
     """(scale, f, s) of calibrated bands of the true extinction, fitted on held-out stars:
     ``widen_bands(pct_model, f, s, scale)``, i.e. P50 +- sqrt(scale^2 w^2 + (f P50)^2 + s^2).
@@ -105,9 +107,30 @@ def calibrate_bands(
       one: variances a tau^2 + sigma^2 and a K tau^2 + sigma^2). k is then the squared band
       half-width, in units of tau, that holds ``target_coverage`` of the fitted mixture: the
       quantile of the deconvolved error, not its variance. The mixture is kept only where it
-      raises the log-likelihood by more than log N over one Gaussian (BIC; N stars) and its
-      narrow part is resolved (sd >= a tenth of the median noise); else the maximum-likelihood
-      variance of one Gaussian sets k (which over-covers heavy-tailed errors, as "observed").
+      raises the log-likelihood by more than ``_MIXTURE_GATE`` over one Gaussian (4.6: a
+      likelihood-ratio test of its two extra parameters at ~1 %; BIC's log N, used before,
+      kept one Gaussian where 20,000 residuals resolve the tails); else one Gaussian's
+      maximum-likelihood variance sets k (its 68 % quantile; it over-covers heavy-tailed
+      errors, as "observed"). Where the fit drives the mixture's narrow part below a tenth of
+      the median noise (sd), its width is not measured: it is then raised to its
+      profile-likelihood upper limit (the log-likelihood 1.92 below its maximum,
+      `_core_upper_limit`), so that the band errs wide rather than collapsing to the model's.
+
+    ``fitted`` (optional, "deconvolved" only): the same three arrays (the model's bands, observed
+    extinctions, noise) for the stars *in* the fit. Where the model error is a third of the noise
+    or less, the validation stars' residuals alone cannot tell a heavy-tailed error from a
+    Gaussian one (their tails add ~0.1 to the residuals' kurtosis, within its noise at 2,000 or
+    12,000 stars), the gate keeps one Gaussian, and its +-1 sd holds 80 % of the truth
+    (docs/validation.md, "The calibration when the model error is small"). The fitted stars
+    (9x as many) carry the same information about the error's *shape*: a GP fitted to N >> M
+    stars barely follows any one of them, so their residuals are distributed as held-out
+    ones'. The family, (a, K, p) and the gate are then fitted on the validation and (at most
+    ``_MAX_SHAPE_STARS`` of the) fitted stars' residuals together; but only where the
+    validation stars allow it: if the fitted stars' one-Gaussian error variance is below the
+    validation stars' by more than three standard errors (the fit has followed its own stars:
+    in-sample residuals narrower than held-out ones), they are left out and the validation
+    stars decide alone. The held-out truth is never used. ``info`` (a dict, "deconvolved"):
+    filled with what was decided (stars pooled, mixture or one Gaussian, its parameters).
     """
     if method not in CALIBRATION_METHODS:
         raise ValueError(f"calibration method must be one of {CALIBRATION_METHODS}, got {method!r}")
@@ -128,10 +151,20 @@ def calibrate_bands(
     if not np.any(tau2 > 0):
         raise ValueError("the bands have zero width and no model error: nothing to scale")
     r2 = (observed - pct[1]) ** 2
+    pool = None
+    if fitted is not None:
+        fpct, fobs, fsig = (np.asarray(v, np.float64) for v in fitted)
+        if fpct.shape != (3, fobs.size) or fsig.shape != fobs.shape:
+            raise ValueError(
+                f"fitted: need bands (3, N), extinctions and sigmas (N,), got {fpct.shape}, "
+                f"{fobs.shape}, {fsig.shape}"
+            )
+        ftau2 = ((fpct[2] - fpct[0]) / 2.0) ** 2 + (f0 * fpct[1]) ** 2 + s0**2
+        pool = ((fobs - fpct[1]) ** 2, ftau2, fsig**2)
     if method == "observed":
         k = _scale_for_observed_coverage(r2, tau2, sigma**2, target_coverage)
     else:
-        k = _deconvolved_scale(r2, tau2, sigma**2, target_coverage)
+        k = _deconvolved_scale(r2, tau2, sigma**2, target_coverage, pool=pool, info=info)
     c = float(np.sqrt(k))
     return c, c * f0, c * s0
 
@@ -169,13 +202,33 @@ def _mixture_nll(theta, r2, tau2, noise2) -> float:
     return -float(np.sum(np.logaddexp(l1, l2)))
 
 
-def _deconvolved_scale(r2, tau2, noise2, target_coverage) -> float:
-    """k of `calibrate_bands`' ``"deconvolved"`` method (see there)."""
-    from scipy.optimize import minimize, minimize_scalar
-    from scipy.special import erf
+_MIXTURE_GATE = 4.6  # log-likelihood gain the mixture's two extra parameters must exceed
+_MAX_SHAPE_STARS = 20_000  # fitted stars pooled for the error's shape (a seeded random subset)
 
-    keep = tau2 + noise2 > 0  # a star with neither band nor noise says nothing
-    r2, tau2, noise2 = r2[keep], tau2[keep], noise2[keep]
+
+def _gauss_nll(log_a, r2, tau2, noise2) -> float:
+    v = np.exp(log_a) * tau2 + noise2
+    return 0.5 * float(np.sum(np.log(v) + r2 / v))
+
+
+def _gauss_fit(r2, tau2, noise2) -> tuple[float, float, float]:
+    """(nll, a, standard error of a) of one Gaussian N(0, a tau2 + noise2) by maximum likelihood
+    (the standard error from the Fisher information, 0.5 sum tau2^2 / (a tau2 + noise2)^2)."""
+    from scipy.optimize import minimize_scalar
+
+    g = minimize_scalar(
+        _gauss_nll, bounds=tuple(np.log(_K_RANGE)), args=(r2, tau2, noise2), method="bounded",
+        options=dict(xatol=1e-6),
+    )  # fmt: skip
+    a = float(np.exp(g.x))
+    info = 0.5 * float(np.sum(tau2**2 / (a * tau2 + noise2) ** 2))
+    return float(g.fun), a, 1.0 / np.sqrt(max(info, 1e-300))
+
+
+def _mixture_fit(r2, tau2, noise2) -> tuple[float, float, float, float]:
+    """(nll, a, K, p) of the scale mixture by maximum likelihood (Nelder-Mead, four starts)."""
+    from scipy.optimize import minimize
+
     best = None
     for start in ((0.0, 1.0, -2.0), (0.0, 2.0, -1.0), (-1.0, 3.0, -3.0), (0.0, 0.5, 0.0)):
         res = minimize(
@@ -186,29 +239,99 @@ def _deconvolved_scale(r2, tau2, noise2, target_coverage) -> float:
             best = res
     if best is None:
         raise FloatingPointError("the scale-mixture fit of the calibration did not converge")
-    a = float(np.exp(best.x[0]))
-    wide = a * (1.0 + float(np.exp(best.x[1])))
-    p = float(1.0 / (1.0 + np.exp(-best.x[2])))
-    # the one Gaussian (p = 0) unless the mixture's two more parameters pay their way (BIC:
-    # the log-likelihood must rise by more than log N): where the noise dominates, a Gaussian
-    # error's residuals are fitted a little better by a spurious mixture, whose tail would
-    # narrow the band below 68 %
-    gauss = minimize_scalar(
-        lambda log_a: 0.5 * float(np.sum(np.log(np.exp(log_a) * tau2 + noise2)
-                                         + r2 / (np.exp(log_a) * tau2 + noise2))),
-        bounds=tuple(np.log(_K_RANGE)), method="bounded", options=dict(xatol=1e-6),
-    )  # fmt: skip
-    # nor where its narrow part is unresolved (sd below a tenth of the typical noise): its
-    # width, which would set the band, is then not measured
-    unresolved = a * np.median(tau2) < 0.01 * np.median(noise2)
-    if gauss.fun - best.fun <= np.log(r2.size) or unresolved:
-        a, wide, p = float(np.exp(gauss.x)), 1.0, 0.0
+    x = np.clip(best.x, -30.0, 30.0)
+    return (
+        float(best.fun),
+        float(np.exp(x[0])),
+        1.0 + float(np.exp(x[1])),
+        float(1.0 / (1.0 + np.exp(-x[2]))),
+    )
+
+
+def _deconvolved_scale(r2, tau2, noise2, target_coverage, pool=None, info=None) -> float:
+    """k of `calibrate_bands`' ``"deconvolved"`` method (see there). ``pool``: the fitted
+    stars' (r2, tau2, noise2), pooled with the validation stars' where the two agree; ``info``
+    (a dict) is filled with what was decided, for the record."""
+    from scipy.special import erf
+
+    def usable(r2, tau2, noise2):
+        keep = tau2 + noise2 > 0  # a star with neither band nor noise says nothing
+        return r2[keep], tau2[keep], noise2[keep]
+
+    r2, tau2, noise2 = usable(r2, tau2, noise2)
+    _, a_val, se_val = _gauss_fit(r2, tau2, noise2)
+    shape_set, pooled, a_fit = (r2, tau2, noise2), 0, None
+    if pool is not None:
+        pr2, ptau2, pnoise2 = usable(*(np.asarray(v, np.float64) for v in pool))
+        if pr2.size > _MAX_SHAPE_STARS:
+            pick = np.random.default_rng(0).choice(pr2.size, _MAX_SHAPE_STARS, replace=False)
+            pr2, ptau2, pnoise2 = pr2[pick], ptau2[pick], pnoise2[pick]
+        _, a_fit, _ = _gauss_fit(pr2, ptau2, pnoise2)
+        # the fitted stars' residuals speak for held-out ones unless the fit visibly followed
+        # them (their error variance below the validation stars' by > 3 standard errors)
+        if pr2.size and a_fit >= a_val - 3.0 * se_val:
+            shape_set = tuple(
+                np.concatenate(v) for v in zip(shape_set, (pr2, ptau2, pnoise2), strict=True)
+            )
+            pooled = int(pr2.size)
+    nll_mix, a, wide_ratio, p = _mixture_fit(*shape_set)
+    nll_gauss, a_gauss, _ = _gauss_fit(*shape_set)
+    # the one Gaussian (p = 0) unless the mixture's two more parameters pay their way: where
+    # the noise dominates, a Gaussian error's residuals are fitted a little better by a
+    # spurious mixture, whose tail would narrow the band below 68 %
+    mixture = nll_gauss - nll_mix > _MIXTURE_GATE
+    # a narrow part below a tenth of the typical noise (sd) is not resolved: the fit drives it
+    # to zero width, which would collapse the band; its width is then taken at the upper end of
+    # what the data allow (the profile likelihood ~95 % upper limit), so the band errs wide
+    a_min = 0.01 * np.median(shape_set[2]) / np.median(shape_set[1])
+    unresolved = mixture and a < a_min
+    if unresolved:
+        a, wide_ratio, p = _core_upper_limit(shape_set, nll_mix, a, a_gauss)
+    if info is not None:
+        info.update(a_validation=a_val, a_fitted=a_fit, pooled_fitted_stars=pooled,
+                    mixture=bool(mixture),
+                    core_upper_limit=bool(unresolved), gain=nll_gauss - nll_mix,
+                    a=a if mixture else a_gauss, K=wide_ratio if mixture else 1.0,
+                    p=p if mixture else 0.0)  # fmt: skip
+    if not mixture:  # one Gaussian: its target quantile (0.9945 sd for 68 %)
+        a, wide_ratio, p = a_gauss, 1.0, 0.0
+    wide = a * wide_ratio
 
     def cov(k):  # fraction of the mixture inside +-sqrt(k) (units of tau)
         c = np.sqrt(k)
         return (1.0 - p) * erf(c / np.sqrt(2.0 * a)) + p * erf(c / np.sqrt(2.0 * wide))
 
     return float(np.clip(_smallest_scale_reaching(cov, target_coverage), *_K_RANGE))
+
+
+def _core_upper_limit(data, nll_best, a_fit, a_hi, drop=1.92):
+    """(a, K, p) with the narrow part's variance a at its profile-likelihood upper limit: the
+    largest a in (a_fit, a_hi) whose best (K, p) lowers the log-likelihood by less than
+    ``drop`` (1.92: chi^2_1 at 95 %, two-sided) from the maximum (bisection on log a, K and p
+    refitted at each a, from the previous a's solution)."""
+    from scipy.optimize import minimize
+
+    x = np.array([1.0, -2.0])
+
+    def profile(log_a):
+        nonlocal x
+        best = None
+        for start in (x, np.array([3.0, -2.0])):
+            res = minimize(
+                lambda t: _mixture_nll(np.array([log_a, t[0], t[1]]), *data), start,
+                method="Nelder-Mead", options=dict(xatol=1e-4, fatol=1e-5, maxiter=2000),
+            )  # fmt: skip
+            if best is None or res.fun < best.fun:
+                best = res
+        x = np.clip(best.x, -30.0, 30.0)
+        return best.fun
+
+    lo, hi = np.log(max(a_fit, 1e-12)), np.log(a_hi)
+    for _ in range(14):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if profile(mid) - nll_best < drop else (lo, mid)
+    profile(hi)
+    return float(np.exp(hi)), 1.0 + float(np.exp(x[0])), float(1.0 / (1.0 + np.exp(-x[1])))
 
 
 def _smallest_scale_reaching(cov, target_coverage: float) -> float:

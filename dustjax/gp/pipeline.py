@@ -304,8 +304,9 @@ def _fit_and_predict(config, workdir, *, progress):
     calib_summary = None
     if calib is not None:
         calib_summary = _calibrate(
-            params, grid, settings, result.jitter, config, calib, model_error, coords
-        )
+            params, grid, settings, result.jitter, config, calib, model_error, coords,
+            fitted=(star_pct, np.asarray(catalog.extinction), sigma),
+        )  # fmt: skip
         star_pct_model = (
             star_pct
             if model_error is None
@@ -440,14 +441,16 @@ def _star_operator(grid, config, catalog, flat_index, partial_pc):
 
 
 def _calibrate(
-    params, grid, settings, jitter, config, calib, model_error, coords
+    params, grid, settings, jitter, config, calib, model_error, coords, *, fitted=None
 ) -> dict[str, Any]:
     """Calibrate the bands on the held-out stars and score them before and after
     (`calibration.calibrate_bands`, ``fit.calibration_method``): the model's bands plus a model
     error of the learned shape (``fit.model_error``) or else the maximum-likelihood one, all of
     it scaled by one factor, up or down, so that 68 % of the held-out stars' error is inside.
     ``band_scale`` multiplies the model's own half-widths and (f, s) is the whole model error
-    added to them."""
+    added to them. ``fitted``: the fitted stars' model bands, observed extinctions and noise,
+    which "deconvolved" pools with the held-out stars' for the error's distribution where the
+    two agree (`calibration.calibrate_bands`; ``deconvolution`` in the summary records it)."""
     cat = calib["catalog"]
     cstars = gpfit.make_star_data(
         cat, grid, num_shards=1, dtype=params["mean"].dtype, sigma=calib["sigma"]
@@ -476,6 +479,7 @@ def _calibrate(
         if calib["true"] is not None
         else (settings.calibration_method,)
     )
+    decided: dict[str, Any] = {}
     results = {
         method: calibration.calibrate_bands(
             pct,
@@ -484,6 +488,8 @@ def _calibrate(
             shape=learned,
             target_coverage=CALIBRATION_TARGET_COVERAGE,
             method=method,
+            fitted=fitted,
+            info=decided if method == "deconvolved" else None,
         )  # fmt: skip
         for method in methods
     }
@@ -500,6 +506,7 @@ def _calibrate(
         rescales_learned_model_error=learned is not None,
         validation_coverage_observed_before=calibration.observed_coverage(pct, observed, sigma),
         validation_coverage_observed_after=calibration.observed_coverage(widened, observed, sigma),
+        deconvolution={k: (float(v) if isinstance(v, float) else v) for k, v in decided.items()},
     )
     if calib["true"] is not None:
         out["validation_coverage_true_before"] = calibration.coverage(pct, calib["true"])
