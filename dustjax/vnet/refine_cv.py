@@ -116,6 +116,7 @@ def cross_validate(
     gate: float = DEFAULT_GATE,
     operator=None,
     maps: dict | None = None,
+    max_stars: int = 0,
     **kw,
 ) -> dict:
     """Score each candidate (`parse_candidates`) by the held-out stars and choose one.
@@ -125,12 +126,21 @@ def cross_validate(
     held-out stars, the paired difference to no refinement and its standard error, the fit's
     model error and chi^2 per star, seconds), and the split's settings. ``maps`` (a dict)
     receives each candidate's map fitted on the kept stars (for a report; the choice never
-    sees a truth). ``kw`` goes to `refine.refine_catalog` (``num_steps``)."""
+    sees a truth). ``max_stars`` > 0: cross-validate on that many stars drawn at random (seeded;
+    their own operator, ``operator`` unused), for a catalogue too large to fit several times.
+    ``kw`` goes to `refine.refine_catalog` (``num_steps``)."""
     if criterion not in CRITERIA:
         raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
     if not gate >= 0:
         raise ValueError(f"gate must be >= 0, got {gate}")
     cands = parse_candidates(candidates)
+    num_stars = len(catalog)
+    if max_stars < 0:
+        raise ValueError(f"max_stars must be >= 0, got {max_stars}")
+    if 0 < max_stars < num_stars:
+        keep = np.zeros(num_stars, bool)
+        keep[np.random.default_rng([seed, 1]).choice(num_stars, max_stars, replace=False)] = True
+        catalog, operator = catalog.select(keep), None
     e = np.asarray(catalog.extinction, np.float64)
     out_rows = holdout_mask(len(e), holdout, seed)
     fit_rows = ~out_rows
@@ -183,7 +193,8 @@ def cross_validate(
     return dict(
         chosen=chosen["name"], chosen_setting=cands[table.index(chosen)], best=best["name"],
         criterion=criterion, gate=float(gate), holdout=float(holdout), seed=int(seed),
-        num_fit=int(fit_rows.sum()), num_heldout=int(out_rows.sum()), table=table,
+        num_stars=num_stars, num_fit=int(fit_rows.sum()), num_heldout=int(out_rows.sum()),
+        table=table,
         operator_seconds=op_seconds,
     )  # fmt: skip
 
@@ -205,17 +216,23 @@ def refine_cv(
     ``criterion``, ``gate``, ``maps``, ``num_steps``)."""
     op = refine.catalog_operator(catalog, region) if operator is None else operator
     report = cross_validate(catalog, prior_mean, prior_sd, region, candidates, operator=op, **kw)
-    setting = report["chosen_setting"]
     final: dict = {}
-    if setting == NONE:
-        rho = np.array(prior_mean, np.float32)
-    else:
-        ell, nu, *tau = setting
-        steps = {k: v for k, v in kw.items() if k == "num_steps"}
-        rho = refine.refine_catalog(catalog, prior_mean, prior_sd, region, corr_length=ell,
-                                    nugget=nu, model_error=tau[0] if tau else 0.0, info=final,
-                                    operator=op, **steps)  # fmt: skip
+    steps = {k: v for k, v in kw.items() if k == "num_steps"}
+    rho = refit(catalog, prior_mean, prior_sd, region, report["chosen_setting"], operator=op,
+                info=final, **steps)  # fmt: skip
     report["final"] = final
     if info is not None:
         info.update(report)
     return rho, report
+
+
+def refit(catalog, prior_mean, prior_sd, region: Region, setting, *, operator=None, info=None,
+          **kw) -> np.ndarray:  # fmt: skip
+    """One candidate's map from *all* the stars: `NONE` is the prior's median, a setting
+    ``(ell, nu[, tau])`` its `refine.refine_catalog` (``kw``: ``num_steps``)."""
+    if setting == NONE:
+        return np.array(prior_mean, np.float32)
+    ell, nu, *tau = setting
+    return refine.refine_catalog(catalog, prior_mean, prior_sd, region, corr_length=ell,
+                                 nugget=nu, model_error=tau[0] if tau else 0.0, info=info,
+                                 operator=operator, **kw)  # fmt: skip
