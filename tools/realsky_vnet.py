@@ -78,6 +78,8 @@ def parse_args(argv=None):
     )
     p.add_argument("--refine_cv_holdout", type=float, default=0.15, help="stars held out")
     p.add_argument("--refine_cv_seed", type=int, default=0)
+    p.add_argument("--refine_cv_block_cells", type=float, default=0.0, help="hold out whole "
+                   "sky patches this many cells across (0: single stars)")  # fmt: skip
     p.add_argument("--refine_cv_max_stars", type=int, default=0, help="cross-validate on this "
                    "many stars drawn at random (0: all); the final refit uses all")  # fmt: skip
     p.add_argument(
@@ -132,6 +134,7 @@ def main(argv=None) -> dict:
             holdout=args.refine_cv_holdout,
             seed=args.refine_cv_seed,
             max_stars=args.refine_cv_max_stars,
+            block_cells=args.refine_cv_block_cells,
         )
         if args.refine_cv
         else None,  # fmt: skip

@@ -67,6 +67,8 @@ def parse_args(argv=None):
     p.add_argument("--cv_seed", type=int, default=0)
     p.add_argument("--cv_criterion", default="nlpd", help="nlpd or chi2 (refine_cv.CRITERIA)")
     p.add_argument("--cv_gate", type=float, default=2.0, help="standard errors to beat 'none' by")
+    p.add_argument("--cv_block_cells", type=float, default=0.0, help="hold out whole sky "
+                   "patches this many cells across (refine_cv.sky_patches); 0: stars")  # fmt: skip
     p.add_argument("--cv_max_stars", type=int, default=0, help="cross-validate on this many "
                    "stars drawn at random (0: all); the final refit uses all")  # fmt: skip
     p.add_argument("--out", required=True, help="output JSON")
@@ -98,7 +100,7 @@ def run_cv(args, catalog, m, s, region, truth, op, done: dict):
     rep = refine_cv.cross_validate(
         catalog, m, s, region, args.cv, holdout=args.cv_holdout, seed=args.cv_seed,
         criterion=args.cv_criterion, gate=args.cv_gate, operator=op, maps=maps,
-        max_stars=args.cv_max_stars, num_steps=args.num_steps,
+        max_stars=args.cv_max_stars, block_cells=args.cv_block_cells, num_steps=args.num_steps,
     )  # fmt: skip
     for row in rep["table"]:
         row["truth_skill_cv_fit"] = realsky.scores(maps[row["name"]], truth, region)["skill"]

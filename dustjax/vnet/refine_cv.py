@@ -90,6 +90,46 @@ def holdout_mask(num_stars: int, fraction: float, seed: int) -> np.ndarray:
     return mask
 
 
+def sky_patches(catalog, region: Region, block_cells: float) -> np.ndarray:
+    """A patch number per star: its direction binned in squares of side delta in (l, b), delta
+    the angle that ``block_cells`` cells subtend at the stars' median distance (deg)."""
+    cell = float(np.mean(region.cell_size_pc))
+    dist = float(np.median(np.asarray(catalog.distance_pc, np.float64)))
+    delta = math.degrees(block_cells * cell / max(dist, 1e-9))
+    lb = np.floor(np.asarray(catalog.l_deg, np.float64) / delta).astype(np.int64)
+    bb = np.floor((np.asarray(catalog.b_deg, np.float64) + 90.0) / delta).astype(np.int64)
+    return lb * (int(180.0 / delta) + 2) + bb
+
+
+def holdout_patches(groups, fraction: float, seed: int) -> np.ndarray:
+    """Boolean mask holding out whole groups (`sky_patches`), drawn in a seeded random order
+    until at least ``fraction`` of the stars are out."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"holdout fraction must lie in (0, 1), got {fraction}")
+    labels, counts = np.unique(np.asarray(groups), return_counts=True)
+    order = np.random.default_rng(seed).permutation(len(labels))
+    total = np.cumsum(counts[order])
+    num = int(np.searchsorted(total, fraction * len(groups))) + 1
+    mask = np.isin(groups, labels[order[:num]])
+    if mask.sum() < 10 or (~mask).sum() < 10:
+        raise ValueError(f"holding out {num} of {len(labels)} sky patches leaves "
+                         f"{int(mask.sum())} held out and {int((~mask).sum())} to fit")  # fmt: skip
+    return mask
+
+
+def paired_se(d, groups) -> float:
+    """Standard error of mean(d) with the groups as the independent units (a ratio estimator;
+    each star its own group: the usual std / sqrt(n))."""
+    d = np.asarray(d, np.float64)
+    labels, inv, counts = np.unique(np.asarray(groups), return_inverse=True, return_counts=True)
+    k = len(labels)
+    if k < 2:
+        return 0.0
+    sums = np.bincount(inv, weights=d, minlength=k)
+    resid = sums - d.mean() * counts
+    return float(math.sqrt(k / (k - 1) * np.sum(resid**2)) / len(d))
+
+
 def star_scores(observed, sigma, predicted, tau: float) -> dict[str, np.ndarray]:
     """Per star: ``nlpd`` (Gaussian, variance sigma^2 + tau^2 p^2), ``chi2`` and ``pull`` (with
     sigma alone)."""
@@ -117,6 +157,7 @@ def cross_validate(
     operator=None,
     maps: dict | None = None,
     max_stars: int = 0,
+    block_cells: float = 0.0,
     **kw,
 ) -> dict:
     """Score each candidate (`parse_candidates`) by the held-out stars and choose one.
@@ -128,6 +169,10 @@ def cross_validate(
     receives each candidate's map fitted on the kept stars (for a report; the choice never
     sees a truth). ``max_stars`` > 0: cross-validate on that many stars drawn at random (seeded;
     their own operator, ``operator`` unused), for a catalogue too large to fit several times.
+    ``block_cells`` > 0: hold out whole patches of sky (`sky_patches`, that many cells across at
+    the stars' median distance) instead of single stars, so that no fitted star shares a held-out
+    star's line of sight (the stars' errors are correlated in space: structure inside the cells,
+    distance errors); the standard errors then count patches, not stars.
     ``kw`` goes to `refine.refine_catalog` (``num_steps``)."""
     if criterion not in CRITERIA:
         raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
@@ -142,8 +187,16 @@ def cross_validate(
         keep[np.random.default_rng([seed, 1]).choice(num_stars, max_stars, replace=False)] = True
         catalog, operator = catalog.select(keep), None
     e = np.asarray(catalog.extinction, np.float64)
-    out_rows = holdout_mask(len(e), holdout, seed)
+    if block_cells < 0:
+        raise ValueError(f"block_cells must be >= 0, got {block_cells}")
+    if block_cells > 0:
+        groups = sky_patches(catalog, region, block_cells)
+        out_rows = holdout_patches(groups, holdout, seed)
+    else:
+        groups = np.arange(len(e))
+        out_rows = holdout_mask(len(e), holdout, seed)
     fit_rows = ~out_rows
+    groups = groups[out_rows]
     sigma = refine.star_sigma(catalog, prior_mean, region)
     t = time.perf_counter()
     op = refine.catalog_operator(catalog, region) if operator is None else operator
@@ -185,7 +238,7 @@ def cross_validate(
     for row in table:
         d = per_star[row["name"]][criterion] - base
         row["diff_vs_none"] = float(d.mean())
-        row["diff_se"] = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else 0.0
+        row["diff_se"] = paired_se(d, groups)
     best = min(table, key=lambda r: r[criterion])
     chosen = best
     if best["name"] != NONE and not best["diff_vs_none"] < -gate * best["diff_se"]:
@@ -194,6 +247,7 @@ def cross_validate(
         chosen=chosen["name"], chosen_setting=cands[table.index(chosen)], best=best["name"],
         criterion=criterion, gate=float(gate), holdout=float(holdout), seed=int(seed),
         num_stars=num_stars, num_fit=int(fit_rows.sum()), num_heldout=int(out_rows.sum()),
+        block_cells=float(block_cells), num_heldout_units=int(len(np.unique(groups))),
         table=table,
         operator_seconds=op_seconds,
     )  # fmt: skip

@@ -142,3 +142,25 @@ def test_bad_input_gives_one_clear_error():
         refine_cv.cross_validate(catalog, truth, truth + 1e-4, REGION, "1:0.3", criterion="mse")
     with pytest.raises(ValueError, match="gate"):
         refine_cv.cross_validate(catalog, truth, truth + 1e-4, REGION, "1:0.3", gate=-1.0)
+
+
+def test_sky_patches_are_held_out_whole_and_counted_as_units():
+    """Blocked hold-out: no patch has stars on both sides, about the asked fraction is out, and
+    the paired standard error counts patches (for single-star groups it is std / sqrt(n))."""
+    truth = _truth(15)
+    catalog = _catalogue(truth, 4000, 16, sigma_a=0.01)
+    groups = refine_cv.sky_patches(catalog, REGION, 2.0)
+    mask = refine_cv.holdout_patches(groups, 0.2, 0)
+    assert not set(groups[mask]) & set(groups[~mask])
+    assert 0.2 <= mask.mean() < 0.3 and len(set(groups)) > 20
+    d = np.random.default_rng(0).standard_normal(500)
+    assert refine_cv.paired_se(d, np.arange(500)) == pytest.approx(d.std(ddof=1) / math.sqrt(500))
+    # a patch of 5 identical values is one unit: the error of 100 patch means, not 500 stars
+    d5 = np.repeat(d[:100], 5)
+    se = refine_cv.paired_se(d5, np.repeat(np.arange(100), 5))
+    assert se == pytest.approx(d[:100].std(ddof=1) / math.sqrt(100), rel=1e-9)
+    report = refine_cv.cross_validate(catalog, truth, truth + 1e-4, REGION, "1:0.3",
+                                      block_cells=2.0, num_steps=50)  # fmt: skip
+    assert report["num_heldout_units"] < report["num_heldout"]
+    with pytest.raises(ValueError, match="block_cells"):
+        refine_cv.cross_validate(catalog, truth, truth + 1e-4, REGION, "1:0.3", block_cells=-1)
