@@ -37,7 +37,7 @@ def test_cv_row_is_the_chosen_variant_and_the_table_is_recorded(tmp_path):
     _real_file(tmp_path / "real.npz")
     res = refine_heldout.main([
         f"--real={tmp_path / 'real.npz'}", "--variants=vnet,corr:1:0.3", "--cv=1:0.3,2:0.3:auto",
-        "--num_steps=200", f"--out={tmp_path / 'r.json'}",
+        "--num_steps=200", "--cv_score_truth", f"--out={tmp_path / 'r.json'}",
     ])  # fmt: skip
     (rep,) = res["cv"]
     assert [r["name"] for r in rep["table"]] == ["none", "1:0.3", "2:0.3:auto"]
@@ -51,5 +51,8 @@ def test_cv_row_is_the_chosen_variant_and_the_table_is_recorded(tmp_path):
         res["per_cube"]["vnet"][0]["skill"], rel=1e-9
     )
     assert got["skill"] > res["per_cube"]["vnet"][0]["skill"]
+    # the truth, scored on the same held-out stars, is listed apart and never chosen
+    (truth,) = rep["extra"]
+    assert truth["name"] == "extra:truth" and truth["chi2"] < rep["table"][0]["chi2"]
     saved = json.loads((tmp_path / "r.json").read_text())
     assert saved["cv"][0]["chosen"] == rep["chosen"]

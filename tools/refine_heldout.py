@@ -69,6 +69,8 @@ def parse_args(argv=None):
     p.add_argument("--cv_gate", type=float, default=2.0, help="standard errors to beat 'none' by")
     p.add_argument("--cv_block_cells", type=float, default=0.0, help="hold out whole sky "
                    "patches this many cells across (refine_cv.sky_patches); 0: stars")  # fmt: skip
+    p.add_argument("--cv_score_truth", action="store_true", help="also score the truth on "
+                   "the held-out stars (a diagnostic, listed apart, never chosen)")  # fmt: skip
     p.add_argument("--cv_max_stars", type=int, default=0, help="cross-validate on this many "
                    "stars drawn at random (0: all); the final refit uses all")  # fmt: skip
     p.add_argument("--out", required=True, help="output JSON")
@@ -101,6 +103,7 @@ def run_cv(args, catalog, m, s, region, truth, op, done: dict):
         catalog, m, s, region, args.cv, holdout=args.cv_holdout, seed=args.cv_seed,
         criterion=args.cv_criterion, gate=args.cv_gate, operator=op, maps=maps,
         max_stars=args.cv_max_stars, block_cells=args.cv_block_cells, num_steps=args.num_steps,
+        extra_maps=dict(truth=truth) if args.cv_score_truth else None,
     )  # fmt: skip
     for row in rep["table"]:
         row["truth_skill_cv_fit"] = realsky.scores(maps[row["name"]], truth, region)["skill"]
@@ -349,11 +352,11 @@ def main(argv=None) -> dict:
     for i, rep in enumerate(cv_reports):
         print(f"cube {i} CV ({rep['criterion']}, {rep['num_heldout']} held out): chose "
               f"{rep['chosen']} (best {rep['best']})")  # fmt: skip
-        for r in rep["table"]:
+        for r in rep["table"] + rep["extra"]:
             print(f"  {r['name']:12s} {rep['criterion']} {r[rep['criterion']]:.4f}  diff "
                   f"{r['diff_vs_none']:+.4f} +- {r['diff_se']:.4f}  chi2 {r['chi2']:.3f}  "
                   f"med|pull| {r['median_abs_pull']:.3f}  truth skill of the CV fit "
-                  f"{r['truth_skill_cv_fit']:.3f}")  # fmt: skip
+                  f"{r.get('truth_skill_cv_fit', float('nan')):.3f}")  # fmt: skip
     for k, v in summary.items():
         print(f"{k:16s} pooled skill {v['pooled_skill']:.3f}  median skill {v['median_skill']:.3f}"
               f"  dust {v['median_dust_recovered']:.3f}  log-r {v['median_log_r']:.3f}"

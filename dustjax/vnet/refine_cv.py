@@ -158,6 +158,7 @@ def cross_validate(
     maps: dict | None = None,
     max_stars: int = 0,
     block_cells: float = 0.0,
+    extra_maps: dict | None = None,
     **kw,
 ) -> dict:
     """Score each candidate (`parse_candidates`) by the held-out stars and choose one.
@@ -172,7 +173,9 @@ def cross_validate(
     ``block_cells`` > 0: hold out whole patches of sky (`sky_patches`, that many cells across at
     the stars' median distance) instead of single stars, so that no fitted star shares a held-out
     star's line of sight (the stars' errors are correlated in space: structure inside the cells,
-    distance errors); the standard errors then count patches, not stars.
+    distance errors); the standard errors then count patches, not stars. ``extra_maps`` (name
+    -> map): scored on the same held-out stars, listed under ``extra`` and never chosen (a
+    diagnostic, e.g. the truth of a test).
     ``kw`` goes to `refine.refine_catalog` (``num_steps``)."""
     if criterion not in CRITERIA:
         raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
@@ -206,11 +209,14 @@ def cross_validate(
 
     per_star: dict[str, dict] = {}
     table = []
-    for cand in cands:
-        name = setting_name(cand)
+    extra = dict(extra_maps or {})
+    for cand in [*cands, *extra]:
+        name = setting_name(cand) if cand not in extra else f"extra:{cand}"
         t = time.perf_counter()
         info: dict = {}
-        if cand == NONE:
+        if cand in extra:
+            rho = np.asarray(extra[cand], np.float32)
+        elif cand == NONE:
             rho = np.asarray(prior_mean, np.float32)
         else:
             ell, nu, *tau = cand
@@ -239,6 +245,8 @@ def cross_validate(
         d = per_star[row["name"]][criterion] - base
         row["diff_vs_none"] = float(d.mean())
         row["diff_se"] = paired_se(d, groups)
+    extra_rows = table[len(cands) :]
+    table = table[: len(cands)]
     best = min(table, key=lambda r: r[criterion])
     chosen = best
     if best["name"] != NONE and not best["diff_vs_none"] < -gate * best["diff_se"]:
@@ -246,7 +254,8 @@ def cross_validate(
     return dict(
         chosen=chosen["name"], chosen_setting=cands[table.index(chosen)], best=best["name"],
         criterion=criterion, gate=float(gate), holdout=float(holdout), seed=int(seed),
-        num_stars=num_stars, num_fit=int(fit_rows.sum()), num_heldout=int(out_rows.sum()),
+        extra=extra_rows, num_stars=num_stars, num_fit=int(fit_rows.sum()),
+        num_heldout=int(out_rows.sum()),
         block_cells=float(block_cells), num_heldout_units=int(len(np.unique(groups))),
         table=table,
         operator_seconds=op_seconds,
