@@ -24,6 +24,14 @@ more than ``gate`` standard errors of the per-star paired difference; otherwise 
 The same star operator (`refine.catalog_operator`) serves every fit and every prediction: the
 held-out stars are rows of weight 0 in the fit (`refine.refine_catalog`'s ``fit_rows``).
 
+What it can and cannot tell (docs/validation.md, "Choosing the refinement on the user's own
+stars"): it detects a refinement that chases the noise of the stars it fitted, not an error that
+all the stars share. On held-out simulations it chooses well (never below the V-net with sky
+patches); on the real SR and LR catalogues the stars are not explained by the scored truth
+either (structure inside the cells, distance errors; on LR the truth's chi^2 per held-out star
+is 12.6) and the held-out stars prefer maps that the truth rejects (LR: the independent
+refinement, skill -0.45). Read its table as a consistency check, not as a guarantee.
+
 Caveat: the V-net's map was made from the gridded extinctions of *all* the stars, the held-out
 ones included, and every candidate shares that prior; the leak favours candidates that stay close
 to the prior (no refinement), i.e. errs on the safe side.
@@ -171,11 +179,11 @@ def cross_validate(
     sees a truth). ``max_stars`` > 0: cross-validate on that many stars drawn at random (seeded;
     their own operator, ``operator`` unused), for a catalogue too large to fit several times.
     ``block_cells`` > 0: hold out whole patches of sky (`sky_patches`, that many cells across at
-    the stars' median distance) instead of single stars, so that no fitted star shares a held-out
-    star's line of sight (the stars' errors are correlated in space: structure inside the cells,
-    distance errors); the standard errors then count patches, not stars. ``extra_maps`` (name
-    -> map): scored on the same held-out stars, listed under ``extra`` and never chosen (a
-    diagnostic, e.g. the truth of a test).
+    the stars' median distance) instead of single stars, so that few fitted stars share a
+    held-out star's line of sight (the stars' errors are correlated in space: structure inside
+    the cells, distance errors); the standard errors then count patches, not stars.
+    ``extra_maps`` (name -> map): scored on the same held-out stars, listed under ``extra`` and
+    never chosen (a diagnostic, e.g. the truth of a test).
     ``kw`` goes to `refine.refine_catalog` (``num_steps``)."""
     if criterion not in CRITERIA:
         raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
