@@ -238,6 +238,22 @@ def test_catalogue_route_refined_scores_with_correlated_prior_errors():
         assert r["scores"]["skill"] > 0.5 and r["scores"]["dust_recovered"] > 0.5
 
 
+def test_catalogue_route_refinement_chosen_by_held_out_stars():
+    """A map of no dust and precise stars of a slab: the held-out stars refuse the V-net's map
+    and choose a refinement, refitted on all stars; without floors no other refinement runs."""
+    cube, zero, hat = _nothing_predicted_on_a_slab()
+    report, _ = realsky.evaluate(
+        cube, REGION, zero, route="catalogue", hat_model=hat, num_stars=3000, sigma_a=0.003,
+        sigma_b=0.01, num_redraws=0,
+        refine_cv=dict(candidates="1.5:0.1,1.5:0.1:auto", seed=1, num_steps=300),
+    )  # fmt: skip
+    assert list(report["refined"]) == ["stars_cv"]
+    r = report["refined"]["stars_cv"]
+    assert r["cv"]["chosen"] in ("1.5:0.1", "1.5:0.1:auto")
+    assert [row["name"] for row in r["cv"]["table"]] == ["none", "1.5:0.1", "1.5:0.1:auto"]
+    assert r["scores"]["skill"] > 0.5 and report["scores"]["dust_recovered"] == 0.0
+
+
 def test_literature_route_nnls_is_near_exact_on_a_uniform_slab(tmp_path):
     density, header = _slab_cube()
     cube = realsky.cube_from_array(density.T, header)

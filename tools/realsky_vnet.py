@@ -69,6 +69,20 @@ def parse_args(argv=None):
         "number or 'auto'), e.g. 2:0.3:auto (the setting chosen on held-out simulations)",
     )
     p.add_argument(
+        "--refine_cv",
+        default="",
+        help="catalogue route: also the refinement chosen by held-out stars among these "
+        "candidates (dustjax.vnet.refine_cv; 'none', the V-net's map, always one of them), "
+        "comma-separated ELL:NUGGET[:auto] (0:1 the independent prior), e.g. "
+        "2:0.3:auto,1:0.3:auto,4:0.3:auto; the table goes to the JSON (refined.stars_cv.cv)",
+    )
+    p.add_argument("--refine_cv_holdout", type=float, default=0.15, help="stars held out")
+    p.add_argument("--refine_cv_seed", type=int, default=0)
+    p.add_argument("--refine_cv_block_cells", type=float, default=0.0, help="hold out whole "
+                   "sky patches this many cells across (0: single stars)")  # fmt: skip
+    p.add_argument("--refine_cv_max_stars", type=int, default=0, help="cross-validate on this "
+                   "many stars drawn at random (0: all); the final refit uses all")  # fmt: skip
+    p.add_argument(
         "--save_arrays",
         action="store_true",
         help="also write DIR/arrays.npz: the model's input extinction cube, the truth, the map, "
@@ -115,6 +129,15 @@ def main(argv=None) -> dict:
         model_config=model_info.get("config"),
         refine_floors=tuple(float(v) for v in args.refine.split(",") if v.strip()),
         refine_corr=refine.parse_corr_settings(args.refine_corr),
+        refine_cv=dict(
+            candidates=args.refine_cv,
+            holdout=args.refine_cv_holdout,
+            seed=args.refine_cv_seed,
+            max_stars=args.refine_cv_max_stars,
+            block_cells=args.refine_cv_block_cells,
+        )
+        if args.refine_cv
+        else None,  # fmt: skip
     )
     report.update(
         cube=str(args.cube),
@@ -144,8 +167,9 @@ def main(argv=None) -> dict:
     print(json.dumps(s))
     for name, r in (report.get("refined") or {}).items():
         q = r["scores"]
+        chosen = f", chosen by held-out stars: {r['cv']['chosen']}" if "cv" in r else ""
         print(f"refined ({name}): skill {q['skill']:.3f}, dust {100 * q['dust_recovered']:.1f} %, "
-              f"log-r {q['log_r']:.3f} ({r['seconds']:.0f} s)")  # fmt: skip
+              f"log-r {q['log_r']:.3f} ({r['seconds']:.0f} s){chosen}")  # fmt: skip
     return report
 
 

@@ -18,6 +18,12 @@ nodes); ``:auto`` after a refinement adds the model error estimated from the sta
 Scores per cube by `dustjax.vnet.realsky.scores`; the summary is
 `tools.sky_heldout.summarise` (medians and the pooled skill). No band is scored for a refined map
 (the refinement gives none).
+
+--cv=ELL:NU[:auto],...: also the refinement chosen by the stars themselves
+(`dustjax.vnet.refine_cv`: a seeded fraction held out, each candidate and "none" fitted on the
+rest and scored by the held-out extinctions, no truth), refitted on all stars as the variant
+``cv``; the per-cube table (``cv`` in the JSON) adds each candidate's CV fit scored against the
+truth, for the report only.
 """
 
 from __future__ import annotations
@@ -53,8 +59,63 @@ def parse_args(argv=None):
     p.add_argument("--distance_error", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--config", default="vnet_sky_sr", help="normalisation when the file has none")
+    p.add_argument("--cv", default="", help="also choose among these refinements by held-out "
+                   "stars (dustjax.vnet.refine_cv; the truth only scores them): comma-separated "
+                   "ELL:NU[:auto] (0:1 the independent prior), 'none' always added; the chosen "
+                   "one refitted on all stars is the variant 'cv'")  # fmt: skip
+    p.add_argument("--cv_holdout", type=float, default=0.15, help="fraction of stars held out")
+    p.add_argument("--cv_seed", type=int, default=0)
+    p.add_argument("--cv_criterion", default="nlpd", help="nlpd or chi2 (refine_cv.CRITERIA)")
+    p.add_argument("--cv_gate", type=float, default=2.0, help="standard errors to beat 'none' by")
+    p.add_argument("--cv_block_cells", type=float, default=0.0, help="hold out whole sky "
+                   "patches this many cells across (refine_cv.sky_patches); 0: stars")  # fmt: skip
+    p.add_argument("--cv_score_truth", action="store_true", help="also score the truth on "
+                   "the held-out stars (a diagnostic, listed apart, never chosen)")  # fmt: skip
+    p.add_argument("--cv_max_stars", type=int, default=0, help="cross-validate on this many "
+                   "stars drawn at random (0: all); the final refit uses all")  # fmt: skip
     p.add_argument("--out", required=True, help="output JSON")
     return p.parse_args(argv)
+
+
+def variant_setting(v: dict):
+    """The `dustjax.vnet.refine_cv` candidate name of a variant with the same map (None if
+    none: nnls, smooth, fine)."""
+    from dustjax.vnet import refine_cv
+
+    tau = ("auto",) if v.get("model_error") == "auto" else ()
+    if v["kind"] == "vnet":
+        return refine_cv.NONE
+    if v["kind"] == "indep":
+        return refine_cv.setting_name((0.0, 1.0, *tau))
+    if v["kind"] == "corr":
+        return refine_cv.setting_name((v["corr_length"], v["nugget"], *tau))
+    return None
+
+
+def run_cv(args, catalog, m, s, region, truth, op, done: dict):
+    """The map chosen by held-out stars (refitted on all stars, or taken from ``done``: the
+    variants' maps by candidate name) and the CV report, each candidate's CV fit also scored
+    against the truth (``truth_skill_cv_fit``; for the report only, after the choice)."""
+    from dustjax.vnet import realsky, refine_cv
+
+    maps: dict = {}
+    rep = refine_cv.cross_validate(
+        catalog, m, s, region, args.cv, holdout=args.cv_holdout, seed=args.cv_seed,
+        criterion=args.cv_criterion, gate=args.cv_gate, operator=op, maps=maps,
+        max_stars=args.cv_max_stars, block_cells=args.cv_block_cells, num_steps=args.num_steps,
+        extra_maps=dict(truth=truth) if args.cv_score_truth else None,
+    )  # fmt: skip
+    for row in rep["table"]:
+        row["truth_skill_cv_fit"] = realsky.scores(maps[row["name"]], truth, region)["skill"]
+    final: dict = {}
+    if rep["chosen"] in done:
+        rho = done[rep["chosen"]]
+    else:
+        rho = refine_cv.refit(catalog, m, s, region, rep["chosen_setting"], operator=op,
+                              info=final, num_steps=args.num_steps)  # fmt: skip
+    rep["final"] = final
+    rep["chosen_setting"] = rep["chosen"]
+    return rho, rep
 
 
 def parse_variant(spec: str) -> dict:
@@ -232,19 +293,30 @@ def main(argv=None) -> dict:
         cases = [case_from_real(args)]
     rows: dict[str, list] = {}
     seconds: dict[str, float] = {}
+    cv_reports: list = []
     nnls = None
     for i, (region, (catalog, gridded, m, s, truth)) in enumerate(cases):
         if nnls is None and "nnls" in variants:
             nnls = jax.jit(inversion.nnls_predictor(region, input_kind="catalogue"))
         op = None  # the star operator, built by the first refinement and shared by the rest
-        if any(v["kind"] not in ("vnet", "nnls") for v in variants.values()):
+        if args.cv or any(v["kind"] not in ("vnet", "nnls") for v in variants.values()):
             t = time.perf_counter()
             op = refine.catalog_operator(catalog, region)
             log.info("cube %d: star operator %.1f s", i, time.perf_counter() - t)
-        for name, v in variants.items():
+        done: dict = {}  # the variants' maps by refine_cv candidate name
+        for name, v in [*variants.items(), *([("cv", dict(kind="cv"))] if args.cv else [])]:
             t = time.perf_counter()
             info: dict = {}
-            pred = run_variant(v, catalog, gridded, m, s, region, args.num_steps, nnls, info, op)
+            if v["kind"] == "cv":
+                pred, rep = run_cv(args, catalog, m, s, region, truth, op, done)
+                cv_reports.append(rep)
+                info = dict(cv_chosen=rep["chosen"])
+                log.info("cube %d CV: %s", i, json.dumps(rep["table"]))
+            else:
+                pred = run_variant(v, catalog, gridded, m, s, region, args.num_steps, nnls, info,
+                                   op)  # fmt: skip
+                if variant_setting(v) is not None:
+                    done[variant_setting(v)] = pred
             seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - t
             sc = realsky.scores(pred, truth, region)
             row = {k: sc[k] for k in ("skill", "dust_recovered", "log_r", "rmse", "truth_std")}
@@ -273,9 +345,18 @@ def main(argv=None) -> dict:
         summary=summary,
         error_correlation=errors,
         per_cube=rows,
+        cv=cv_reports or None,
         command="python -m tools.refine_heldout " + " ".join(argv or []),
     )
     dio.write_json(args.out, result)
+    for i, rep in enumerate(cv_reports):
+        print(f"cube {i} CV ({rep['criterion']}, {rep['num_heldout']} held out): chose "
+              f"{rep['chosen']} (best {rep['best']})")  # fmt: skip
+        for r in rep["table"] + rep["extra"]:
+            print(f"  {r['name']:12s} {rep['criterion']} {r[rep['criterion']]:.4f}  diff "
+                  f"{r['diff_vs_none']:+.4f} +- {r['diff_se']:.4f}  chi2 {r['chi2']:.3f}  "
+                  f"med|pull| {r['median_abs_pull']:.3f}  truth skill of the CV fit "
+                  f"{r.get('truth_skill_cv_fit', float('nan')):.3f}")  # fmt: skip
     for k, v in summary.items():
         print(f"{k:16s} pooled skill {v['pooled_skill']:.3f}  median skill {v['median_skill']:.3f}"
               f"  dust {v['median_dust_recovered']:.3f}  log-r {v['median_log_r']:.3f}"

@@ -405,6 +405,7 @@ def evaluate(
     model_config=None,
     refine_floors=(),
     refine_corr=(),
+    refine_cv=None,
 ) -> tuple[dict[str, Any], ap.MapResult]:
     """One row of the table: ``(report, map_result)``. ``model_config`` (the model's training
     config, dict or ConfigDict) turns on the bad-input warnings of `dustjax.vnet.checks`.
@@ -412,7 +413,10 @@ def evaluate(
     ``refine_floors`` (mag; needs a variance head): also score the physics refinement
     (`dustjax.vnet.refine`) of the V-net's map, in ``report["refined"]``: on the literature route
     one map per noise floor of the exact cube, on the catalogue route one map from the stars,
-    and one more per ``(corr_length, nugget)`` of ``refine_corr`` (correlated prior errors)."""
+    and one more per ``(corr_length, nugget)`` of ``refine_corr`` (correlated prior errors).
+    ``refine_cv`` (catalogue route, a dict: ``candidates`` and `dustjax.vnet.refine_cv.refine_cv`'s
+    keywords): also the refinement chosen by held-out stars, ``report["refined"]["stars_cv"]``
+    with its table (runs without ``refine_floors`` too)."""
     t0 = time.perf_counter()
     band = None
     catalog = None
@@ -466,19 +470,23 @@ def evaluate(
         raise RealSkyError(f"route must be 'literature' or 'catalogue', got {route!r}")
     report["region"] = region.to_dict()
     report["scores"] = scores(result.density, result.truth, region, band=band)
-    if refine_floors and hat_model is not None:
+    if (refine_floors or (refine_cv and route == "catalogue")) and hat_model is not None:
         report["refined"] = refined_scores(
             result, region, hat_model, catalog if route == "catalogue" else None, refine_floors,
-            refine_corr,
+            refine_corr, refine_cv,
         )  # fmt: skip
     report["seconds"] = time.perf_counter() - t0
     return report, result
 
 
-def refined_scores(result, region: Region, hat_model, catalog, floors, corr=()) -> dict[str, Any]:
+def refined_scores(
+    result, region: Region, hat_model, catalog, floors, corr=(), cv=None
+) -> dict[str, Any]:
     """Scores of the V-net map refined by the extinctions (`dustjax.vnet.refine`): from the
-    stars of `catalog`, or (None: the literature route) from the cube with each noise floor."""
-    from dustjax.vnet import refine
+    stars of `catalog`, or (None: the literature route) from the cube with each noise floor;
+    ``cv`` (a dict, `evaluate`'s ``refine_cv``): also the refinement chosen by held-out stars
+    (`dustjax.vnet.refine_cv`; the independent-prior row only with ``floors``)."""
+    from dustjax.vnet import refine, refine_cv
 
     prior = refine.prior_of_model(hat_model, result.extinction)
     out: dict[str, Any] = {}
@@ -486,11 +494,19 @@ def refined_scores(result, region: Region, hat_model, catalog, floors, corr=()) 
         t = time.perf_counter()
         op = refine.catalog_operator(catalog, region)  # built once, shared by every setting
         op_seconds = time.perf_counter() - t
-        t = time.perf_counter()
-        rho = refine.refine_catalog(catalog, *prior, region, operator=op)
-        seconds = time.perf_counter() - t
-        out["stars"] = dict(scores=scores(rho, result.truth, region), seconds=seconds,
-                            operator_seconds=op_seconds)  # fmt: skip
+        if cv:
+            t = time.perf_counter()
+            kw = {k: v for k, v in cv.items() if k != "candidates"}
+            rho, rep = refine_cv.refine_cv(catalog, *prior, region, cv["candidates"], operator=op,
+                                           **kw)  # fmt: skip
+            out["stars_cv"] = dict(scores=scores(rho, result.truth, region), cv=rep,
+                                   seconds=time.perf_counter() - t)  # fmt: skip
+        if floors:
+            t = time.perf_counter()
+            rho = refine.refine_catalog(catalog, *prior, region, operator=op)
+            seconds = time.perf_counter() - t
+            out["stars"] = dict(scores=scores(rho, result.truth, region), seconds=seconds,
+                                operator_seconds=op_seconds)  # fmt: skip
         for ell, nu, *tau in corr:
             t = time.perf_counter()
             tau = tau[0] if tau else 0.0

@@ -301,6 +301,7 @@ def refine_catalog(
     model_error=0.0,
     info: dict | None = None,
     operator=None,
+    fit_rows=None,
 ) -> np.ndarray:
     """The refined density ``(nx, ny, nz)`` from the stars of `catalog` (a
     `dustjax.catalog.StarCatalog`), each weighted by 1 / `star_sigma`; ``corr_length`` > 0
@@ -316,9 +317,17 @@ def refine_catalog(
     per star is already <= 1. ``info`` (a dict) receives ``model_error`` and the chi^2 per star
     of each round. ``operator``: `catalog_operator` of ``(catalog, region)`` (either kind,
     unweighted) if the caller has it already (`refine_settings` builds it once for several
-    settings; the result is the same as without)."""
+    settings; the result is the same as without). ``fit_rows`` (boolean, one per star): only
+    these stars enter the likelihood and the auto model error, the others are left out (weight
+    0; cross-validation, `dustjax.vnet.refine_cv`); None: all."""
     sigma0 = star_sigma(catalog, prior_mean, region)
     e = np.asarray(catalog.extinction, np.float64)
+    rows = slice(None)
+    if fit_rows is not None:
+        rows = np.asarray(fit_rows)
+        if rows.dtype != bool or rows.shape != e.shape or not rows.any():
+            raise ValueError(f"fit_rows must be a boolean mask of the {len(e)} stars with at "
+                             f"least one True, got {rows.dtype} {rows.shape}")  # fmt: skip
     op0 = catalog_operator(catalog, region) if operator is None else operator
     if operator is not None and (op0.num_rows != len(e) or tuple(op0.shape) != region.shape):
         raise ValueError(
@@ -327,7 +336,7 @@ def refine_catalog(
         )
 
     def fit(sigma):
-        w = 1.0 / sigma
+        w = 1.0 / sigma if fit_rows is None else np.where(rows, 1.0 / sigma, 0.0)
         op = op0.row_weighted(w)  # either kind of star operator
         data = jnp.asarray(e * w, jnp.float32)
         out = _solve(op, data, prior_mean, prior_sd, corr_length, nugget, num_steps, smooth_grid)
@@ -344,8 +353,8 @@ def refine_catalog(
     chi2 = []
     for _ in range(3 if auto else 0):
         pred = np.maximum(np.asarray(op0.apply(jnp.asarray(x)), np.float64), 0.0)
-        chi2.append(float(np.mean(((e - pred) / np.hypot(sigma0, tau * pred)) ** 2)))
-        new = model_error_scale(e - pred, sigma0, pred)
+        chi2.append(float(np.mean(((e - pred) / np.hypot(sigma0, tau * pred))[rows] ** 2)))
+        new = model_error_scale((e - pred)[rows], sigma0[rows], pred[rows])
         if new == 0.0 or abs(new - tau) <= 0.05 * new:
             tau = max(tau, new) if new else tau
             break
