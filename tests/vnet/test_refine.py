@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from catalogue_helpers import uniform_catalogue
 
 from dustjax import inversion
 from dustjax.geometry import Region
@@ -173,19 +174,7 @@ def test_the_correlated_map_point_satisfies_its_optimality_conditions():
 
 
 def _catalogue(truth, region, n, seed, sigma_a=0.01):
-    from dustjax.catalog import StarCatalog
-    from dustjax.los import integrate_to_points
-
-    rng = np.random.default_rng(seed)
-    lo, hi = np.asarray(region.lower_pc) + 0.5, np.asarray(region.upper_pc) - 0.5
-    xyz = rng.uniform(lo, hi, (n, 3))
-    edges = tuple(region.edges_pc(a) for a in range(3))
-    e_true = np.asarray(integrate_to_points(truth, edges, xyz), np.float64)
-    sigma = np.hypot(sigma_a, 0.05 * e_true)
-    return StarCatalog.from_arrays(
-        xyz_pc=xyz, extinction=e_true + sigma * rng.standard_normal(n), sigma_extinction=sigma,
-        region=region,
-    )  # fmt: skip
+    return uniform_catalogue(truth, region, n, seed, sigma_a, 0.05)
 
 
 def test_a_smoothly_wrong_prior_is_corrected_better_with_correlated_errors():

@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pytest
+from catalogue_helpers import uniform_catalogue
 
 from dustjax.geometry import Region
 from dustjax.vnet import refine, refine_cv
@@ -20,19 +21,7 @@ def _truth(seed):
 
 
 def _catalogue(truth, n, seed, sigma_a, sigma_b=0.0):
-    from dustjax.catalog import StarCatalog
-    from dustjax.los import integrate_to_points
-
-    rng = np.random.default_rng(seed)
-    lo, hi = np.asarray(REGION.lower_pc) + 0.5, np.asarray(REGION.upper_pc) - 0.5
-    xyz = rng.uniform(lo, hi, (n, 3))
-    edges = tuple(REGION.edges_pc(a) for a in range(3))
-    e_true = np.asarray(integrate_to_points(truth, edges, xyz), np.float64)
-    sigma = np.hypot(sigma_a, sigma_b * e_true)
-    return StarCatalog.from_arrays(
-        xyz_pc=xyz, extinction=e_true + sigma * rng.standard_normal(n), sigma_extinction=sigma,
-        region=REGION,
-    )  # fmt: skip
+    return uniform_catalogue(truth, REGION, n, seed, sigma_a, sigma_b)
 
 
 def test_an_exact_prior_is_kept_when_the_stars_only_add_noise():
