@@ -19,7 +19,8 @@ training grid cut 2 x 2 in angle (`predict.star_grid_factor = (2, 2, 1)`, set he
 the map do not change) the held-out error falls to 3.39 % (0.726x; a second star draw and fit
 seed: 0.730x), and through `fit_gp` with this config the calibrated bands hold the true
 extinction of the stars held out of the fit 70.9 % of the time (one H200, session 6,
-docs/validation.md "The stars through a grid cut in angle"). Hardware: one GPU (~20 GiB); on
+docs/validation.md "The stars through a grid cut in angle"; measured before the calibration
+pooled the fitted stars' residuals, which at CPU size gives 65.1 % with `gp_taurus_cpu`). Hardware: one GPU (~20 GiB); on
 a CPU use `gp_taurus_cpu`.
 """
 
