@@ -20,8 +20,8 @@ the map do not change) the held-out error falls to 3.39 % (0.726x; a second star
 seed: 0.730x), and through `fit_gp` with this config the calibrated bands hold the true
 extinction of the stars held out of the fit 70.9 % of the time (one H200, session 6,
 docs/validation.md "The stars through a grid cut in angle"; measured before the calibration
-pooled the fitted stars' residuals, which at CPU size gives 65.1 % with `gp_taurus_cpu`). Hardware: one GPU (~20 GiB); on
-a CPU use `gp_taurus_cpu`.
+pooled the fitted stars' residuals, which at CPU size gives 65.1 % with `gp_taurus_cpu`).
+Hardware: one GPU (~20 GiB); on a CPU use `gp_taurus_cpu`.
 """
 
 from dustjax.configs import gp_taurus_cpu
