@@ -147,10 +147,9 @@ def calibrate_bands(
     f0, s0 = (0.0, 0.0) if shape is None else (float(v) for v in shape)
     if f0 == 0.0 and s0 == 0.0:
         f0, s0 = _maximum_likelihood(pct, observed, sigma)
-    tau2 = ((pct[2] - pct[0]) / 2.0) ** 2 + (f0 * pct[1]) ** 2 + s0**2
+    r2, tau2, noise2 = _residual_terms(pct, observed, sigma, f0, s0)
     if not np.any(tau2 > 0):
         raise ValueError("the bands have zero width and no model error: nothing to scale")
-    r2 = (observed - pct[1]) ** 2
     pool = None
     if fitted is not None:
         fpct, fobs, fsig = (np.asarray(v, np.float64) for v in fitted)
@@ -159,12 +158,11 @@ def calibrate_bands(
                 f"fitted: need bands (3, N), extinctions and sigmas (N,), got {fpct.shape}, "
                 f"{fobs.shape}, {fsig.shape}"
             )
-        ftau2 = ((fpct[2] - fpct[0]) / 2.0) ** 2 + (f0 * fpct[1]) ** 2 + s0**2
-        pool = ((fobs - fpct[1]) ** 2, ftau2, fsig**2)
+        pool = _residual_terms(fpct, fobs, fsig, f0, s0)
     if method == "observed":
-        k = _scale_for_observed_coverage(r2, tau2, sigma**2, target_coverage)
+        k = _scale_for_observed_coverage(r2, tau2, noise2, target_coverage)
     else:
-        k = _deconvolved_scale(r2, tau2, sigma**2, target_coverage, pool=pool, info=info)
+        k = _deconvolved_scale(r2, tau2, noise2, target_coverage, pool=pool, info=info)
     c = float(np.sqrt(k))
     return c, c * f0, c * s0
 
@@ -200,6 +198,13 @@ def _mixture_nll(theta, r2, tau2, noise2) -> float:
     l1 = np.log1p(-p) - 0.5 * (np.log(v1) + r2 / v1)
     l2 = np.log(p) - 0.5 * (np.log(v2) + r2 / v2)
     return -float(np.sum(np.logaddexp(l1, l2)))
+
+
+def _residual_terms(pct, observed, sigma, f0, s0):
+    """(r2, tau2, noise2) per star: the squared residual of P50, the model's squared band
+    half-width plus the model error (f0 P50)^2 + s0^2, and the squared noise."""
+    tau2 = ((pct[2] - pct[0]) / 2.0) ** 2 + (f0 * pct[1]) ** 2 + s0**2
+    return (observed - pct[1]) ** 2, tau2, sigma**2
 
 
 _MIXTURE_GATE = 4.6  # log-likelihood gain the mixture's two extra parameters must exceed
@@ -259,7 +264,8 @@ def _deconvolved_scale(r2, tau2, noise2, target_coverage, pool=None, info=None) 
         return r2[keep], tau2[keep], noise2[keep]
 
     r2, tau2, noise2 = usable(r2, tau2, noise2)
-    _, a_val, se_val = _gauss_fit(r2, tau2, noise2)
+    validation_fit = _gauss_fit(r2, tau2, noise2)
+    _, a_val, se_val = validation_fit
     shape_set, pooled, a_fit = (r2, tau2, noise2), 0, None
     if pool is not None:
         pr2, ptau2, pnoise2 = usable(*(np.asarray(v, np.float64) for v in pool))
@@ -275,7 +281,8 @@ def _deconvolved_scale(r2, tau2, noise2, target_coverage, pool=None, info=None) 
             )
             pooled = int(pr2.size)
     nll_mix, a, wide_ratio, p = _mixture_fit(*shape_set)
-    nll_gauss, a_gauss, _ = _gauss_fit(*shape_set)
+    # one Gaussian on the same set (the validation stars' fit above when nothing was pooled)
+    nll_gauss, a_gauss, _ = _gauss_fit(*shape_set) if pooled else validation_fit
     # the one Gaussian (p = 0) unless the mixture's two more parameters pay their way: where
     # the noise dominates, a Gaussian error's residuals are fitted a little better by a
     # spurious mixture, whose tail would narrow the band below 68 %
