@@ -224,15 +224,9 @@ def cross_validate(
         info: dict = {}
         if cand in extra:
             rho = np.asarray(extra[cand], np.float32)
-        elif cand == NONE:
-            rho = np.asarray(prior_mean, np.float32)
-        else:
-            ell, nu, *tau = cand
-            rho = refine.refine_catalog(
-                catalog, prior_mean, prior_sd, region, corr_length=ell, nugget=nu,
-                model_error=tau[0] if tau else 0.0, info=info, operator=op, fit_rows=fit_rows,
-                **kw,
-            )  # fmt: skip
+        else:  # fitted on the kept stars only
+            rho = refit(catalog, prior_mean, prior_sd, region, cand, operator=op, info=info,
+                        fit_rows=fit_rows, **kw)  # fmt: skip
         pred = np.maximum(np.asarray(op.apply(jnp.asarray(rho, jnp.float32)), np.float64), 0.0)
         tau_pred = refine.model_error_scale((e - pred)[fit_rows], sigma[fit_rows], pred[fit_rows])
         sc = star_scores(e[out_rows], sigma[out_rows], pred[out_rows], tau_pred)
@@ -299,8 +293,9 @@ def refine_cv(
 
 def refit(catalog, prior_mean, prior_sd, region: Region, setting, *, operator=None, info=None,
           **kw) -> np.ndarray:  # fmt: skip
-    """One candidate's map from *all* the stars: `NONE` is the prior's median, a setting
-    ``(ell, nu[, tau])`` its `refine.refine_catalog` (``kw``: ``num_steps``)."""
+    """One candidate's map: `NONE` is the prior's median, a setting ``(ell, nu[, tau])`` its
+    `refine.refine_catalog` from all the stars (``kw``: ``num_steps``; ``fit_rows`` to fit only
+    those)."""
     if setting == NONE:
         return np.array(prior_mean, np.float32)
     ell, nu, *tau = setting
