@@ -237,8 +237,11 @@ def calibrate_with_redraws(workdir, num_batches=2, num_redraws=8, batch_size=8) 
     )
 
 
-def _val_hat_mse(workdir, bn_stats: str, num_batches: int) -> float:
-    """Mean squared error of the predicted median hat on the first validation batches."""
+def _validation_outputs(workdir, num_batches: int, bn_stats: str = "auto"):
+    """(config, [(network output, truth hat)]) of the trained model on the first `num_batches`
+    validation batches (the fixed validation stream of the run's seed), float64."""
+    import itertools
+
     import jax
     import numpy as np
 
@@ -250,13 +253,21 @@ def _val_hat_mse(workdir, bn_stats: str, num_batches: int) -> float:
     batches = simulate_observed_source(
         cfg, "validation", batch_size=int(cfg.batch_size), seed=int(cfg.seed), epoch=0, train=False
     )
-    err = []
-    for i, b in enumerate(batches):
-        if i >= num_batches:
-            break
-        mu = np.asarray(apply(b["extinction"]), np.float64)[..., 0]
-        err.append(np.mean((mu - np.asarray(b["density"], np.float64)[..., 0]) ** 2))
-    return float(np.mean(err))
+    return cfg, [
+        (
+            np.asarray(apply(b["extinction"]), np.float64),
+            np.asarray(b["density"], np.float64)[..., 0],
+        )
+        for b in itertools.islice(batches, num_batches)
+    ]
+
+
+def _val_hat_mse(workdir, bn_stats: str, num_batches: int) -> float:
+    """Mean squared error of the predicted median hat on the first validation batches."""
+    import numpy as np
+
+    _, outputs = _validation_outputs(workdir, num_batches, bn_stats)
+    return float(np.mean([np.mean((out[..., 0] - truth) ** 2) for out, truth in outputs]))
 
 
 def precise_bn(workdir, num_batches: int, num_val_batches: int = 4) -> dict:
@@ -287,28 +298,18 @@ def precise_bn(workdir, num_batches: int, num_val_batches: int = 4) -> dict:
 
 def calibrate(workdir, config, num_batches: int = 4, num_redraws: int = 0) -> dict:
     """Fit the variance head's sigma scale on validation simulations (truth > 1e-4 mag/pc)."""
-    import jax
     import numpy as np
 
-    from dustjax import training
     from dustjax.vnet import normalisation as nz
-    from dustjax.vnet.observe import simulate_observed_source
 
-    model, variables, cfg = training.load_trained(workdir)
+    cfg, outputs = _validation_outputs(workdir, num_batches)
     norm = nz.normalisation_of(cfg)
-    apply = jax.jit(lambda x: model.apply(variables, x, train=False))
-    batches = simulate_observed_source(
-        cfg, "validation", batch_size=int(cfg.batch_size), seed=int(cfg.seed), epoch=0, train=False
-    )
     mus, sigmas, truths = [], [], []
-    for i, b in enumerate(batches):
-        if i >= num_batches:
-            break
-        out = np.asarray(apply(b["extinction"]), np.float64)
+    for out, truth in outputs:
         mus.append(out[..., 0])
         if out.shape[-1] > 1:
             sigmas.append(np.exp(np.clip(out[..., 1], *nz.LOG_SIGMA_RANGE)))
-        truths.append(np.asarray(b["density"], np.float64)[..., 0])
+        truths.append(truth)
     mu, truth = np.concatenate(mus), np.concatenate(truths)
     rho_t = np.asarray(norm.density_inverse(truth, xp=np))
     mask = rho_t > 1e-4

@@ -46,9 +46,7 @@ def load_trained(
     mesh = mesh or _first_local_device()
     manager = checkpoint_manager(workdir, read_only=True)
     try:  # closed on errors too
-        step = manager.best_step() if which == "best" else manager.latest_step()
-        if step is None:
-            raise FileNotFoundError(f"no checkpoint in {Path(workdir) / CHECKPOINT_DIR}")
+        step = _checkpoint_step(manager, workdir, which)
         model = build_model(config)
         tx = make_optimizer(config, 1)
         shape = _input_shape_from_config(config)
@@ -83,9 +81,13 @@ def checkpoint_step(workdir: str | Path, which: str = "best") -> int:
     """The epoch of the ``"best"`` or ``"latest"`` checkpoint of a run."""
     manager = checkpoint_manager(workdir, read_only=True)
     try:
-        step = manager.best_step() if which == "best" else manager.latest_step()
+        return _checkpoint_step(manager, workdir, which)
     finally:
         manager.close()
+
+
+def _checkpoint_step(manager, workdir, which: str) -> int:
+    step = manager.best_step() if which == "best" else manager.latest_step()
     if step is None:
         raise FileNotFoundError(f"no checkpoint in {Path(workdir) / CHECKPOINT_DIR}")
     return int(step)
@@ -119,7 +121,7 @@ def write_population_stats(
 
     stats = population_batch_stats(model, variables, counting(), mesh, rng=rng)
     blob = {"epoch": step, "num_batches": len(counted),
-            "batch_stats": jax.tree.map(lambda a: jax.device_get(a), stats)}  # fmt: skip
+            "batch_stats": jax.device_get(stats)}  # fmt: skip
     with dio.atomic_path(Path(workdir) / POPULATION_STATS_FILE) as tmp:
         tmp.write_bytes(serialization.msgpack_serialize(blob))
     log.info("population batch-norm statistics of epoch %d over %d batches written to %s",
