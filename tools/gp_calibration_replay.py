@@ -154,8 +154,7 @@ def main(argv):
     results = [score(d, label) for d, label in sets]
     print(json.dumps(results, indent=1))
     if FLAGS.out:
-        Path(FLAGS.out).parent.mkdir(parents=True, exist_ok=True)
-        write_json(FLAGS.out, results)  # atomic
+        write_json(FLAGS.out, results)  # atomic; creates the directory
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ error's kurtosis (heavy tails: the reason matching the observed coverage over-co
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 from absl import app, flags
@@ -61,8 +60,7 @@ def main(argv):
     results = [study(p) for p in FLAGS.stars]
     print(json.dumps(results, indent=1))
     if FLAGS.out:
-        Path(FLAGS.out).parent.mkdir(parents=True, exist_ok=True)
-        write_json(FLAGS.out, results)  # atomic
+        write_json(FLAGS.out, results)  # atomic; creates the directory
 
 
 if __name__ == "__main__":
