@@ -228,12 +228,15 @@ def test_catalogue_route_refined_scores_with_correlated_prior_errors():
     report, _ = realsky.evaluate(
         cube, REGION, zero, route="catalogue", hat_model=hat, num_stars=3000, sigma_a=0.003,
         sigma_b=0.01, num_redraws=0, refine_floors=(1.0,),
-        refine_corr=((1.5, 0.1), (1.5, 0.1, "auto")),
+        refine_corr=((1.5, 0.1), (1.5, 0.1, "auto")), refine_grid=(1, 2),
     )  # fmt: skip
     refined = report["refined"]
-    assert list(refined) == ["stars", "stars_corr_1.5_0.1", "stars_corr_1.5_0.1_auto"]
+    assert list(refined) == ["stars", "stars_corr_1.5_0.1", "stars_corr_1.5_0.1_auto",
+                             "stars_corr_1.5_0.1_x2", "stars_corr_1.5_0.1_auto_x2"]  # fmt: skip
     assert refined["stars_corr_1.5_0.1_auto"]["model_error"] >= 0
     assert refined["stars_corr_1.5_0.1"]["corr_length_cells"] == 1.5
+    assert refined["stars_corr_1.5_0.1_x2"]["grid_factor"] == 2
+    assert refined["stars_corr_1.5_0.1_x2"]["scores"] != refined["stars_corr_1.5_0.1"]["scores"]
     for r in refined.values():
         assert r["scores"]["skill"] > 0.5 and r["scores"]["dust_recovered"] > 0.5
 

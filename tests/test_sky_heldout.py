@@ -100,17 +100,20 @@ def test_refine_heldout_scores_the_variants_from_the_file(workdir, tmp_path):
     wd, _ = workdir
     path = tmp_path / "held.npz"
     held = sky_heldout.main([f"--model={wd}", "--num_cubes=2", "--num_stars=600",
-                             "--refine_corr=1.5:0.2", f"--save_arrays={path}",
-                             f"--out={tmp_path / 'h.json'}"])  # fmt: skip
+                             "--refine_corr=1.5:0.2", "--refine_grid=1,2",
+                             f"--save_arrays={path}", f"--out={tmp_path / 'h.json'}"])  # fmt: skip
     res = refine_heldout.main([f"--arrays={path}", "--variants=vnet,indep,corr:1.5:0.2,smooth:3",
                                "--num_steps=50", f"--out={tmp_path / 'r.json'}"])  # fmt: skip
     # the device-side score (sky_heldout --refine_corr, 1,000 steps) is the CPU one from the file
-    again = refine_heldout.main([f"--arrays={path}", "--variants=corr:1.5:0.2",
+    again = refine_heldout.main([f"--arrays={path}", "--variants=corr:1.5:0.2,fine:2:1.5:0.2",
                                  f"--out={tmp_path / 'r2.json'}"])  # fmt: skip
+    # the finer grid too: the device's --refine_grid=2 is refine_heldout's fine:2
+    pairs = (("corr:1.5:0.2", "corr_1.5_0.2"), ("fine:2:1.5:0.2", "corr_1.5_0.2_x2"))
     for i in range(2):
-        assert again["per_cube"]["corr:1.5:0.2"][i]["skill"] == pytest.approx(
-            held["per_cube"]["catalogue_vnet_refined_corr_1.5_0.2"][i]["skill"], abs=1e-4
-        )
+        for variant, name in pairs:
+            assert again["per_cube"][variant][i]["skill"] == pytest.approx(
+                held["per_cube"][f"catalogue_vnet_refined_{name}"][i]["skill"], abs=1e-4
+            )
     assert set(res["summary"]) == {"vnet", "indep", "corr:1.5:0.2", "smooth:3"}
     arrays, meta = sky_heldout.read_arrays(path)
     m, _ = sky_heldout.prior_of(arrays, meta, "cat", 1)  # "vnet" is the prior's median map

@@ -69,6 +69,13 @@ def parse_args(argv=None):
         "number or 'auto'), e.g. 2:0.3:auto (the setting chosen on held-out simulations)",
     )
     p.add_argument(
+        "--refine_grid",
+        default="1",
+        help="--refine_corr on these comma-separated grids: 1 the map's cells, F a grid F x "
+        "finer whose block means are the map (dustjax.vnet.refine.refine_catalog_fine; the "
+        "stars place their dust inside the map's cells), e.g. 1,3",
+    )
+    p.add_argument(
         "--refine_cv",
         default="",
         help="catalogue route: also the refinement chosen by held-out stars among these "
@@ -129,6 +136,7 @@ def main(argv=None) -> dict:
         model_config=model_info.get("config"),
         refine_floors=tuple(float(v) for v in args.refine.split(",") if v.strip()),
         refine_corr=refine.parse_corr_settings(args.refine_corr),
+        refine_grid=refine.parse_grid_factors(args.refine_grid),
         refine_cv=dict(
             candidates=args.refine_cv,
             holdout=args.refine_cv_holdout,

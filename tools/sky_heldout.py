@@ -68,6 +68,9 @@ def parse_args(argv=None):
                    "map refined by the draw's stars with correlated prior errors "
                    "(dustjax.vnet.refine) at these comma-separated ELL:NUGGET[:auto] settings, "
                    "e.g. 2:0.3:auto")  # fmt: skip
+    p.add_argument("--refine_grid", default="1", help="--refine_corr on these comma-separated "
+                   "grids: 1 the map's cells, F a grid F x finer whose block means are the map "
+                   "(dustjax.vnet.refine.refine_catalog_fine), e.g. 1,3")  # fmt: skip
     p.add_argument("--save_arrays", default="", help="also write the cubes (and catalogues) to "
                    "this .npz (see the module docstring)")  # fmt: skip
     p.add_argument("--save_max_stars", type=float, default=5e6, help="--save_arrays keeps the "
@@ -201,6 +204,7 @@ def main(argv=None) -> dict:
     group = int((config.get("observation") or {}).get("group", 0) or 0)
     save_stars = bool(args.save_arrays) and params.max_stars * args.num_cubes <= args.save_max_stars
     corr = refine.parse_corr_settings(args.refine_corr)
+    grids = refine.parse_grid_factors(args.refine_grid)
     want_stars = save_stars or bool(corr)
     if args.save_arrays and not save_stars:
         log.warning("--save_arrays: %d stars x %d cubes > %g: the stars are not saved",
@@ -256,12 +260,14 @@ def main(argv=None) -> dict:
                 prior = refine.prior_from_hat(norm, np.asarray(mu), np.asarray(sigma))
                 cats = [_catalogue({k: np.asarray(v)[i] for k, v in stars.items()}, region)
                         for i in range(b)]  # fmt: skip
-                # one star operator per cube, shared by the settings (refine.refine_settings)
-                maps_ = [refine.refine_settings(cats[i], prior[0][i], prior[1][i], region, corr)
-                         for i in range(b)]  # fmt: skip
-                for j, (ell, nu, *tau) in enumerate(corr):
-                    name = f"vnet_refined_corr_{ell:g}_{nu:g}" + (f"_{tau[0]}" if tau else "")
-                    preds[name] = np.stack([maps_[i][j] for i in range(b)])
+                for f in grids:  # one star operator per cube and grid, shared by the settings
+                    maps_ = [refine.refine_settings(cats[i], prior[0][i], prior[1][i], region,
+                                                    corr, factor=f)
+                             for i in range(b)]  # fmt: skip
+                    for j, setting in enumerate(corr):
+                        preds["vnet_refined_" + refine.setting_label(setting, f)] = np.stack(
+                            [maps_[i][j] for i in range(b)]
+                        )
             for method, pred in preds.items():
                 for i in range(b):
                     s = realsky.scores(pred[i], truth[i], region)

@@ -66,6 +66,12 @@ def define_flags() -> None:
         "--refine on a catalogue: relative model error added to the stars' sigmas (a number), "
         "or 'auto': estimated from the stars' chi^2 (0 when they already fit).",
     )  # fmt: skip
+    flags.DEFINE_integer(
+        "refine_grid_factor", 1,
+        "--refine on a catalogue: fit on a grid this many times finer per axis and write its "
+        "block means (the stars place their dust inside the map's cells; 3 on the real LR "
+        "catalogue, docs/apply.md).",
+    )  # fmt: skip
     flags.DEFINE_float("nnls_smoothness", None, "NNLS regulariser weight (default: per input).")
     flags.DEFINE_integer("nnls_steps", None, "NNLS accelerated projected-gradient iterations.")
     flags.DEFINE_string("workdir", None, "Output directory (default workdirs/apply_<region>).")
@@ -162,6 +168,7 @@ def run():
         refine_floor=FLAGS.refine_floor,
         refine_corr_length=FLAGS.refine_corr_length,
         refine_model_error=FLAGS.refine_model_error,
+        refine_grid_factor=FLAGS.refine_grid_factor,
     )
     from dustjax import distributed
 

@@ -87,6 +87,7 @@ def make_map(
     refine_floor: float = 0.01,
     refine_corr_length: float = 0.0,
     refine_model_error="0",
+    refine_grid_factor: int = 1,
 ) -> dict[str, str]:
     """A trained V-net (training workdir `model`) applied to a star catalogue (a file, or
     ``"demo"``: one sampled from a simulated cube) or to a literature cube (a FITS file), on the
@@ -108,9 +109,13 @@ def make_map(
     (cells; catalogues): the prior's errors are correlated over that length
     (`dustjax.vnet.refine.solve_correlated`, nugget `dustjax.vnet.refine.DEFAULT_NUGGET`);
     ``refine_model_error`` (catalogues): a relative model error added to the stars' sigmas, a
-    number or "auto" (from the stars' chi^2; `dustjax.vnet.refine.refine_catalog`)."""
+    number or "auto" (from the stars' chi^2; `dustjax.vnet.refine.refine_catalog`);
+    ``refine_grid_factor`` F > 1 (catalogues): the fit on a grid F x finer per axis, the map its
+    block means (`dustjax.vnet.refine.refine_catalog_fine`: the stars place their dust inside the
+    map's cells; on the real LR catalogue with F = 3, docs/validation.md)."""
     from dustjax import catalog as cat
     from dustjax.geometry import Region
+    from dustjax.vnet import refine as rf
 
     if (catalog is None) == (literature_cube is None):
         raise ap.ApplyError("give exactly one of a catalogue and a literature cube")
@@ -121,6 +126,13 @@ def make_map(
     if refine_corr_length < 0:
         raise ap.ApplyError(f"--refine_corr_length must be >= 0 cells, got {refine_corr_length}")
     model_error = _model_error(refine_model_error)
+    try:
+        grid_factor = rf.grid_factor(refine_grid_factor)
+    except ValueError as e:
+        raise ap.ApplyError(f"--refine_grid_factor: {e}") from None
+    if grid_factor > 1 and literature_cube is not None:
+        raise ap.ApplyError("--refine_grid_factor > 1 refines from a star catalogue's stars; a "
+                            "literature cube's extinctions are on the map's own cells")  # fmt: skip
     if refine and not refine_floor > 0:
         raise ap.ApplyError(f"--refine_floor must be > 0 mag, got {refine_floor}")
     # Cheap checks first, slow work after: the output directory, the model's region (its
@@ -170,7 +182,8 @@ def make_map(
             model_config=config,
         )  # fmt: skip
     if refine:
-        refine_map(result, model, region, stars, refine_floor, refine_corr_length, model_error)
+        refine_map(result, model, region, stars, refine_floor, refine_corr_length, model_error,
+                   grid_factor)  # fmt: skip
     result.summary["method"] = method
     if method == "nnls":
         result.summary["nnls"] = predictor.nnls_settings
@@ -204,8 +217,9 @@ def _model_error(value):
 
 
 def refine_map(
-    result, model, region, stars, floor: float, corr_length: float = 0.0, model_error=0.0
-) -> None:
+    result, model, region, stars, floor: float, corr_length: float = 0.0, model_error=0.0,
+    grid_factor: int = 1,
+) -> None:  # fmt: skip
     """Replace ``result.density`` by its refinement (`dustjax.vnet.refine`) in place, from
     `stars` or (None) from ``result.extinction`` at the noise floor `floor`; the summary's
     ``"refined"`` records what was done and the dust before and after."""
@@ -223,10 +237,12 @@ def refine_map(
     network = np.asarray(result.density)
     if stars is not None:
         fit: dict = {}
-        density = rf.refine_catalog(
-            stars, *prior, region, corr_length=corr_length, model_error=model_error, info=fit
-        )
-        info = dict(source="stars", num_stars=len(stars), corr_length_cells=float(corr_length))
+        density = rf.refine_catalog_fine(
+            stars, *prior, region, factor=grid_factor, corr_length=corr_length,
+            model_error=model_error, info=fit,
+        )  # fmt: skip
+        info = dict(source="stars", num_stars=len(stars), corr_length_cells=float(corr_length),
+                    grid_factor=int(grid_factor))  # fmt: skip
         if corr_length > 0:
             info["nugget"] = rf.DEFAULT_NUGGET
         info["model_error"] = fit["model_error"]

@@ -405,6 +405,7 @@ def evaluate(
     model_config=None,
     refine_floors=(),
     refine_corr=(),
+    refine_grid=(1,),
     refine_cv=None,
 ) -> tuple[dict[str, Any], ap.MapResult]:
     """One row of the table: ``(report, map_result)``. ``model_config`` (the model's training
@@ -413,7 +414,9 @@ def evaluate(
     ``refine_floors`` (mag; needs a variance head): also score the physics refinement
     (`dustjax.vnet.refine`) of the V-net's map, in ``report["refined"]``: on the literature route
     one map per noise floor of the exact cube, on the catalogue route one map from the stars,
-    and one more per ``(corr_length, nugget)`` of ``refine_corr`` (correlated prior errors).
+    and one more per ``(corr_length, nugget)`` of ``refine_corr`` (correlated prior errors) and
+    grid factor of ``refine_grid`` (1: the map's cells; F > 1: a grid F x finer,
+    `dustjax.vnet.refine.refine_catalog_fine`).
     ``refine_cv`` (catalogue route, a dict: ``candidates`` and `dustjax.vnet.refine_cv.refine_cv`'s
     keywords): also the refinement chosen by held-out stars, ``report["refined"]["stars_cv"]``
     with its table (runs without ``refine_floors`` too)."""
@@ -473,14 +476,14 @@ def evaluate(
     if (refine_floors or (refine_cv and route == "catalogue")) and hat_model is not None:
         report["refined"] = refined_scores(
             result, region, hat_model, catalog if route == "catalogue" else None, refine_floors,
-            refine_corr, refine_cv,
+            refine_corr, refine_cv, refine_grid,
         )  # fmt: skip
     report["seconds"] = time.perf_counter() - t0
     return report, result
 
 
 def refined_scores(
-    result, region: Region, hat_model, catalog, floors, corr=(), cv=None
+    result, region: Region, hat_model, catalog, floors, corr=(), cv=None, grids=(1,)
 ) -> dict[str, Any]:
     """Scores of the V-net map refined by the extinctions (`dustjax.vnet.refine`): from the
     stars of `catalog`, or (None: the literature route) from the cube with each noise floor;
@@ -507,17 +510,24 @@ def refined_scores(
             seconds = time.perf_counter() - t
             out["stars"] = dict(scores=scores(rho, result.truth, region), seconds=seconds,
                                 operator_seconds=op_seconds)  # fmt: skip
-        for ell, nu, *tau in corr:
+        for factor in grids if corr else ():
             t = time.perf_counter()
-            tau = tau[0] if tau else 0.0
-            fit: dict = {}
-            rho = refine.refine_catalog(catalog, *prior, region, corr_length=ell, nugget=nu,
-                                        model_error=tau, info=fit, operator=op)  # fmt: skip
-            name = f"stars_corr_{ell:g}_{nu:g}" + (f"_{tau}" if tau else "")
-            out[name] = dict(
-                scores=scores(rho, result.truth, region), seconds=time.perf_counter() - t,
-                corr_length_cells=float(ell), nugget=float(nu), **fit,
-            )  # fmt: skip
+            op_f = op if factor == 1 else refine.catalog_operator(
+                catalog, refine.fine_region(region, factor))  # fmt: skip
+            op_f_seconds = time.perf_counter() - t
+            for setting in corr:
+                t = time.perf_counter()
+                ell, nu, *tau = setting
+                fit: dict = {}
+                rho = refine.refine_catalog_fine(
+                    catalog, *prior, region, factor=factor, corr_length=ell, nugget=nu,
+                    model_error=tau[0] if tau else 0.0, info=fit, operator=op_f,
+                )  # fmt: skip
+                out["stars_" + refine.setting_label(setting, factor)] = dict(
+                    scores=scores(rho, result.truth, region), seconds=time.perf_counter() - t,
+                    corr_length_cells=float(ell), nugget=float(nu), grid_factor=int(factor),
+                    operator_seconds=op_f_seconds, **fit,
+                )  # fmt: skip
         return out
     for floor in floors:
         t = time.perf_counter()

@@ -103,6 +103,20 @@ def parse_corr_settings(spec: str) -> tuple[tuple, ...]:
     )
 
 
+def parse_grid_factors(spec) -> tuple[int, ...]:
+    """``"1,3"`` (the tools' --refine_grid) -> (1, 3): the refinement grids, each a factor of the
+    map's cells per axis (`refine_catalog_fine`); empty -> (1,)."""
+    factors = tuple(grid_factor(v) for v in str(spec).split(",") if v.strip())
+    return factors or (1,)
+
+
+def setting_label(setting, factor: int = 1) -> str:
+    """The name of a catalogue refinement in the tools' reports: ``corr_ELL_NU[_TAU][_xF]``."""
+    ell, nu, *tau = setting
+    return (f"corr_{ell:g}_{nu:g}" + (f"_{tau[0]}" if tau else "")
+            + (f"_x{int(factor)}" if int(factor) > 1 else ""))  # fmt: skip
+
+
 def padded_shape(shape, corr_length: float) -> tuple[int, ...]:
     """The FFT grid: each axis padded by ceil(4 ell) cells (and to an even size)."""
     pad = int(math.ceil(PAD_LENGTHS * float(corr_length)))
@@ -380,17 +394,32 @@ def refine_catalog_fine(
     coarse cell's value on its sub-cells; ``corr_length`` is in the *coarse* cells (multiplied by
     `factor` on the fine grid); the other keywords are `refine_catalog`'s.
     """
-    factor = int(factor)
-    if factor < 1:
-        raise ValueError(f"factor must be a positive integer, got {factor}")
+    factor = grid_factor(factor)
     if factor == 1:
         return refine_catalog(catalog, prior_mean, prior_sd, region, corr_length=corr_length,
                               **kwargs)  # fmt: skip
-    fine = Region(region.lower_pc, region.upper_pc, tuple(factor * n for n in region.shape),
-                  name=f"{region.name} x{factor}")  # fmt: skip
     up = (upsample(np.asarray(a, np.float32), factor) for a in (prior_mean, prior_sd))
-    x = refine_catalog(catalog, *up, fine, corr_length=corr_length * factor, **kwargs)
+    x = refine_catalog(catalog, *up, fine_region(region, factor), corr_length=corr_length * factor,
+                       **kwargs)  # fmt: skip
     return block_mean(x, factor)
+
+
+def grid_factor(factor) -> int:
+    """A refinement grid factor checked: a positive integer (an int-valued float is accepted)."""
+    f = float(factor)
+    if not (f >= 1 and f == int(f)):
+        raise ValueError(f"the refinement grid factor must be a positive integer, got {factor!r}")
+    return int(f)
+
+
+def fine_region(region: Region, factor: int) -> Region:
+    """`region`'s box with ``factor`` times its cells along every axis (`refine_catalog_fine`'s
+    grid; its star operator is `catalog_operator` of this region)."""
+    factor = grid_factor(factor)
+    if factor == 1:
+        return region
+    return Region(region.lower_pc, region.upper_pc, tuple(factor * n for n in region.shape),
+                  name=f"{region.name} x{factor}")  # fmt: skip
 
 
 def upsample(cube, factor: int) -> np.ndarray:
@@ -419,19 +448,24 @@ def catalog_operator(catalog, region: Region, blocked: bool = True):
 
 
 def refine_settings(
-    catalog, prior_mean, prior_sd, region: Region, settings, *, operator=None, infos=None, **kw
-) -> list[np.ndarray]:
+    catalog, prior_mean, prior_sd, region: Region, settings, *, operator=None, infos=None,
+    factor: int = 1, **kw,
+) -> list[np.ndarray]:  # fmt: skip
     """`refine_catalog` for each ``(corr_length, nugget[, model_error])`` of ``settings`` (as
     `parse_corr_settings` returns them) on one catalogue, the star operator built once and
-    shared (the same maps as one call per setting). ``infos`` (a list) receives one info dict per
-    setting; ``kw`` goes to every call (``num_steps``)."""
-    op = catalog_operator(catalog, region) if operator is None else operator
+    shared (the same maps as one call per setting). ``factor`` > 1: each on the grid that many
+    times finer (`refine_catalog_fine`; ``operator``, if given, is that grid's). ``infos`` (a
+    list) receives one info dict per setting; ``kw`` goes to every call (``num_steps``)."""
+    factor = grid_factor(factor)
+    if operator is None:
+        operator = catalog_operator(catalog, fine_region(region, factor))
     out = []
     for ell, nu, *tau in settings:
         info: dict = {}
-        out.append(refine_catalog(catalog, prior_mean, prior_sd, region, corr_length=ell,
-                                  nugget=nu, model_error=tau[0] if tau else 0.0, info=info,
-                                  operator=op, **kw))  # fmt: skip
+        out.append(refine_catalog_fine(catalog, prior_mean, prior_sd, region, factor=factor,
+                                       corr_length=ell, nugget=nu,
+                                       model_error=tau[0] if tau else 0.0, info=info,
+                                       operator=operator, **kw))  # fmt: skip
         if infos is not None:
             infos.append(info)
     return out

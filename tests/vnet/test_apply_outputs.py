@@ -160,6 +160,35 @@ def test_refine_with_correlated_prior_errors_says_so(tmp_path, zero_model, monke
         _run(tmp_path / "c", refine=True, refine_model_error="often")
 
 
+def test_refine_on_a_finer_grid_writes_the_block_means_and_says_so(tmp_path, zero_model,
+                                                                    monkeypatch):  # fmt: skip
+    """--refine_grid_factor=2: the fit on the finer grid (`refine_catalog_fine`, tested against
+    sub-cell structure in test_refine) reaches apply: the summary names the factor, the map
+    differs from the same refinement on the region's cells and fits the stars; a bad factor or
+    a literature cube is refused before any work."""
+    from dustjax.vnet import normalisation
+
+    monkeypatch.setattr(normalisation, "load_model_predictor", lambda model: _FakeHat())
+    summaries = []
+    for factor in (1, 2):
+        out = tmp_path / f"out{factor}"
+        _run(out, refine=True, refine_corr_length=2.0, refine_grid_factor=factor,
+             demo_stars=2000, write_fits=False)  # fmt: skip
+        summaries.append(json.loads((out / "summary.json").read_text())["refined"])
+    on_grid, info = summaries
+    assert on_grid["grid_factor"] == 1 and info["grid_factor"] == 2
+    assert info["dust_sum_refined"] > 0.0
+    assert info["dust_sum_refined"] != pytest.approx(on_grid["dust_sum_refined"], rel=1e-4)
+    before, after = info["consistency_network"], info["consistency_refined"]
+    assert abs(after["median_difference_mag"]) < abs(before["median_difference_mag"])
+    with pytest.raises(ap.ApplyError, match="positive integer"):
+        _run(tmp_path / "b", refine=True, refine_grid_factor=0)
+    with pytest.raises(ap.ApplyError, match="literature cube"):
+        make_map(None, "SR", tmp_path / "c", literature_cube="x.fits", refine=True,
+                 refine_grid_factor=3)  # fmt: skip
+    assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
+
+
 def test_refine_is_refused_without_a_variance_head_or_with_nnls(tmp_path, zero_model, monkeypatch):
     from dustjax.vnet import normalisation
 

@@ -34,11 +34,13 @@ EPOCHS=${EPOCHS:-16}
 SCORE_RESERVE=${SCORE_RESERVE:-200}  # phase 2: s kept after training for calibration and scores
 HELDOUT_N=${HELDOUT_N:-8}
 REFINE_CORR=${REFINE_CORR:-2:0.3:auto}  # with REFINE: the catalogue refinement chosen on held-out sims
+REFINE_GRID=${REFINE_GRID:-1}  # with REFINE: the catalogue refinement's grids (1,3: also 3 x finer)
 # EMA=0.999 (or EMA_LR / EMA_SR): evaluate, choose the best epoch and predict with a moving
 # average of the weights (config.optimizer.ema_decay; run 9's LR validation loss jumped from
 # epoch to epoch at a flat training loss). Give phase 2 the same value as phase 1.
 # Per-region overrides: HELDOUT_N_SR / HELDOUT_N_LR (0: no held-out scoring), REFINE_CORR_SR /
-# REFINE_CORR_LR (a list ELL:NU[:auto],... scores each setting; LR's 10^6 stars cost ~1 min each).
+# REFINE_CORR_LR (a list ELL:NU[:auto],... scores each setting; LR's 10^6 stars cost ~1 min each),
+# REFINE_GRID_SR / REFINE_GRID_LR (grid factors, e.g. 1,3: each setting also on a grid 3 x finer).
 WD=${WORKDIR_ROOT:-/tmp/i17b_wd}
 EV=${EVAL_ROOT:-/tmp/i17b_eval}
 mkdir -p "$OUT_DIR" "$WD"
@@ -84,7 +86,8 @@ PY
 arm() {  # REGION GPU ARM
   local R=$1 GPU=$2 ARM=$3 L=${1,,}
   local NV="HELDOUT_N_$R" CV="REFINE_CORR_$R"
-  local NHELD=${!NV:-$HELDOUT_N} CORR=${!CV:-$REFINE_CORR}
+  local GV="REFINE_GRID_$R"
+  local NHELD=${!NV:-$HELDOUT_N} CORR=${!CV:-$REFINE_CORR} GRID=${!GV:-$REFINE_GRID}
   local EV_="EMA_$R"; local EMA_R=${!EV_:-${EMA:-}}
   local RD="$OUT_DIR/${R}_$ARM"; mkdir -p "$RD"
   export CUDA_VISIBLE_DEVICES=$GPU XLA_PYTHON_CLIENT_MEM_FRACTION=0.85
@@ -128,7 +131,7 @@ arm() {  # REGION GPU ARM
     local EXTRA=""; [ $ROUTE = catalogue ] && EXTRA=${CAT[$R]}
     local T=$(( $(left) - 15 )); [ $T -lt 5 ] && break
     timeout $T $PY -m tools.realsky_vnet --cube="$CUBE" --region=$R --route=$ROUTE --model="$MODEL" \
-      $EXTRA ${REFINE:+--refine=$REFINE} ${REFINE:+--refine_corr=$CORR} --save_arrays \
+      $EXTRA ${REFINE:+--refine=$REFINE} ${REFINE:+--refine_corr=$CORR} ${REFINE:+--refine_grid=$GRID} --save_arrays \
       --out="$EV/${R}_${ROUTE}_vnet_$ARM" >> "$RD/score.log" 2>&1
     cp "$EV/${R}_${ROUTE}_vnet_$ARM/arrays.npz" "$RD/${ROUTE}_arrays.npz" 2>/dev/null
     echo "$R $ARM: $ROUTE scored (exit $?) at $(( $(date +%s) - T0 ))s" >> "$RD/score.log"
@@ -136,7 +139,7 @@ arm() {  # REGION GPU ARM
   local HO=""; [ "$SMOKE" = 1 ] && HO="--nnls_steps=20"
   # the refinement settings on the held-out sims too (LR: 10^6 stars a cube; one shared blocked
   # operator per cube since i17s; keep HELDOUT_N_LR small, e.g. 2)
-  [ -n "${REFINE:-}" ] && [ -n "$CORR" ] && HO="$HO --refine_corr=$CORR"
+  [ -n "${REFINE:-}" ] && [ -n "$CORR" ] && HO="$HO --refine_corr=$CORR --refine_grid=$GRID"
   local T=$(( $(left) - 8 ))
   [ $T -gt 5 ] && [ "$NHELD" -gt 0 ] && timeout $T $PY -m tools.sky_heldout --model="$MODEL" --num_cubes=$NHELD --nnls $HO \
     ${REFINE:+--refine=$REFINE} \
