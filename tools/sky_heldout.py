@@ -190,17 +190,25 @@ def main(argv=None) -> dict:
     from dustjax.vnet import data as vdata
     from dustjax.vnet import normalisation as nz
     from dustjax.vnet import realsky, refine
-    from dustjax.vnet.observe import observe_batch
+    from dustjax.vnet.observe import fine_region, observe_batch, simulate_subcell_fn
 
     t0 = time.perf_counter()
     config = load_config(args.model)
     region = vdata.region_of(config)
     model = nz.load_model_predictor(args.model)
     name, sim_params = vdata._simulator_params(config)
-    simulate = sims.simulate_batch_fn(region, name, sim_params)  # jitted already
     params = observation_params(
         config, args.num_stars, args.sigma_a, args.sigma_b, args.distance_error
     )
+    # the model's sub-cell factor: the stars integrate a cube that many times finer, the truth is
+    # its block mean and the literature route's exact cube that of the truth (observe module)
+    factor = params.subcell_factor
+    if factor == 1:
+        simulate = sims.simulate_batch_fn(region, name, sim_params)  # jitted already
+        dense_region = None
+    else:
+        simulate = simulate_subcell_fn(region, name, sim_params, factor, exact=True)
+        dense_region = fine_region(region, factor)
     group = int((config.get("observation") or {}).get("group", 0) or 0)
     save_stars = bool(args.save_arrays) and params.max_stars * args.num_cubes <= args.save_max_stars
     corr = refine.parse_corr_settings(args.refine_corr)
@@ -212,7 +220,8 @@ def main(argv=None) -> dict:
 
     @jax.jit
     def observe(keys, density):
-        cube, diag = observe_batch(keys, density, region, params, group, catalogue=want_stars)
+        cube, diag = observe_batch(keys, density, region, params, group, catalogue=want_stars,
+                                   density_region=dense_region)  # fmt: skip
         return cube, diag.get("catalogue")
 
     hat = jax.jit(model.predict_hat)
@@ -230,8 +239,12 @@ def main(argv=None) -> dict:
     while done < args.num_cubes:
         b = min(args.batch_size, args.num_cubes - done)
         key = jax.random.fold_in(base, done)
-        density, exact = simulate(jax.random.split(key, b))
-        observed, stars = observe(jax.random.split(jax.random.fold_in(key, 1), b), density)
+        if factor == 1:
+            density, exact = simulate(jax.random.split(key, b))
+            dense = density
+        else:
+            dense, density, exact = simulate(jax.random.split(key, b))
+        observed, stars = observe(jax.random.split(jax.random.fold_in(key, 1), b), dense)
         truth = np.asarray(density, np.float64)
         if args.save_arrays:
             for name, v in (("truth", density), ("exact", exact), ("observed", observed)):

@@ -122,6 +122,8 @@ def measure(config, n: int) -> dict:
     cfg.data.steps_per_epoch = 10 * n + 10
     off = cfg.copy_and_resolve_references()
     off.observation.enabled = False
+    if "subcell_factor" in off.observation:  # the noiseless route has no sub-cell structure
+        off.observation.subcell_factor = 1
     kw = dict(batch_size=cfg.batch_size, seed=123, epoch=0, train=True)
     t0 = time.perf_counter()
     observed = iter(simulate_observed_source(cfg, "train", **kw))
@@ -182,17 +184,25 @@ def _redraw_batches(cfg, num_batches: int, num_redraws: int, batch_size: int):
 
     region = vdata.region_of(cfg)
     name, sim_params = vdata._simulator_params(cfg)
-    simulate = sims.simulate_batch_fn(region, name, sim_params)
     params = ob.ObservationParams.from_config(cfg.observation)
+    factor = params.subcell_factor
+    if factor == 1:
+        simulate = sims.simulate_batch_fn(region, name, sim_params)
+    else:  # the stars integrate the fine cube, the target is its block mean
+        simulate = ob.simulate_subcell_fn(region, name, sim_params, factor)
+    dense_region = ob.fine_region(region, factor) if factor > 1 else None
     norm = nz.normalisation_of(cfg)
 
     @jax.jit
     def make(key):
-        density, _ = simulate(jax.random.split(key, batch_size))
+        out = simulate(jax.random.split(key, batch_size))  # (density, exact) or (fine, density)
+        dense, density = out[0], out[0] if factor == 1 else out[1]
         keys = jax.random.split(jax.random.fold_in(key, 1), batch_size)
         cubes, _ = jax.lax.map(
-            lambda a: ob.observe_one(a[0], a[1], region, params, num_redraws), (keys, density)
-        )
+            lambda a: ob.observe_one(a[0], a[1], region, params, num_redraws,
+                                     density_region=dense_region),
+            (keys, dense),
+        )  # fmt: skip
         return norm.extinction(cubes)[..., None], norm.density(density)
 
     for i in range(num_batches):

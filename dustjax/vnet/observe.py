@@ -40,6 +40,12 @@ searches the cube of side 2 cells around each centre, read as runs of half-cells
 the 3^3 block only the cells where that cannot be exact; ``trim`` (with "pieces") makes
 `observe_batch` sort its cubes by catalogue size into the groups and integrate only the star
 chunks each group's largest catalogue fills.
+
+Sub-cell structure (``subcell_factor`` F > 1): real stars integrate the sky's structure inside
+the map's cells, which map-grid simulations lack (docs/validation.md, issue 17). With F > 1 the
+density is simulated on the same box with F times the cells per axis (`simulate_subcell_fn`),
+the stars integrate that fine cube exactly, the gridding stays on the region's cells, and the
+target is the fine cube's block mean on them. F = 1 (the default) is the map-grid path, unchanged.
 """
 
 from __future__ import annotations
@@ -91,8 +97,13 @@ class ObservationParams:
     # only the star chunks that hold each group's largest catalogue (the slots past it are not
     # stars); the same cubes
     trim: bool = True
+    # > 1: the stars integrate a density simulated on a grid this many times finer per axis
+    # (structure inside the map's cells, as the real sky's); the target is its block mean on the
+    # region's cells, the gridding stays on them (`simulate_subcell_fn`, `_observed_batch_fn`)
+    subcell_factor: int = 1
 
     def __post_init__(self):
+        check_subcell_factor(self.subcell_factor)
         if self.distribution not in ("box", "radial"):
             raise ValueError(f"distribution must be 'box' or 'radial', got {self.distribution!r}")
         if self.select not in ("auto", "top_k", "bisect"):
@@ -154,6 +165,85 @@ class ObservationParams:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def check_subcell_factor(value) -> int:
+    """``observation.subcell_factor`` as an int >= 1, or one clear ValueError."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(
+            f"observation.subcell_factor must be an integer >= 1 (1: the stars integrate the "
+            f"map-grid density), got {value!r}"
+        )
+    return int(value)
+
+
+# ---- sub-cell structure -------------------------------------------------------------------------
+def fine_region(region: Region, factor: int) -> Region:
+    """The same box with ``factor`` times the cells per axis; its name keeps the region's before
+    "@" (`dustjax.sims.sky.preset_name` reads the cloud population from it)."""
+    return region.with_shape(tuple(int(factor) * n for n in region.shape))
+
+
+def block_mean(cube, factor: int) -> jax.Array:
+    """The mean over each block of ``factor``^3 cells of the last three axes (traceable;
+    `dustjax.vnet.refine.block_mean` for batches)."""
+    factor = int(factor)
+    *lead, nx, ny, nz = cube.shape
+    shape = (*lead, nx // factor, factor, ny // factor, factor, nz // factor, factor)
+    k = len(lead)
+    return jnp.mean(cube.reshape(shape), axis=(k + 1, k + 3, k + 5))
+
+
+def fine_simulator_params(simulator: str, params, factor: int):
+    """The simulator's parameters for the grid ``factor`` times finer, with the same physics.
+
+    Only the "sky" simulator (`dustjax.sims.sky`) is supported: its scales are in pc (disc,
+    turbulent spectrum and outer scale, clumps deposited as exact cell averages, cavities,
+    cone, radial smearing) except the effective resolution, a smoothing whose FWHM is drawn in
+    *cells*: its range is multiplied by ``factor`` so that the smoothing stays the same in pc.
+    What still follows the grid, by design: the disc's cusp is rounded by the (fine) cell's
+    width, the turbulent field is normalised to unit variance on the grid it is drawn on (the
+    fine field holds the sub-cell power too; for spectral indices 3-4 that adds little), and the
+    Local-Bubble edge is max(10 pc, half a cell) wide (sharper on LR's fine grid; SR's is 10 pc
+    on both). The Levy / log-normal simulators draw in cells and are refused.
+    """
+    from dustjax.sims import SIMULATORS
+
+    if factor == 1:
+        return params
+    if simulator != "sky":
+        raise ValueError(
+            f"observation.subcell_factor > 1 needs the 'sky' simulator (scales in pc); "
+            f"{simulator!r} draws in cells"
+        )
+    p = SIMULATORS["sky"][1] if params is None else params
+    lo, hi = p.smoothing_fwhm_cells_range
+    return dataclasses.replace(p, smoothing_fwhm_cells_range=(lo * factor, hi * factor))
+
+
+def simulate_subcell_fn(region: Region, simulator: str | None, params, factor: int,
+                        exact: bool = False):  # fmt: skip
+    """A jitted ``f(keys (B,)) -> (fine, density[, extinction])``: ``fine`` ``(B, F nx, F ny,
+    F nz)`` simulated on `fine_region` (`fine_simulator_params`), ``density`` its block mean on
+    `region` (the target), and with ``exact`` the LOS integral of ``density`` on `region` (the
+    literature route's input: a map on the region's grid)."""
+    from dustjax.sims import default_simulator, get_simulator, los_operator
+
+    factor = check_subcell_factor(factor)
+    name = simulator or default_simulator(region)
+    fine = fine_region(region, factor)
+    sim = get_simulator(name, fine_simulator_params(name, params, factor))
+    operator = los_operator(region) if exact else None
+
+    @jax.jit
+    def batch(keys, operator):
+        dense = jax.vmap(lambda k: sim(k, fine))(keys)
+        density = block_mean(dense, factor)
+        if operator is None:
+            return dense, density
+        return dense, density, operator(density)
+
+    return functools.partial(batch, operator=operator)
 
 
 # ---- stars ------------------------------------------------------------------------------------
@@ -336,6 +426,7 @@ def observe_one(
     num_redraws: int = 0,
     catalogue: bool = False,
     limit=None,
+    density_region: Region | None = None,
 ):
     """One density cube -> ``(gridded extinction (nx, ny, nz) clipped >= 0, diagnostics)``.
 
@@ -347,12 +438,16 @@ def observe_one(
     valid (N_max,), and the cube's distance_error f, sigma_a, sigma_b): gridding them with
     `grid_eq5` gives this cube (before the clip at 0).
     ``limit`` (>= `catalogue_size`): integrate only that many star slots (``"pieces"``).
+    ``density_region`` (default `region`; same bounds, any cells, e.g. `fine_region`): the grid
+    of ``density``, through which the stars are integrated; they are drawn in `region`'s bounds
+    and gridded on its cells.
     """
     k_star, k_noise, k_redraw = jax.random.split(key, 3)
     stars = draw_stars(k_star, region, params)
     e_true = integrate_stars(
-        density, region, stars["xyz_true"], params.star_chunk, params.integrator, limit
-    )
+        density, region if density_region is None else density_region, stars["xyz_true"],
+        params.star_chunk, params.integrator, limit,
+    )  # fmt: skip
     sigma = jnp.hypot(stars["sigma_a"], stars["sigma_b"] * jnp.maximum(e_true, 0.0))
     e_obs = e_true + sigma * jax.random.normal(k_noise, e_true.shape)
 
@@ -392,28 +487,31 @@ def observe_batch(
     params: ObservationParams,
     group: int = 0,
     catalogue: bool = False,
+    density_region: Region | None = None,
 ):
     """``(B,)`` keys and ``(B, nx, ny, nz)`` densities -> gridded extinctions and diagnostics.
 
     ``group`` > 0 runs the cubes ``group`` at a time (`lax.map` with a batch size) to bound the
     memory of large catalogues; 0 vectorises the whole batch. ``catalogue=True``: the
     diagnostics hold each cube's stars (`observe_one`), batched along axis 0.
+    ``density_region``: the densities' grid (`observe_one`; default `region`).
     """
 
     batch = density.shape[0]
     size = group if group and group < batch else batch
     if params.integrator == "pieces" and params.trim and batch % size == 0:
-        return _observe_trimmed(keys, density, region, params, size, catalogue)
+        return _observe_trimmed(keys, density, region, params, size, catalogue, density_region)
 
     def one(args):
-        return observe_one(args[0], args[1], region, params, catalogue=catalogue)
+        return observe_one(args[0], args[1], region, params, catalogue=catalogue,
+                           density_region=density_region)  # fmt: skip
 
     if size < batch:
         return jax.lax.map(one, (keys, density), batch_size=size)
     return jax.vmap(one)((keys, density))
 
 
-def _observe_trimmed(keys, density, region, params, size, catalogue=False):
+def _observe_trimmed(keys, density, region, params, size, catalogue=False, density_region=None):
     """`observe_batch` with the cubes sorted by catalogue size into groups of ``size``, each
     group integrating only the star chunks its largest catalogue fills; results in input order.
     The catalogues, and so the cubes, are those of `observe_one` with the same keys."""
@@ -428,8 +526,9 @@ def _observe_trimmed(keys, density, region, params, size, catalogue=False):
     def one_group(args):
         k, d, limit = args
         return jax.vmap(
-            lambda kk, dd: observe_one(kk, dd, region, params, catalogue=catalogue, limit=limit)
-        )(k, d)
+            lambda kk, dd: observe_one(kk, dd, region, params, catalogue=catalogue, limit=limit,
+                                       density_region=density_region)
+        )(k, d)  # fmt: skip
 
     out = jax.lax.map(one_group, (keys_g, density_g, limit_g))
     back = jnp.argsort(order)
@@ -437,6 +536,24 @@ def _observe_trimmed(keys, density, region, params, size, catalogue=False):
 
 
 # ---- the engine's data source "simulate_observed" -------------------------------------------
+# The literature route feeds a map on the region's grid: no sub-cell structure survives in its
+# input, so a finer simulation would only change the density prior, not what the network sees.
+_NO_SUBCELL_WITHOUT_OBSERVATION = (
+    "observation.subcell_factor > 1 needs observation.enabled: without the observation loop the "
+    "input is the exact LOS integral of a map on the region's grid, which holds no sub-cell "
+    "structure (set subcell_factor = 1)"
+)
+
+
+def subcell_factor(config) -> int:
+    """``config.observation.subcell_factor`` (default 1) validated; > 1 needs the observation."""
+    obs = config.get("observation")
+    factor = check_subcell_factor(1 if obs is None else obs.get("subcell_factor", 1))
+    if factor > 1 and not observation_enabled(config):
+        raise ValueError(_NO_SUBCELL_WITHOUT_OBSERVATION)
+    return factor
+
+
 def observation_enabled(config) -> bool:
     obs = config.get("observation")
     return bool(obs is not None and obs.get("enabled", False))
@@ -445,18 +562,38 @@ def observation_enabled(config) -> bool:
 @functools.lru_cache(maxsize=16)
 def _observed_batch_fn(region, simulator, sim_params, obs_params, normalisation, observe: bool,
                        batch_size: int, group: int, mesh):  # fmt: skip
-    """``make(seed, step) -> batch``: simulate, observe (optionally), normalise; jitted once."""
+    """``make(seed, step) -> batch``: simulate, observe (optionally), normalise; jitted once.
+
+    ``obs_params.subcell_factor`` = F > 1 (with ``observe``): the density is simulated on
+    `fine_region` (`simulate_subcell_fn`), the stars integrate that fine cube, and the target is
+    its block mean on `region`'s cells; F = 1 is the map-grid simulation."""
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
 
     from dustjax.sims import simulate_batch_fn
 
-    simulate = simulate_batch_fn(region, simulator, sim_params)
+    factor = obs_params.subcell_factor
+    if factor > 1 and not observe:
+        raise ValueError(_NO_SUBCELL_WITHOUT_OBSERVATION)
+    if factor == 1:
+        simulate = simulate_batch_fn(region, simulator, sim_params)
+    else:
+        simulate = simulate_subcell_fn(region, simulator, sim_params, factor)
+        dense_region = fine_region(region, factor)
 
     @functools.partial(jax.jit, out_shardings=NamedSharding(mesh, P("data")))
     def make(seed, step):
         key = jax.random.fold_in(jax.random.key(seed), step)
         keys = jax.random.split(key, batch_size)
+        if factor > 1:
+            fine, density = simulate(keys)
+            obs_keys = jax.random.split(jax.random.fold_in(key, 1), batch_size)
+            extinction, _ = observe_batch(obs_keys, fine, region, obs_params, group,
+                                          density_region=dense_region)  # fmt: skip
+            return {
+                "extinction": normalisation.extinction(extinction)[..., None],
+                "density": normalisation.density(density)[..., None],
+            }
         density, extinction = simulate(keys)
         if observe:
             obs_keys = jax.random.split(jax.random.fold_in(key, 1), batch_size)
@@ -487,6 +624,7 @@ def simulate_observed_source(config, split, *, batch_size, seed, epoch, train):
     mesh = sharding.make_mesh(config.get("num_devices") or None)
     sharding.check_batch_size(batch_size, mesh)
     obs = config.get("observation")
+    subcell_factor(config)  # one clear error for a bad factor, or F > 1 without the observation
     make = _observed_batch_fn(
         data.region_of(config), name, sim_params, ObservationParams.from_config(obs),
         normalisation_of(config), observation_enabled(config), batch_size,
