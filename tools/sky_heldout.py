@@ -207,7 +207,9 @@ def main(argv=None) -> dict:
         simulate = sims.simulate_batch_fn(region, name, sim_params)  # jitted already
         dense_region = None
     else:
-        simulate = simulate_subcell_fn(region, name, sim_params, factor, exact=True)
+        simulate = simulate_subcell_fn(
+            region, name, sim_params, factor, exact=True, log_sd_range=params.subcell_log_sd_range
+        )
         dense_region = fine_region(region, factor)
     group = int((config.get("observation") or {}).get("group", 0) or 0)
     save_stars = bool(args.save_arrays) and params.max_stars * args.num_cubes <= args.save_max_stars

@@ -189,7 +189,9 @@ def _redraw_batches(cfg, num_batches: int, num_redraws: int, batch_size: int):
     if factor == 1:
         simulate = sims.simulate_batch_fn(region, name, sim_params)
     else:  # the stars integrate the fine cube, the target is its block mean
-        simulate = ob.simulate_subcell_fn(region, name, sim_params, factor)
+        simulate = ob.simulate_subcell_fn(
+            region, name, sim_params, factor, log_sd_range=params.subcell_log_sd_range
+        )
     dense_region = ob.fine_region(region, factor) if factor > 1 else None
     norm = nz.normalisation_of(cfg)
 

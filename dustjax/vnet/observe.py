@@ -101,9 +101,20 @@ class ObservationParams:
     # (structure inside the map's cells, as the real sky's); the target is its block mean on the
     # region's cells, the gridding stays on them (`simulate_subcell_fn`, `_observed_batch_fn`)
     subcell_factor: int = 1
+    # with subcell_factor > 1: the fine cube times a log-normal factor per fine cell, normalised
+    # to mean 1 over each map cell, its natural-log sd drawn per cube uniformly in this range
+    # (the sky simulator's own sub-cell scatter is 4-5x below the real SR cube's; (0, 0): none)
+    subcell_log_sd_range: tuple[float, float] = (0.0, 0.0)
 
     def __post_init__(self):
         check_subcell_factor(self.subcell_factor)
+        lo, hi = self.subcell_log_sd_range
+        if not 0.0 <= lo <= hi:
+            raise ValueError(f"observation.subcell_log_sd_range must be (lo, hi) with 0 <= lo <= "
+                             f"hi, got {self.subcell_log_sd_range!r}")  # fmt: skip
+        if hi > 0 and self.subcell_factor == 1:
+            raise ValueError("observation.subcell_log_sd_range needs subcell_factor > 1 (the "
+                             "log-normal factor varies inside the map's cells)")  # fmt: skip
         if self.distribution not in ("box", "radial"):
             raise ValueError(f"distribution must be 'box' or 'radial', got {self.distribution!r}")
         if self.select not in ("auto", "top_k", "bisect"):
@@ -222,11 +233,15 @@ def fine_simulator_params(simulator: str, params, factor: int):
 
 
 def simulate_subcell_fn(region: Region, simulator: str | None, params, factor: int,
-                        exact: bool = False):  # fmt: skip
+                        exact: bool = False, log_sd_range=(0.0, 0.0)):  # fmt: skip
     """A jitted ``f(keys (B,)) -> (fine, density[, extinction])``: ``fine`` ``(B, F nx, F ny,
     F nz)`` simulated on `fine_region` (`fine_simulator_params`), ``density`` its block mean on
     `region` (the target), and with ``exact`` the LOS integral of ``density`` on `region` (the
-    literature route's input: a map on the region's grid)."""
+    literature route's input: a map on the region's grid). ``log_sd_range`` = (lo, hi) with
+    hi > 0: ``fine`` is multiplied by `subcell_lognormal` of a log-sd drawn per cube in the
+    range, before the block mean (so the target is still the block mean of what the stars
+    integrate)."""
+    lo, hi = (float(v) for v in log_sd_range)
     from dustjax.sims import default_simulator, get_simulator, los_operator
 
     factor = check_subcell_factor(factor)
@@ -238,12 +253,33 @@ def simulate_subcell_fn(region: Region, simulator: str | None, params, factor: i
     @jax.jit
     def batch(keys, operator):
         dense = jax.vmap(lambda k: sim(k, fine))(keys)
+        if hi > 0:
+            dense = jax.vmap(
+                lambda k, d: (
+                    d * subcell_lognormal(jax.random.fold_in(k, 17), d.shape, factor, (lo, hi))
+                )  # fmt: skip
+            )(keys, dense)
         density = block_mean(dense, factor)
         if operator is None:
             return dense, density
         return dense, density, operator(density)
 
     return functools.partial(batch, operator=operator)
+
+
+def subcell_lognormal(key, shape, factor: int, log_sd_range) -> jax.Array:
+    """A log-normal factor on a fine grid of `shape`: exp(s g), g white N(0, 1) per fine cell, s
+    drawn uniformly in ``log_sd_range``, divided by its mean over each block of ``factor``^3
+    cells (so a density constant on the map's cells keeps its block means exactly). The real
+    sky's structure below the map's cells that the simulator does not make; white because it is
+    below the fine cell's scale too."""
+    k_s, k_g = jax.random.split(key)
+    s = jax.random.uniform(k_s, (), minval=log_sd_range[0], maxval=log_sd_range[1])
+    w = jnp.exp(s * jax.random.normal(k_g, shape))
+    mean = block_mean(w, factor)
+    for axis in range(3):
+        mean = jnp.repeat(mean, factor, axis=axis)
+    return w / mean
 
 
 # ---- stars ------------------------------------------------------------------------------------
@@ -578,7 +614,8 @@ def _observed_batch_fn(region, simulator, sim_params, obs_params, normalisation,
     if factor == 1:
         simulate = simulate_batch_fn(region, simulator, sim_params)
     else:
-        simulate = simulate_subcell_fn(region, simulator, sim_params, factor)
+        simulate = simulate_subcell_fn(region, simulator, sim_params, factor,
+                                       log_sd_range=obs_params.subcell_log_sd_range)  # fmt: skip
         dense_region = fine_region(region, factor)
 
     @functools.partial(jax.jit, out_shardings=NamedSharding(mesh, P("data")))

@@ -137,3 +137,41 @@ def test_factor_needs_the_observation_and_the_sky_simulator():
     with pytest.raises(ValueError, match="needs the 'sky' simulator"):
         ob.simulate_observed_source(config, "train", **kw)
     assert ob.subcell_factor(_config(2)) == 2 and ob.subcell_factor(_config()) == 1
+
+
+def test_subcell_lognormal_keeps_the_block_means_and_has_the_drawn_scatter():
+    """The log-normal factor averages to exactly 1 over every map cell (a density constant on
+    the map's cells keeps its block means), and its log has the drawn sd (a fixed range: s)
+    up to the per-block normalisation's small shrinkage, (F^3 - 1) / F^3 of the variance."""
+    shape, factor, s = (16, 16, 16), 2, 0.9
+    w = ob.subcell_lognormal(jax.random.key(3), shape, factor, (s, s))
+    np.testing.assert_allclose(np.asarray(ob.block_mean(w, factor)), 1.0, rtol=1e-5)
+    logw = np.log(np.asarray(w)).reshape(8, 2, 8, 2, 8, 2)
+    within = logw - logw.mean(axis=(1, 3, 5), keepdims=True)
+    assert np.sqrt(np.mean(within**2) * 8 / 7) == pytest.approx(s, rel=0.05)
+    zero = ob.subcell_lognormal(jax.random.key(3), shape, factor, (0.0, 0.0))
+    np.testing.assert_array_equal(np.asarray(zero), 1.0)
+
+
+def test_subcell_log_sd_range_adds_structure_inside_the_cells_and_keeps_the_target_exact():
+    """With a log-sd range the fine cube the stars see has more scatter inside the map's cells
+    than the simulator's own, on the same simulated field, and the target is still its block
+    mean; a bad range, or a range without a finer grid, is one clear error."""
+    region = Region((-96.0, -96.0, -96.0), (96.0, 96.0, 96.0), (8, 8, 8), name="SR")
+    plain = ob.simulate_subcell_fn(region, "sky", None, 2)
+    rough = ob.simulate_subcell_fn(region, "sky", None, 2, log_sd_range=(1.0, 1.0))
+    keys = jax.random.split(jax.random.key(5), 2)
+    fine0, _ = plain(keys)
+    fine1, density1 = rough(keys)
+    np.testing.assert_allclose(np.asarray(density1), np.asarray(ob.block_mean(fine1, 2)),
+                               rtol=1e-5, atol=1e-12)  # fmt: skip
+
+    def scatter(fine):
+        a = np.log(np.maximum(np.asarray(fine, np.float64), 1e-12)).reshape(2, 8, 2, 8, 2, 8, 2)
+        return float(np.std(a - a.mean(axis=(2, 4, 6), keepdims=True)))
+
+    assert scatter(fine1) > 2 * scatter(fine0) and scatter(fine1) > 0.7
+    with pytest.raises(ValueError, match="subcell_log_sd_range"):
+        ob.ObservationParams(subcell_factor=2, subcell_log_sd_range=(1.0, 0.5))
+    with pytest.raises(ValueError, match="needs subcell_factor > 1"):
+        ob.ObservationParams(subcell_log_sd_range=(0.0, 1.0))
