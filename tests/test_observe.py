@@ -175,6 +175,9 @@ def test_sky_test_config_trains_and_beats_zero(tmp_path):
     assert bn["num_batches"] == 2 and bn["epoch"] == training.checkpoint_step(tmp_path)
     assert np.isfinite(bn["val_hat_mse_running"]) and np.isfinite(bn["val_hat_mse_population"])
     assert bn["val_hat_mse_running"] != bn["val_hat_mse_population"]
+    better = bn["val_hat_mse_population"] < bn["val_hat_mse_running"]
+    assert bn["used"] == ("population" if better else "running")
+    assert (tmp_path / training.inference.POPULATION_STATS_FILE).exists() == better
     res = calibrate(tmp_path, config, num_batches=2)
     assert res["sim_hat_mse"] < 0.6 * res["sim_hat_mse_zero"]
     assert 0.6 < res["coverage_calibrated"] < 0.76
@@ -221,3 +224,18 @@ def test_model_predictor_point_maps_and_band():
     total = np.sqrt(0.5 + 1.0)  # var over 2 redraws (ddof 1) + calibrated sigma^2
     np.testing.assert_allclose(np.asarray(band["p84"]), 1e-4 * np.sinh(2.5 + total), rtol=1e-5)
     np.testing.assert_allclose(np.asarray(band["p16"]), 1e-4 * np.sinh(2.5 - total), rtol=1e-5)
+
+
+def test_population_bn_stats_are_kept_only_when_they_lower_the_validation_error(tmp_path):
+    """keep_better_bn_stats: better on validation -> the file stays and is used; worse or equal
+    -> it is moved aside (kept for inspection, no longer read by load_trained)."""
+    from dustjax.training.inference import POPULATION_STATS_FILE
+    from tools.vnet_sky_device import REJECTED_POPULATION_STATS, keep_better_bn_stats
+
+    stats = tmp_path / POPULATION_STATS_FILE
+    stats.write_bytes(b"stats")
+    assert keep_better_bn_stats(tmp_path, running=0.10, population=0.08) == "population"
+    assert stats.read_bytes() == b"stats"
+    assert keep_better_bn_stats(tmp_path, running=0.079, population=0.115) == "running"
+    assert not stats.exists() and (tmp_path / REJECTED_POPULATION_STATS).read_bytes() == b"stats"
+    assert keep_better_bn_stats(tmp_path, running=0.1, population=0.1) == "running"  # no file

@@ -93,7 +93,7 @@ arm() {  # REGION GPU ARM
   export CUDA_VISIBLE_DEVICES=$GPU XLA_PYTHON_CLIENT_MEM_FRACTION=0.85
   local ARGS=(--regions=$R --epochs=$EPOCHS --measure_steps=$MEASURE --calibration_redraws=${CAL_REDRAWS:-8}
               --rate_factor=${RATE_FACTOR:-0.9} --plan="$WD/plan_$R.json" --workdir_root="$WD/$ARM"
-              --out="$RD" --set="$R:progress_bar=false")
+              --out="$RD" --set="$R:progress_bar=false" --population_bn=${POP_BN:-16})
   [ "$ARM" = deriv ] && ARGS+=(--set="$R:model.derivative_channel=true")
   [ -n "$EMA_R" ] && ARGS+=(--set="$R:optimizer.ema_decay=$EMA_R")
   ARGS+=(${SETS[@]+"${SETS[@]}"})
