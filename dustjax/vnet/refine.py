@@ -76,6 +76,19 @@ def prior_from_hat(normalisation, mu_hat, sigma_hat):
     return m.astype(np.float32), s.astype(np.float32)
 
 
+def ensemble_prior(means, sds) -> tuple[np.ndarray, np.ndarray]:
+    """The prior (m, s) of an ensemble of networks, each member's (m_i, s_i) from
+    `prior_from_hat`: m the members' mean, s^2 the mean of their s_i^2 plus the variance of their
+    m_i (an equal-weight mixture's first two moments; their disagreement widens the prior)."""
+    m = np.asarray(means, np.float64)
+    v = np.square(np.asarray(sds, np.float64))
+    if m.ndim < 2 or m.shape != v.shape or m.shape[0] < 1:
+        raise ValueError(f"means and sds must be stacks of equal shape (members first), got "
+                         f"{m.shape} and {v.shape}")  # fmt: skip
+    s = np.maximum(np.sqrt(v.mean(0) + m.var(0)), MIN_PRIOR_SD)
+    return m.mean(0).astype(np.float32), s.astype(np.float32)
+
+
 def prior_of_model(hat_model, extinction):
     """(m, s) of `prior_from_hat` for one extinction cube ``(nx, ny, nz)`` (mag) through a model
     with a variance head (`dustjax.vnet.normalisation.ModelPredictor`)."""
