@@ -33,6 +33,9 @@ from dustjax.io import write_json
 FLAGS = flags.FLAGS
 flags.DEFINE_list("inputs", [], "calibration_inputs.npz files to score (no fit).")
 flags.DEFINE_string("workdir", "", "Fit gp_paper_sim_cpu here first and save its inputs.")
+flags.DEFINE_string("state", "", "A fit's final_state.npz: predict its inputs, no fit.")
+flags.DEFINE_string("config", "gp_paper_sim", "--state: the config (dustjax.configs) it fitted.")
+flags.DEFINE_string("save", "", "--state: where to save its calibration_inputs.npz.")
 flags.DEFINE_integer("seed", 0, "config.seed of the fit.")
 flags.DEFINE_list("star_grid_factor", ["1", "1", "1"], "predict.star_grid_factor of the fit.")
 flags.DEFINE_list("synthetic", [], "FRAC,BAD,GOOD: score synthetic draws instead.")
@@ -82,6 +85,60 @@ def fit_and_save(workdir: str, seed: int, star_grid_factor) -> Path:
         fit_true=truth["extinction"][~held],
     )  # fmt: skip
     return path
+
+
+def inputs_from_state(state: str, config_name: str, seed: int, star_grid_factor, save: str):
+    """The calibration's inputs of a finished ``fit_gp`` run, predicted from its saved
+    parameters (``final_state.npz``) without refitting: the same catalogue, split, star grid
+    and sampling seeds as `pipeline._fit_and_predict` and `pipeline._calibrate` (so, up to the
+    device's float32 rounding, the bands the run calibrated on)."""
+    import importlib
+
+    import jax.numpy as jnp
+
+    from dustjax.gp import fit as gpfit
+    from dustjax.gp import pipeline, predict
+    from dustjax.gp.coords import KernelCoords
+    from dustjax.gp.grid import LBDGrid
+
+    config = importlib.import_module(f"dustjax.configs.{config_name}").get_config()
+    config.seed = seed
+    config.predict.star_grid_factor = tuple(int(v) for v in star_grid_factor)
+    settings = gpfit.FitSettings(**dict(config.fit))
+    grid = LBDGrid.from_dict(dict(config.grid))
+    catalog, _, truth = pipeline.load_stars(config, grid)
+    sigma = catalog.sigma_extinction
+    if config.data.get("inflate_sigma", True) and catalog.sigma_distance is not None:
+        sigma = gpfit.inflate_sigma_for_distance(catalog, grid)
+    sigma = np.asarray(sigma, np.float64)
+    held = pipeline.calibration_split(len(catalog), settings.calibration_fraction, seed=seed)
+    with np.load(state) as d:
+        jitter = float(d["meta_jitter"])
+    dtype = pipeline._dtype(config)
+    params = {k: jnp.asarray(v, dtype) for k, v in gpfit.load_params(state).items()}
+    coords = KernelCoords.for_grid(grid, settings.kernel_coords)
+
+    def bands(mask, seed_offset):
+        cat = catalog.select(mask)
+        stars = gpfit.make_star_data(cat, grid, num_shards=1, dtype=dtype, sigma=sigma[mask])
+        sgrid, index, partial = pipeline._star_operator(
+            grid, config, cat, np.asarray(stars.flat_index), np.asarray(stars.partial_pc)
+        )
+        pct = predict.predict_star_extinctions(
+            params, sgrid, index, partial, link=settings.link, jitter=jitter,
+            num_samples=int(config.predict.star_samples), seed=seed + seed_offset,
+            kernel_coords=coords,
+        )  # fmt: skip
+        return np.asarray(pct, np.float64), np.asarray(cat.extinction, np.float64), sigma[mask]
+
+    val, fit = bands(held, 3), bands(~held, 1)  # the seeds of _calibrate and the star bands
+    out = dict(pct=val[0], observed=val[1], sigma=val[2], true=truth["extinction"][held],
+               fit_pct=fit[0], fit_observed=fit[1], fit_sigma=fit[2],
+               fit_true=truth["extinction"][~held])  # fmt: skip
+    if save:
+        Path(save).parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(save, **out)
+    return out
 
 
 def synthetic(seed: int, frac: float, bad: float, good: float) -> dict:
@@ -145,6 +202,10 @@ def main(argv):
     if FLAGS.workdir:
         path = fit_and_save(FLAGS.workdir, FLAGS.seed, FLAGS.star_grid_factor)
         sets.append((dict(np.load(path)), str(path)))
+    if FLAGS.state:
+        d = inputs_from_state(FLAGS.state, FLAGS.config, FLAGS.seed, FLAGS.star_grid_factor,
+                              FLAGS.save)  # fmt: skip
+        sets.append((d, FLAGS.state))
     if FLAGS.synthetic:
         frac, bad, good = (float(v) for v in FLAGS.synthetic)
         for seed in range(FLAGS.draws):
