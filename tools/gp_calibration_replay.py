@@ -3,6 +3,8 @@ r"""The GP's band calibration replayed on the stars of a `fit_gp` run, without r
     python -m tools.gp_calibration_replay --seed=0 --star_grid_factor=3,3,1 --workdir=DIR
     python -m tools.gp_calibration_replay --inputs=DIR/calibration_inputs.npz[,...] [--out=J]
     python -m tools.gp_calibration_replay --synthetic=0.15,0.09,0.025 --draws=6
+    python -m tools.gp_calibration_replay --state=RUN/final_state.npz --config=gp_paper_sim \
+        --seed=0 --star_grid_factor=2,2,1 [--save=INPUTS.npz] [--out=J]
 
 The first form fits `gp_paper_sim_cpu` through `pipeline.fit_and_predict` (what ``fit_gp`` runs;
 ``--seed`` is the config's seed, ``--star_grid_factor`` ``predict.star_grid_factor``, no plots or
@@ -12,6 +14,11 @@ same for the fitted stars. Both forms then score, on the validation stars' true 
 (and the fitted stars'), the calibrations of `calibration.calibrate_bands`: "deconvolved" on
 the validation stars alone, "deconvolved" pooled with the fitted stars (what the pipeline
 does), and "observed" (target 60-76 %). The truth is used only to score.
+
+``--state``: a finished ``fit_gp`` run (e.g. the paper-size H200 fit) is replayed on the
+CPU without refitting: its validation and fitted stars' bands are predicted from its saved
+parameters with the run's catalogue, split and seeds (`inputs_from_state`; ``--config``, a
+module of ``dustjax.configs``, ``--seed`` and ``--star_grid_factor`` must be the run's).
 
 ``--synthetic=FRAC,BAD,GOOD``: instead, ``--draws`` synthetic sets (seeds 0, 1, ...) of 2,000
 validation, 18,000 fitted and 20,000 scored stars as in `tests/test_gp_calibration.py`: true
@@ -43,14 +50,17 @@ flags.DEFINE_integer("draws", 6, "Synthetic draws (seeds 0 .. draws-1).")
 flags.DEFINE_string("out", "", "JSON to write (empty: print only).")
 
 
-def fit_and_save(workdir: str, seed: int, star_grid_factor) -> Path:
-    """Fit as ``fit_gp --config=gp_paper_sim_cpu`` does and save the calibration's inputs."""
-    from dustjax.configs.gp_paper_sim_cpu import get_config
+def fit_and_save(workdir: str, seed: int, star_grid_factor, config=None) -> Path:
+    """Fit as ``fit_gp --config=gp_paper_sim_cpu`` (or ``config``) does and save the
+    calibration's inputs."""
     from dustjax.gp import fit as gpfit
     from dustjax.gp import pipeline
     from dustjax.gp.grid import LBDGrid
 
-    config = get_config()
+    if config is None:
+        from dustjax.configs.gp_paper_sim_cpu import get_config
+
+        config = get_config()
     config.seed = seed
     config.output.plots = False
     config.output.fits = False
@@ -87,13 +97,12 @@ def fit_and_save(workdir: str, seed: int, star_grid_factor) -> Path:
     return path
 
 
-def inputs_from_state(state: str, config_name: str, seed: int, star_grid_factor, save: str):
+def inputs_from_state(state, config, *, save: str = "") -> dict:
     """The calibration's inputs of a finished ``fit_gp`` run, predicted from its saved
     parameters (``final_state.npz``) without refitting: the same catalogue, split, star grid
     and sampling seeds as `pipeline._fit_and_predict` and `pipeline._calibrate` (so, up to the
-    device's float32 rounding, the bands the run calibrated on)."""
-    import importlib
-
+    device's float32 rounding, the bands the run calibrated on). ``config``: the run's config
+    (its seed and ``predict.star_grid_factor`` included); ``save``: an .npz to write them to."""
     import jax.numpy as jnp
 
     from dustjax.gp import fit as gpfit
@@ -101,9 +110,7 @@ def inputs_from_state(state: str, config_name: str, seed: int, star_grid_factor,
     from dustjax.gp.coords import KernelCoords
     from dustjax.gp.grid import LBDGrid
 
-    config = importlib.import_module(f"dustjax.configs.{config_name}").get_config()
-    config.seed = seed
-    config.predict.star_grid_factor = tuple(int(v) for v in star_grid_factor)
+    seed = int(config.seed)
     settings = gpfit.FitSettings(**dict(config.fit))
     grid = LBDGrid.from_dict(dict(config.grid))
     catalog, _, truth = pipeline.load_stars(config, grid)
@@ -136,8 +143,11 @@ def inputs_from_state(state: str, config_name: str, seed: int, star_grid_factor,
                fit_pct=fit[0], fit_observed=fit[1], fit_sigma=fit[2],
                fit_true=truth["extinction"][~held])  # fmt: skip
     if save:
+        from dustjax.io import atomic_path
+
         Path(save).parent.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(save, **out)
+        with atomic_path(save) as tmp, open(tmp, "wb") as fh:
+            np.savez_compressed(fh, **out)
     return out
 
 
@@ -203,8 +213,12 @@ def main(argv):
         path = fit_and_save(FLAGS.workdir, FLAGS.seed, FLAGS.star_grid_factor)
         sets.append((dict(np.load(path)), str(path)))
     if FLAGS.state:
-        d = inputs_from_state(FLAGS.state, FLAGS.config, FLAGS.seed, FLAGS.star_grid_factor,
-                              FLAGS.save)  # fmt: skip
+        import importlib
+
+        config = importlib.import_module(f"dustjax.configs.{FLAGS.config}").get_config()
+        config.seed = FLAGS.seed
+        config.predict.star_grid_factor = tuple(int(v) for v in FLAGS.star_grid_factor)
+        d = inputs_from_state(FLAGS.state, config, save=FLAGS.save)
         sets.append((d, FLAGS.state))
     if FLAGS.synthetic:
         frac, bad, good = (float(v) for v in FLAGS.synthetic)
