@@ -168,6 +168,30 @@ def synthetic(seed: int, frac: float, bad: float, good: float) -> dict:
                 score_true=scored[3])  # fmt: skip
 
 
+def _truth_diagnostics(d: dict, f0: float, s0: float) -> dict:
+    """What the truth says about the model's error, for the record (no calibration uses it):
+    on the validation stars, the error's size against the noise (median tau / sigma), its
+    variance and 68 % quantile in units of tau (the band scale a perfect calibration would
+    take), and a two-part scale mixture fitted to the noise-free errors; on both sets the
+    correlation of a star's model error with its own noise (negative: the fit followed it)."""
+    out: dict = {}
+    for key, pre in (("validation", ""), ("fitted", "fit_")):
+        pct, true, observed = d[pre + "pct"], d[pre + "true"], d[pre + "observed"]
+        tau2 = ((pct[2] - pct[0]) / 2) ** 2 + (f0 * pct[1]) ** 2 + s0**2
+        err = true - pct[1]
+        out[f"truth_error_noise_correlation_{key}"] = float(np.corrcoef(err, observed - true)[0, 1])
+        if key == "validation":
+            z = err / np.sqrt(tau2)
+            _, a, wide, p = calibration._mixture_fit(err**2, tau2, np.zeros_like(tau2))
+            out.update(
+                truth_median_tau_over_sigma=float(np.median(np.sqrt(tau2) / d["sigma"])),
+                truth_error_variance_over_tau2=float(np.mean(z**2)),
+                truth_band_scale_for_68=float(np.quantile(np.abs(z), 0.68)),
+                truth_noise_free_mixture=dict(a=a, K=wide, p=p),
+            )
+    return out
+
+
 def score(d: dict, label: str) -> dict:
     """Each calibration fitted on the validation (and fitted) stars of ``d``, scored on the
     true extinctions of the validation and fitted stars, or of ``d``'s own fresh stars
@@ -186,6 +210,7 @@ def score(d: dict, label: str) -> dict:
         num_validation=int(d["true"].size),
         num_fitted=int(d["fit_true"].size),
         standardised_error_kurtosis=float(np.mean(z**4) / np.mean(z**2) ** 2),
+        **_truth_diagnostics(d, f0, s0),
     )
     for name, kwargs in (
         ("deconvolved_validation_only", dict(method="deconvolved")),
