@@ -118,7 +118,8 @@ def inputs_from_state(state, config, *, save: str = "") -> dict:
     if config.data.get("inflate_sigma", True) and catalog.sigma_distance is not None:
         sigma = gpfit.inflate_sigma_for_distance(catalog, grid)
     sigma = np.asarray(sigma, np.float64)
-    held = pipeline.calibration_split(len(catalog), settings.calibration_fraction, seed=seed)
+    fraction = pipeline._calibration_fraction(settings.calibration_fraction)
+    held = pipeline.calibration_split(len(catalog), fraction, seed=seed)
     with np.load(state) as d:
         jitter = float(d["meta_jitter"])
     dtype = pipeline._dtype(config)
