@@ -31,14 +31,21 @@ from dustjax.gp import calibration
 from dustjax.io import write_json
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("config", "gp_paper_sim", "The run's config (a module of dustjax.configs).")
-flags.DEFINE_integer("seed", 0, "The run's config.seed.")
-flags.DEFINE_string("inputs", "", "The run's calibration inputs (.npz, gp_calibration_replay).")
-flags.DEFINE_list("neighbours", ["4", "8", "16", "32"], "Neighbours averaged with each star.")
-flags.DEFINE_list("core", ["fit"], "Narrow-part rules: fit, guarded, upper.")
-flags.DEFINE_integer("blocks", 12000, "Synthetic: blocks of 5 stars (one validation star each).")
-flags.DEFINE_integer("block_draws", 0, "Synthetic block-coherent draws (seeds 0 ..).")
-flags.DEFINE_string("out", "", "JSON to write (empty: print only).")
+
+
+def _define_flags():
+    """The command line's flags, defined only when run as a program (tests import this module
+    beside other tools that define flags of the same names)."""
+    flags.DEFINE_string("config", "gp_paper_sim", "The run's config (a module of dustjax.configs).")
+    flags.DEFINE_integer("seed", 0, "The run's config.seed.")
+    flags.DEFINE_string("inputs", "", "The run's calibration inputs (.npz, gp_calibration_replay).")
+    flags.DEFINE_list("neighbours", ["4", "8", "16", "32"], "Neighbours averaged with each star.")
+    flags.DEFINE_list("core", ["fit"], "Narrow-part rules: fit, guarded, upper.")
+    flags.DEFINE_integer(
+        "blocks", 12000, "Synthetic: blocks of 5 stars (one validation star each)."
+    )
+    flags.DEFINE_integer("block_draws", 0, "Synthetic block-coherent draws (seeds 0 ..).")
+    flags.DEFINE_string("out", "", "JSON to write (empty: print only).")
 
 
 def positions(config_name: str, seed: int, inputs: dict):
@@ -186,4 +193,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    _define_flags()
     app.run(main)
