@@ -73,6 +73,9 @@ def parse_args(argv=None):
                    "the held-out stars (a diagnostic, listed apart, never chosen)")  # fmt: skip
     p.add_argument("--cv_max_stars", type=int, default=0, help="cross-validate on this many "
                    "stars drawn at random (0: all); the final refit uses all")  # fmt: skip
+    p.add_argument("--prior_mean", default="vnet", choices=["vnet", "truth"], help="truth: a "
+                   "diagnostic, the truth as the prior's mean with the V-net's band as its sd (how "
+                   "much the stars themselves lose from a perfect prior); never a map")  # fmt: skip
     p.add_argument("--out", required=True, help="output JSON")
     return p.parse_args(argv)
 
@@ -296,6 +299,8 @@ def main(argv=None) -> dict:
     cv_reports: list = []
     nnls = None
     for i, (region, (catalog, gridded, m, s, truth)) in enumerate(cases):
+        if args.prior_mean == "truth":  # a diagnostic: how far the stars pull a perfect prior
+            m = np.asarray(truth, np.float32)
         if nnls is None and "nnls" in variants:
             nnls = jax.jit(inversion.nnls_predictor(region, input_kind="catalogue"))
         op = None  # the star operator, built by the first refinement and shared by the rest
@@ -342,6 +347,7 @@ def main(argv=None) -> dict:
         variants=variants,
         num_steps=args.num_steps,
         subcell=args.subcell,
+        prior_mean=args.prior_mean,
         summary=summary,
         error_correlation=errors,
         per_cube=rows,
