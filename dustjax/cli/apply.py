@@ -42,7 +42,10 @@ def define_flags() -> None:
         "literature_cube", None, "A Cartesian density cube (FITS) instead of stars."
     )
     flags.DEFINE_string(
-        "model", None, "Training workdir of the V-net (default: what `make train` made here)."
+        "model",
+        None,
+        "Training workdir of the V-net (default: what `make train` made here); "
+        "several comma-separated: an ensemble, the mean of their maps (docs/apply.md).",
     )
     flags.DEFINE_enum(
         "method", "vnet", ["vnet", "nnls"],

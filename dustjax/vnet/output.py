@@ -89,8 +89,10 @@ def make_map(
     refine_model_error="0",
     refine_grid_factor: int = 1,
 ) -> dict[str, str]:
-    """A trained V-net (training workdir `model`) applied to a star catalogue (a file, or
-    ``"demo"``: one sampled from a simulated cube) or to a literature cube (a FITS file), on the
+    """A trained V-net (training workdir `model`; several comma-separated: an ensemble, the
+    mean of their maps, `dustjax.vnet.apply.load_ensemble_predictor`) applied to a star
+    catalogue (a file, or ``"demo"``: one sampled from a simulated cube) or to a literature
+    cube (a FITS file), on the
     box of `region_name` with the model's cube size (or `shape`, which must match the model);
     the outputs (`write_outputs`) go to `outdir`. Returns ``{what: path}`` (``{}`` in every
     process but the first when several run: all compute, the Monte Carlo split between them,
@@ -145,7 +147,8 @@ def make_map(
     else:
         if model is None or (str(model) == "vnet" and not Path(model).exists()):
             model = default_model_workdir(region_name)  # `make apply` without MODEL=
-        shape = tuple(shape) if shape else ap.model_region(model).shape
+        members = ap.model_workdirs(model)  # several: an ensemble, the mean of their maps
+        shape = tuple(shape) if shape else ap.model_region(members[0]).shape
     region = box if shape == box.shape else box.with_shape(shape)
     truth = stars = dustmap = demo_stars_catalog = None
     if literature_cube:
@@ -170,7 +173,7 @@ def make_map(
         predictor = inversion.nnls_predictor(region, input_kind=kind, **kw)
         log.info("NNLS %s, %s", predictor.nnls_settings, region)
     else:
-        predictor, region, config = ap.load_predictor(model, region, symmetry=symmetry)
+        predictor, region, config = ap.load_ensemble_predictor(members, region, symmetry)
         log.info("model %s, %s", model, region)
     if literature_cube:
         result = ap.run_literature(dustmap, region, predictor, subregion=subregion, seed=seed)
@@ -182,25 +185,32 @@ def make_map(
             model_config=config,
         )  # fmt: skip
     if refine:
-        refine_map(result, model, region, stars, refine_floor, refine_corr_length, model_error,
-                   grid_factor)  # fmt: skip
+        refine_map(result, members, region, stars, refine_floor, refine_corr_length,
+                   model_error, grid_factor)  # fmt: skip
     result.summary["method"] = method
     if method == "nnls":
         result.summary["nnls"] = predictor.nnls_settings
     else:
-        result.summary["model_workdir"] = Path(model).name  # a name, not this machine's path
+        names = [Path(m).name for m in members]  # names, not this machine's paths
+        result.summary["model_workdir"] = names[0] if len(names) == 1 else names
     from dustjax import distributed
 
     if not distributed.is_primary():  # several processes: process 0 writes (the same map)
         return {}
-    inputs = [model if method == "vnet" else None, catalog, literature_cube]
+    inputs = [*(members if method == "vnet" else []), catalog, literature_cube]
     prov = provenance.record(f"{method} apply", config, inputs=inputs)
     return write_outputs(
         outdir, result, write_fits=write_fits, plots=plots,
-        header={"MODELDIR": Path(model).name[-60:] if method == "vnet" else "nnls"},
+        header={"MODELDIR": _model_label(members) if method == "vnet" else "nnls"},
         provenance_record=prov,
         demo_catalog=demo_stars_catalog, keep=[p for p in (catalog, literature_cube) if p],
     )  # fmt: skip
+
+
+def _model_label(members) -> str:
+    """The FITS header's MODELDIR: the workdir's name, or an ensemble's size and first name."""
+    name = Path(members[0]).name
+    return name[-60:] if len(members) == 1 else f"ensemble of {len(members)}: {name}"[:60]
 
 
 def _model_error(value):
@@ -222,18 +232,26 @@ def refine_map(
 ) -> None:  # fmt: skip
     """Replace ``result.density`` by its refinement (`dustjax.vnet.refine`) in place, from
     `stars` or (None) from ``result.extinction`` at the noise floor `floor`; the summary's
-    ``"refined"`` records what was done and the dust before and after."""
+    ``"refined"`` records what was done and the dust before and after. `model`: a workdir, or
+    several (a list or comma-separated: an ensemble, whose prior is
+    `dustjax.vnet.refine.ensemble_prior` of the members')."""
     from dustjax.vnet import normalisation
     from dustjax.vnet import refine as rf
 
     t0 = time.perf_counter()
-    hat = normalisation.load_model_predictor(model)
-    if not hat.has_variance:
-        raise ap.ApplyError(
-            f"--refine needs a model with a variance head (the real-sky recipes, e.g. "
-            f"vnet_sky_sr); {model} has none, so its map has no band to weigh against the data"
-        )
-    prior = rf.prior_of_model(hat, result.extinction)
+    members = ap.model_workdirs(",".join(map(str, model)) if isinstance(model, list) else model)
+    priors = []
+    for workdir in members:
+        hat = normalisation.load_model_predictor(workdir)
+        if not hat.has_variance:
+            raise ap.ApplyError(
+                f"--refine needs a model with a variance head (the real-sky recipes, e.g. "
+                f"vnet_sky_sr); {workdir} has none, so its map has no band to weigh against the "
+                "data"
+            )
+        priors.append(rf.prior_of_model(hat, result.extinction))
+    # an ensemble's prior: the members' mean, their spread added to the band
+    prior = priors[0] if len(priors) == 1 else rf.ensemble_prior(*zip(*priors, strict=True))
     network = np.asarray(result.density)
     if stars is not None:
         fit: dict = {}
