@@ -184,7 +184,7 @@ def main(argv=None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     import jax
 
-    from dustjax import inversion, sims
+    from dustjax import inversion
     from dustjax import io as dio
     from dustjax.training import load_config
     from dustjax.vnet import data as vdata
@@ -203,14 +203,10 @@ def main(argv=None) -> dict:
     # the model's sub-cell factor: the stars integrate a cube that many times finer, the truth is
     # its block mean and the literature route's exact cube that of the truth (observe module)
     factor = params.subcell_factor
-    if factor == 1:
-        simulate = sims.simulate_batch_fn(region, name, sim_params)  # jitted already
-        dense_region = None
-    else:
-        simulate = simulate_subcell_fn(
-            region, name, sim_params, factor, exact=True, log_sd_range=params.subcell_log_sd_range
-        )
-        dense_region = fine_region(region, factor)
+    simulate = simulate_subcell_fn(
+        region, name, sim_params, factor, exact=True, log_sd_range=params.subcell_log_sd_range
+    )
+    dense_region = fine_region(region, factor) if factor > 1 else None
     group = int((config.get("observation") or {}).get("group", 0) or 0)
     save_stars = bool(args.save_arrays) and params.max_stars * args.num_cubes <= args.save_max_stars
     corr = refine.parse_corr_settings(args.refine_corr)
@@ -241,11 +237,7 @@ def main(argv=None) -> dict:
     while done < args.num_cubes:
         b = min(args.batch_size, args.num_cubes - done)
         key = jax.random.fold_in(base, done)
-        if factor == 1:
-            density, exact = simulate(jax.random.split(key, b))
-            dense = density
-        else:
-            dense, density, exact = simulate(jax.random.split(key, b))
+        dense, density, exact = simulate(jax.random.split(key, b))
         observed, stars = observe(jax.random.split(jax.random.fold_in(key, 1), b), dense)
         truth = np.asarray(density, np.float64)
         if args.save_arrays:

@@ -179,7 +179,6 @@ def _redraw_batches(cfg, num_batches: int, num_redraws: int, batch_size: int):
     yields (normalised extinctions (B, 1 + R, nx, ny, nz, 1), normalised density (B, ...))."""
     import jax
 
-    from dustjax import sims
     from dustjax.vnet import data as vdata
     from dustjax.vnet import normalisation as nz
     from dustjax.vnet import observe as ob
@@ -188,19 +187,16 @@ def _redraw_batches(cfg, num_batches: int, num_redraws: int, batch_size: int):
     name, sim_params = vdata._simulator_params(cfg)
     params = ob.ObservationParams.from_config(cfg.observation)
     factor = params.subcell_factor
-    if factor == 1:
-        simulate = sims.simulate_batch_fn(region, name, sim_params)
-    else:  # the stars integrate the fine cube, the target is its block mean
-        simulate = ob.simulate_subcell_fn(
-            region, name, sim_params, factor, log_sd_range=params.subcell_log_sd_range
-        )
+    # F > 1: the stars integrate the fine cube, the target is its block mean
+    simulate = ob.simulate_subcell_fn(
+        region, name, sim_params, factor, log_sd_range=params.subcell_log_sd_range
+    )
     dense_region = ob.fine_region(region, factor) if factor > 1 else None
     norm = nz.normalisation_of(cfg)
 
     @jax.jit
     def make(key):
-        out = simulate(jax.random.split(key, batch_size))  # (density, exact) or (fine, density)
-        dense, density = out[0], out[0] if factor == 1 else out[1]
+        dense, density = simulate(jax.random.split(key, batch_size))
         keys = jax.random.split(jax.random.fold_in(key, 1), batch_size)
         cubes, _ = jax.lax.map(
             lambda a: ob.observe_one(a[0], a[1], region, params, num_redraws,

@@ -240,11 +240,23 @@ def simulate_subcell_fn(region: Region, simulator: str | None, params, factor: i
     literature route's input: a map on the region's grid). ``log_sd_range`` = (lo, hi) with
     hi > 0: ``fine`` is multiplied by `subcell_lognormal` of a log-sd drawn per cube in the
     range, before the block mean (so the target is still the block mean of what the stars
-    integrate)."""
+    integrate). F = 1 is the map-grid simulation (`dustjax.sims.simulate_batch_fn`, its own
+    extinction) in the same form, ``fine`` the density itself, so that every caller unpacks
+    ``fine, density, *exact`` whatever the factor."""
     lo, hi = (float(v) for v in log_sd_range)
-    from dustjax.sims import default_simulator, get_simulator, los_operator
+    from dustjax.sims import default_simulator, get_simulator, los_operator, simulate_batch_fn
 
     factor = check_subcell_factor(factor)
+    if factor == 1:
+        if hi > 0:
+            raise ValueError("a sub-cell log-normal factor needs subcell_factor > 1")
+        map_grid = simulate_batch_fn(region, simulator, params)
+
+        def batch_on_the_map_grid(keys):
+            density, extinction = map_grid(keys)
+            return (density, density, extinction) if exact else (density, density)
+
+        return batch_on_the_map_grid
     name = simulator or default_simulator(region)
     fine = fine_region(region, factor)
     sim = get_simulator(name, fine_simulator_params(name, params, factor))
@@ -606,35 +618,24 @@ def _observed_batch_fn(region, simulator, sim_params, obs_params, normalisation,
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
 
-    from dustjax.sims import simulate_batch_fn
-
     factor = obs_params.subcell_factor
     if factor > 1 and not observe:
         raise ValueError(_NO_SUBCELL_WITHOUT_OBSERVATION)
-    if factor == 1:
-        simulate = simulate_batch_fn(region, simulator, sim_params)
-    else:
-        simulate = simulate_subcell_fn(region, simulator, sim_params, factor,
-                                       log_sd_range=obs_params.subcell_log_sd_range)  # fmt: skip
-        dense_region = fine_region(region, factor)
+    simulate = simulate_subcell_fn(region, simulator, sim_params, factor, exact=not observe,
+                                   log_sd_range=obs_params.subcell_log_sd_range)  # fmt: skip
+    dense_region = fine_region(region, factor) if factor > 1 else None
 
     @functools.partial(jax.jit, out_shardings=NamedSharding(mesh, P("data")))
     def make(seed, step):
         key = jax.random.fold_in(jax.random.key(seed), step)
         keys = jax.random.split(key, batch_size)
-        if factor > 1:
-            fine, density = simulate(keys)
-            obs_keys = jax.random.split(jax.random.fold_in(key, 1), batch_size)
-            extinction, _ = observe_batch(obs_keys, fine, region, obs_params, group,
-                                          density_region=dense_region)  # fmt: skip
-            return {
-                "extinction": normalisation.extinction(extinction)[..., None],
-                "density": normalisation.density(density)[..., None],
-            }
-        density, extinction = simulate(keys)
+        dense, density, *exact = simulate(keys)
         if observe:
             obs_keys = jax.random.split(jax.random.fold_in(key, 1), batch_size)
-            extinction, _ = observe_batch(obs_keys, density, region, obs_params, group)
+            extinction, _ = observe_batch(obs_keys, dense, region, obs_params, group,
+                                          density_region=dense_region)  # fmt: skip
+        else:
+            (extinction,) = exact
         return {
             "extinction": normalisation.extinction(extinction)[..., None],
             "density": normalisation.density(density)[..., None],
