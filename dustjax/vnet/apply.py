@@ -117,8 +117,9 @@ def load_predictor(
 
 
 def model_workdirs(model) -> list[str]:
-    """``--model``'s workdirs: one, or several comma-separated (an ensemble)."""
-    names = [m.strip() for m in str(model).split(",") if m.strip()]
+    """``--model``'s workdirs: one, or several comma-separated or in a list (an ensemble)."""
+    parts = model if isinstance(model, (list, tuple)) else str(model).split(",")
+    names = [str(m).strip() for m in parts if str(m).strip()]
     if not names:
         raise ApplyError(f"--model names no workdir: {model!r}")
     if len(set(names)) != len(names):

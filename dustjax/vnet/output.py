@@ -239,7 +239,7 @@ def refine_map(
     from dustjax.vnet import refine as rf
 
     t0 = time.perf_counter()
-    members = ap.model_workdirs(",".join(map(str, model)) if isinstance(model, list) else model)
+    members = ap.model_workdirs(model)
     priors = []
     for workdir in members:
         hat = normalisation.load_model_predictor(workdir)
