@@ -74,11 +74,9 @@ def _scores(pred, truth, region):
 def main(argv=None) -> dict:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from dustjax import catalog as cat
     from dustjax import io as dio
     from dustjax.geometry import Region
     from dustjax.vnet import refine
-    from dustjax.vnet.normalisation import Normalisation
 
     t0 = time.perf_counter()
     paths = [p.strip() for p in args.arrays.split(",") if p.strip()]
@@ -103,27 +101,13 @@ def main(argv=None) -> dict:
         if "star_extinction" not in arrays0 or any("mu_hat" not in a for a, _ in members):
             raise ValueError("--refine_corr needs catalogue-route files with stars and a "
                              "variance head's mu_hat / sigma_hat")  # fmt: skip
-        priors = []
-        for a, meta in members:
-            if "normalisation" in meta:
-                norm = Normalisation(**meta["normalisation"])
-            else:
-                import importlib
+        from tools.refine_heldout import case_from_real
 
-                from dustjax.vnet.normalisation import normalisation_of
-
-                mod = importlib.import_module(f"dustjax.configs.{args.config}")
-                norm = normalisation_of(mod.get_config())
-            priors.append(refine.prior_from_hat(norm, a["mu_hat"], a["sigma_hat"]))
-        m, s = refine.ensemble_prior([p[0] for p in priors], [p[1] for p in priors])
-        sd = arrays0.get("star_sigma_distance")
-        catalog = cat.StarCatalog.from_arrays(
-            xyz_pc=arrays0["star_xyz_pc"].astype(np.float64),
-            extinction=arrays0["star_extinction"].astype(np.float64),
-            sigma_extinction=arrays0["star_sigma_extinction"].astype(np.float64),
-            sigma_distance=None if sd is None else sd.astype(np.float64), region=region,
-            source="ensemble_arrays",
-        )  # fmt: skip
+        # each member's stars and prior (m, s) as refine_heldout reads a real catalogue's arrays
+        cases = [case_from_real(argparse.Namespace(real=p, config=args.config, region="",
+                                                   cube="")) for p in paths]  # fmt: skip
+        catalog = cases[0][1][0]
+        m, s = refine.ensemble_prior([c[1][2] for c in cases], [c[1][3] for c in cases])
         out["ensemble_prior_median"] = _scores(m, truth, region)
         out["refined"] = {}
         for factor in refine.parse_grid_factors(args.refine_grid):
