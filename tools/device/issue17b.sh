@@ -3,6 +3,7 @@
 # (a call lasts at most 10 minutes; the workdirs under $WD live as long as the machine does).
 #   PHASE=1 OUT_DIR=DIR BUDGET_S=590 REAL_DIR=DIR bash tools/device/issue17b.sh  # measure, plan, train
 #   PHASE=2 OUT_DIR=DIR BUDGET_S=590 REAL_DIR=DIR bash tools/device/issue17b.sh  # resume, calibrate, score
+#   PHASE=mid ... between the two (as many calls as wanted): resume and train until the call's end
 # RUNS lists REGION:ARM, one per GPU of CUDA_VISIBLE_DEVICES in order (default "LR:deriv SR:plain":
 # LR with the LOS-derivative channel on the first GPU, the plain SR recipe on the second).
 # Phase 1 measures the step rate with and without the observation loop (item 2), sizes one
@@ -23,7 +24,8 @@
 set -u
 export PYTHONUNBUFFERED=1
 OUT_DIR=${OUT_DIR:?set OUT_DIR}
-PHASE=${PHASE:?set PHASE=1 or PHASE=2}
+PHASE=${PHASE:?set PHASE=1, mid or 2}
+case "$PHASE" in 1|mid|2) ;; *) echo "issue17b: PHASE must be 1, mid or 2, got $PHASE" >&2; exit 2;; esac
 BUDGET_S=${BUDGET_S:-590}
 REAL_DIR=${REAL_DIR:-../real}
 SMOKE=${SMOKE:-0}
@@ -98,12 +100,16 @@ arm() {  # REGION GPU ARM
   [ -n "$EMA_R" ] && ARGS+=(--set="$R:optimizer.ema_decay=$EMA_R")
   ARGS+=(${SETS[@]+"${SETS[@]}"})
   local LOG="$RD/train_phase$PHASE.log"
-  if [ "$PHASE" = 1 ]; then
+  if [ "$PHASE" = 1 ] || [ "$PHASE" = mid ]; then  # mid: the plan exists, so it resumes
     local CALL=$(( $(left) - 25 ))
-    echo "$R $ARM: phase 1, ${TOTAL_TRAIN_S}s of training planned, this call ${CALL}s" >> "$LOG"
+    if [ "$PHASE" = mid ] && ! { [ -f "$WD/plan_$R.json" ] && [ -d "$WD/$ARM/vnet_sky_$L/checkpoints" ]; }; then
+      echo "$R $ARM: phase mid found no workdir in $WD (machine given back?): nothing to resume" | tee -a "$LOG"
+      return
+    fi
+    echo "$R $ARM: phase $PHASE, ${TOTAL_TRAIN_S}s of training planned, this call ${CALL}s" >> "$LOG"
     timeout $(( CALL + 15 )) $PY -m tools.vnet_sky_device --train_seconds=$TOTAL_TRAIN_S \
       --call_seconds=$CALL "${ARGS[@]}" >> "$LOG" 2>&1
-    echo "$R $ARM: phase 1 exit $? at $(( $(date +%s) - T0 ))s" >> "$LOG"
+    echo "$R $ARM: phase $PHASE exit $? at $(( $(date +%s) - T0 ))s" >> "$LOG"
     cp "$WD/plan_$R.json" "$RD/" 2>/dev/null
     return
   fi
