@@ -125,6 +125,20 @@ def test_refine_heldout_scores_the_variants_from_the_file(workdir, tmp_path):
     assert [r["skill"] for r in oracle["per_cube"]["vnet"]] == pytest.approx([1.0, 1.0])
     with pytest.raises(ValueError, match="variant"):
         refine_heldout.parse_variant("corr:2")
+    assert refine_heldout.parse_variant("fine:2:1.5:0.2:block:auto") == dict(
+        kind="fine", factor=2, corr_length=1.5, nugget=0.2, reduction="block", model_error="auto"
+    )
+    # sub-cell structure: the truth is the fine cube's block means (the saved cube) or the fine
+    # cube regridded as the real-sky truth is
+    from dustjax.vnet import refine
+
+    for how in ("block", "regrid"):
+        ((region, case),) = list(refine_heldout.cases_from_heldout(path, 1, 1.0, how))
+        fine, _ = refine_heldout.subcell_cube(arrays["truth"][0], 1.0, np.random.default_rng(0))
+        want = arrays["truth"][0] if how == "block" else refine.to_region(fine, region, 2, how)
+        np.testing.assert_allclose(case[4], want, rtol=1e-6)
+    with pytest.raises(ValueError, match="subcell_truth"):
+        list(refine_heldout.cases_from_heldout(path, 1, 1.0, "mean"))
 
 
 def test_error_correlation_finds_the_length_and_nugget_of_a_known_field():

@@ -72,8 +72,8 @@ def parse_args(argv=None):
         "--refine_grid",
         default="1",
         help="--refine_corr on these comma-separated grids: 1 the map's cells, F a grid F x "
-        "finer whose block means are the map (dustjax.vnet.refine.refine_catalog_fine; the "
-        "stars place their dust inside the map's cells), e.g. 1,3",
+        "finer put on the map's cells by refine.to_region (dustjax.vnet.refine.refine_catalog_fine;"
+        " the stars place their dust inside the map's cells), e.g. 1,3",
     )
     p.add_argument(
         "--refine_cv",

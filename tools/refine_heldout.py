@@ -51,6 +51,9 @@ def parse_args(argv=None):
     p.add_argument("--subcell", type=float, default=0.0, help="--arrays: redraw the stars' "
                    "extinctions through a cube with structure inside the cells (see subcell_cube): "
                    "the log-sd of the factor per half-cell; 0: the saved extinctions")  # fmt: skip
+    p.add_argument("--subcell_truth", default="block", choices=["block", "regrid"], help="with "
+                   "--subcell: score against the fine cube's block means (the saved cube) or the "
+                   "fine cube regridded as the real-sky truth is (refine.to_region)")  # fmt: skip
     p.add_argument("--cube", default="", help="--real without stars: the real cube")
     p.add_argument("--region", default="SR")
     p.add_argument("--num_stars", type=int, default=30_000)
@@ -132,20 +135,24 @@ def parse_variant(spec: str) -> dict:
         return dict(kind="corr", corr_length=float(parts[1]), nugget=float(parts[2]))
     if name == "smooth" and len(parts) == 2:
         return dict(kind="smooth", grid=int(parts[1]))
+    if name == "fine" and len(parts) == 5 and parts[4] in ("block", "regrid"):
+        return dict(parse_variant(":".join(parts[:4])), reduction=parts[4])
     if name == "fine" and len(parts) == 4:  # fine:FACTOR:ELL:NU, ELL in the region's cells
         return dict(kind="fine", factor=int(parts[1]), corr_length=float(parts[2]),
                     nugget=float(parts[3]))  # fmt: skip
     raise ValueError(
-        f"variant {spec!r}: use vnet, nnls, indep, corr:ELL:NU, smooth:G or fine:F:ELL:NU (the "
-        "last four with ':auto' appended: a model error from the stars' chi^2, "
-        "dustjax.vnet.refine)"
+        f"variant {spec!r}: use vnet, nnls, indep, corr:ELL:NU, smooth:G or fine:F:ELL:NU[:block|"
+        ":regrid] (the last four with ':auto' appended: a model error from the stars' chi^2, "
+        "dustjax.vnet.refine; fine's reduction to the region's cells: refine.to_region)"
     )
 
 
 def run_variant(v: dict, catalog, gridded, m, s, region, num_steps: int, nnls=None, info=None,
-                operator=None):  # fmt: skip
+                operator=None, fine_cache=None):  # fmt: skip
     """One variant's map; ``operator``: the catalogue's star operator, shared by the variants
-    (`dustjax.vnet.refine.catalog_operator`; built here when None)."""
+    (`dustjax.vnet.refine.catalog_operator`; built here when None); ``fine_cache`` (a dict, one
+    per catalogue and prior): the finer grids' operators and fits, shared by the ``fine``
+    variants that differ only in their reduction (the same maps as without)."""
     from dustjax.vnet import refine
 
     if v["kind"] == "vnet":
@@ -157,9 +164,23 @@ def run_variant(v: dict, catalog, gridded, m, s, region, num_steps: int, nnls=No
         kw.update(corr_length=v["corr_length"], nugget=v["nugget"])
     elif v["kind"] == "smooth":
         kw.update(smooth_grid=v["grid"])
-    elif v["kind"] == "fine":  # its own, finer grid: not the shared operator
-        kw.update(factor=v["factor"], corr_length=v["corr_length"], nugget=v["nugget"])
-        return refine.refine_catalog_fine(catalog, m, s, region, info=info, **kw)
+    elif v["kind"] == "fine":  # its own, finer grid: the fine operator and fits are cached
+        f = v["factor"]
+        key = (f, v["corr_length"], v["nugget"], kw["model_error"])
+        cache = fine_cache if fine_cache is not None else {}
+        if key not in cache:
+            if ("operator", f) not in cache:
+                fine_grid = refine.fine_region(region, f)
+                cache[("operator", f)] = refine.catalog_operator(catalog, fine_grid)
+            fit: dict = {}
+            fine = refine.fit_fine(catalog, m, s, region, factor=f, corr_length=v["corr_length"],
+                                   nugget=v["nugget"], operator=cache[("operator", f)], info=fit,
+                                   **kw)  # fmt: skip
+            cache[key] = (fine, fit)
+        fine, fit = cache[key]
+        if info is not None:
+            info.update(fit)
+        return refine.to_region(fine, region, f, v.get("reduction", refine.DEFAULT_REDUCTION))
     return refine.refine_catalog(catalog, m, s, region, info=info, operator=operator, **kw)
 
 
@@ -198,8 +219,8 @@ def subcell_cube(truth, log_sd: float, rng) -> tuple[np.ndarray, float]:
 
 
 def redraw_through_subcells(catalog, truth, region, log_sd, sigma_a, sigma_b, seed):
-    """The catalogue's stars (same positions) with extinctions integrated through
-    `subcell_cube` and fresh noise sigma_E = hypot(a, b E)."""
+    """``(catalog, fine)``: the catalogue's stars (same positions) with extinctions integrated
+    through ``fine`` = `subcell_cube` and fresh noise sigma_E = hypot(a, b E)."""
     from dustjax import catalog as cat
     from dustjax.los import integrate_to_points
 
@@ -213,25 +234,34 @@ def redraw_through_subcells(catalog, truth, region, log_sd, sigma_a, sigma_b, se
         xyz_pc=catalog.xyz_pc, extinction=e + sigma * rng.standard_normal(len(e)),
         sigma_extinction=sigma, sigma_distance=catalog.sigma_distance, region=region,
         source=f"sub-cell redraw, log-sd {log_sd:g}",
-    )  # fmt: skip
+    ), fine  # fmt: skip
 
 
-def cases_from_heldout(path, num_cubes, subcell: float = 0.0):
+def cases_from_heldout(path, num_cubes, subcell: float = 0.0, subcell_truth: str = "block"):
     """(catalog, gridded, m, s, truth) per simulated cube, and the region. ``subcell`` > 0:
-    the stars' extinctions redrawn through `subcell_cube` (the prior stays the saved one)."""
+    the stars' extinctions redrawn through `subcell_cube` (the prior stays the saved one), the
+    truth the fine cube's block means (the saved cube, ``subcell_truth="block"``) or the fine
+    cube put on the region's cells as the real-sky truth is (``"regrid"``,
+    `dustjax.vnet.refine.to_region`)."""
+    from dustjax.vnet import refine
     from tools import sky_heldout
 
     arrays, meta = sky_heldout.read_arrays(path)
     n = arrays["truth"].shape[0] if num_cubes <= 0 else min(num_cubes, arrays["truth"].shape[0])
+    if subcell_truth not in ("block", "regrid"):
+        raise ValueError(f"subcell_truth must be 'block' or 'regrid', got {subcell_truth!r}")
     for i in range(n):
         m, s = sky_heldout.prior_of(arrays, meta, "cat", i)
         catalog = sky_heldout.catalogue_of(arrays, meta, i)
+        truth = arrays["truth"][i]
         if subcell > 0:
-            catalog = redraw_through_subcells(
+            catalog, fine = redraw_through_subcells(
                 catalog, arrays["truth"][i], meta["region"], subcell,
                 float(arrays["star_sigma_a"][i]), float(arrays["star_sigma_b"][i]), seed=i,
             )  # fmt: skip
-        yield meta["region"], (catalog, arrays["observed"][i], m, s, arrays["truth"][i])
+            if subcell_truth == "regrid":
+                truth = refine.to_region(fine, meta["region"], 2, "regrid")
+        yield meta["region"], (catalog, arrays["observed"][i], m, s, truth)
 
 
 def case_from_real(args):
@@ -291,7 +321,7 @@ def main(argv=None) -> dict:
 
     variants = {spec.strip(): parse_variant(spec) for spec in args.variants.split(",") if spec}
     if args.arrays:
-        cases = cases_from_heldout(args.arrays, args.num_cubes, args.subcell)
+        cases = cases_from_heldout(args.arrays, args.num_cubes, args.subcell, args.subcell_truth)
     else:
         cases = [case_from_real(args)]
     rows: dict[str, list] = {}
@@ -309,6 +339,7 @@ def main(argv=None) -> dict:
             op = refine.catalog_operator(catalog, region)
             log.info("cube %d: star operator %.1f s", i, time.perf_counter() - t)
         done: dict = {}  # the variants' maps by refine_cv candidate name
+        fine_cache: dict = {}  # the fine variants' operators and fits (run_variant)
         for name, v in [*variants.items(), *([("cv", dict(kind="cv"))] if args.cv else [])]:
             t = time.perf_counter()
             info: dict = {}
@@ -319,7 +350,7 @@ def main(argv=None) -> dict:
                 log.info("cube %d CV: %s", i, json.dumps(rep["table"]))
             else:
                 pred = run_variant(v, catalog, gridded, m, s, region, args.num_steps, nnls, info,
-                                   op)  # fmt: skip
+                                   op, fine_cache)  # fmt: skip
                 if variant_setting(v) is not None:
                     done[variant_setting(v)] = pred
             seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - t

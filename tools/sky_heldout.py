@@ -69,8 +69,8 @@ def parse_args(argv=None):
                    "(dustjax.vnet.refine) at these comma-separated ELL:NUGGET[:auto] settings, "
                    "e.g. 2:0.3:auto")  # fmt: skip
     p.add_argument("--refine_grid", default="1", help="--refine_corr on these comma-separated "
-                   "grids: 1 the map's cells, F a grid F x finer whose block means are the map "
-                   "(dustjax.vnet.refine.refine_catalog_fine), e.g. 1,3")  # fmt: skip
+                   "grids: 1 the map's cells, F a grid F x finer put on the map's cells by "
+                   "refine.to_region (refine.refine_catalog_fine), e.g. 1,3")  # fmt: skip
     p.add_argument("--save_arrays", default="", help="also write the cubes (and catalogues) to "
                    "this .npz (see the module docstring)")  # fmt: skip
     p.add_argument("--save_max_stars", type=float, default=5e6, help="--save_arrays keeps the "

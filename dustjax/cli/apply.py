@@ -71,9 +71,15 @@ def define_flags() -> None:
     )  # fmt: skip
     flags.DEFINE_integer(
         "refine_grid_factor", 1,
-        "--refine on a catalogue: fit on a grid this many times finer per axis and write its "
-        "block means (the stars place their dust inside the map's cells; 3 on the real LR "
-        "catalogue, docs/apply.md).",
+        "--refine on a catalogue: fit on a grid this many times finer per axis (the stars place "
+        "their dust inside the map's cells; 3 on the real LR catalogue, 2 on SR, docs/apply.md) "
+        "and put it on the map's cells by --refine_reduction.",
+    )  # fmt: skip
+    flags.DEFINE_enum(
+        "refine_reduction", "regrid", ["regrid", "block"],
+        "--refine_grid_factor > 1: 'regrid' the fine map as dustjax regrids any finer map (a "
+        "Gaussian of the map's resolution, then the cell centres; dustjax.maps.regrid_nearest), "
+        "or 'block': the block means (the dust sum kept exactly).",
     )  # fmt: skip
     flags.DEFINE_float("nnls_smoothness", None, "NNLS regulariser weight (default: per input).")
     flags.DEFINE_integer("nnls_steps", None, "NNLS accelerated projected-gradient iterations.")
@@ -172,6 +178,7 @@ def run():
         refine_corr_length=FLAGS.refine_corr_length,
         refine_model_error=FLAGS.refine_model_error,
         refine_grid_factor=FLAGS.refine_grid_factor,
+        refine_reduction=FLAGS.refine_reduction,
     )
     from dustjax import distributed
 

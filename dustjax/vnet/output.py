@@ -88,6 +88,7 @@ def make_map(
     refine_corr_length: float = 0.0,
     refine_model_error="0",
     refine_grid_factor: int = 1,
+    refine_reduction: str = "regrid",
 ) -> dict[str, str]:
     """A trained V-net (training workdir `model`; several comma-separated: an ensemble, the
     mean of their maps, `dustjax.vnet.apply.load_ensemble_predictor`) applied to a star
@@ -112,9 +113,11 @@ def make_map(
     (`dustjax.vnet.refine.solve_correlated`, nugget `dustjax.vnet.refine.DEFAULT_NUGGET`);
     ``refine_model_error`` (catalogues): a relative model error added to the stars' sigmas, a
     number or "auto" (from the stars' chi^2; `dustjax.vnet.refine.refine_catalog`);
-    ``refine_grid_factor`` F > 1 (catalogues): the fit on a grid F x finer per axis, the map its
-    block means (`dustjax.vnet.refine.refine_catalog_fine`: the stars place their dust inside the
-    map's cells; on the real LR catalogue with F = 3, docs/validation.md)."""
+    ``refine_grid_factor`` F > 1 (catalogues): the fit on a grid F x finer per axis
+    (`dustjax.vnet.refine.refine_catalog_fine`: the stars place their dust inside the map's
+    cells; on the real LR catalogue with F = 3, docs/validation.md), put on the map's cells by
+    ``refine_reduction`` (`dustjax.vnet.refine.to_region`: "regrid", as dustjax regrids any
+    finer map, or "block", the block means, which keep the dust sum exactly)."""
     from dustjax import catalog as cat
     from dustjax.geometry import Region
     from dustjax.vnet import refine as rf
@@ -132,6 +135,9 @@ def make_map(
         grid_factor = rf.grid_factor(refine_grid_factor)
     except ValueError as e:
         raise ap.ApplyError(f"--refine_grid_factor: {e}") from None
+    if refine_reduction not in rf.REDUCTIONS:
+        raise ap.ApplyError(f"--refine_reduction must be one of {', '.join(rf.REDUCTIONS)}, got "
+                            f"{refine_reduction!r}")  # fmt: skip
     if grid_factor > 1 and literature_cube is not None:
         raise ap.ApplyError("--refine_grid_factor > 1 refines from a star catalogue's stars; a "
                             "literature cube's extinctions are on the map's own cells")  # fmt: skip
@@ -186,7 +192,7 @@ def make_map(
         )  # fmt: skip
     if refine:
         refine_map(result, members, region, stars, refine_floor, refine_corr_length,
-                   model_error, grid_factor)  # fmt: skip
+                   model_error, grid_factor, refine_reduction)  # fmt: skip
     result.summary["method"] = method
     if method == "nnls":
         result.summary["nnls"] = predictor.nnls_settings
@@ -228,7 +234,7 @@ def _model_error(value):
 
 def refine_map(
     result, model, region, stars, floor: float, corr_length: float = 0.0, model_error=0.0,
-    grid_factor: int = 1,
+    grid_factor: int = 1, reduction: str = "regrid",
 ) -> None:  # fmt: skip
     """Replace ``result.density`` by its refinement (`dustjax.vnet.refine`) in place, from
     `stars` or (None) from ``result.extinction`` at the noise floor `floor`; the summary's
@@ -257,10 +263,12 @@ def refine_map(
         fit: dict = {}
         density = rf.refine_catalog_fine(
             stars, *prior, region, factor=grid_factor, corr_length=corr_length,
-            model_error=model_error, info=fit,
+            model_error=model_error, info=fit, reduction=reduction,
         )  # fmt: skip
         info = dict(source="stars", num_stars=len(stars), corr_length_cells=float(corr_length),
                     grid_factor=int(grid_factor))  # fmt: skip
+        if grid_factor > 1:
+            info["reduction"] = reduction
         if corr_length > 0:
             info["nugget"] = rf.DEFAULT_NUGGET
         info["model_error"] = fit["model_error"]

@@ -393,28 +393,74 @@ def refine_catalog(
 
 
 # ---- refinement on a finer grid ------------------------------------------------------------------
+# How a map on the finer grid is put on the region's cells. "regrid": the way dustjax puts every
+# finer map on a region's cells (`dustjax.maps.regrid_nearest`: a Gaussian of FWHM
+# sqrt(cell^2 - step^2) per axis, then the fine cell holding each region cell's centre), the
+# convention of the literature route and so of the real-sky truth; "block": the mean of each
+# block of factor^3 fine cells (sessions 5-7). They differ where the sky has structure on the fine
+# scale: the exact 3-pc Bayestar19 SR cube's block means score 0.877 against that cube on the SR
+# cells, its LR cube's 0.954 (docs/validation.md, "The fine map on the map's cells").
+REDUCTIONS = ("regrid", "block")
+DEFAULT_REDUCTION = "regrid"
+
+
+def check_reduction(reduction: str) -> str:
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"unknown reduction {reduction!r}; use one of {REDUCTIONS}")
+    return reduction
+
+
 def refine_catalog_fine(
     catalog, prior_mean, prior_sd, region: Region, *, factor: int = 2, corr_length: float = 0.0,
-    **kwargs,
+    reduction: str = DEFAULT_REDUCTION, **kwargs,
 ) -> np.ndarray:  # fmt: skip
-    """`refine_catalog` on a grid `factor` times finer than `region`'s, returned as the block
-    means on `region`'s cells.
+    """`refine_catalog` on a grid `factor` times finer than `region`'s, put back on `region`'s
+    cells by `to_region` (``reduction``).
 
     Real stars integrate the sky's structure inside the map's cells (the truth's own chi^2 per
     star is 1.9 on the real SR cube, 1.0 on the map-grid simulations: docs/validation.md), which
     no map on the region's grid can fit; on the finer grid the stars can place their dust inside
-    a cell, and the block mean is what the region's cell holds. The prior (mean and sd) is each
-    coarse cell's value on its sub-cells; ``corr_length`` is in the *coarse* cells (multiplied by
-    `factor` on the fine grid); the other keywords are `refine_catalog`'s.
+    a cell. The prior (mean and sd) is each coarse cell's value on its sub-cells;
+    ``corr_length`` is in the *coarse* cells (multiplied by `factor` on the fine grid); the
+    other keywords are `refine_catalog`'s.
     """
     factor = grid_factor(factor)
+    check_reduction(reduction)
     if factor == 1:
         return refine_catalog(catalog, prior_mean, prior_sd, region, corr_length=corr_length,
                               **kwargs)  # fmt: skip
+    fine = fit_fine(catalog, prior_mean, prior_sd, region, factor=factor, corr_length=corr_length,
+                    **kwargs)  # fmt: skip
+    return to_region(fine, region, factor, reduction)
+
+
+def fit_fine(
+    catalog, prior_mean, prior_sd, region: Region, *, factor: int, corr_length: float = 0.0,
+    **kwargs,
+) -> np.ndarray:  # fmt: skip
+    """`refine_catalog_fine`'s fit itself: the map on `fine_region` (``factor`` x finer), the
+    prior each coarse cell's value on its sub-cells, ``corr_length`` in coarse cells; the other
+    keywords are `refine_catalog`'s (``operator``: the fine grid's)."""
+    factor = grid_factor(factor)
     up = (upsample(np.asarray(a, np.float32), factor) for a in (prior_mean, prior_sd))
-    x = refine_catalog(catalog, *up, fine_region(region, factor), corr_length=corr_length * factor,
-                       **kwargs)  # fmt: skip
-    return block_mean(x, factor)
+    return refine_catalog(catalog, *up, fine_region(region, factor),
+                          corr_length=corr_length * factor, **kwargs)  # fmt: skip
+
+
+def to_region(fine, region: Region, factor: int, reduction: str = DEFAULT_REDUCTION) -> np.ndarray:
+    """A map ``fine`` on `fine_region` (``region``, ``factor``) on `region`'s cells: the block
+    means (``"block"``) or `dustjax.maps.regrid_nearest` (``"regrid"``, see `REDUCTIONS`)."""
+    from dustjax import maps
+
+    factor = grid_factor(factor)
+    fine = np.asarray(fine, np.float32)
+    if fine.shape != tuple(factor * n for n in region.shape):
+        raise ValueError(f"the fine map {fine.shape} is not {factor} x the region {region.shape}")
+    if check_reduction(reduction) == "block" or factor == 1:
+        return block_mean(fine, factor)
+    fr = fine_region(region, factor)
+    edges = tuple(np.linspace(fr.lower_pc[a], fr.upper_pc[a], fr.shape[a] + 1) for a in range(3))
+    return maps.regrid_nearest(maps.DustMap("cartesian", fine, edges), region)
 
 
 def grid_factor(factor) -> int:
@@ -462,12 +508,13 @@ def catalog_operator(catalog, region: Region, blocked: bool = True):
 
 def refine_settings(
     catalog, prior_mean, prior_sd, region: Region, settings, *, operator=None, infos=None,
-    factor: int = 1, **kw,
+    factor: int = 1, reduction: str = DEFAULT_REDUCTION, **kw,
 ) -> list[np.ndarray]:  # fmt: skip
     """`refine_catalog` for each ``(corr_length, nugget[, model_error])`` of ``settings`` (as
     `parse_corr_settings` returns them) on one catalogue, the star operator built once and
     shared (the same maps as one call per setting). ``factor`` > 1: each on the grid that many
-    times finer (`refine_catalog_fine`; ``operator``, if given, is that grid's). ``infos`` (a
+    times finer (`refine_catalog_fine`, put on the region's cells by ``reduction``; ``operator``,
+    if given, is that grid's). ``infos`` (a
     list) receives one info dict per setting; ``kw`` goes to every call (``num_steps``)."""
     factor = grid_factor(factor)
     if operator is None:
@@ -478,7 +525,7 @@ def refine_settings(
         out.append(refine_catalog_fine(catalog, prior_mean, prior_sd, region, factor=factor,
                                        corr_length=ell, nugget=nu,
                                        model_error=tau[0] if tau else 0.0, info=info,
-                                       operator=operator, **kw))  # fmt: skip
+                                       operator=operator, reduction=reduction, **kw))  # fmt: skip
         if infos is not None:
             infos.append(info)
     return out

@@ -160,12 +160,13 @@ def test_refine_with_correlated_prior_errors_says_so(tmp_path, zero_model, monke
         _run(tmp_path / "c", refine=True, refine_model_error="often")
 
 
-def test_refine_on_a_finer_grid_writes_the_block_means_and_says_so(tmp_path, zero_model,
-                                                                    monkeypatch):  # fmt: skip
+def test_refine_on_a_finer_grid_writes_the_regridded_map_and_says_so(tmp_path, zero_model,
+                                                                       monkeypatch):  # fmt: skip
     """--refine_grid_factor=2: the fit on the finer grid (`refine_catalog_fine`, tested against
-    sub-cell structure in test_refine) reaches apply: the summary names the factor, the map
-    differs from the same refinement on the region's cells and fits the stars; a bad factor or
-    a literature cube is refused before any work."""
+    sub-cell structure in test_refine) reaches apply: the summary names the factor and the
+    reduction, the map differs from the same refinement on the region's cells and fits the
+    stars, and the block reduction gives another map; a bad factor or reduction, or a
+    literature cube, is refused before any work."""
     from dustjax.vnet import normalisation
 
     monkeypatch.setattr(normalisation, "load_model_predictor", lambda model: _FakeHat())
@@ -177,6 +178,15 @@ def test_refine_on_a_finer_grid_writes_the_block_means_and_says_so(tmp_path, zer
         summaries.append(json.loads((out / "summary.json").read_text())["refined"])
     on_grid, info = summaries
     assert on_grid["grid_factor"] == 1 and info["grid_factor"] == 2
+    assert info["reduction"] == "regrid" and "reduction" not in on_grid
+    out = tmp_path / "block"
+    _run(out, refine=True, refine_corr_length=2.0, refine_grid_factor=2, demo_stars=2000,
+         write_fits=False, refine_reduction="block")  # fmt: skip
+    block = json.loads((out / "summary.json").read_text())["refined"]
+    assert block["reduction"] == "block"
+    assert block["dust_sum_refined"] != pytest.approx(info["dust_sum_refined"], rel=1e-6)
+    with pytest.raises(ap.ApplyError, match="refine_reduction"):
+        _run(tmp_path / "r", refine=True, refine_grid_factor=2, refine_reduction="median")
     assert info["dust_sum_refined"] > 0.0
     assert info["dust_sum_refined"] != pytest.approx(on_grid["dust_sum_refined"], rel=1e-4)
     before, after = info["consistency_network"], info["consistency_refined"]
@@ -186,7 +196,7 @@ def test_refine_on_a_finer_grid_writes_the_block_means_and_says_so(tmp_path, zer
     with pytest.raises(ap.ApplyError, match="literature cube"):
         make_map(None, "SR", tmp_path / "c", literature_cube="x.fits", refine=True,
                  refine_grid_factor=3)  # fmt: skip
-    assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
+    assert not any((tmp_path / d).exists() for d in "bcr")
 
 
 def test_refine_is_refused_without_a_variance_head_or_with_nnls(tmp_path, zero_model, monkeypatch):

@@ -250,7 +250,8 @@ def test_refining_on_a_finer_grid_fits_stars_that_see_structure_inside_the_cells
     """Stars integrated through a cube twice as fine as the map (each cell's dust unevenly split
     among its 8 sub-cells): on the map's grid no map fits them, on the finer grid one can, and
     its block means land closer to the cells' true means. Factor 1 is `refine_catalog`, and a
-    tight prior comes back unchanged (up-sampling then block-averaging is the identity)."""
+    tight prior comes back unchanged (up-sampling then block-averaging is the identity). The
+    default reduction is the regrid: the same fit put on the cells by `to_region`."""
     region = Region((-48.0, -48.0, -48.0), (48.0, 48.0, 48.0), (8, 8, 8))
     fine_region = Region(region.lower_pc, region.upper_pc, (16, 16, 16))
     rng = np.random.default_rng(11)
@@ -262,15 +263,50 @@ def test_refining_on_a_finer_grid_fits_stars_that_see_structure_inside_the_cells
     err = lambda p: float(np.mean((p - coarse) ** 2))  # noqa: E731
     on_grid = refine.refine_catalog(catalog, m, s, region, corr_length=1.0, nugget=0.3)
     finer = refine.refine_catalog_fine(catalog, m, s, region, factor=2, corr_length=1.0,
-                                       nugget=0.3)  # fmt: skip
+                                       nugget=0.3, reduction="block")  # fmt: skip
     assert finer.shape == coarse.shape
     assert err(finer) < 0.7 * err(on_grid), (err(finer), err(on_grid))
     same = refine.refine_catalog_fine(catalog, m, s, region, factor=1, corr_length=1.0, nugget=0.3)
     np.testing.assert_array_equal(same, on_grid)
-    tight = refine.refine_catalog_fine(catalog, m, np.full_like(s, 1e-9), region, factor=2)
+    tight = refine.refine_catalog_fine(catalog, m, np.full_like(s, 1e-9), region, factor=2,
+                                       reduction="block")  # fmt: skip
     np.testing.assert_allclose(tight, m, rtol=1e-4, atol=1e-9)
+    fit = refine.refine_catalog(catalog, refine.upsample(m, 2), refine.upsample(s, 2), fine_region,
+                                corr_length=2.0, nugget=0.3)  # fmt: skip
+    regridded = refine.refine_catalog_fine(catalog, m, s, region, factor=2, corr_length=1.0,
+                                           nugget=0.3)  # fmt: skip
+    np.testing.assert_array_equal(regridded, refine.to_region(fit, region, 2, "regrid"))
+    np.testing.assert_array_equal(finer, refine.to_region(fit, region, 2, "block"))
     with pytest.raises(ValueError, match="positive integer"):
         refine.refine_catalog_fine(catalog, m, s, region, factor=0)
+    with pytest.raises(ValueError, match="unknown reduction"):
+        refine.refine_catalog_fine(catalog, m, s, region, factor=2, reduction="median")
+
+
+@pytest.mark.parametrize("factor", [2, 3])
+def test_to_region_regrids_a_fine_map_as_the_literature_route_regrids_a_cube(factor):
+    """``"regrid"`` is, by an independent route, a Gaussian of FWHM sqrt(F^2 - 1) fine cells
+    per axis (the region's cell in quadrature less the fine cell's) sampled at the fine cell
+    holding each region cell's centre (index F i + F // 2: for even F the centre is an edge and
+    the cell above it holds it); ``"block"`` is the block mean; a constant map stays constant
+    under both; a map of the wrong shape is refused."""
+    from scipy.ndimage import gaussian_filter
+
+    region = Region((-30.0, 0.0, 10.0), (30.0, 60.0, 70.0), (5, 5, 5))
+    shape = tuple(factor * n for n in region.shape)
+    fine = np.random.default_rng(factor).lognormal(-5.0, 1.0, shape).astype(np.float32)
+    sigma = np.sqrt(factor**2 - 1.0) / (2.0 * np.sqrt(2.0 * np.log(2.0)))
+    idx = factor * np.arange(5) + factor // 2
+    by_hand = gaussian_filter(fine.astype(np.float64), sigma, mode="nearest")[np.ix_(idx, idx, idx)]
+    np.testing.assert_allclose(refine.to_region(fine, region, factor, "regrid"), by_hand,
+                               rtol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(refine.to_region(fine, region, factor, "block"),
+                               refine.block_mean(fine, factor), rtol=1e-6)  # fmt: skip
+    for how in refine.REDUCTIONS:
+        np.testing.assert_allclose(refine.to_region(np.full(shape, 0.01, np.float32), region,
+                                                    factor, how), 0.01, rtol=1e-5)  # fmt: skip
+    with pytest.raises(ValueError, match="is not"):
+        refine.to_region(fine[1:], region, factor)
 
 
 def test_settings_sharing_one_operator_equal_one_call_per_setting():
