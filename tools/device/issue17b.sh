@@ -34,6 +34,7 @@ RUNS=${RUNS:-"LR:deriv SR:plain"}
 TOTAL_TRAIN_S=${TOTAL_TRAIN_S:-700}  # training seconds over both calls (sizes the schedule)
 EPOCHS=${EPOCHS:-16}
 SCORE_RESERVE=${SCORE_RESERVE:-200}  # phase 2: s kept after training for calibration and scores
+# FINISH_S (default 180): of those, the most the batch-norm statistics and the calibration may take
 HELDOUT_N=${HELDOUT_N:-8}
 REFINE_CORR=${REFINE_CORR:-2:0.3:auto}  # with REFINE: the catalogue refinement chosen on held-out sims
 REFINE_GRID=${REFINE_GRID:-1}  # with REFINE: the catalogue refinement's grids (1,3: also 3 x finer)
@@ -128,7 +129,9 @@ arm() {  # REGION GPU ARM
       cp "$WD/plan_$R.json" "$RD/"
     fi
   fi
-  timeout $(( CALL + 60 )) $PY -m tools.vnet_sky_device "${TRAIN_ARGS[@]}" --call_seconds=$CALL --finish \
+  # the training stops by CALL; the population batch-norm statistics (~35 s on SR) and the
+  # calibration (8 redraws a validation cube, ~70 s) follow: run 12's 60 s cut the calibration
+  timeout $(( CALL + ${FINISH_S:-180} )) $PY -m tools.vnet_sky_device "${TRAIN_ARGS[@]}" --call_seconds=$CALL --finish \
     "${ARGS[@]}" >> "$LOG" 2>&1
   echo "$R $ARM: phase 2 training + calibration exit $? at $(( $(date +%s) - T0 ))s" >> "$LOG"
   local MODEL="$WD/$ARM/vnet_sky_$L"
