@@ -121,7 +121,9 @@ def test_refine_heldout_scores_the_variants_from_the_file(workdir, tmp_path):
     assert res["per_cube"]["vnet"][1]["skill"] == pytest.approx(want, rel=1e-6)
     assert all(np.isfinite(v["pooled_skill"]) for v in res["summary"].values())
     oracle = refine_heldout.main([f"--arrays={path}", "--variants=vnet", "--prior_mean=truth",
+                                  f"--plot={tmp_path / 'o.png'}",
                                   f"--out={tmp_path / 'o.json'}"])  # fmt: skip
+    assert (tmp_path / "o_cube0.png").stat().st_size > 0 and (tmp_path / "o_cube1.png").exists()
     assert [r["skill"] for r in oracle["per_cube"]["vnet"]] == pytest.approx([1.0, 1.0])
     with pytest.raises(ValueError, match="variant"):
         refine_heldout.parse_variant("corr:2")

@@ -79,8 +79,31 @@ def parse_args(argv=None):
     p.add_argument("--prior_mean", default="vnet", choices=["vnet", "truth"], help="truth: a "
                    "diagnostic, the truth as the prior's mean with the V-net's band as its sd (how "
                    "much the stars themselves lose from a perfect prior); never a map")  # fmt: skip
+    p.add_argument("--plot", default="", help="also a figure per cube: the truth and each "
+                   "variant's map in the XY slab holding the most dust (PATH, '_cubeN.png' added "
+                   "when several cubes)")  # fmt: skip
     p.add_argument("--out", required=True, help="output JSON")
     return p.parse_args(argv)
+
+
+def plot_maps(maps: dict, truth, region, path, scores: dict):
+    """The truth and each map (``{name: cube}``) in the XY slab where the truth holds the most
+    dust, on one colour scale (mag/pc), each titled with its skill; written to `path`."""
+    from dustjax.plots import pyplot, save_figure
+
+    iz = int(np.argmax(np.asarray(truth).sum(axis=(0, 1))))
+    ex, ey = region.edges_pc(0), region.edges_pc(1)
+    vmax = float(np.percentile(truth, 99.8)) or 1.0
+    panels = [("truth", truth, "")] + [(k, v, f", skill {scores[k]:.3f}") for k, v in maps.items()]
+    fig, axes = pyplot().subplots(1, len(panels), figsize=(3.3 * len(panels), 3.4), squeeze=False)
+    for ax, (name, cube, note) in zip(axes[0], panels, strict=True):
+        im = ax.imshow(np.asarray(cube)[:, :, iz].T, origin="lower", cmap="magma", vmin=0,
+                       vmax=vmax, extent=(ex[0], ex[-1], ey[0], ey[-1]))  # fmt: skip
+        ax.set_title(f"{name}{note}", fontsize=8)
+        ax.set_xlabel("X (pc)", fontsize=8)
+    axes[0][0].set_ylabel(f"Y (pc); Z slab {iz}", fontsize=8)
+    fig.colorbar(im, ax=list(axes[0]), shrink=0.8, label="mag/pc")
+    return save_figure(fig, path)
 
 
 def variant_setting(v: dict):
@@ -338,6 +361,7 @@ def main(argv=None) -> dict:
             t = time.perf_counter()
             op = refine.catalog_operator(catalog, region)
             log.info("cube %d: star operator %.1f s", i, time.perf_counter() - t)
+        drawn: dict = {}  # the variants' maps, for --plot
         done: dict = {}  # the variants' maps by refine_cv candidate name
         fine_cache: dict = {}  # the fine variants' operators and fits (run_variant)
         for name, v in [*variants.items(), *([("cv", dict(kind="cv"))] if args.cv else [])]:
@@ -355,12 +379,18 @@ def main(argv=None) -> dict:
                     done[variant_setting(v)] = pred
             seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - t
             sc = realsky.scores(pred, truth, region)
+            drawn[name] = (np.asarray(pred), sc["skill"])
             row = {k: sc[k] for k in ("skill", "dust_recovered", "log_r", "rmse", "truth_std")}
             row.update(min_c_r=sc["min_c_r"], **info)
             rows.setdefault(name, []).append(row)
             log.info("cube %d %-14s skill %.3f dust %.3f log-r %.3f (%.1f s)", i, name,
                      sc["skill"], sc["dust_recovered"], sc["log_r"],
                      time.perf_counter() - t)  # fmt: skip
+        if args.plot:
+            path = args.plot.removesuffix(".png") + (f"_cube{i}.png" if args.arrays else ".png")
+            plot_maps({k: v[0] for k, v in drawn.items()}, truth, region, path,
+                      {k: v[1] for k, v in drawn.items()})  # fmt: skip
+            log.info("cube %d: figure %s", i, path)
     summary = {k: dict(summarise(v), seconds=seconds[k]) for k, v in rows.items()}
     errors = None
     if args.arrays:  # how the V-net's errors are correlated on these simulations
