@@ -34,11 +34,12 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def ceilings(density, region) -> dict:
-    """The skills (`dustjax.vnet.realsky.scores`) against the regridded truth of the exact
-    ``density`` (the cube on `refine.fine_region` of `region`) put on the region's cells by each
-    reduction, by the Gaussian then block means, and by the Gaussian sampled at every sub-cell
-    offset (``offset_i_j_k``)."""
+def ceilings(density, region, truth=None) -> dict:
+    """The skills (`dustjax.vnet.realsky.scores`) against ``truth`` (default: the regrid of
+    ``density``) of the exact ``density`` (the cube on `refine.fine_region` of `region`) put on
+    the region's cells by each reduction, by the Gaussian then block means, and by the Gaussian
+    sampled at every sub-cell offset (``offset_i_j_k``); ``regrid_matches_truth``: whether the
+    regrid of ``density`` is ``truth`` (so the fine grid is the truth's own)."""
     from scipy.ndimage import gaussian_filter
 
     from dustjax.vnet import realsky, refine
@@ -49,20 +50,22 @@ def ceilings(density, region) -> dict:
         raise ValueError(f"the cube {fine.shape} is not a whole multiple of the region's cells "
                          f"{region.shape} on every axis")  # fmt: skip
     factor = int(next(iter(ratios)))
-    truth = refine.to_region(fine, region, factor, "regrid")
+    regridded = refine.to_region(fine, region, factor, "regrid")
+    truth = regridded if truth is None else np.asarray(truth, np.float32)
 
     def skill(x):
         return float(realsky.scores(np.asarray(x, np.float32), truth, region)["skill"])
 
-    out = {f"reduction_{how}": skill(refine.to_region(fine, region, factor, how))
-           for how in refine.REDUCTIONS}  # fmt: skip
+    out = {"reduction_regrid": skill(regridded),
+           "reduction_block": skill(refine.to_region(fine, region, factor, "block"))}  # fmt: skip
     sigma = np.sqrt(factor**2 - 1.0) / (2.0 * np.sqrt(2.0 * np.log(2.0)))
     smooth = gaussian_filter(fine, sigma, mode="nearest")
     out["gaussian_then_block"] = skill(refine.block_mean(smooth, factor))
     for off in itertools.product(range(factor), repeat=3):
         sub = smooth[off[0] :: factor, off[1] :: factor, off[2] :: factor]
         out["offset_" + "_".join(map(str, off))] = skill(sub)
-    return dict(factor=factor, **out)
+    matches = bool(np.allclose(regridded, truth, rtol=1e-5, atol=1e-9))
+    return dict(factor=factor, **out, regrid_matches_truth=matches)
 
 
 def main(argv=None) -> dict:
@@ -70,7 +73,7 @@ def main(argv=None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     from dustjax import io as dio
     from dustjax import maps
-    from dustjax.vnet import realsky, refine
+    from dustjax.vnet import realsky
 
     region = realsky.parse_region(args.region)
     cube, _ = realsky.fit_to_region(realsky.load_cube(args.cube), region)
@@ -79,11 +82,9 @@ def main(argv=None) -> dict:
     inside = [(np.asarray(e[:-1]) >= lo - 1e-6) & (np.asarray(e[1:]) <= hi + 1e-6)
               for e, lo, hi in bounds]  # fmt: skip
     density = np.asarray(cube.density)[np.ix_(*inside)]
-    truth = maps.regrid_nearest(cube, region)
-    res = ceilings(density, region)
-    # the fine grid is the cube's own only if its regrid gives the truth
-    mine = refine.to_region(density, region, res["factor"], "regrid")
-    res["regrid_matches_truth"] = bool(np.allclose(mine, truth, rtol=1e-5, atol=1e-9))
+    # the truth is the whole cube regridded; the fine grid is the cube's own only if its regrid
+    # gives the same (regrid_matches_truth)
+    res = ceilings(density, region, maps.regrid_nearest(cube, region))
     res.update(cube=str(args.cube), region=region.name,
                command="python -m tools.reduction_ceiling " + " ".join(argv or []))  # fmt: skip
     if args.out:

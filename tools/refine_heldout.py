@@ -271,8 +271,10 @@ def cases_from_heldout(path, num_cubes, subcell: float = 0.0, subcell_truth: str
 
     arrays, meta = sky_heldout.read_arrays(path)
     n = arrays["truth"].shape[0] if num_cubes <= 0 else min(num_cubes, arrays["truth"].shape[0])
-    if subcell_truth not in ("block", "regrid"):
-        raise ValueError(f"subcell_truth must be 'block' or 'regrid', got {subcell_truth!r}")
+    try:
+        refine.check_reduction(subcell_truth)
+    except ValueError as e:
+        raise ValueError(f"subcell_truth: {e}") from None
     for i in range(n):
         m, s = sky_heldout.prior_of(arrays, meta, "cat", i)
         catalog = sky_heldout.catalogue_of(arrays, meta, i)

@@ -135,9 +135,10 @@ def make_map(
         grid_factor = rf.grid_factor(refine_grid_factor)
     except ValueError as e:
         raise ap.ApplyError(f"--refine_grid_factor: {e}") from None
-    if refine_reduction not in rf.REDUCTIONS:
-        raise ap.ApplyError(f"--refine_reduction must be one of {', '.join(rf.REDUCTIONS)}, got "
-                            f"{refine_reduction!r}")  # fmt: skip
+    try:
+        rf.check_reduction(refine_reduction)
+    except ValueError as e:
+        raise ap.ApplyError(f"--refine_reduction: {e}") from None
     if grid_factor > 1 and literature_cube is not None:
         raise ap.ApplyError("--refine_grid_factor > 1 refines from a star catalogue's stars; a "
                             "literature cube's extinctions are on the map's own cells")  # fmt: skip
